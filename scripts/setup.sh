@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Idempotent setup: system packages, the pinned torch venv (kept in a versioned cache
+# directory so a fresh clone finds it again), and a build of the project.
+#   scripts/setup.sh            everything
+#   scripts/setup.sh --deps     packages + venv only (no cargo build)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+TORCH_VERSION=2.13.0
+CACHE_DIR="${PRIMA_NODE_CACHE:-$HOME/.cache/prima-node}"
+VENV_DIR="$CACHE_DIR/venv-torch-$TORCH_VERSION-py$(python3 -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+PY_PKGS=("torch==$TORCH_VERSION" "numpy<3" "safetensors" "pydicom>=2.4,<4" "highdicom")
+APT_PKGS=(dcmtk dicom3tools cmake orthanc libpixelmed-java default-jre-headless
+          curl systemd procps)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# ---- system packages -------------------------------------------------------
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing apt packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Orthanc's package starts a system service; tests run their own instance.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+  fi
+else
+  log "apt packages present"
+fi
+
+# ---- python venv with the pinned torch (carries libtorch for tch) ------------
+stamp="$VENV_DIR/.prima-node-ok"
+want="$(printf '%s\n' "${PY_PKGS[@]}")"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "creating venv $VENV_DIR (torch $TORCH_VERSION, several GB, one-off)"
+  mkdir -p "$CACHE_DIR"
+  [ -x "$VENV_DIR/bin/python" ] || python3 -m venv "$VENV_DIR"
+  "$VENV_DIR/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV_DIR/bin/pip" install -q "${PY_PKGS[@]}"
+  printf '%s' "$want" > "$stamp"
+else
+  log "venv present: $VENV_DIR"
+fi
+# The repo's .venv points at the cached venv.
+if [ ! -e .venv ] || [ "$(readlink .venv)" != "$VENV_DIR" ]; then
+  rm -rf .venv
+  ln -s "$VENV_DIR" .venv
+fi
+
+[ "${1:-}" = "--deps" ] && exit 0
+
+# ---- build -------------------------------------------------------------------
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+log "building prima-node (release)"
+cargo build --release --locked 2>&1 | tail -n 3 >&2
+log "done: target/release/prima-node"

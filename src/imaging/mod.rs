@@ -1,0 +1,26 @@
+//! From DICOM instances to Prima's VQ-VAE input tokens, exactly as the upstream
+//! pipeline computes them (spec §1–§7). Pure Rust; no libtorch.
+//!
+//! - [`natsort`]: natsort's default key (§1.2), for upstream's file-name slice order.
+//! - [`pixel`]: ITK pixel type chosen from rescale + bits stored (§1.6), cast-back (§3.5).
+//! - [`series`]: reading instances (files or frames), grouping, slice order, geometry
+//!   (§1.7), series names (§1.8), skip reasons.
+//! - [`itk`]: LINPACK dsvdc-based 3×3 inverse as VXL computes it (§3.1).
+//! - [`resample`]: in-plane resample to 256×256 bit-exactly as ITK 5.4 (§2–§3).
+//! - [`orient`]: DICOMOrient('LPS') (§4).
+//! - [`tokens`]: padding, mask, scaling, patches, otsu values, 4→8 (§5, §7).
+//! - [`otsu`]: bins, hole filling, token selection with fallback (§6).
+//! - [`text`]: `chartovec` (§9.4).
+pub mod itk;
+pub mod natsort;
+pub mod orient;
+pub mod otsu;
+pub mod pixel;
+pub mod resample;
+pub mod series;
+pub mod text;
+pub mod tokens;
+pub mod volume;
+
+pub use pixel::PixelType;
+pub use volume::{Array3, Geometry, Volume};

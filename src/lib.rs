@@ -1,0 +1,17 @@
+//! prima-node: a DICOM node that runs the Prima brain-MRI foundation model.
+//!
+//! Data flows one way (see `../shared/docs/architecture.md`):
+//!
+//! ```text
+//! net::scp → store::spool → study::assembler → worker (imaging → model) → report → store::outbox → net::scu
+//! ```
+//!
+//! Layout:
+//! - [`imaging`] — DICOM series → ITK-exact resampled, oriented volumes → Prima's VQ-VAE
+//!   input tokens (pure Rust, no libtorch). Mirrors spec §1–§7 and §9.4.
+//! - [`model`] — the Prima network in libtorch (`tch`): VQ-VAE encoder, patchifier,
+//!   name encoders, HierViT, heads; weights looked up by upstream state-dict key paths.
+//! - [`pipeline`] — one study folder → predictions (what `prima-node infer` runs).
+pub mod imaging;
+pub mod model;
+pub mod pipeline;

@@ -1,0 +1,1 @@
+//! The Prima network in libtorch.
