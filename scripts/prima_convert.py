@@ -455,7 +455,10 @@ def tokenizer_arch(cfg: dict, sd: "OrderedDict[str, LazyTensor]") -> Tuple[dict,
     if extra:
         problems.append(f"encoder tensors the config does not describe: {extra[:5]}")
     if problems:
-        raise ConversionError("tokenizer config does not match the checkpoint: " + "; ".join(problems))
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConversionError(
+            "tokenizer config does not match the checkpoint: " + "; ".join(problems[:3]) + more
+        )
 
     shape = list(PIPELINE_TOKEN_SHAPE)[:spatial_dims]
     for stride, kernel, dilation, padding in down:
@@ -916,10 +919,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--dump-keys", metavar="JSON",
                     help="also write the reconstructed state_dict key table (key, shape, "
                          "dtype, same_tensor_as); with only --prima, do just that")
-    ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     args = ap.parse_args(argv)
 
+    # Failures print exactly one line; progress only with -v, the summary unless -q.
     def log(msg):
+        if args.verbose:
+            print(f"convert-checkpoint: {msg}", file=sys.stderr)
+
+    def summary(msg):
         if not args.quiet:
             print(f"convert-checkpoint: {msg}", file=sys.stderr)
 
@@ -929,7 +938,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 ap.error("--out is required (or --dump-keys alone)")
             ck = PrimaCheckpoint(args.prima)
             write_json(args.dump_keys, ck.key_table())
-            log(f"wrote {len(ck.entries)} keys to {args.dump_keys}")
+            summary(f"wrote {len(ck.entries)} keys to {args.dump_keys}")
             return 0
         if not args.tokenizer or not args.tokenizer_config:
             ap.error("--tokenizer and --tokenizer-config are required with --out")
@@ -937,7 +946,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     model_name=args.model_name, model_version=args.model_version,
                     dump_keys=args.dump_keys, log=log)
         f = m["files"]["prima"]
-        log(f"{m['model_version']}: {f['tensors']} tensors, {f['data_bytes']} bytes "
+        summary(f"{m['model_version']}: {f['tensors']} tensors, {f['data_bytes']} bytes "
             f"(inference state_dict {f['inference_state_dict_bytes']} bytes), "
             f"{len(m['diagnosis_heads'])} diagnosis / {len(m['referral_heads'])} referral heads "
             f"-> {args.out}")
