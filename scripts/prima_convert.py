@@ -21,7 +21,7 @@ import os
 import struct
 import sys
 import tempfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -144,6 +144,32 @@ def key_table(entries: Sequence[Tuple[str, LazyTensor]]) -> List[dict]:
     return out
 
 
+_PARALLEL_WRAPPERS = ("DataParallel", "DistributedDataParallel")
+
+
+def _unwrap_parallel(mod) -> Tuple[Any, List[str]]:
+    """Follow ``.module`` through DataParallel wrappers (upstream saved several that way)."""
+    wrappers: List[str] = []
+    while (isinstance(mod, Stub) and _cls(mod) in _PARALLEL_WRAPPERS
+           and _d(mod).get("_modules", {}).get("module") is not None):
+        wrappers.append(_cls(mod))
+        mod = _d(mod)["_modules"]["module"]
+    return mod, wrappers
+
+
+def _find_module_list(mods: dict, want: list, preferred: str, what: str) -> str:
+    """The ModuleList registering exactly these head objects, in order (m1/m2 upstream;
+    diagnosis_modules/referral_modules in another upstream version)."""
+    for name in [preferred] + [n for n in mods if n != preferred]:
+        ml = mods.get(name)
+        if ml is None or _cls(ml) != "ModuleList":
+            continue
+        kids = list(children(ml).values())
+        if len(kids) == len(want) and all(a is b for a, b in zip(kids, want)):
+            return name
+    raise ConversionError(f"no ModuleList of FullMRIModel holds the modules of {what} in order")
+
+
 def _float(v, what: str) -> float:
     if isinstance(v, LazyTensor):
         if v.numel != 1:
@@ -181,6 +207,7 @@ def transformer_arch(tr, dim: int, what: str) -> dict:
     if not layers:
         raise ConversionError(f"{what} has no layers")
     per_layer = []
+    scale_attr_ignored: set = set()
     for i, (name, layer) in enumerate(layers):
         lw = f"{what}.layers.{name}"
         if name != str(i):
@@ -190,7 +217,12 @@ def transformer_arch(tr, dim: int, what: str) -> dict:
         ff = child(ff_pn, "fn", lw + ".1")
         heads = _int(attr(attn, "heads", lw + ".0.fn"), lw + ".0.fn.heads")
         dim_head = _int(attr(attn, "dim_head", lw + ".0.fn"), lw + ".0.fn.dim_head")
-        scale = _float(attr(attn, "scale", lw + ".0.fn"), lw + ".0.fn.scale")
+        # Upstream's attention (flash-attn varlen, or its fallback) scales by
+        # dim_head ** -0.5 and never reads `scale`; record the attribute only if it differs.
+        scale = float(dim_head ** -0.5)
+        scale_attr = _d(attn).get("scale")
+        if scale_attr is not None and _float(scale_attr, lw + ".0.fn.scale") != scale:
+            scale_attr_ignored.add(_float(scale_attr, lw + ".0.fn.scale"))
         if _d(attn).get("causal", False):
             raise ConversionError(f"{lw}: causal attention is not supported")
         qkv = param(child(attn, "to_qkv", lw), "weight", lw + ".0.fn.to_qkv")
@@ -231,7 +263,7 @@ def transformer_arch(tr, dim: int, what: str) -> dict:
     heads, dim_head, scale, mlp_dim, project_out, eps = per_layer[0]
     if len(eps) != 1:
         raise ConversionError(f"{what}: LayerNorm eps differ within a layer")
-    return {
+    out = {
         "depth": len(layers),
         "heads": heads,
         "dim_head": dim_head,
@@ -240,10 +272,16 @@ def transformer_arch(tr, dim: int, what: str) -> dict:
         "layernorm_eps": eps[0],
         "project_out": project_out,
     }
+    if scale_attr_ignored:
+        out["scale_attribute_ignored"] = sorted(scale_attr_ignored)
+    return out
 
 
 def vit_arch(vit, what: str) -> dict:
-    dim = _int(attr(vit, "dim", what), what + ".dim")
+    if "dim" in _d(vit):
+        dim = _int(_d(vit)["dim"], what + ".dim")
+    else:  # upstream falls back to the final LayerNorm's width
+        dim = param(child(vit, "layernorm", what), "weight", what + ".layernorm").shape[0]
     clsnum = _int(attr(vit, "clsnum", what), what + ".clsnum")
     pool = attr(vit, "pool", what, str)
     if pool != "cls":
@@ -273,6 +311,8 @@ def vit_arch(vit, what: str) -> dict:
         "attention_scale": tr["attention_scale"],
         "layernorm_eps": tr["layernorm_eps"],
         "project_out": tr["project_out"],
+        **({"scale_attribute_ignored": tr["scale_attribute_ignored"]}
+           if "scale_attribute_ignored" in tr else {}),
     }
 
 
@@ -282,7 +322,10 @@ def name_encoder_arch(enc, prefix: str, what: str) -> Tuple[dict, Optional[Tuple
         raise ConversionError(f"{what} is a {_cls(enc)}, expected SerieTransformerEncoder")
     emb = param(child(enc, "embed", what), "weight", what + ".embed")
     embsize = _int(attr(enc, "embsize", what), what + ".embsize")
-    prelinear = attr(enc, "prelinear", what, bool)
+    # forward() tests hasattr(self, 'prelinear'): absent means False
+    prelinear = _d(enc).get("prelinear", False)
+    if not isinstance(prelinear, bool):
+        raise ConversionError(f"{what}.prelinear is not a bool")
     p_enc = _d(enc).get("p_enc")
     if not isinstance(p_enc, LazyTensor) or len(p_enc.shape) != 2:
         raise ConversionError(f"{what}.p_enc (1-D positional table) is missing or not 2-D")
@@ -580,6 +623,9 @@ class PrimaCheckpoint:
     def __init__(self, path: str):
         self.path = path
         self.root = TorchArchive(path).load()
+        # upstream's loader does `if hasattr(full_model, "module"): full_model = full_model.module`
+        self.unwrapped: List[str] = []
+        self.root, self.unwrapped = _unwrap_parallel(self.root)
         if _cls(self.root) != "FullMRIModel" or not _is_module(self.root):
             raise ConversionError(
                 f"{os.path.basename(path)} holds a {_cls(self.root)}, expected a pickled "
@@ -681,49 +727,50 @@ class PrimaCheckpoint:
         d = _d(self.root)
         mods = d["_modules"]
         tables = {}
-        for attr_name, ml_name, kind in (("diagnosisheads", "m1", "diagnosis"),
+        for attr_name, ml_pref, kind in (("diagnosisheads", "m1", "diagnosis"),
                                          ("referralheads", "m2", "referral")):
             heads = d.get(attr_name)
             if not isinstance(heads, dict):
                 raise ConversionError(f"FullMRIModel.{attr_name} is missing")
-            ml = mods.get(ml_name)
-            ml_kids = children(ml) if ml is not None else OrderedDict()
-            rows = []
             names_by_obj: Dict[int, List[str]] = {}
             for name, v in heads.items():
-                if not isinstance(v, (list, tuple)) or len(v) < 2:
-                    raise ConversionError(f"{attr_name}[{name!r}] is not [module, idx]")
-                names_by_obj.setdefault(id(v[0]), []).append(name)
-            for pos, (name, v) in enumerate(heads.items()):
                 if not isinstance(name, str):
                     raise ConversionError(f"{attr_name} has a non-string name")
+                if not isinstance(v, (list, tuple)) or len(v) < 2 or not _is_module(v[0]):
+                    raise ConversionError(f"{attr_name}[{name!r}] is not [module, idx]")
+                names_by_obj.setdefault(id(v[0]), []).append(name)
+            ml_name = _find_module_list(mods, [v[0] for v in heads.values()], ml_pref, attr_name)
+            rows = []
+            for pos, (name, v) in enumerate(heads.items()):
                 head, idx = v[0], _int(v[1], f"{attr_name}[{name!r}] idx")
-                if ml_kids.get(str(pos)) is not head:
-                    raise ConversionError(f"{ml_name}.{pos} is not the module of {name!r}")
                 what = f"{ml_name}.{pos}"
-                ha = head_arch(head, what, embedding_dim)
+                seq, wrappers = _unwrap_parallel(head)
+                wpath = what + ".module" * len(wrappers)
+                ha = head_arch(seq, wpath, embedding_dim)
                 if not 0 <= idx < ha["num_outputs"]:
                     raise ConversionError(f"{name!r}: idx {idx} outside {ha['num_outputs']} outputs")
+                th_owner = head if "thresh" in _d(head) else seq
                 rows.append({
                     "name": name,
                     "module_list": ml_name,
                     "index_in_module_list": pos,
                     "state_dict_prefix": what,
                     "idx": idx,
-                    "thresh": _float(attr(head, "thresh", what), what + ".thresh"),
+                    "thresh": _float(attr(th_owner, "thresh", what), what + ".thresh"),
                     "num_outputs": ha["num_outputs"],
                     "hidden": ha["hidden"],
                     "same_module_object_as": [n for n in names_by_obj[id(head)] if n != name],
                     "linear_indices": ha["linear_indices"],
-                    "_module": head,
+                    "_module": seq,
+                    "_weights_path": wpath,
                 })
-            if len(ml_kids) != len(rows):
-                raise ConversionError(f"{ml_name} has {len(ml_kids)} entries, {attr_name} {len(rows)}")
             tables[kind] = rows
         ph = mods.get("priorityhead")
         if ph is None:
             raise ConversionError("FullMRIModel.priorityhead is missing")
-        pa = head_arch(ph, "priorityhead", embedding_dim)
+        ph, wrappers = _unwrap_parallel(ph)
+        ph_path = "priorityhead" + ".module" * len(wrappers)
+        pa = head_arch(ph, ph_path, embedding_dim)
         if pa["num_outputs"] == 4:
             classes = ["none", "low", "medium", "high"]
         elif pa["num_outputs"] == 3:
@@ -731,7 +778,8 @@ class PrimaCheckpoint:
         else:
             raise ConversionError(f"priorityhead has {pa['num_outputs']} outputs (3 or 4 expected)")
         prio = {"state_dict_prefix": "priorityhead", "num_outputs": pa["num_outputs"],
-                "hidden": pa["hidden"], "linear_indices": pa["linear_indices"], "_module": ph}
+                "hidden": pa["hidden"], "linear_indices": pa["linear_indices"], "_module": ph,
+                "_weights_path": ph_path}
         return tables["diagnosis"], tables["referral"], prio, classes
 
 
@@ -743,10 +791,10 @@ def dedup_heads(rows: List[dict]) -> Dict[str, Any]:
     stored, full = 0, 0
     for r in rows:
         mod = r.pop("_module")
+        prefix = r.pop("_weights_path")
         entries = list(state_dict_entries(mod))
         nbytes = sum(t.numel * 4 for _, t in entries)
         full += nbytes
-        prefix = r["state_dict_prefix"]
         if id(mod) in by_obj:
             r["weights_prefix"] = by_obj[id(mod)]
             r["weights_dedup"] = "same_module_object"
@@ -814,7 +862,7 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
     stored.extend(penc)
     for r in diag + ref + [prio]:
         for k, t in r.pop("_entries", []):
-            stored.append((r["state_dict_prefix"] + "." + k, t))
+            stored.append((r["weights_prefix"] + "." + k, t))
     for r in diag + ref + [prio]:
         r.pop("_entries", None)
 
@@ -844,7 +892,8 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
     manifest["source"] = os.path.basename(prima_path)
     manifest["source_sha256"] = prima_sha
     manifest["sources"] = {
-        "prima": {"file": os.path.basename(prima_path), "sha256": prima_sha},
+        "prima": {"file": os.path.basename(prima_path), "sha256": prima_sha,
+                  "unwrapped": ck.unwrapped},
         "tokenizer": {"file": os.path.basename(tokenizer_path), "sha256": tok_sha},
         "tokenizer_config": {"file": os.path.basename(tokenizer_config_path), "sha256": cfg_sha},
     }
@@ -863,6 +912,7 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
             "data_bytes": prima_bytes,
             "inference_state_dict_bytes": full_bytes,
             "state_dict_keys": len(ck.entries),
+            "source_dtypes": dict(sorted(Counter(t.dtype for _, t in stored).items())),
             "omitted_empty": skipped_empty,
             "omitted_note": (
                 "only clipvisualmodel.*, m1/m2 heads (each distinct head once, see "

@@ -103,17 +103,26 @@ def _stub_class(module: str, name: str) -> type:
 
 
 # Modules whose classes are replaced by stubs. Exact names, then prefixes.
+# Upstream's loader resolves these (tools/models.py maps complete_visual_model and
+# __main__ to its FullMRIModel; model/model_parts/patchify to Prima_training_and_evaluation).
 STUB_MODULES_EXACT = {
     "model_parts",
     "model",
     "patchify",
     "complete_visual_model",
+    "full_model",
+    "tools.models",
     "__main__",
     "torch.nn",
 }
 STUB_MODULE_PREFIXES = (
-    "torch.nn.",
+    "torch.nn.",  # includes torch.nn.parallel.DataParallel wrappers
     "transformers.",
+    "Prima_training_and_evaluation.",
+    # third-party layers upstream's modules are built from
+    "einops.layers.",
+    "positional_encodings.",
+    "perceiver_pytorch.",
     # a tokenizer saved as a whole module rather than a state_dict
     "generative.networks.",
     "monai.networks.",

@@ -106,7 +106,7 @@ class HierViT(nn.Module):
 
 
 class FullMRIModel(nn.Module):
-    def __init__(self, serie_form="plain", priority_outputs=3):
+    def __init__(self, serie_form="plain", priority_outputs=3, variant=False):
         super().__init__()
         self.clipvisualmodel = HierViT(serie_form)
         emb = 2 * 16
@@ -117,13 +117,27 @@ class FullMRIModel(nn.Module):
 
         a, b = head(5), head(5)
         a.thresh, b.thresh = 0.25, -0.5
-        self.diagnosisheads = {"alpha": [a, 1], "beta": [b, 4], "gamma": [a, 2]}
         r = head(1)
         r.thresh = 0.1
-        self.referralheads = {"only": [r, 0]}
-        self.m1 = nn.ModuleList([v[0] for v in self.diagnosisheads.values()])
-        self.m2 = nn.ModuleList([v[0] for v in self.referralheads.values()])
-        self.priorityhead = head(priority_outputs)
+        if not variant:
+            self.diagnosisheads = {"alpha": [a, 1], "beta": [b, 4], "gamma": [a, 2]}
+            self.referralheads = {"only": [r, 0]}
+            self.m1 = nn.ModuleList([v[0] for v in self.diagnosisheads.values()])
+            self.m2 = nn.ModuleList([v[0] for v in self.referralheads.values()])
+            self.priorityhead = head(priority_outputs)
+        else:
+            # the other upstream FullMRIModel: tuple entries, diagnosis_modules /
+            # referral_modules, numpy thresholds and indices, a DataParallel-wrapped head
+            import numpy as np
+            a.thresh, b.thresh = np.float64(0.25), np.float32(-0.5)
+            wrapped = nn.DataParallel(r)
+            wrapped.thresh = 0.1
+            self.diagnosisheads = {"alpha": (a, np.int64(1)), "beta": (b, 4),
+                                   "gamma": (a, 2)}
+            self.referralheads = {"only": (wrapped, 0)}
+            self.diagnosis_modules = nn.ModuleList([v[0] for v in self.diagnosisheads.values()])
+            self.referral_modules = nn.ModuleList([v[0] for v in self.referralheads.values()])
+            self.priorityhead = nn.DataParallel(head(priority_outputs))
 
 
 _CLASSES = {
@@ -133,7 +147,8 @@ _CLASSES = {
 }
 
 
-def save_synthetic(path, serie_form="plain", priority_outputs=3, seed=7):
+def save_synthetic(path, serie_form="plain", priority_outputs=3, seed=7, variant=False,
+                   wrap_root=False):
     """torch.save a FullMRIModel whose classes pickle as upstream's module names."""
     torch.manual_seed(seed)
     for modname, classes in _CLASSES.items():
@@ -142,11 +157,11 @@ def save_synthetic(path, serie_form="plain", priority_outputs=3, seed=7):
             c.__module__ = modname
             c.__qualname__ = c.__name__
             setattr(fm, c.__name__, c)
-    model = FullMRIModel(serie_form, priority_outputs)
+    model = FullMRIModel(serie_form, priority_outputs, variant)
     with torch.no_grad():
         for p in model.parameters():
             p.uniform_(-0.5, 0.5)
-    torch.save(model, path)
+    torch.save(nn.DataParallel(model) if wrap_root else model, path)
     return model
 
 

@@ -572,6 +572,35 @@ class SyntheticForms(unittest.TestCase):
         self.assertEqual(len(tok), 14)
         self.assertEqual(m["tokenizer"]["encoded_shape"], [2, 2, 8, 8])
 
+    def test_upstream_variants(self):
+        """DataParallel-wrapped root and heads, diagnosis_modules naming, numpy scalars."""
+        d = self.tmp.name
+        ck = os.path.join(d, "variant.pt")
+        model = self.sp.save_synthetic(ck, serie_form="sequential", priority_outputs=4,
+                                       variant=True, wrap_root=True)
+        out = os.path.join(d, "out_variant")
+        m = pc.convert(ck, self.tok, self.cfg, out)
+        self.assertEqual(m["sources"]["prima"]["unwrapped"], ["DataParallel"])
+        heads = {h["name"]: h for h in m["diagnosis_heads"] + m["referral_heads"]}
+        self.assertEqual(heads["alpha"]["module_list"], "diagnosis_modules")
+        self.assertEqual(heads["alpha"]["state_dict_prefix"], "diagnosis_modules.0")
+        self.assertEqual(heads["alpha"]["idx"], 1)
+        self.assertIs(type(heads["alpha"]["thresh"]), float)
+        self.assertEqual(heads["alpha"]["thresh"], 0.25)
+        self.assertEqual(heads["beta"]["thresh"], float(np.float32(-0.5)))
+        self.assertEqual(heads["gamma"]["weights_prefix"], "diagnosis_modules.0")
+        self.assertEqual(heads["only"]["weights_prefix"], "referral_modules.0.module")
+        self.assertEqual(heads["only"]["thresh"], 0.1)
+        self.assertEqual(m["priority_head"]["weights_prefix"], "priorityhead.module")
+        st = load_safetensors(os.path.join(out, "prima.safetensors"))
+        sd = model.state_dict()
+        for k in ("referral_modules.0.module.4.weight", "priorityhead.module.0.bias",
+                  "diagnosis_modules.1.2.weight", "clipvisualmodel.serieencoder.1.weight"):
+            np.testing.assert_array_equal(st[k], sd[k].numpy(), err_msg=k)
+        self.assertFalse([k for k in st if k.startswith("diagnosis_modules.2.")])
+        # the key table is the unwrapped model's state_dict, as upstream uses it
+        self.assertEqual([e["key"] for e in pc.PrimaCheckpoint(ck).key_table()], list(sd))
+
     def test_sequential_form_four_class_priority(self):
         _, m, _ = self._convert("sequential", 4)
         se = m["architecture"]["serie_name_encoder"]
