@@ -381,7 +381,8 @@ def serie_encoder_arch(hv, inner_dim: int):
         arch, penc = name_encoder_arch(se, prefix, "serieencoder")
         if arch["prelinear"]:
             raise ConversionError("plain serieencoder with prelinear=True has no projection")
-        arch["form"] = f"SerieTransformerEncoder(prelinear=False), Linear({arch['embsize']}, inner.dim)"
+        arch["form"] = (f"SerieTransformerEncoder(prelinear=False) with its own "
+                        f"linear = Linear({arch['embsize']}, inner.dim)")
         arch["form_kind"] = "plain"
         arch["projection"] = [arch["embsize"], arch["linear_out"]]
         arch["projection_prefix"] = prefix + ".linear"
@@ -877,12 +878,30 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
     meta = {"format": "pt", "model_name": model_name, "model_version": model_version}
     tmp_prima = os.path.join(out_dir, ".prima.safetensors.tmp")
     tmp_tok = os.path.join(out_dir, ".tokenizer.safetensors.tmp")
-    log(f"writing {len(stored)} tensors to prima.safetensors")
-    prima_bytes = write_safetensors(tmp_prima, stored, dict(meta, source_sha256=prima_sha))
-    tok_bytes = write_safetensors(tmp_tok, [(k, tok_sd[k]) for k in tok_keys],
-                                  dict(meta, source_sha256=tok_sha))
-    full_bytes = sum(t.numel * 4 for k, t in ck.entries
-                     if k.startswith((INFERENCE_ROOT + ".", "m1.", "m2.", "priorityhead.")))
+    tmp_man = os.path.join(out_dir, ".manifest.json.tmp")
+    try:
+        log(f"writing {len(stored)} tensors to prima.safetensors")
+        prima_bytes = write_safetensors(tmp_prima, stored, dict(meta, source_sha256=prima_sha))
+        tok_bytes = write_safetensors(tmp_tok, [(k, tok_sd[k]) for k in tok_keys],
+                                      dict(meta, source_sha256=tok_sha))
+        manifest = _manifest(**locals())
+        write_json(tmp_man, manifest)
+        _atomic_replace(tmp_prima, os.path.join(out_dir, "prima.safetensors"))
+        _atomic_replace(tmp_tok, os.path.join(out_dir, "tokenizer.safetensors"))
+        _atomic_replace(tmp_man, os.path.join(out_dir, "manifest.json"))
+    finally:
+        for t in (tmp_prima, tmp_tok, tmp_man):
+            if os.path.exists(t):
+                os.unlink(t)
+    return manifest
+
+
+def _manifest(*, prima_path, tokenizer_path, tokenizer_config_path, model_name, model_version,
+              prima_sha, tok_sha, cfg_sha, ck, arch, tok_arch, diag, ref, prio, classes,
+              embedding_dim, stored, skipped_empty, tok_keys, prima_bytes, tok_bytes, stats,
+              tmp_prima, tmp_tok, **_unused):
+    full_bytes = stats["head_bytes_full"] + sum(
+        t.numel * 4 for k, t in ck.entries if k.startswith(INFERENCE_ROOT + "."))
 
     manifest = OrderedDict()
     manifest["format_version"] = FORMAT_VERSION
@@ -908,6 +927,7 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
     manifest["files"] = {
         "prima": {
             "file": "prima.safetensors",
+            "sha256": sha256_file(tmp_prima),
             "tensors": len(stored),
             "data_bytes": prima_bytes,
             "inference_state_dict_bytes": full_bytes,
@@ -921,17 +941,11 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
                 "not used by inference"
             ),
         },
-        "tokenizer": {"file": "tokenizer.safetensors", "tensors": len(tok_keys),
-                      "data_bytes": tok_bytes},
+        "tokenizer": {"file": "tokenizer.safetensors", "sha256": sha256_file(tmp_tok),
+                      "tensors": len(tok_keys), "data_bytes": tok_bytes},
     }
     manifest["head_dedup"] = stats
     manifest["converter"] = {"name": "convert-checkpoint", "version": CONVERTER_VERSION}
-
-    tmp_man = os.path.join(out_dir, ".manifest.json.tmp")
-    write_json(tmp_man, manifest)
-    _atomic_replace(tmp_prima, os.path.join(out_dir, "prima.safetensors"))
-    _atomic_replace(tmp_tok, os.path.join(out_dir, "tokenizer.safetensors"))
-    _atomic_replace(tmp_man, os.path.join(out_dir, "manifest.json"))
     return manifest
 
 

@@ -68,15 +68,16 @@ class Stub:
             state[0] is None or isinstance(state[0], dict)
         ):
             state, slotstate = state
+        # dunder keys are dropped: an instance __setstate__/__getattr__ would shadow ours
         if isinstance(state, dict):
             for k, v in state.items():
-                if isinstance(k, str):
+                if isinstance(k, str) and not k.startswith("__"):
                     self.__dict__[k] = v
         elif state is not None:
             self.__dict__["_stub_state"] = state
         if isinstance(slotstate, dict):
             for k, v in slotstate.items():
-                if isinstance(k, str):
+                if isinstance(k, str) and not k.startswith("__"):
                     self.__dict__[k] = v
 
     @classmethod
@@ -530,7 +531,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         state = stack.pop()
         inst = stack[-1]
         if isinstance(inst, Stub):
-            inst.__setstate__(state)
+            Stub.__setstate__(inst, state)
         elif isinstance(inst, collections.OrderedDict):
             # state_dicts carry `_metadata` as an attribute
             if isinstance(state, dict):
@@ -561,6 +562,55 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise UnsafeCheckpointError(f"refusing BUILD of '{_describe(type(inst))}'")
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    # Container opcodes look up append/extend/add on the target object; only let them
+    # touch real containers so no attribute planted by the file is ever called.
+    def load_append(self):
+        value = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) is not list:
+            raise UnsafeCheckpointError(f"APPEND to a {type(target).__name__}")
+        target.append(value)
+
+    dispatch[pickle.APPEND[0]] = load_append
+
+    def load_appends(self):
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not list:
+            raise UnsafeCheckpointError(f"APPENDS to a {type(target).__name__}")
+        target.extend(items)
+
+    dispatch[pickle.APPENDS[0]] = load_appends
+
+    def load_additems(self):
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not set:
+            raise UnsafeCheckpointError(f"ADDITEMS to a {type(target).__name__}")
+        target.update(items)
+
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_setitem(self):
+        value = self.stack.pop()
+        key = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) not in (dict, collections.OrderedDict):
+            raise UnsafeCheckpointError(f"SETITEM on a {type(target).__name__}")
+        target[key] = value
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self):
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) not in (dict, collections.OrderedDict):
+            raise UnsafeCheckpointError(f"SETITEMS on a {type(target).__name__}")
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    dispatch[pickle.SETITEMS[0]] = load_setitems
 
 
 def restricted_loads(data: bytes, persistent_load=None):

@@ -154,6 +154,13 @@ class FixtureConversion(unittest.TestCase):
         self.assertEqual(tok["omitted_prefixes"], ["decoder.", "quantizer."])
         self.assertEqual(m["architecture"]["pipeline_patchifier"],
                          {"in_dim": 256, "d": 30, "out_dim": 289})
+        for k in ("prima", "tokenizer"):
+            f = m["files"][k]
+            self.assertEqual(f["sha256"], pc.sha256_file(os.path.join(self.out, f["file"])))
+        self.assertEqual(sorted(os.listdir(self.out)),
+                         ["manifest.json", "prima.safetensors", "tokenizer.safetensors"])
+        self.assertEqual(m["files"]["prima"]["source_dtypes"], {"float32": 171})
+        self.assertEqual(m["sources"]["prima"]["unwrapped"], [])
 
     def test_key_table_matches_fixture(self):
         with open(FIX_KEYS) as f:
@@ -399,6 +406,19 @@ class Security(unittest.TestCase):
         obj = pu.restricted_loads(b"\x80\x02cmodel_parts\nHierViT\nX\x05\x00\x00\x00touch\x85R.")
         self.assertIsInstance(obj, pu.Stub)
         self.assertEqual(obj._stub_args, ("touch",))
+
+    def test_planted_methods_are_never_called(self):
+        # BUILD a stub with {'append': <stub class>, '__setstate__': ...}, then APPEND to it
+        planted = (b"\x80\x02cmodel_parts\nHierViT\n)\x81}(X\x06\x00\x00\x00append"
+                   b"cmodel_parts\nX\nX\x0c\x00\x00\x00__setstate__cmodel_parts\nY\nub"
+                   b"K\x01a.")
+        self.assertRefused(planted, "APPEND to a Stub_HierViT")
+        obj = pu.restricted_loads(planted[:-4] + b".")
+        self.assertNotIn("__setstate__", obj.__dict__)
+        self.assertRefused(b"\x80\x02cmodel_parts\nHierViT\n)\x81K\x01K\x02s.",
+                           "SETITEM on a Stub_HierViT")
+        self.assertRefused(b"\x80\x04cmodel_parts\nHierViT\n)\x81(K\x01\x90.",
+                           "ADDITEMS to a Stub_HierViT")
 
     def test_nested_payload_in_module_state_refused(self):
         import torch
