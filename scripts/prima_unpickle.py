@@ -680,9 +680,6 @@ class TorchArchive:
             raise UnsafeCheckpointError("malformed storage persistent id")
         st = self.storages.get(key)
         if st is None:
-            if stype.name == "UntypedStorage":
-                # numel of an untyped storage is in bytes; the typed view comes from the tensor
-                pass
             st = Storage(self, key, stype, numel)
             self.storages[key] = st
         return st
