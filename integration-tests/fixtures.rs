@@ -7,20 +7,30 @@ use std::path::{Path, PathBuf};
 pub fn reference_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("PRIMA_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference")
+        });
     if dir.join("README.md").exists() {
         return Some(dir);
     }
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("reference fixtures not found at {} (CI=true)", dir.display());
+        panic!(
+            "reference fixtures not found at {} (CI=true)",
+            dir.display()
+        );
     }
-    eprintln!("\n*** SKIPPED: reference fixtures not found at {} ***\n", dir.display());
+    eprintln!(
+        "\n*** SKIPPED: reference fixtures not found at {} ***\n",
+        dir.display()
+    );
     None
 }
 
 pub fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn npy_shape(path: &Path) -> Vec<u64> {
@@ -30,5 +40,8 @@ pub fn npy_shape(path: &Path) -> Vec<u64> {
 
 pub fn npy<T: npyz::Deserialize>(path: &Path) -> Vec<T> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec::<T>().unwrap()
+    npyz::NpyFile::new(&bytes[..])
+        .unwrap()
+        .into_vec::<T>()
+        .unwrap()
 }

@@ -36,7 +36,11 @@ impl PreparedSeries {
 
     /// (z, y, x) start coordinates of the selected patches.
     pub fn selected_coords(&self) -> Vec<[i64; 3]> {
-        self.selection.ids.iter().map(|&i| self.tokenized.coords[i]).collect()
+        self.selection
+            .ids
+            .iter()
+            .map(|&i| self.tokenized.coords[i])
+            .collect()
     }
 }
 

@@ -18,10 +18,18 @@ pub fn float_repr(v: f64) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if v == 0.0 {
-        return if v.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if v.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let sci = format!("{:e}", v); // shortest round-trip, e.g. "-1.2345e-5"
     let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
@@ -30,7 +38,11 @@ pub fn float_repr(v: f64) -> String {
     let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
     let sign = if neg { "-" } else { "" };
     if !(-4..16).contains(&exp) {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits.clone() };
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits.clone()
+        };
         let es = if exp < 0 { '-' } else { '+' };
         return format!("{sign}{m}e{es}{:02}", exp.abs());
     }
@@ -40,7 +52,11 @@ pub fn float_repr(v: f64) -> String {
     } else if point as usize >= digits.len() {
         format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
     } else {
-        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
     };
     format!("{sign}{s}")
 }
@@ -129,8 +145,17 @@ mod tests {
     fn layout_matches_json_dump_indent_2() {
         let v = PyValue::Dict(vec![
             ("a".into(), PyValue::List(vec![PyValue::Float(0.5)])),
-            ("b".into(), PyValue::List(vec![PyValue::List(vec![PyValue::Float(1.0), PyValue::Float(2.0)])])),
+            (
+                "b".into(),
+                PyValue::List(vec![PyValue::List(vec![
+                    PyValue::Float(1.0),
+                    PyValue::Float(2.0),
+                ])]),
+            ),
         ]);
-        assert_eq!(dumps_indent2(&v), "{\n  \"a\": [\n    0.5\n  ],\n  \"b\": [\n    [\n      1.0,\n      2.0\n    ]\n  ]\n}");
+        assert_eq!(
+            dumps_indent2(&v),
+            "{\n  \"a\": [\n    0.5\n  ],\n  \"b\": [\n    [\n      1.0,\n      2.0\n    ]\n  ]\n}"
+        );
     }
 }

@@ -43,7 +43,14 @@ pub struct SynthSeries {
 }
 
 impl SynthSeries {
-    pub fn new(number: i32, description: &str, plane: Plane, rows: u16, cols: u16, slices: usize) -> Self {
+    pub fn new(
+        number: i32,
+        description: &str,
+        plane: Plane,
+        rows: u16,
+        cols: u16,
+        slices: usize,
+    ) -> Self {
         SynthSeries {
             number,
             description: description.into(),
@@ -97,7 +104,10 @@ impl SynthStudy {
 fn uid(seed: u64, parts: &[&str]) -> String {
     let ns = uuid::Uuid::from_u128(0x7072_696d_615f_6e6f_6465_5f73_796e_7468);
     let name = format!("{seed}/{}", parts.join("/"));
-    format!("2.25.{}", uuid::Uuid::new_v5(&ns, name.as_bytes()).as_u128())
+    format!(
+        "2.25.{}",
+        uuid::Uuid::new_v5(&ns, name.as_bytes()).as_u128()
+    )
 }
 
 /// (row direction, column direction) for a plane, as DICOM IOP.
@@ -114,13 +124,19 @@ fn orientation(plane: Plane) -> ([f64; 3], [f64; 3]) {
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 /// Head phantom value at patient position p (mm, origin at the head centre).
 fn phantom(p: [f64; 3], scale: f64) -> f64 {
     let e = |c: [f64; 3], r: [f64; 3]| {
-        ((p[0] - c[0]) / r[0]).powi(2) + ((p[1] - c[1]) / r[1]).powi(2) + ((p[2] - c[2]) / r[2]).powi(2)
+        ((p[0] - c[0]) / r[0]).powi(2)
+            + ((p[1] - c[1]) / r[1]).powi(2)
+            + ((p[2] - c[2]) / r[2]).powi(2)
     };
     if e([0.0, 0.0, 0.0], [72.0, 92.0, 78.0]) > 1.0 {
         return 0.0;
@@ -128,7 +144,9 @@ fn phantom(p: [f64; 3], scale: f64) -> f64 {
     if e([0.0, 0.0, 0.0], [66.0, 86.0, 72.0]) > 1.0 {
         return 0.35 * scale; // skull/scalp
     }
-    if e([-12.0, -5.0, 10.0], [6.0, 22.0, 10.0]) <= 1.0 || e([12.0, -5.0, 10.0], [6.0, 22.0, 10.0]) <= 1.0 {
+    if e([-12.0, -5.0, 10.0], [6.0, 22.0, 10.0]) <= 1.0
+        || e([12.0, -5.0, 10.0], [6.0, 22.0, 10.0]) <= 1.0
+    {
         return 0.15 * scale; // ventricles
     }
     if e([25.0, 30.0, 25.0], [9.0, 9.0, 9.0]) <= 1.0 {
@@ -140,7 +158,10 @@ fn phantom(p: [f64; 3], scale: f64) -> f64 {
 struct Lcg(u64);
 impl Lcg {
     fn next_unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 11) as f64) / ((1u64 << 53) as f64)
     }
 }
@@ -150,7 +171,10 @@ fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: &str) {
 }
 
 fn ds(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{}", (x * 1e6).round() / 1e6)).collect::<Vec<_>>().join("\\")
+    v.iter()
+        .map(|x| format!("{}", (x * 1e6).round() / 1e6))
+        .collect::<Vec<_>>()
+        .join("\\")
 }
 
 /// Write the study under `out/<series folder>/…`. Returns the files written.
@@ -165,7 +189,12 @@ pub fn write_study(study: &SynthStudy, out: &Path) -> std::io::Result<Vec<PathBu
     Ok(files)
 }
 
-fn write_series(study: &SynthStudy, s: &SynthSeries, study_uid: &str, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+fn write_series(
+    study: &SynthStudy,
+    s: &SynthSeries,
+    study_uid: &str,
+    dir: &Path,
+) -> std::io::Result<Vec<PathBuf>> {
     let series_uid = uid(study.seed, &["series", &s.number.to_string()]);
     let (r, c) = orientation(s.plane);
     let n = cross(r, c);
@@ -176,7 +205,11 @@ fn write_series(study: &SynthStudy, s: &SynthSeries, study_uid: &str, dir: &Path
     let half_h = (rows as f64 - 1.0) * row_sp / 2.0;
     let half_d = (s.slices as f64 - 1.0) * s.slice_spacing / 2.0;
     let mut rng = Lcg(study.seed ^ (s.number as u64).wrapping_mul(0x9e37_79b9));
-    let stored_max = if s.signed { i16::MAX as f64 } else { u16::MAX as f64 };
+    let stored_max = if s.signed {
+        i16::MAX as f64
+    } else {
+        u16::MAX as f64
+    };
     let mut frames: Vec<(Vec<u8>, [f64; 3])> = Vec::with_capacity(s.slices);
     for k in 0..s.slices {
         let off = k as f64 * s.slice_spacing - half_d;
@@ -211,11 +244,21 @@ fn write_series(study: &SynthStudy, s: &SynthSeries, study_uid: &str, dir: &Path
         put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
         put_str(&mut o, tags::STUDY_DATE, VR::DA, "20260101");
         put_str(&mut o, tags::STUDY_TIME, VR::TM, "120000");
-        put_str(&mut o, tags::ACCESSION_NUMBER, VR::SH, &study.accession_number);
+        put_str(
+            &mut o,
+            tags::ACCESSION_NUMBER,
+            VR::SH,
+            &study.accession_number,
+        );
         put_str(&mut o, tags::MODALITY, VR::CS, "MR");
         put_str(&mut o, tags::MANUFACTURER, VR::LO, "prima-node synthetic");
         put_str(&mut o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
-        put_str(&mut o, tags::STUDY_DESCRIPTION, VR::LO, &study.study_description);
+        put_str(
+            &mut o,
+            tags::STUDY_DESCRIPTION,
+            VR::LO,
+            &study.study_description,
+        );
         put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &s.description);
         put_str(&mut o, tags::PATIENT_NAME, VR::PN, &study.patient_name);
         put_str(&mut o, tags::PATIENT_ID, VR::LO, &study.patient_id);
@@ -226,19 +269,52 @@ fn write_series(study: &SynthStudy, s: &SynthSeries, study_uid: &str, dir: &Path
         put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
         put_str(&mut o, tags::STUDY_ID, VR::SH, "1");
         put_str(&mut o, tags::SERIES_NUMBER, VR::IS, &s.number.to_string());
-        put_str(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &uid(study.seed, &["for"]));
-        o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
+        put_str(
+            &mut o,
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            &uid(study.seed, &["for"]),
+        );
+        o.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(1u16),
+        ));
         put_str(
             &mut o,
             tags::PHOTOMETRIC_INTERPRETATION,
             VR::CS,
-            if s.monochrome1 { "MONOCHROME1" } else { "MONOCHROME2" },
+            if s.monochrome1 {
+                "MONOCHROME1"
+            } else {
+                "MONOCHROME2"
+            },
         );
-        o.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(s.rows)));
-        o.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(s.cols)));
-        o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)));
-        o.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)));
-        o.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)));
+        o.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(s.rows),
+        ));
+        o.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(s.cols),
+        ));
+        o.put(DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(16u16),
+        ));
+        o.put(DataElement::new(
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(16u16),
+        ));
+        o.put(DataElement::new(
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(15u16),
+        ));
         o.put(DataElement::new(
             tags::PIXEL_REPRESENTATION,
             VR::US,
@@ -253,7 +329,12 @@ fn write_series(study: &SynthStudy, s: &SynthSeries, study_uid: &str, dir: &Path
         let sop_uid = uid(study.seed, &["instance", &s.number.to_string(), "mf"]);
         let mut o = base(uids::ENHANCED_MR_IMAGE_STORAGE, &sop_uid);
         put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
-        put_str(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &s.slices.to_string());
+        put_str(
+            &mut o,
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            &s.slices.to_string(),
+        );
         let mut shared = InMemDicomObject::new_empty();
         let item = |tag: Tag, vr: VR, v: &str| {
             let mut i = InMemDicomObject::new_empty();
@@ -263,12 +344,25 @@ fn write_series(study: &SynthStudy, s: &SynthSeries, study_uid: &str, dir: &Path
         let seq = |tag: Tag, items: Vec<InMemDicomObject>| {
             DataElement::new(tag, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED))
         };
-        shared.put(seq(tags::PLANE_ORIENTATION_SEQUENCE, vec![item(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &iop)]));
+        shared.put(seq(
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            vec![item(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &iop)],
+        ));
         let mut pm = item(tags::PIXEL_SPACING, VR::DS, &spacing);
-        put_str(&mut pm, tags::SLICE_THICKNESS, VR::DS, &ds(&[s.slice_spacing]));
+        put_str(
+            &mut pm,
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            &ds(&[s.slice_spacing]),
+        );
         shared.put(seq(tags::PIXEL_MEASURES_SEQUENCE, vec![pm]));
         let mut pv = item(tags::RESCALE_SLOPE, VR::DS, &ds(&[s.slope]));
-        put_str(&mut pv, tags::RESCALE_INTERCEPT, VR::DS, &ds(&[s.intercept]));
+        put_str(
+            &mut pv,
+            tags::RESCALE_INTERCEPT,
+            VR::DS,
+            &ds(&[s.intercept]),
+        );
         put_str(&mut pv, tags::RESCALE_TYPE, VR::LO, "US");
         shared.put(seq(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![pv]));
         o.put(seq(Tag(0x5200, 0x9229), vec![shared]));
@@ -276,31 +370,59 @@ fn write_series(study: &SynthStudy, s: &SynthSeries, study_uid: &str, dir: &Path
             .iter()
             .map(|(_, ipp)| {
                 let mut f = InMemDicomObject::new_empty();
-                f.put(seq(tags::PLANE_POSITION_SEQUENCE, vec![item(tags::IMAGE_POSITION_PATIENT, VR::DS, &ds(ipp))]));
+                f.put(seq(
+                    tags::PLANE_POSITION_SEQUENCE,
+                    vec![item(tags::IMAGE_POSITION_PATIENT, VR::DS, &ds(ipp))],
+                ));
                 f
             })
             .collect();
         o.put(seq(Tag(0x5200, 0x9230), per_frame));
         let all: Vec<u8> = frames.iter().flat_map(|(b, _)| b.iter().copied()).collect();
-        o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(all)));
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(all),
+        ));
         let path = dir.join("IM1.dcm");
         write_part10(o, &path)?;
         written.push(path);
         return Ok(written);
     }
     for (k, (bytes, ipp)) in frames.into_iter().enumerate() {
-        let number = if s.reversed_names { s.slices - k } else { k + 1 };
-        let sop_uid = uid(study.seed, &["instance", &s.number.to_string(), &k.to_string()]);
+        let number = if s.reversed_names {
+            s.slices - k
+        } else {
+            k + 1
+        };
+        let sop_uid = uid(
+            study.seed,
+            &["instance", &s.number.to_string(), &k.to_string()],
+        );
         let mut o = base(uids::MR_IMAGE_STORAGE, &sop_uid);
         put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, &(k + 1).to_string());
         put_str(&mut o, tags::IMAGE_POSITION_PATIENT, VR::DS, &ds(&ipp));
         put_str(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &iop);
         put_str(&mut o, tags::PIXEL_SPACING, VR::DS, &spacing);
-        put_str(&mut o, tags::SLICE_THICKNESS, VR::DS, &ds(&[s.slice_spacing]));
-        put_str(&mut o, tags::SPACING_BETWEEN_SLICES, VR::DS, &ds(&[s.slice_spacing]));
+        put_str(
+            &mut o,
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            &ds(&[s.slice_spacing]),
+        );
+        put_str(
+            &mut o,
+            tags::SPACING_BETWEEN_SLICES,
+            VR::DS,
+            &ds(&[s.slice_spacing]),
+        );
         put_str(&mut o, tags::RESCALE_SLOPE, VR::DS, &ds(&[s.slope]));
         put_str(&mut o, tags::RESCALE_INTERCEPT, VR::DS, &ds(&[s.intercept]));
-        o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes)));
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(bytes),
+        ));
         let path = dir.join(format!("IM{number}.dcm"));
         write_part10(o, &path)?;
         written.push(path);

@@ -110,7 +110,11 @@ pub fn index_to_point(origin: &[f64; 3], m: &Mat3, idx: &[f64; 3]) -> [f64; 3] {
 /// `TransformPhysicalPointToContinuousIndex`.
 #[inline]
 pub fn point_to_continuous_index(origin: &[f64; 3], p_mat: &Mat3, point: &[f64; 3]) -> [f64; 3] {
-    let v = [point[0] - origin[0], point[1] - origin[1], point[2] - origin[2]];
+    let v = [
+        point[0] - origin[0],
+        point[1] - origin[1],
+        point[2] - origin[2],
+    ];
     let mut ci = [0.0; 3];
     for r in 0..3 {
         let mut acc = 0.0;
@@ -708,7 +712,11 @@ mod tests {
         let root: Value = serde_json::from_str(&text).unwrap();
         let mut n_checked = 0;
         for s in root["series"].as_array().unwrap() {
-            let name = format!("{}/{}", s["study"].as_str().unwrap(), s["folder"].as_str().unwrap());
+            let name = format!(
+                "{}/{}",
+                s["study"].as_str().unwrap(),
+                s["folder"].as_str().unwrap()
+            );
             let iop_s: Vec<f64> = s["ImageOrientationPatient_strings"]
                 .as_array()
                 .unwrap()
@@ -726,7 +734,11 @@ mod tests {
             };
             let size = s["itk_size_xyz"].as_array().unwrap();
             let (w, h) = (size[0].as_f64().unwrap(), size[1].as_f64().unwrap());
-            let so = [(w * g.spacing[0]) / 256.0, (h * g.spacing[1]) / 256.0, g.spacing[2]];
+            let so = [
+                (w * g.spacing[0]) / 256.0,
+                (h * g.spacing[1]) / 256.0,
+                g.spacing[2],
+            ];
             assert_eq!(so, vec3(&s["output_spacing_xyz"]), "{name}: output spacing");
             let p = physical_to_index(&g);
             let p_itk = mat_rowmajor(&s["itk_physical_point_to_index_rowmajor"]);
@@ -736,10 +748,26 @@ mod tests {
             for sl in s["scanlines"].as_array().unwrap() {
                 let j = sl["j"].as_f64().unwrap();
                 let k = sl["k"].as_f64().unwrap();
-                let start = point_to_continuous_index(&g.origin, &p, &index_to_point(&g.origin, &mo, &[0.0, j, k]));
-                let end = point_to_continuous_index(&g.origin, &p, &index_to_point(&g.origin, &mo, &[256.0, j, k]));
-                assert_eq!(start, vec3(&sl["start_cindex_xyz"]), "{name}: start j={j} k={k}");
-                assert_eq!(end, vec3(&sl["end_cindex_xyz_at_i256"]), "{name}: end j={j} k={k}");
+                let start = point_to_continuous_index(
+                    &g.origin,
+                    &p,
+                    &index_to_point(&g.origin, &mo, &[0.0, j, k]),
+                );
+                let end = point_to_continuous_index(
+                    &g.origin,
+                    &p,
+                    &index_to_point(&g.origin, &mo, &[256.0, j, k]),
+                );
+                assert_eq!(
+                    start,
+                    vec3(&sl["start_cindex_xyz"]),
+                    "{name}: start j={j} k={k}"
+                );
+                assert_eq!(
+                    end,
+                    vec3(&sl["end_cindex_xyz_at_i256"]),
+                    "{name}: end j={j} k={k}"
+                );
             }
             n_checked += 1;
         }

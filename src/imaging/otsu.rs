@@ -32,7 +32,13 @@ pub fn bins(otsu: &[f64], grid: [usize; 3]) -> OtsuBins {
         }
     }
     let holes = (0..102)
-        .map(|t| if t <= MAX_HOLE_BIN { holes_of(&bins[t], grid) } else { Vec::new() })
+        .map(|t| {
+            if t <= MAX_HOLE_BIN {
+                holes_of(&bins[t], grid)
+            } else {
+                Vec::new()
+            }
+        })
         .collect();
     OtsuBins { bins, holes }
 }
@@ -54,7 +60,8 @@ fn holes_of(marked_ids: &[usize], grid: [usize; 3]) -> Vec<usize> {
     for z in 0..nz {
         for y in 0..ny {
             for x in 0..nx {
-                let border = z == 0 || y == 0 || x == 0 || z == nz - 1 || y == ny - 1 || x == nx - 1;
+                let border =
+                    z == 0 || y == 0 || x == 0 || z == nz - 1 || y == ny - 1 || x == nx - 1;
                 let i = idx(z, y, x);
                 if border && !marked[i] {
                     outside[i] = true;
@@ -135,13 +142,26 @@ pub fn select_tokens(b: &OtsuBins) -> Selection {
     let mut last = Vec::new();
     for p in PERCENTAGES {
         let ids = b.select(p);
-        attempts.push(Attempt { percent: p, tokens_after: ids.len() });
+        attempts.push(Attempt {
+            percent: p,
+            tokens_after: ids.len(),
+        });
         if ids.len() > MIN_TOKENS || p == 0 {
-            return Selection { percent: p, holes_used: b.used_bins_have_holes(p), ids, attempts };
+            return Selection {
+                percent: p,
+                holes_used: b.used_bins_have_holes(p),
+                ids,
+                attempts,
+            };
         }
         last = ids;
     }
-    Selection { percent: 0, holes_used: b.used_bins_have_holes(0), ids: last, attempts }
+    Selection {
+        percent: 0,
+        holes_used: b.used_bins_have_holes(0),
+        ids: last,
+        attempts,
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +172,14 @@ mod tests {
     fn enclosed_cell_is_a_hole_only_with_all_six_faces() {
         let grid = [3, 3, 3];
         let c = |z: usize, y: usize, x: usize| (z * 3 + y) * 3 + x;
-        let faces = vec![c(0, 1, 1), c(2, 1, 1), c(1, 0, 1), c(1, 2, 1), c(1, 1, 0), c(1, 1, 2)];
+        let faces = vec![
+            c(0, 1, 1),
+            c(2, 1, 1),
+            c(1, 0, 1),
+            c(1, 2, 1),
+            c(1, 1, 0),
+            c(1, 1, 2),
+        ];
         assert_eq!(holes_of(&faces, grid), vec![c(1, 1, 1)]);
         assert!(holes_of(&faces[..5], grid).is_empty());
     }

@@ -42,7 +42,11 @@ pub fn resample_inplane_256(v: &Volume) -> Volume {
     for (k, out_plane) in data.chunks_exact_mut(OUT_XY * OUT_XY).enumerate() {
         for (j, out_row) in out_plane.chunks_exact_mut(OUT_XY).enumerate() {
             let (jf, kf) = (j as f64, k as f64);
-            let start = point_to_continuous_index(&origin, &p, &index_to_point(&origin, &mo, &[0.0, jf, kf]));
+            let start = point_to_continuous_index(
+                &origin,
+                &p,
+                &index_to_point(&origin, &mo, &[0.0, jf, kf]),
+            );
             let end = point_to_continuous_index(
                 &origin,
                 &p,
@@ -50,7 +54,11 @@ pub fn resample_inplane_256(v: &Volume) -> Volume {
             );
             let vec = [end[0] - start[0], end[1] - start[1], end[2] - start[2]];
             for (o, &a) in out_row.iter_mut().zip(alpha.iter()) {
-                let c = [start[0] + a * vec[0], start[1] + a * vec[1], start[2] + a * vec[2]];
+                let c = [
+                    start[0] + a * vec[0],
+                    start[1] + a * vec[1],
+                    start[2] + a * vec[2],
+                ];
                 // Negated comparisons so that NaN counts as outside, like ITK.
                 #[allow(clippy::neg_cmp_op_on_partial_ord)]
                 let outside = !(c[0] >= -0.5 && c[0] < hi[0])
@@ -179,22 +187,37 @@ pub(crate) mod test_support {
                         .take(n)
                         .map(|b| slope * i16::from_le_bytes([b[0], b[1]]) as f64 + intercept),
                 ),
-                (8, false) => data.extend(raw.iter().take(n).map(|&b| slope * b as f64 + intercept)),
+                (8, false) => {
+                    data.extend(raw.iter().take(n).map(|&b| slope * b as f64 + intercept))
+                }
                 other => panic!("unsupported pixel layout {other:?}"),
             }
-            last_ipp = floats(&obj, tags::IMAGE_POSITION_PATIENT).unwrap().try_into().unwrap();
+            last_ipp = floats(&obj, tags::IMAGE_POSITION_PATIENT)
+                .unwrap()
+                .try_into()
+                .unwrap();
             if first.is_none() {
                 let pt = PixelType::from_rescale(slope, intercept, bits_stored, signed);
                 first = Some((obj, pt));
             }
         }
         let (obj, pixel_type) = first.unwrap();
-        let origin: [f64; 3] = floats(&obj, tags::IMAGE_POSITION_PATIENT).unwrap().try_into().unwrap();
-        let iop: [f64; 6] = floats(&obj, tags::IMAGE_ORIENTATION_PATIENT).unwrap().try_into().unwrap();
+        let origin: [f64; 3] = floats(&obj, tags::IMAGE_POSITION_PATIENT)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let iop: [f64; 6] = floats(&obj, tags::IMAGE_ORIENTATION_PATIENT)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let ps = floats(&obj, tags::PIXEL_SPACING).unwrap();
         let n = files.len();
         let sz = if n > 1 {
-            let d = [last_ipp[0] - origin[0], last_ipp[1] - origin[1], last_ipp[2] - origin[2]];
+            let d = [
+                last_ipp[0] - origin[0],
+                last_ipp[1] - origin[1],
+                last_ipp[2] - origin[2],
+            ];
             let norm = (((0.0 + d[0] * d[0]) + d[1] * d[1]) + d[2] * d[2]).sqrt();
             if norm < 1e-12 {
                 1.0

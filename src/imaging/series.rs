@@ -130,7 +130,12 @@ fn read_single_str(obj: &InMemDicomObject, tag: Tag) -> Result<Option<String>, (
             let vals = e.value().to_multi_str().map_err(|_| ())?;
             match vals.len() {
                 0 => Ok(Some(String::new())),
-                1 => Ok(Some(vals[0].trim_end_matches(['\0', ' ']).trim_start_matches(' ').to_string())),
+                1 => Ok(Some(
+                    vals[0]
+                        .trim_end_matches(['\0', ' '])
+                        .trim_start_matches(' ')
+                        .to_string(),
+                )),
                 _ => Err(()),
             }
         }
@@ -143,7 +148,11 @@ fn read_ds(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     if let Ok(s) = e.value().to_str() {
         let parsed: Option<Vec<f64>> = s
             .split('\\')
-            .map(|p| p.trim_matches(|c: char| c == ' ' || c == '\0').parse::<f64>().ok())
+            .map(|p| {
+                p.trim_matches(|c: char| c == ' ' || c == '\0')
+                    .parse::<f64>()
+                    .ok()
+            })
             .collect();
         if let Some(v) = parsed {
             if !v.is_empty() {
@@ -196,9 +205,14 @@ pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, String> {
         ipp: read_ds(&obj, tags::IMAGE_POSITION_PATIENT).and_then(|v| v.try_into().ok()),
         iop: read_ds(&obj, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok()),
         pixel_spacing: read_ds(&obj, tags::PIXEL_SPACING).and_then(|v| v.try_into().ok()),
-        spacing_between_slices: read_ds(&obj, tags::SPACING_BETWEEN_SLICES).and_then(|v| v.first().copied()),
-        slope: read_ds(&obj, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()).unwrap_or(1.0),
-        intercept: read_ds(&obj, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()).unwrap_or(0.0),
+        spacing_between_slices: read_ds(&obj, tags::SPACING_BETWEEN_SLICES)
+            .and_then(|v| v.first().copied()),
+        slope: read_ds(&obj, tags::RESCALE_SLOPE)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(1.0),
+        intercept: read_ds(&obj, tags::RESCALE_INTERCEPT)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0.0),
         bits_allocated: read_int(&obj, tags::BITS_ALLOCATED).unwrap_or(16) as u16,
         bits_stored: read_int(&obj, tags::BITS_STORED)
             .or_else(|| read_int(&obj, tags::BITS_ALLOCATED))
@@ -261,7 +275,10 @@ fn sanitize(t: &str) -> String {
 /// description/protocol attribute is multi-valued (upstream falls back to the folder name).
 pub fn series_name(first: &SliceMeta, fallback: &str) -> String {
     let (sd, pn) = match (&first.series_description, &first.protocol_name) {
-        (Ok(sd), Ok(pn)) => (sanitize(sd.as_deref().unwrap_or("")), sanitize(pn.as_deref().unwrap_or(""))),
+        (Ok(sd), Ok(pn)) => (
+            sanitize(sd.as_deref().unwrap_or("")),
+            sanitize(pn.as_deref().unwrap_or("")),
+        ),
         _ => return fallback.to_string(),
     };
     match (sd.is_empty(), pn.is_empty()) {
@@ -291,12 +308,17 @@ fn most_common_size(slices: Vec<SliceMeta>) -> Vec<SliceMeta> {
             None => counts.push((k, 1)),
         }
     }
-    let best = counts.iter().fold(None::<((u32, u32), usize)>, |acc, &(k, n)| match acc {
-        Some((_, bn)) if bn >= n => acc,
-        _ => Some((k, n)),
-    });
+    let best = counts
+        .iter()
+        .fold(None::<((u32, u32), usize)>, |acc, &(k, n)| match acc {
+            Some((_, bn)) if bn >= n => acc,
+            _ => Some((k, n)),
+        });
     match best {
-        Some((k, _)) => slices.into_iter().filter(|s| (s.cols, s.rows) == k).collect(),
+        Some((k, _)) => slices
+            .into_iter()
+            .filter(|s| (s.cols, s.rows) == k)
+            .collect(),
         None => slices,
     }
 }
@@ -369,7 +391,10 @@ pub fn group_by_series_uid(headers: Vec<SliceMeta>) -> StudyScan {
         if scan.study_description.is_none() {
             scan.study_description = h.study_description.clone();
         }
-        groups.entry(h.series_instance_uid.clone()).or_default().push(h);
+        groups
+            .entry(h.series_instance_uid.clone())
+            .or_default()
+            .push(h);
     }
     let mut keys: Vec<(Option<i64>, String)> = groups
         .iter()
@@ -436,8 +461,15 @@ fn scan_by_folder(dir: &Path) -> Result<StudyScan, ImagingError> {
             scan.study_description = headers[0].study_description.clone();
         }
         // GDCM reads only the group with the smallest SeriesInstanceUID (byte order).
-        let uid = headers.iter().map(|h| h.series_instance_uid.clone()).min().unwrap_or_default();
-        let mut group: Vec<SliceMeta> = headers.into_iter().filter(|h| h.series_instance_uid == uid).collect();
+        let uid = headers
+            .iter()
+            .map(|h| h.series_instance_uid.clone())
+            .min()
+            .unwrap_or_default();
+        let mut group: Vec<SliceMeta> = headers
+            .into_iter()
+            .filter(|h| h.series_instance_uid == uid)
+            .collect();
         let found = group.len();
         sort_by_position(&mut group); // GDCM's order, used only to break size ties
         let mut kept = most_common_size(group);
@@ -455,7 +487,9 @@ fn scan_by_folder(dir: &Path) -> Result<StudyScan, ImagingError> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Largest series the model accepts (§8.1): 5000 patches.
@@ -499,7 +533,11 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
     }
     let spacing_z = if n > 1 {
         let last = c.slices[n - 1].ipp.unwrap();
-        let d = [last[0] - origin[0], last[1] - origin[1], last[2] - origin[2]];
+        let d = [
+            last[0] - origin[0],
+            last[1] - origin[1],
+            last[2] - origin[2],
+        ];
         let norm = (((0.0 + d[0] * d[0]) + d[1] * d[1]) + d[2] * d[2]).sqrt();
         if norm < 1e-12 {
             1.0
@@ -512,7 +550,12 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
     if !(ps[0] > 0.0 && ps[1] > 0.0 && ps[0].is_finite() && ps[1].is_finite()) {
         return Err(format!("invalid PixelSpacing {:?}", ps));
     }
-    let pixel_type = PixelType::from_rescale(first.slope, first.intercept, first.bits_stored, first.signed);
+    let pixel_type = PixelType::from_rescale(
+        first.slope,
+        first.intercept,
+        first.bits_stored,
+        first.signed,
+    );
     let (w, h) = (first.cols as usize, first.rows as usize);
     let plane = w * h;
     let mut data = Vec::with_capacity(plane * n);
@@ -520,17 +563,25 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
     let mut cache: Option<(PathBuf, dicom_object::DefaultDicomObject)> = None;
     for s in &c.slices {
         if cache.as_ref().map(|(p, _)| p != &s.path).unwrap_or(true) {
-            let obj = dicom_object::open_file(&s.path).map_err(|e| format!("cannot read {}: {e}", file_name(&s.path)))?;
+            let obj = dicom_object::open_file(&s.path)
+                .map_err(|e| format!("cannot read {}: {e}", file_name(&s.path)))?;
             cache = Some((s.path.clone(), obj));
         }
         let obj = &cache.as_ref().unwrap().1;
         let decoded = obj
             .decode_pixel_data_frame(s.frame.unwrap_or(0))
-            .map_err(|e| format!("cannot decode pixel data ({}): {e}", obj.meta().transfer_syntax()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot decode pixel data ({}): {e}",
+                    obj.meta().transfer_syntax()
+                )
+            })?;
         if decoded.rows() as usize != h || decoded.columns() as usize != w {
             return Err("decoded frame size differs from the header".into());
         }
-        let bytes = decoded.frame_data(0).map_err(|e| format!("pixel data: {e}"))?;
+        let bytes = decoded
+            .frame_data(0)
+            .map_err(|e| format!("pixel data: {e}"))?;
         let before = data.len();
         push_stored_values(&mut data, bytes, decoded.bits_allocated(), s.signed, plane)?;
         // Each file's own rescale, then ITK's conversion to the volume's type T.
@@ -550,7 +601,13 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
     })
 }
 
-fn push_stored_values(out: &mut Vec<f64>, bytes: &[u8], bits_allocated: u16, signed: bool, n: usize) -> Result<(), String> {
+fn push_stored_values(
+    out: &mut Vec<f64>,
+    bytes: &[u8],
+    bits_allocated: u16,
+    signed: bool,
+    n: usize,
+) -> Result<(), String> {
     let bpp = (bits_allocated as usize).div_ceil(8);
     if bytes.len() < n * bpp {
         return Err(format!(
@@ -563,10 +620,22 @@ fn push_stored_values(out: &mut Vec<f64>, bytes: &[u8], bits_allocated: u16, sig
     match (bpp, signed) {
         (1, false) => out.extend(b.iter().map(|&v| v as f64)),
         (1, true) => out.extend(b.iter().map(|&v| v as i8 as f64)),
-        (2, false) => out.extend(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f64)),
-        (2, true) => out.extend(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f64)),
-        (4, false) => out.extend(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)),
-        (4, true) => out.extend(b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)),
+        (2, false) => out.extend(
+            b.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as f64),
+        ),
+        (2, true) => out.extend(
+            b.chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f64),
+        ),
+        (4, false) => out.extend(
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+        ),
+        (4, true) => out.extend(
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+        ),
         _ => return Err(format!("unsupported BitsAllocated {bits_allocated}")),
     }
     Ok(())
@@ -605,7 +674,10 @@ mod tests {
             protocol_name: Ok(Some("t1_mprage_tra_iso+C".into())),
             study_description: None,
         };
-        assert_eq!(series_name(&m, "F"), "Ax_3D_T1_MPRAGE__plus_C-t1_mprage_tra_iso_plus_C-Protocol");
+        assert_eq!(
+            series_name(&m, "F"),
+            "Ax_3D_T1_MPRAGE__plus_C-t1_mprage_tra_iso_plus_C-Protocol"
+        );
         m.series_description = Ok(Some("AX T2 FLAIR".into()));
         m.protocol_name = Ok(Some("AX T2 FLAIR".into()));
         assert_eq!(series_name(&m, "F"), "AX_T2_FLAIR");

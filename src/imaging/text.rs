@@ -26,7 +26,10 @@ mod tests {
 
     #[test]
     fn spec_example() {
-        assert_eq!(chartovec("MRI BRAIN"), vec![13, 18, 9, 45, 2, 18, 1, 9, 14, 46]);
+        assert_eq!(
+            chartovec("MRI BRAIN"),
+            vec![13, 18, 9, 45, 2, 18, 1, 9, 14, 46]
+        );
         assert_eq!(chartovec(""), vec![46]);
         assert_eq!(chartovec("a/Ü,"), vec![1, 45, 45, 44, 46]);
     }

@@ -45,7 +45,10 @@ pub fn tokenize(vol: &Array3<f64>, thin: usize) -> Tokenized {
         for y in 0..shape[1] {
             let src = (z * shape[1] + y) * shape[2];
             let dst = ((z + before[0]) * py + (y + before[1])) * px + before[2];
-            for (d, s) in padded[dst..dst + shape[2]].iter_mut().zip(&vol.data[src..src + shape[2]]) {
+            for (d, s) in padded[dst..dst + shape[2]]
+                .iter_mut()
+                .zip(&vol.data[src..src + shape[2]])
+            {
                 *d = *s as f32;
             }
         }
@@ -64,7 +67,10 @@ pub fn tokenize(vol: &Array3<f64>, thin: usize) -> Tokenized {
                 for z in z0..z0 + ps[0] {
                     for y in y0..y0 + ps[1] {
                         let row = (z * py + y) * px;
-                        count += padded[row + x0..row + x0 + ps[2]].iter().filter(|&&v| v > thr).count();
+                        count += padded[row + x0..row + x0 + ps[2]]
+                            .iter()
+                            .filter(|&&v| v > thr)
+                            .count();
                     }
                 }
                 coords.push([z0 as i64, y0 as i64, x0 as i64]);
@@ -140,7 +146,10 @@ mod tests {
 
     #[test]
     fn thin_axis_and_padding() {
-        let vol = Array3 { shape: [3, 256, 256], data: vec![100.0; 3 * 256 * 256] };
+        let vol = Array3 {
+            shape: [3, 256, 256],
+            data: vec![100.0; 3 * 256 * 256],
+        };
         let t = tokenize(&vol, 0);
         assert_eq!(t.padded_shape, [4, 256, 256]);
         assert_eq!(t.n_patches(), 64);
@@ -161,7 +170,13 @@ mod tests {
         let mut data = vec![0.0; 4 * 32 * 32];
         data[0] = 1.0;
         data[1] = 0.4;
-        let t = tokenize(&Array3 { shape: [4, 32, 32], data }, 0);
+        let t = tokenize(
+            &Array3 {
+                shape: [4, 32, 32],
+                data,
+            },
+            0,
+        );
         assert_eq!(t.otsu[0], (1.0 / 4096.0) * 100.0);
     }
 }
