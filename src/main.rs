@@ -3,15 +3,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use prima_node::imaging::series::{scan_study, SliceOrder};
+use prima_node::infer::{predictions_json, run_model, series_records, skip_records, RunRecord, StageTimings};
+use prima_node::model::demo::{write_demo_model, DemoSize};
+use prima_node::model::prima::parse_device;
+use prima_node::model::{ModelOptions, PrimaModel};
 use prima_node::pipeline::prepare_all;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(
-    name = "prima-node",
-    version,
-    about = "DICOM node running the Prima brain-MRI model"
-)]
+#[command(name = "prima-node", version, about = "DICOM node running the Prima brain-MRI model")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +26,37 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Run Prima on one study folder: writes `<name>_predictions.json` (upstream's format)
+    /// and `<name>_run.json` (series used/skipped, timings) into `--out`.
+    Infer {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = SliceOrderArg::Position)]
+        slice_order: SliceOrderArg,
+        /// Defaults to the DICOM StudyDescription (0008,1030).
+        #[arg(long)]
+        study_description: Option<String>,
+        /// auto, cpu, cuda or cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// f32 (reference numerics), f16 or bf16 (GPU)
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// libtorch intra-op threads (default: libtorch's choice)
+        #[arg(long)]
+        threads: Option<i32>,
+        /// Tokens per VQ-VAE call.
+        #[arg(long, default_value_t = 400)]
+        vqvae_chunk: usize,
+        study_dir: PathBuf,
+    },
+    /// Model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Decode a study folder and select Prima's input tokens, without running the model
     /// (a dry run of the imaging path; prints one line per series).
     Prepare {
@@ -33,6 +64,25 @@ enum Command {
         slice_order: SliceOrderArg,
         study_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a deterministic random-weight demo model (NOT for clinical use).
+    Demo {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = DemoSizeArg::Small)]
+        size: DemoSizeArg,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoSizeArg {
+    Small,
+    Full,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -54,16 +104,44 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::SynthStudy { out, seed } => {
-            let files =
-                prima_node::synth::write_study(&prima_node::synth::SynthStudy::brain(seed), &out)
-                    .with_context(|| format!("writing study to {}", out.display()))?;
+            let files = prima_node::synth::write_study(&prima_node::synth::SynthStudy::brain(seed), &out)
+                .with_context(|| format!("writing study to {}", out.display()))?;
             eprintln!("wrote {} instances under {}", files.len(), out.display());
             Ok(())
         }
-        Command::Prepare {
+        Command::Infer {
+            model,
+            out,
             slice_order,
+            study_description,
+            device,
+            precision,
+            threads,
+            vqvae_chunk,
             study_dir,
+        } => infer(InferArgs {
+            model,
+            out,
+            slice_order,
+            study_description,
+            device,
+            precision,
+            threads,
+            vqvae_chunk,
+            study_dir,
+        }),
+        Command::Model {
+            command: ModelCommand::Demo { out, size, seed },
         } => {
+            let size = match size {
+                DemoSizeArg::Small => DemoSize::Small,
+                DemoSizeArg::Full => DemoSize::Full,
+            };
+            write_demo_model(&out, size, seed)?;
+            eprintln!("wrote demo model ({}) to {} — NOT FOR CLINICAL USE", size.as_str(), out.display());
+            Ok(())
+        }
+        Command::Prepare { slice_order, study_dir } => {
             let t0 = Instant::now();
             let scan = scan_study(&study_dir, slice_order.into())?;
             let (prepared, skipped) = prepare_all(&scan);
@@ -85,4 +163,115 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+struct InferArgs {
+    model: PathBuf,
+    out: PathBuf,
+    slice_order: SliceOrderArg,
+    study_description: Option<String>,
+    device: String,
+    precision: String,
+    threads: Option<i32>,
+    vqvae_chunk: usize,
+    study_dir: PathBuf,
+}
+
+fn infer(a: InferArgs) -> Result<()> {
+    let t_start = Instant::now();
+    if let Some(n) = a.threads {
+        tch::set_num_threads(n);
+    }
+    let opts = ModelOptions {
+        device: parse_device(&a.device)?,
+        precision: a.precision.parse()?,
+        vqvae_chunk: a.vqvae_chunk,
+    };
+    let progress = |msg: &str| eprintln!("[prima-node infer] {msg}");
+    let model = PrimaModel::load(&a.model, &opts).with_context(|| format!("loading model {}", a.model.display()))?;
+    let m = model.manifest();
+    progress(&format!(
+        "model {} {}{} on {:?}",
+        m.model_name,
+        m.model_version,
+        if m.demo { " (DEMO MODEL — NOT FOR CLINICAL USE)" } else { "" },
+        opts.device
+    ));
+    let t0 = Instant::now();
+    let scan = scan_study(&a.study_dir, a.slice_order.into())?;
+    let scan_s = t0.elapsed().as_secs_f64();
+    progress(&format!("scan: {} series candidates in {scan_s:.2}s", scan.series.len()));
+    let t1 = Instant::now();
+    let (prepared, skipped) = prepare_all(&scan);
+    let prepare_s = t1.elapsed().as_secs_f64();
+    for p in &prepared {
+        progress(&format!(
+            "tokens: series {} {} -> {} tokens at {}%",
+            p.name,
+            p.tokenized.n_patches(),
+            p.selection.ids.len(),
+            p.selection.percent
+        ));
+    }
+    for s in &skipped {
+        progress(&format!("skipped series {}: {}", s.key, s.reason));
+    }
+    if prepared.is_empty() {
+        anyhow::bail!("no usable series in {}", a.study_dir.display());
+    }
+    let description = a
+        .study_description
+        .clone()
+        .or_else(|| scan.study_description.clone())
+        .unwrap_or_default();
+    let run = run_model(&model, &prepared, &description, progress)?;
+    let name = a
+        .study_dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "study".into());
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let pred_path = a.out.join(format!("{name}_predictions.json"));
+    std::fs::write(&pred_path, predictions_json(&run.output))?;
+    let mut warnings = Vec::new();
+    if m.demo {
+        warnings.push("DEMO MODEL (random weights) — NOT FOR CLINICAL USE".to_string());
+    }
+    for p in prepared.iter().filter(|p| p.selection.holes_used) {
+        warnings.push(format!(
+            "series {}: a used otsu bin had holes; upstream's pipeline raises here (spec 6.5)",
+            p.name
+        ));
+    }
+    let record = RunRecord {
+        study: name.clone(),
+        study_instance_uid: scan.study_instance_uid.clone(),
+        study_description: description,
+        slice_order: match a.slice_order {
+            SliceOrderArg::Position => "position".into(),
+            SliceOrderArg::Filename => "filename".into(),
+        },
+        model_name: m.model_name.clone(),
+        model_version: m.model_version.clone(),
+        demo_model: m.demo,
+        device: format!("{:?}", opts.device),
+        precision: opts.precision.as_str().into(),
+        threads: tch::get_num_threads(),
+        series: series_records(&prepared),
+        skipped: skip_records(&skipped),
+        tokens_encoded: run.tokens_encoded,
+        timings: StageTimings {
+            scan_s,
+            prepare_s,
+            vqvae_s: run.vqvae_s,
+            patchify_s: run.patchify_s,
+            prima_s: run.prima_s,
+            total_s: t_start.elapsed().as_secs_f64(),
+        },
+        warnings,
+    };
+    std::fs::write(a.out.join(format!("{name}_run.json")), serde_json::to_string_pretty(&record)?)?;
+    progress(&format!("wrote {}", pred_path.display()));
+    Ok(())
 }
