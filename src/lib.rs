@@ -15,3 +15,9 @@
 pub mod imaging;
 pub mod model;
 pub mod pipeline;
+pub mod config;
+pub mod net;
+pub mod node;
+pub mod store;
+pub mod study;
+pub mod worker;
