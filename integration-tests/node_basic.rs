@@ -12,7 +12,8 @@ fn echo_and_rejections() {
         return;
     }
     let mut o = NodeOpts::default();
-    o.sources.push(("ELSEWHERE".into(), Some("10.255.255.1".into())));
+    o.sources
+        .push(("ELSEWHERE".into(), Some("10.255.255.1".into())));
     let node = Node::start(o);
     let port = node.opts.port;
 
@@ -38,7 +39,11 @@ fn echo_and_rejections() {
     // A known AE title from an address its [[sources]] entry does not allow.
     let r = echoscu(port, "ELSEWHERE", NODE_AE);
     assert!(!r.status.success());
-    assert!(text(&r).contains("Calling AE Title Not Recognized"), "{}", text(&r));
+    assert!(
+        text(&r).contains("Calling AE Title Not Recognized"),
+        "{}",
+        text(&r)
+    );
 
     let log = node.log_text();
     assert!(log.contains("calling AE title not in [[sources]]"), "{log}");
@@ -49,7 +54,11 @@ fn echo_and_rejections() {
 fn check_config_reports_precise_problems() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, config_text(&NodeOpts::default(), &dir.path().join("s"))).unwrap();
+    std::fs::write(
+        &good,
+        config_text(&NodeOpts::default(), &dir.path().join("s")),
+    )
+    .unwrap();
     let out = std::process::Command::new(bin())
         .arg("check-config")
         .arg(&good)
@@ -69,7 +78,10 @@ fn check_config_reports_precise_problems() {
     let bad = dir.path().join("bad.toml");
     let t = std::fs::read_to_string(&good)
         .unwrap()
-        .replace("ae_title = \"PRIMA\"", "ae_title = \"AN_AE_TITLE_FAR_TOO_LONG\"")
+        .replace(
+            "ae_title = \"PRIMA\"",
+            "ae_title = \"AN_AE_TITLE_FAR_TOO_LONG\"",
+        )
         .replace("quiet_period_s = 1.5", "quiet_period_s = -1")
         .replace("port = ", "port = 0 #");
     std::fs::write(&bad, t).unwrap();
@@ -109,7 +121,11 @@ fn study_a_is_delivered_exactly_once() {
     let study_uid = study_uid_of(&series[0][0]);
     // Several associations, three at a time, as a PACS would.
     send_study(node.opts.port, &series, 3);
-    assert_eq!(node.spool_objects().len(), n_files, "every instance spooled");
+    assert_eq!(
+        node.spool_objects().len(),
+        n_files,
+        "every instance spooled"
+    );
     assert!(node.spool_tmp().is_empty());
 
     assert!(
@@ -126,18 +142,28 @@ fn study_a_is_delivered_exactly_once() {
     let status = node.status();
     assert!(status.contains(&study_uid), "{status}");
     assert!(
-        status.lines().any(|l| l.contains(&study_uid) && l.contains(" done ")),
+        status
+            .lines()
+            .any(|l| l.contains(&study_uid) && l.contains(" done ")),
         "{status}"
     );
-    assert!(status.contains(&got[0].0), "outbox lists the output:\n{status}");
     assert!(
-        status.lines().any(|l| l.contains(&got[0].0) && l.contains(" done ")),
+        status.contains(&got[0].0),
+        "outbox lists the output:\n{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(&got[0].0) && l.contains(" done ")),
         "{status}"
     );
 
     // Predictions are kept beside the study.
     let results = walk_files(&node.state_dir.join("results"));
-    assert!(results.iter().any(|p| p.ends_with("predictions.json")), "{results:?}");
+    assert!(
+        results.iter().any(|p| p.ends_with("predictions.json")),
+        "{results:?}"
+    );
 
     // Private state: files 0600, directories 0700.
     use std::os::unix::fs::PermissionsExt;
@@ -151,7 +177,11 @@ fn study_a_is_delivered_exactly_once() {
     // The PACS sends the whole study again: nothing changes, nothing is re-sent.
     send_study(node.opts.port, &series[..2], 2);
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(dest.received().len(), 1, "re-sent identical study not re-run");
+    assert_eq!(
+        dest.received().len(),
+        1,
+        "re-sent identical study not re-run"
+    );
 
     // Graceful stop.
     assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
@@ -172,7 +202,9 @@ fn config_changes_apply_live_and_invalid_ones_are_refused() {
     o.sources.push(("NEWSRC".into(), None));
     node.rewrite_config(&config_text(&o, &node.state_dir));
     assert!(
-        wait_until(Duration::from_secs(10), || echoscu(port, "NEWSRC", NODE_AE).status.success()),
+        wait_until(Duration::from_secs(10), || echoscu(port, "NEWSRC", NODE_AE)
+            .status
+            .success()),
         "new source not applied:\n{}",
         node.log_text()
     );
@@ -221,12 +253,110 @@ fn systemd_unit_verifies() {
     // verify insists that ExecStart's binary exists: point it at the one just built.
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("prima-node.service");
-    std::fs::write(&p, unit.replace("/usr/bin/prima-node", bin().to_str().unwrap())).unwrap();
+    std::fs::write(
+        &p,
+        unit.replace("/usr/bin/prima-node", bin().to_str().unwrap()),
+    )
+    .unwrap();
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&p)
         .output()
         .unwrap();
-    assert!(out.status.success(), "systemd-analyze verify:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify:\n{}",
+        text(&out)
+    );
     assert!(text(&out).trim().is_empty(), "warnings:\n{}", text(&out));
+}
+
+#[test]
+fn reopened_study_is_rerun_and_references_the_earlier_output() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    use dicom_dictionary_std::tags;
+    let o = NodeOpts::default();
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    assert!(wait_until(Duration::from_secs(30), || dest
+        .received()
+        .len()
+        == 1));
+    let first = dest.received()[0].0.clone();
+
+    // A late instance: a copy of one slice under a new SOP Instance UID.
+    let mut obj = dicom_object::open_file(&series[2][0]).unwrap();
+    let new_uid = "2.25.123456789012345678901234567890";
+    obj.put(dicom_object::mem::InMemElement::new(
+        tags::SOP_INSTANCE_UID,
+        dicom_core::VR::UI,
+        dicom_core::PrimitiveValue::from(new_uid),
+    ));
+    obj.meta_mut().media_storage_sop_instance_uid = new_uid.to_string();
+    let late = node.dir.path().join("late.dcm");
+    obj.write_to_file(&late).unwrap();
+    let out = storescu(node.opts.port, SCU_AE, &[late]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    assert!(
+        wait_until(Duration::from_secs(30), || dest.received().len() == 2),
+        "re-run output not delivered:\n{}",
+        node.status()
+    );
+    let objs = dest.received_objects();
+    let (_, _, second) = objs.iter().find(|(sop, _, _)| *sop != first).unwrap();
+    let pred = second
+        .element(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+        .expect("predecessor documents");
+    let study_item = &pred.items().unwrap()[0];
+    let series_item = &study_item
+        .element(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let sop_item = &series_item
+        .element(tags::REFERENCED_SOP_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let referenced = sop_item
+        .element(tags::REFERENCED_SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    assert_eq!(referenced, first);
+    let status = node.status();
+    assert!(status.contains("runs=2"), "{status}");
+}
+
+#[test]
+fn association_limit_rejects_transiently() {
+    if !have_dcmtk() {
+        return;
+    }
+    let node = Node::start(NodeOpts {
+        max_associations: 1,
+        ..NodeOpts::default()
+    });
+    // A silent connection holds the only slot (until the read timeout).
+    let _hog = std::net::TcpStream::connect(("127.0.0.1", node.opts.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = echoscu(node.opts.port, SCU_AE, NODE_AE);
+    assert!(!r.status.success());
+    assert!(text(&r).contains("Local Limit Exceeded"), "{}", text(&r));
+    drop(_hog);
+    assert!(wait_until(Duration::from_secs(5), || echoscu(
+        node.opts.port,
+        SCU_AE,
+        NODE_AE
+    )
+    .status
+    .success()));
 }

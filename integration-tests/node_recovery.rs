@@ -30,7 +30,11 @@ fn sigkill_while_receiving_then_restart_delivers_once() {
     let _ = scu.wait();
     assert!(spool_has_some, "storescu did not get going");
     let acked = acknowledged_files(&std::fs::read_to_string(&log).unwrap());
-    assert!(!acked.is_empty() && acked.len() < all.len(), "killed mid-study: {} acked", acked.len());
+    assert!(
+        !acked.is_empty() && acked.len() < all.len(),
+        "killed mid-study: {} acked",
+        acked.len()
+    );
 
     // Every acknowledged instance survived, byte for byte in its data set.
     for f in &acked {
@@ -39,7 +43,10 @@ fn sigkill_while_receiving_then_restart_delivers_once() {
     }
 
     node.restart();
-    assert!(node.spool_tmp().is_empty(), "stale temp files removed at start");
+    assert!(
+        node.spool_tmp().is_empty(),
+        "stale temp files removed at start"
+    );
     // The PACS retries the whole study, as it would after a failed association.
     send_study(node.opts.port, &series, 3);
     assert!(
@@ -59,7 +66,12 @@ fn sigkill_while_receiving_then_restart_delivers_once() {
         assert!(node.spool_path(&sop_uid_of(f)).exists());
     }
     let status = node.status();
-    assert!(status.lines().any(|l| l.contains(&got[0].0) && l.contains(" done ")), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(&got[0].0) && l.contains(" done ")),
+        "{status}"
+    );
 }
 
 #[test]
@@ -73,7 +85,9 @@ fn destination_down_then_up_gets_the_results() {
     // Two series are enough to qualify (min_series = 2) and keep the test short.
     send_study(node.opts.port, &series[..2], 2);
     assert!(
-        wait_until(Duration::from_secs(30), || node.log_text().contains("delivery failed; will retry")),
+        wait_until(Duration::from_secs(30), || node
+            .log_text()
+            .contains("delivery failed; will retry")),
         "{}",
         node.log_text()
     );

@@ -20,7 +20,7 @@ fn below_free_space_floor_answers_a700() {
     let out = storescu(node.opts.port, SCU_AE, &series[0][..3]);
     let t = text(&out);
     assert!(
-        t.contains("Out of Resources") || t.contains("0xa700") || t.contains("A700"),
+        t.contains("Refused: OutOfResources"),
         "storescu did not see A700:\n{t}"
     );
     assert!(!t.contains("Received Store Response (Success)"), "{t}");

@@ -325,7 +325,9 @@ impl Config {
         }
         for m in &a.modalities {
             if m.is_empty() || m.len() > 16 || !m.chars().all(|c| c.is_ascii_alphanumeric()) {
-                p.push(format!("[assembly] modalities: {m:?} is not a modality code"));
+                p.push(format!(
+                    "[assembly] modalities: {m:?} is not a modality code"
+                ));
             }
         }
         for (i, uid) in self.storage.extra_sop_classes.iter().enumerate() {
@@ -414,10 +416,7 @@ impl Config {
             .iter()
             .map(|s| ResolvedSource {
                 ae_title: s.ae_title.clone(),
-                addrs: s
-                    .host
-                    .as_ref()
-                    .map(|h| resolve_host(h).unwrap_or_default()),
+                addrs: s.host.as_ref().map(|h| resolve_host(h).unwrap_or_default()),
             })
             .collect()
     }
@@ -564,13 +563,18 @@ port = 104
             .replace("\"PRIMA\"", "\"THIS_AE_TITLE_IS_TOO_LONG\"")
             .replace("127.0.0.1:11112", "nope")
             .replace("min_series = 2", "min_series = 0");
-        let e = Config::parse(Path::new("x.toml"), &bad).unwrap_err().to_string();
+        let e = Config::parse(Path::new("x.toml"), &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[node] ae_title"), "{e}");
         assert!(e.contains("[node] listen"), "{e}");
         assert!(e.contains("[assembly] min_series"), "{e}");
-        let e = Config::parse(Path::new("x.toml"), &GOOD.replace("port = 104", "port = 104\nfoo = 1"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            Path::new("x.toml"),
+            &GOOD.replace("port = 104", "port = 104\nfoo = 1"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("foo"), "{e}");
     }
 

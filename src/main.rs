@@ -8,7 +8,11 @@ use prima_node::config::{Config, ConfigError};
 use prima_node::worker::{FakeProcessor, ProcessError, StudyProcessor};
 
 #[derive(Parser)]
-#[command(name = "prima-node", version, about = "DICOM node running the Prima brain-MRI model")]
+#[command(
+    name = "prima-node",
+    version,
+    about = "DICOM node running the Prima brain-MRI model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +40,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -43,7 +48,9 @@ fn init_logging() {
 /// stand-in used by the node's integration tests.
 fn make_processor(_cfg: &Config) -> Result<Box<dyn StudyProcessor>, ProcessError> {
     if std::env::var("PRIMA_NODE_FAKE_PROCESSOR").is_ok_and(|v| v == "1") {
-        tracing::warn!("using the FAKE study processor: outputs are placeholders, not model results");
+        tracing::warn!(
+            "using the FAKE study processor: outputs are placeholders, not model results"
+        );
         return Ok(Box::new(FakeProcessor));
     }
     Err(ProcessError::Load(

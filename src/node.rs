@@ -51,13 +51,7 @@ const WORKER_QUEUE: usize = 2;
 
 /// Run the node until SIGTERM/SIGINT. `make_processor` is called once, on the worker
 /// thread, to load the model.
-pub fn serve(
-    config_path: &Path,
-    make_processor: Box<
-        dyn FnOnce(&Config) -> Result<Box<dyn worker::StudyProcessor>, ProcessError> + Send,
-    >,
-) -> Result<(), NodeError> {
-    let make_processor: ProcessorFactory = make_processor;
+pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), NodeError> {
     let cfg = Config::load(config_path)?;
     let state_dir = cfg.node.state_dir.clone();
     create_private_dir(&state_dir).map_err(|source| NodeError::Io {
@@ -326,12 +320,19 @@ fn recover_instance(spool: &Spool, path: &Path) -> Option<InstanceRecord> {
 fn watch_config(path: &Path, shared: SharedConfig) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let dir = path.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let file_name = path.file_name().map(|s| s.to_owned());
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if ev.paths.iter().any(|p| p.file_name() == file_name.as_deref()) {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == file_name.as_deref())
+            {
                 let _ = tx.send(());
             }
         }
@@ -400,7 +401,8 @@ pub fn check_config(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         ));
     }
     if cfg.destinations.is_empty() {
-        notes.push("note: no [[destinations]]: results are kept in the state directory only".into());
+        notes
+            .push("note: no [[destinations]]: results are kept in the state directory only".into());
     }
     Ok((cfg, notes))
 }
@@ -443,7 +445,10 @@ pub fn status_report(config_path: &Path) -> Result<String, NodeError> {
     let now = state::now_ms();
     for r in state.all_outbox()? {
         let next = if r.state == state::outbox_state::PENDING {
-            format!(" next attempt in {:.1}s", ((r.next_attempt_ms - now).max(0)) as f64 / 1000.0)
+            format!(
+                " next attempt in {:.1}s",
+                ((r.next_attempt_ms - now).max(0)) as f64 / 1000.0
+            )
         } else {
             String::new()
         };
@@ -455,7 +460,9 @@ pub fn status_report(config_path: &Path) -> Result<String, NodeError> {
             r.state,
             r.attempts,
             next,
-            r.last_error.map(|e| format!(" last_error: {e}")).unwrap_or_default()
+            r.last_error
+                .map(|e| format!(" last_error: {e}"))
+                .unwrap_or_default()
         );
     }
     Ok(out)

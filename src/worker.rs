@@ -87,9 +87,8 @@ pub trait StudyProcessor: Send + 'static {
 }
 
 /// Builds the processor on the worker thread (where the model must live).
-pub type ProcessorFactory = Box<
-    dyn FnOnce(&crate::config::Config) -> Result<Box<dyn StudyProcessor>, ProcessError> + Send,
->;
+pub type ProcessorFactory =
+    Box<dyn FnOnce(&crate::config::Config) -> Result<Box<dyn StudyProcessor>, ProcessError> + Send>;
 
 /// What travels over the channel.
 #[derive(Debug)]
@@ -135,7 +134,9 @@ pub fn spawn(
     match ready_rx.recv() {
         Ok(Ok(())) => Ok((tx, handle)),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(ProcessError::Load("worker thread died while loading".into())),
+        Err(_) => Err(ProcessError::Load(
+            "worker thread died while loading".into(),
+        )),
     }
 }
 
@@ -170,7 +171,10 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<Work
             Ok(n) => info!(ms, outputs = n, "study processed"),
             Err(e) => {
                 error!(ms, error = %e, "study failed");
-                if let Err(e2) = ctx.state.finish_job_failed(item.job_id, &study, &e.to_string()) {
+                if let Err(e2) = ctx
+                    .state
+                    .finish_job_failed(item.job_id, &study, &e.to_string())
+                {
                     error!(error = %e2, "cannot record the failure");
                 }
             }
@@ -193,10 +197,7 @@ fn finish(ctx: &WorkerCtx, item: &WorkItem, p: ProcessedStudy) -> Result<usize, 
             }
         }
         if o.study_instance_uid != *study {
-            return Err(fail(format!(
-                "output {} belongs to another study",
-                o.kind
-            )));
+            return Err(fail(format!("output {} belongs to another study", o.kind)));
         }
         if o.bytes.len() < 132 || &o.bytes[128..132] != b"DICM" {
             return Err(fail(format!("output {} is not a Part-10 file", o.kind)));
@@ -282,8 +283,14 @@ impl StudyProcessor for FakeProcessor {
             job.instances.len(),
             series_uids.len()
         );
-        let bytes = fake_sr(&job.study_instance_uid, &series, &sop, &text, &job.predecessors)
-            .map_err(|e| ProcessError::Failed(format!("cannot build fake SR: {e}")))?;
+        let bytes = fake_sr(
+            &job.study_instance_uid,
+            &series,
+            &sop,
+            &text,
+            &job.predecessors,
+        )
+        .map_err(|e| ProcessError::Failed(format!("cannot build fake SR: {e}")))?;
         let predictions = serde_json::json!({
             "fake": true,
             "study_instance_uid": job.study_instance_uid,
@@ -366,9 +373,16 @@ fn fake_sr(
         for p in predecessors {
             let r = InMemDicomObject::from_element_iter([
                 s(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &p.sop_class_uid),
-                s(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &p.sop_instance_uid),
+                s(
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &p.sop_instance_uid,
+                ),
             ]);
-            match by_series.iter_mut().find(|(s, _)| *s == p.series_instance_uid) {
+            match by_series
+                .iter_mut()
+                .find(|(s, _)| *s == p.series_instance_uid)
+            {
                 Some((_, v)) => v.push(r),
                 None => by_series.push((p.series_instance_uid.clone(), vec![r])),
             }
@@ -385,7 +399,8 @@ fn fake_sr(
                 it
             })
             .collect();
-        let mut st = InMemDicomObject::from_element_iter([s(tags::STUDY_INSTANCE_UID, VR::UI, study)]);
+        let mut st =
+            InMemDicomObject::from_element_iter([s(tags::STUDY_INSTANCE_UID, VR::UI, study)]);
         st.put(seq(tags::REFERENCED_SERIES_SEQUENCE, series_items));
         o.put(seq(tags::PREDECESSOR_DOCUMENTS_SEQUENCE, vec![st]));
     }

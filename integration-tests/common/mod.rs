@@ -80,6 +80,7 @@ pub struct NodeOpts {
     pub sources: Vec<(String, Option<String>)>,
     pub retry_initial_s: f64,
     pub retry_max_s: f64,
+    pub max_associations: usize,
 }
 
 impl Default for NodeOpts {
@@ -92,6 +93,7 @@ impl Default for NodeOpts {
             sources: vec![(SCU_AE.into(), Some("127.0.0.1".into()))],
             retry_initial_s: 0.5,
             retry_max_s: 1.0,
+            max_associations: 16,
         }
     }
 }
@@ -103,6 +105,7 @@ ae_title = "{NODE_AE}"
 listen = "127.0.0.1:{port}"
 state_dir = "{state}"
 read_timeout_s = 20
+max_associations = {maxa}
 
 [model]
 dir = "/nonexistent/model"
@@ -134,6 +137,7 @@ port = {dport}
         ri = o.retry_initial_s,
         rm = o.retry_max_s,
         dport = o.dest_port,
+        maxa = o.max_associations,
     );
     for (ae, host) in &o.sources {
         s.push_str(&format!("\n[[sources]]\nae_title = \"{ae}\"\n"));
@@ -330,19 +334,30 @@ impl StoreScp {
 
     /// SOP Instance UIDs of every file received (one entry per file, duplicates kept).
     pub fn received(&self) -> Vec<(String, String)> {
+        self.received_objects()
+            .into_iter()
+            .map(|(sop, study, _)| (sop, study))
+            .collect()
+    }
+
+    /// (SOP Instance UID, Study Instance UID, parsed object) of every file received.
+    pub fn received_objects(&self) -> Vec<(String, String, dicom_object::DefaultDicomObject)> {
         let mut v = Vec::new();
         for p in walk_files(self.dir.path()) {
             if let Ok(obj) = dicom_object::open_file(&p) {
                 let get = |t| {
                     obj.element(t)
                         .ok()
-                        .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').to_string()))
+                        .and_then(|e| {
+                            e.to_str()
+                                .ok()
+                                .map(|s| s.trim_end_matches('\0').to_string())
+                        })
                         .unwrap_or_default()
                 };
-                v.push((
-                    get(dicom_dictionary_std::tags::SOP_INSTANCE_UID),
-                    get(dicom_dictionary_std::tags::STUDY_INSTANCE_UID),
-                ));
+                let sop = get(dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+                let study = get(dicom_dictionary_std::tags::STUDY_INSTANCE_UID);
+                v.push((sop, study, obj));
             }
         }
         v
@@ -394,7 +409,10 @@ pub fn storescu_spawn(port: u16, calling: &str, files: &[PathBuf], log: &Path) -
 pub fn acknowledged_files(storescu_output: &str) -> Vec<PathBuf> {
     let mut current: Option<PathBuf> = None;
     let mut acked = Vec::new();
-    for line in BufReader::new(storescu_output.as_bytes()).lines().map_while(Result::ok) {
+    for line in BufReader::new(storescu_output.as_bytes())
+        .lines()
+        .map_while(Result::ok)
+    {
         if let Some(p) = line.split("Sending file: ").nth(1) {
             current = Some(PathBuf::from(p.trim()));
         } else if line.contains("Received Store Response (Success)") {

@@ -160,7 +160,11 @@ impl Enc {
         self.el(e, &b);
     }
     fn text(&mut self, e: u16, s: &str) {
-        let mut b: Vec<u8> = s.bytes().filter(|c| (0x20..0x7f).contains(c)).take(64).collect();
+        let mut b: Vec<u8> = s
+            .bytes()
+            .filter(|c| (0x20..0x7f).contains(c))
+            .take(64)
+            .collect();
         if b.len() % 2 == 1 {
             b.push(b' ');
         }
@@ -238,7 +242,13 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let b = c_store_rsp(7, "1.2.3", "1.2.3.4.5", status::OUT_OF_RESOURCES, Some("disk"));
+        let b = c_store_rsp(
+            7,
+            "1.2.3",
+            "1.2.3.4.5",
+            status::OUT_OF_RESOURCES,
+            Some("disk"),
+        );
         let c = decode_command(&b).unwrap();
         assert_eq!(c.command_field, C_STORE_RSP);
         assert_eq!(c.message_id_responded, Some(7));

@@ -53,7 +53,9 @@ pub fn decodable_transfer_syntaxes() -> Vec<&'static str> {
         .copied()
         .filter(|uid| {
             TransferSyntaxRegistry.get(uid).is_some_and(|ts| {
-                !ts.is_unsupported() && !ts.is_unsupported_pixel_encapsulation() && ts.can_decode_all()
+                !ts.is_unsupported()
+                    && !ts.is_unsupported_pixel_encapsulation()
+                    && ts.can_decode_all()
             })
         })
         .collect()
@@ -160,13 +162,22 @@ impl AccessControl for SourceAcl {
         let calling = calling_ae_title.trim();
         let called = called_ae_title.trim();
         if called != this_ae_title.trim() {
-            warn!(calling, called, "association rejected: called AE title not recognized");
+            warn!(
+                calling,
+                called, "association rejected: called AE title not recognized"
+            );
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
-        let known: Vec<&ResolvedSource> =
-            self.sources.iter().filter(|s| s.ae_title.trim() == calling).collect();
+        let known: Vec<&ResolvedSource> = self
+            .sources
+            .iter()
+            .filter(|s| s.ae_title.trim() == calling)
+            .collect();
         if known.is_empty() {
-            warn!(calling, "association rejected: calling AE title not in [[sources]]");
+            warn!(
+                calling,
+                "association rejected: calling AE title not in [[sources]]"
+            );
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         let from_allowed_host = known.iter().any(|s| {
@@ -175,7 +186,10 @@ impl AccessControl for SourceAcl {
                 .is_none_or(|a| a.iter().any(|ip| canonical_ip(*ip) == self.peer))
         });
         if !from_allowed_host {
-            warn!(calling, "association rejected: calling AE title known but not from this address");
+            warn!(
+                calling,
+                "association rejected: calling AE title known but not from this address"
+            );
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -212,7 +226,12 @@ enum Event {
     Abort,
 }
 
-async fn handle(sock: TcpStream, peer: SocketAddr, ctx: Arc<ScpCtx>, mut abort: watch::Receiver<bool>) {
+async fn handle(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ScpCtx>,
+    mut abort: watch::Receiver<bool>,
+) {
     let live = ctx.config.snapshot();
     let cfg = live.config.clone();
     let acl = SourceAcl {
@@ -310,11 +329,19 @@ async fn handle(sock: TcpStream, peer: SocketAddr, ctx: Arc<ScpCtx>, mut abort: 
             }
             Event::Pdu(Ok(Pdu::ReleaseRQ)) => {
                 let _ = assoc.send(&Pdu::ReleaseRP).await;
-                info!(stored = conn.stored, refused = conn.refused, "association released");
+                info!(
+                    stored = conn.stored,
+                    refused = conn.refused,
+                    "association released"
+                );
                 return;
             }
             Event::Pdu(Ok(Pdu::AbortRQ { .. })) => {
-                info!(stored = conn.stored, refused = conn.refused, "association aborted by peer");
+                info!(
+                    stored = conn.stored,
+                    refused = conn.refused,
+                    "association aborted by peer"
+                );
                 return;
             }
             Event::Pdu(Ok(other)) => {
@@ -340,7 +367,9 @@ fn on_pdv(
 ) -> Result<Option<(u8, Vec<u8>)>, String> {
     let pc = pdv.presentation_context_id;
     let Some((abstract_syntax, ts)) = conn.pcs.get(&pc).cloned() else {
-        return Err(format!("P-DATA on presentation context {pc}, which was not accepted"));
+        return Err(format!(
+            "P-DATA on presentation context {pc}, which was not accepted"
+        ));
     };
     match pdv.value_type {
         PDataValueType::Command => {
@@ -361,7 +390,16 @@ fn on_pdv(
             let bytes = std::mem::take(&mut conn.cmd_buf);
             conn.cmd_pc = None;
             let cmd = dimse::decode_command(&bytes).map_err(|e| format!("bad command set: {e}"))?;
-            on_command(ctx, conn, storage_classes, floor_mb, pc, &abstract_syntax, &ts, cmd)
+            on_command(
+                ctx,
+                conn,
+                storage_classes,
+                floor_mb,
+                pc,
+                &abstract_syntax,
+                &ts,
+                cmd,
+            )
         }
         PDataValueType::Data => {
             let Some(p) = conn.pending.as_mut() else {
@@ -390,12 +428,18 @@ fn on_pdv(
             if p.unrecognized {
                 return Ok(Some((
                     pc,
-                    dimse::unrecognized_rsp(msg_id, p.cmd.command_field, &p.cmd.affected_sop_class_uid),
+                    dimse::unrecognized_rsp(
+                        msg_id,
+                        p.cmd.command_field,
+                        &p.cmd.affected_sop_class_uid,
+                    ),
                 )));
             }
             let (st, comment) = match p.sink {
                 Sink::Discard { status, comment } => (status, Some(comment)),
-                Sink::File(t) => tokio::task::block_in_place(|| finalize(ctx, conn, &p.cmd, &ts, t)),
+                Sink::File(t) => {
+                    tokio::task::block_in_place(|| finalize(ctx, conn, &p.cmd, &ts, t))
+                }
             };
             if st == status::SUCCESS {
                 conn.stored += 1;
@@ -433,7 +477,10 @@ fn on_command(
             if cmd.has_data_set() {
                 return Err("C-ECHO-RQ announcing a data set".into());
             }
-            Ok(Some((pc, dimse::c_echo_rsp(cmd.message_id, dimse::VERIFICATION))))
+            Ok(Some((
+                pc,
+                dimse::c_echo_rsp(cmd.message_id, dimse::VERIFICATION),
+            )))
         }
         dimse::C_STORE_RQ => {
             if !cmd.has_data_set() {
@@ -449,7 +496,7 @@ fn on_command(
                 )));
             }
             let sink = if cmd.affected_sop_class_uid != abstract_syntax
-                || !storage_classes.iter().any(|c| *c == cmd.affected_sop_class_uid)
+                || !storage_classes.contains(&cmd.affected_sop_class_uid)
             {
                 warn!(calling_ae = %conn.calling_ae, "C-STORE SOP class differs from its presentation context: refusing (0122)");
                 Sink::Discard {
@@ -494,7 +541,10 @@ fn on_command(
         }
         dimse::C_CANCEL_RQ => Ok(None),
         other => {
-            warn!(command = format!("{other:#06x}"), "unsupported DIMSE operation");
+            warn!(
+                command = format!("{other:#06x}"),
+                "unsupported DIMSE operation"
+            );
             if cmd.has_data_set() {
                 conn.pending = Some(PendingStore {
                     cmd,
@@ -517,7 +567,13 @@ fn on_command(
 }
 
 /// Make the instance durable and record it. Returns the DIMSE status to answer.
-fn finalize(ctx: &ScpCtx, conn: &Conn, cmd: &Command, ts: &str, t: TempInstance) -> (u16, Option<String>) {
+fn finalize(
+    ctx: &ScpCtx,
+    conn: &Conn,
+    cmd: &Command,
+    ts: &str,
+    t: TempInstance,
+) -> (u16, Option<String>) {
     let done = match t.finish() {
         Ok(d) => d,
         Err(e) => {
@@ -541,12 +597,18 @@ fn finalize(ctx: &ScpCtx, conn: &Conn, cmd: &Command, ts: &str, t: TempInstance)
     if header.sop_instance_uid != cmd.affected_sop_instance_uid {
         warn!(calling_ae = %conn.calling_ae, "data set SOP Instance UID differs from the command's: refusing (C002)");
         done.discard();
-        return (status::UID_MISMATCH, Some("SOP Instance UID differs from the command".into()));
+        return (
+            status::UID_MISMATCH,
+            Some("SOP Instance UID differs from the command".into()),
+        );
     }
     if header.sop_class_uid != cmd.affected_sop_class_uid {
         warn!(calling_ae = %conn.calling_ae, "data set SOP Class UID differs from the command's: refusing (A900)");
         done.discard();
-        return (status::DATASET_MISMATCH, Some("SOP Class UID differs from the command".into()));
+        return (
+            status::DATASET_MISMATCH,
+            Some("SOP Class UID differs from the command".into()),
+        );
     }
     let sha256 = done.sha256.clone();
     let size = done.size;
@@ -584,7 +646,10 @@ fn finalize(ctx: &ScpCtx, conn: &Conn, cmd: &Command, ts: &str, t: TempInstance)
             // The file is durable and will be re-indexed at the next start; the sender is
             // told to retry so nothing depends on that.
             error!(error = %e, "cannot record instance in the state database: refusing (A700)");
-            (status::OUT_OF_RESOURCES, Some("state database error".into()))
+            (
+                status::OUT_OF_RESOURCES,
+                Some("state database error".into()),
+            )
         }
     }
 }

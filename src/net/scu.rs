@@ -17,7 +17,9 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::pdu::{AssociationRJResult, PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::{
+    AssociationRJResult, PDataValue, PDataValueType, PresentationContextResultReason,
+};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use tracing::{error, info, info_span, warn};
 
@@ -100,7 +102,11 @@ fn failed(ctx: &SenderCtx, cfg: &Config, r: &OutboxRow, reason: &str, bounded: b
 /// Encode the data set of a stored Part-10 file in the negotiated transfer syntax.
 fn dataset_bytes(path: &std::path::Path, ts_uid: &str) -> Result<Vec<u8>, String> {
     let obj = dicom_object::open_file(path).map_err(|e| format!("cannot read output file: {e}"))?;
-    let file_ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let file_ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
     if file_ts == ts_uid {
         // Byte-exact: the data set as written.
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
@@ -132,7 +138,13 @@ fn file_transfer_syntax(path: &std::path::Path) -> Option<String> {
     Some(meta.transfer_syntax().trim_end_matches('\0').to_string())
 }
 
-fn send_batch(ctx: &SenderCtx, cfg: &Config, dest: &Destination, rows: Vec<OutboxRow>, stop: &AtomicBool) {
+fn send_batch(
+    ctx: &SenderCtx,
+    cfg: &Config,
+    dest: &Destination,
+    rows: Vec<OutboxRow>,
+    stop: &AtomicBool,
+) {
     let span = info_span!("send", destination = %dest.key());
     let _g = span.enter();
     // One presentation context per (SOP class, file transfer syntax).
@@ -144,7 +156,9 @@ fn send_batch(ctx: &SenderCtx, cfg: &Config, dest: &Destination, rows: Vec<Outbo
         if let Some(t) = &fts {
             tss.push(t.clone());
         }
-        let native = fts.as_deref().is_none_or(|t| t == EXPLICIT_LE || t == IMPLICIT_LE);
+        let native = fts
+            .as_deref()
+            .is_none_or(|t| t == EXPLICIT_LE || t == IMPLICIT_LE);
         if native {
             for t in [EXPLICIT_LE, IMPLICIT_LE] {
                 if !tss.iter().any(|x| x == t) {
@@ -152,7 +166,10 @@ fn send_batch(ctx: &SenderCtx, cfg: &Config, dest: &Destination, rows: Vec<Outbo
                 }
             }
         }
-        if !contexts.iter().any(|(c, t)| *c == r.sop_class_uid && *t == tss) {
+        if !contexts
+            .iter()
+            .any(|(c, t)| *c == r.sop_class_uid && *t == tss)
+        {
             contexts.push((r.sop_class_uid.clone(), tss));
         }
         file_ts.push(fts);
@@ -221,7 +238,13 @@ fn send_batch(ctx: &SenderCtx, cfg: &Config, dest: &Destination, rows: Vec<Outbo
             .filter(|(_, a, _)| *a == r.sop_class_uid)
             .max_by_key(|(_, _, t)| Some(t) == file_ts[i].as_ref());
         let Some((pc_id, _, ts)) = pc.cloned() else {
-            failed(ctx, cfg, r, "SOP class not accepted by the destination", true);
+            failed(
+                ctx,
+                cfg,
+                r,
+                "SOP class not accepted by the destination",
+                true,
+            );
             continue;
         };
         let data = match dataset_bytes(&r.path, &ts) {
@@ -249,7 +272,13 @@ fn send_batch(ctx: &SenderCtx, cfg: &Config, dest: &Destination, rows: Vec<Outbo
                 w.finish().map_err(|e| e.to_string())
             });
         if let Err(e) = sent {
-            failed(ctx, cfg, r, &format!("connection lost while sending: {e}"), false);
+            failed(
+                ctx,
+                cfg,
+                r,
+                &format!("connection lost while sending: {e}"),
+                false,
+            );
             broken = true;
             continue;
         }
@@ -266,7 +295,9 @@ fn send_batch(ctx: &SenderCtx, cfg: &Config, dest: &Destination, rows: Vec<Outbo
                     StatusClass::Warning => {
                         let w = format!(
                             "warning status {st:#06X}{}",
-                            rsp.error_comment.map(|c| format!(" ({c})")).unwrap_or_default()
+                            rsp.error_comment
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default()
                         );
                         warn!(sop = %r.sop_uid, status = %w, "output delivered with a warning");
                         if let Err(e) = ctx.state.outbox_delivered(r.id, Some(&w)) {
@@ -276,7 +307,9 @@ fn send_batch(ctx: &SenderCtx, cfg: &Config, dest: &Destination, rows: Vec<Outbo
                     StatusClass::Failure => {
                         let reason = format!(
                             "C-STORE failed with status {st:#06X}{}",
-                            rsp.error_comment.map(|c| format!(" ({c})")).unwrap_or_default()
+                            rsp.error_comment
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default()
                         );
                         failed(ctx, cfg, r, &reason, true);
                     }

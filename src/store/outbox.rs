@@ -26,7 +26,11 @@ impl Outbox {
     }
 
     /// Persist one output object (a complete Part-10 file); returns its path.
-    pub fn persist_object(&self, sop_instance_uid: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+    pub fn persist_object(
+        &self,
+        sop_instance_uid: &str,
+        bytes: &[u8],
+    ) -> Result<PathBuf, SpoolError> {
         debug_assert!(valid_uid(sop_instance_uid));
         let name = format!("{}.dcm", sha256_hex(sop_instance_uid.as_bytes()));
         write_atomic(&self.objects, &name, bytes)
@@ -47,11 +51,19 @@ impl Outbox {
         run_json: &str,
     ) -> Result<PathBuf, SpoolError> {
         let dir = self.results_dir(study_instance_uid);
-        write_atomic(&dir, &format!("job-{job_id}-predictions.json"), predictions_json.as_bytes())?;
+        write_atomic(
+            &dir,
+            &format!("job-{job_id}-predictions.json"),
+            predictions_json.as_bytes(),
+        )?;
         write_atomic(&dir, &format!("job-{job_id}-run.json"), run_json.as_bytes())?;
         write_atomic(&dir, "predictions.json", predictions_json.as_bytes())?;
         write_atomic(&dir, "run.json", run_json.as_bytes())?;
-        write_atomic(&dir, "study_instance_uid.txt", study_instance_uid.as_bytes())?;
+        write_atomic(
+            &dir,
+            "study_instance_uid.txt",
+            study_instance_uid.as_bytes(),
+        )?;
         Ok(dir)
     }
 }

@@ -135,7 +135,10 @@ pub fn read_header(path: &Path) -> Result<InstanceHeader, HeaderError> {
             .ok()
             .flatten()
             .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
-            .map(|s| s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string())
+            .map(|s| {
+                s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                    .to_string()
+            })
             .unwrap_or_default()
     };
     let uid = |tag, name: &'static str| -> Result<String, HeaderError> {
@@ -144,10 +147,7 @@ pub fn read_header(path: &Path) -> Result<InstanceHeader, HeaderError> {
             return Err(HeaderError::Missing(name));
         }
         if !valid_uid(&v) {
-            return Err(HeaderError::BadUid {
-                name,
-                len: v.len(),
-            });
+            return Err(HeaderError::BadUid { name, len: v.len() });
         }
         Ok(v)
     };
@@ -159,7 +159,11 @@ pub fn read_header(path: &Path) -> Result<InstanceHeader, HeaderError> {
         modality: get(tags::MODALITY),
         series_number: get(tags::SERIES_NUMBER),
         series_description: get(tags::SERIES_DESCRIPTION),
-        transfer_syntax: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+        transfer_syntax: obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string(),
     })
 }
 
@@ -294,7 +298,11 @@ impl Spool {
     }
 
     /// Move a finished temporary file into place. Durable when this returns Ok.
-    pub fn commit(&self, done: FinishedInstance, sop_instance_uid: &str) -> Result<PathBuf, SpoolError> {
+    pub fn commit(
+        &self,
+        done: FinishedInstance,
+        sop_instance_uid: &str,
+    ) -> Result<PathBuf, SpoolError> {
         let dst = self.path_for(sop_instance_uid);
         let shard2 = dst.parent().expect("has parent").to_owned();
         let shard1 = shard2.parent().expect("has parent").to_owned();
@@ -441,14 +449,26 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Spool::open(d.path()).unwrap();
         let mut t = s
-            .begin(crate::config::MR_IMAGE_STORAGE, "1.2.3.4", "1.2.840.10008.1.2.1", "SCU", 0)
+            .begin(
+                crate::config::MR_IMAGE_STORAGE,
+                "1.2.3.4",
+                "1.2.840.10008.1.2.1",
+                "SCU",
+                0,
+            )
             .unwrap();
         t.write(b"\x08\x00\x60\x00CS\x02\x00MR").unwrap();
         let f = t.finish().unwrap();
         let p = s.commit(f, "1.2.3.4").unwrap();
         assert!(p.exists());
         let t = s
-            .begin(crate::config::MR_IMAGE_STORAGE, "1.2.3.4", "1.2.840.10008.1.2.1", "SCU", 0)
+            .begin(
+                crate::config::MR_IMAGE_STORAGE,
+                "1.2.3.4",
+                "1.2.840.10008.1.2.1",
+                "SCU",
+                0,
+            )
             .unwrap();
         let tmp = t.path().to_owned();
         drop(t);

@@ -350,7 +350,11 @@ impl State {
         Ok(outcome)
     }
 
-    fn touch_study(tx: &rusqlite::Transaction<'_>, study: &str, now: i64) -> Result<(), StateError> {
+    fn touch_study(
+        tx: &rusqlite::Transaction<'_>,
+        study: &str,
+        now: i64,
+    ) -> Result<(), StateError> {
         tx.execute(
             "INSERT INTO studies (study_uid, state, first_received_ms, last_received_ms, opened_ms, updated_ms)
              VALUES (?1, ?2, ?3, ?3, ?3, ?3)
@@ -428,7 +432,9 @@ impl State {
         let c = self.c();
         let mut st = c.prepare("SELECT sop_uid, path FROM instances")?;
         let rows = st
-            .query_map([], |r| Ok((r.get(0)?, PathBuf::from(r.get::<_, String>(1)?))))?
+            .query_map([], |r| {
+                Ok((r.get(0)?, PathBuf::from(r.get::<_, String>(1)?)))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -441,7 +447,12 @@ impl State {
 
     /// The study did not qualify for the model, or its inputs did not change since the last
     /// run: settle it without a job.
-    pub fn settle_study(&self, study_uid: &str, state: &str, reason: &str) -> Result<(), StateError> {
+    pub fn settle_study(
+        &self,
+        study_uid: &str,
+        state: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
         let now = now_ms();
         let mut c = self.c();
         let tx = c.transaction()?;
@@ -501,7 +512,11 @@ impl State {
             "UPDATE jobs SET state = ?2, input_hash = ?3, attempt = attempt + 1 WHERE id = ?1",
             params![id, job_state::DISPATCHED, input_hash],
         )?;
-        Ok(c.query_row("SELECT attempt FROM jobs WHERE id = ?1", params![id], |r| r.get(0))?)
+        Ok(
+            c.query_row("SELECT attempt FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })?,
+        )
     }
 
     pub fn mark_job_running(&self, id: i64, study_uid: &str) -> Result<(), StateError> {
@@ -576,13 +591,22 @@ impl State {
         )?;
         tx.execute(
             "INSERT INTO audit (at_ms, event, study_uid, detail) VALUES (?1, 'job-done', ?2, ?3)",
-            params![now, study_uid, format!("job {job_id}: {} outputs", outputs.len())],
+            params![
+                now,
+                study_uid,
+                format!("job {job_id}: {} outputs", outputs.len())
+            ],
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn finish_job_failed(&self, job_id: i64, study_uid: &str, error: &str) -> Result<(), StateError> {
+    pub fn finish_job_failed(
+        &self,
+        job_id: i64,
+        study_uid: &str,
+        error: &str,
+    ) -> Result<(), StateError> {
         let now = now_ms();
         let mut c = self.c();
         let tx = c.transaction()?;
@@ -708,14 +732,16 @@ impl State {
         let c = self.c();
         let mut studies = Vec::new();
         {
-            let mut st = c.prepare("SELECT state, COUNT(*) FROM studies GROUP BY state ORDER BY state")?;
+            let mut st =
+                c.prepare("SELECT state, COUNT(*) FROM studies GROUP BY state ORDER BY state")?;
             for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 studies.push(r?);
             }
         }
         let mut outbox = Vec::new();
         {
-            let mut st = c.prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")?;
+            let mut st =
+                c.prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")?;
             for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 outbox.push(r?);
             }
@@ -748,10 +774,16 @@ pub struct Counts {
 
 impl Counts {
     pub fn studies_in(&self, state: &str) -> i64 {
-        self.studies.iter().find(|(s, _)| s == state).map_or(0, |x| x.1)
+        self.studies
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |x| x.1)
     }
     pub fn outbox_in(&self, state: &str) -> i64 {
-        self.outbox.iter().find(|(s, _)| s == state).map_or(0, |x| x.1)
+        self.outbox
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |x| x.1)
     }
 }
 
@@ -826,9 +858,18 @@ mod tests {
     fn life_cycle() {
         let d = tempfile::tempdir().unwrap();
         let s = State::open(d.path()).unwrap();
-        assert_eq!(s.record_instance(&rec("1.2.3.1.1", "aa")).unwrap(), RecordOutcome::New);
-        assert_eq!(s.record_instance(&rec("1.2.3.1.1", "aa")).unwrap(), RecordOutcome::Unchanged);
-        assert_eq!(s.record_instance(&rec("1.2.3.1.1", "bb")).unwrap(), RecordOutcome::Replaced);
+        assert_eq!(
+            s.record_instance(&rec("1.2.3.1.1", "aa")).unwrap(),
+            RecordOutcome::New
+        );
+        assert_eq!(
+            s.record_instance(&rec("1.2.3.1.1", "aa")).unwrap(),
+            RecordOutcome::Unchanged
+        );
+        assert_eq!(
+            s.record_instance(&rec("1.2.3.1.1", "bb")).unwrap(),
+            RecordOutcome::Replaced
+        );
         let st = s.study("1.2.3").unwrap().unwrap();
         assert_eq!(st.state, study_state::RECEIVING);
         let job = s.create_job("1.2.3", false).unwrap();
@@ -842,8 +883,15 @@ mod tests {
             series_uid: "2.25.2".into(),
             path: "/o".into(),
         };
-        s.finish_job_ok(job, "1.2.3", &[out.clone()], &["A@h:1".into()], "h1", "h1")
-            .unwrap();
+        s.finish_job_ok(
+            job,
+            "1.2.3",
+            std::slice::from_ref(&out),
+            &["A@h:1".into()],
+            "h1",
+            "h1",
+        )
+        .unwrap();
         // The same output again (a re-run after a crash) does not queue a second send.
         s.finish_job_ok(job, "1.2.3", &[out], &["A@h:1".into()], "h1", "h1")
             .unwrap();
@@ -854,7 +902,10 @@ mod tests {
         assert!(s.due_outbox(now_ms()).unwrap().is_empty());
         // A new instance re-opens the study.
         s.record_instance(&rec("1.2.3.1.2", "cc")).unwrap();
-        assert_eq!(s.study("1.2.3").unwrap().unwrap().state, study_state::RECEIVING);
+        assert_eq!(
+            s.study("1.2.3").unwrap().unwrap().state,
+            study_state::RECEIVING
+        );
         let c = s.counts().unwrap();
         assert_eq!(c.instances, 2);
         assert_eq!(c.outbox_in(outbox_state::DONE), 1);

@@ -89,7 +89,11 @@ pub fn assemble(state: &State, cfg: &Config, now: i64) -> Result<usize, StateErr
         }
         if s.last_input_hash.as_deref() == Some(hex::encode(hash).as_str()) {
             info!("study re-sent with unchanged model inputs: not re-run");
-            state.settle_study(&s.study_uid, study_state::DONE, "inputs unchanged since the last run")?;
+            state.settle_study(
+                &s.study_uid,
+                study_state::DONE,
+                "inputs unchanged since the last run",
+            )?;
             continue;
         }
         let id = state.create_job(&s.study_uid, forced)?;
@@ -201,13 +205,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = State::open(d.path()).unwrap();
         let c = cfg();
-        s.record_instance(&rec("1.2.3.1", "1.2.3.1.1", "MR")).unwrap();
-        s.record_instance(&rec("1.2.3.2", "1.2.3.2.1", "CT")).unwrap();
+        s.record_instance(&rec("1.2.3.1", "1.2.3.1.1", "MR"))
+            .unwrap();
+        s.record_instance(&rec("1.2.3.2", "1.2.3.2.1", "CT"))
+            .unwrap();
         assert_eq!(assemble(&s, &c, now_ms()).unwrap(), 0, "not quiet yet");
         assert_eq!(assemble(&s, &c, now_ms() + 2000).unwrap(), 0);
-        assert_eq!(s.study("1.2.3").unwrap().unwrap().state, study_state::NOT_QUALIFIED);
+        assert_eq!(
+            s.study("1.2.3").unwrap().unwrap().state,
+            study_state::NOT_QUALIFIED
+        );
         // A second MR series re-opens and qualifies the study.
-        s.record_instance(&rec("1.2.3.3", "1.2.3.3.1", "MR")).unwrap();
+        s.record_instance(&rec("1.2.3.3", "1.2.3.3.1", "MR"))
+            .unwrap();
         assert_eq!(assemble(&s, &c, now_ms() + 2000).unwrap(), 1);
         let (tx, rx) = crossbeam_channel::bounded(1);
         assert_eq!(dispatch(&s, &c, &tx).unwrap(), 1);
