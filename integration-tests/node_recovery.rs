@@ -104,3 +104,65 @@ fn destination_down_then_up_gets_the_results() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(dest.received().len(), 1);
 }
+
+#[test]
+fn permanent_rejection_by_destination_is_bounded() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    // The destination is the node itself, which does not list its own AE title in
+    // [[sources]]: every association is rejected permanently.
+    let port = free_port();
+    let node = Node::start(NodeOpts {
+        port,
+        dest_port: port,
+        max_attempts: 3,
+        ..NodeOpts::default()
+    });
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .log_text()
+            .contains("DELIVERY FAILED PERMANENTLY")),
+        "{}",
+        node.log_text()
+    );
+    let status = node.status();
+    let line = status
+        .lines()
+        .find(|l| l.contains(" -> "))
+        .expect("outbox entry");
+    assert!(line.contains(" failed "), "{status}");
+    assert!(line.contains("attempts=3"), "{status}");
+    assert!(
+        line.contains("association rejected (permanent)"),
+        "{status}"
+    );
+    // No endless loop: the count stays put.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(node.status().contains("attempts=3"));
+}
+
+#[test]
+fn processing_failure_is_recorded_and_the_node_stays_up() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    let node = Node::start(NodeOpts {
+        env: vec![("PRIMA_NODE_FAKE_FAIL".into(), "1".into())],
+        ..NodeOpts::default()
+    });
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    assert!(
+        wait_until(Duration::from_secs(30), || node.status().lines().any(|l| l
+            .contains(" failed ")
+            && l.contains("fake failure requested"))),
+        "{}",
+        node.status()
+    );
+    assert!(echoscu(node.opts.port, SCU_AE, NODE_AE).status.success());
+}

@@ -65,7 +65,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     let spool = Spool::open(&state_dir)?;
     let state = Arc::new(State::open(&state_dir)?);
     let outbox = Outbox::open(&state_dir)?;
-    let stale = spool.clean_tmp();
+    let stale = spool.clean_tmp() + outbox.clean_tmp();
     let (forgotten, indexed) = rescan(&spool, &state)?;
     let (jobs, pending) = state.requeue_unfinished()?;
     info!(

@@ -81,6 +81,8 @@ pub struct NodeOpts {
     pub retry_initial_s: f64,
     pub retry_max_s: f64,
     pub max_associations: usize,
+    pub max_attempts: u32,
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for NodeOpts {
@@ -94,6 +96,8 @@ impl Default for NodeOpts {
             retry_initial_s: 0.5,
             retry_max_s: 1.0,
             max_associations: 16,
+            max_attempts: 5,
+            env: Vec::new(),
         }
     }
 }
@@ -122,7 +126,7 @@ min_free_mb = {free}
 [outbox]
 retry_initial_s = {ri}
 retry_max_s = {rm}
-max_attempts = 5
+max_attempts = {maxatt}
 connect_timeout_s = 2
 
 [[destinations]]
@@ -138,6 +142,7 @@ port = {dport}
         rm = o.retry_max_s,
         dport = o.dest_port,
         maxa = o.max_associations,
+        maxatt = o.max_attempts,
     );
     for (ae, host) in &o.sources {
         s.push_str(&format!("\n[[sources]]\nae_title = \"{ae}\"\n"));
@@ -190,6 +195,7 @@ impl Node {
             .env("PRIMA_NODE_FAKE_PROCESSOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

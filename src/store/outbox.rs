@@ -25,6 +25,24 @@ impl Outbox {
         Ok(Outbox { objects, results })
     }
 
+    /// Remove temporary files a crash left in the middle of `write_atomic`; returns how many.
+    pub fn clean_tmp(&self) -> usize {
+        let mut n = 0;
+        for d in [&self.objects, &self.results] {
+            for e in walkdir::WalkDir::new(d).into_iter().flatten() {
+                let name = e.file_name().to_string_lossy();
+                if e.file_type().is_file()
+                    && name.starts_with('.')
+                    && name.contains(".tmp-")
+                    && std::fs::remove_file(e.path()).is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Persist one output object (a complete Part-10 file); returns its path.
     pub fn persist_object(
         &self,
