@@ -85,3 +85,21 @@ impl Outbox {
         Ok(dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persist_and_clean() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Outbox::open(d.path()).unwrap();
+        let p = o.persist_object("2.25.1", b"x").unwrap();
+        assert!(p.exists() && !p.to_string_lossy().contains("2.25.1"));
+        std::fs::write(d.path().join("outbox/.abc.dcm.tmp-123"), b"partial").unwrap();
+        let r = o.persist_results("1.2.3", 7, "{}", "{}").unwrap();
+        assert!(r.join("predictions.json").exists());
+        assert_eq!(o.clean_tmp(), 1);
+        assert!(p.exists());
+    }
+}
