@@ -138,7 +138,8 @@ fn vqvae_encoder_matches_fixture() {
             }
             let (shape, f) = npy(&sub);
             let tokens: Vec<f32> = f.into_vec().unwrap();
-            let (_, ids) = npy_i64(&inter.join(format!("{folder}_vqvae_input_tokens_subset_ids.npy")));
+            let (_, ids) =
+                npy_i64(&inter.join(format!("{folder}_vqvae_input_tokens_subset_ids.npy")));
             let n = shape[0] as usize;
             let ts = [shape[1] as usize, shape[2] as usize, shape[3] as usize];
             let got = model.encode_tokens(&tokens, n, ts).unwrap();
@@ -213,7 +214,13 @@ fn hiervit_and_heads_match_fixture() {
             v.as_array()
                 .unwrap()
                 .iter()
-                .map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap())
+                        .collect()
+                })
                 .collect()
         };
         let names = rows(&pi["serienames_char_ids"][0]);
@@ -221,7 +228,12 @@ fn hiervit_and_heads_match_fixture() {
         let series: Vec<(Tensor, Vec<i64>)> = series_folders(&sd)
             .iter()
             .zip(names)
-            .map(|(f, n)| (npy_f32(&inter.join(format!("{f}_patchifier_output.npy"))), n))
+            .map(|(f, n)| {
+                (
+                    npy_f32(&inter.join(format!("{f}_patchifier_output.npy"))),
+                    n,
+                )
+            })
             .collect();
         let out = model.forward(&series, &study_ids).unwrap();
 
@@ -232,10 +244,22 @@ fn hiervit_and_heads_match_fixture() {
             println!("{study} {name}: max abs {abs:.3e}, rel {rel:.3e}");
             assert!(rel <= 1e-5, "{study} {name}: rel error {rel}");
         };
-        stage("serie name encoder", out.serie_name_enc.as_ref().unwrap(), "serie_name_encoder_output.npy");
-        stage("study encoder", out.study_enc.as_ref().unwrap(), "study_description_encoder_output.npy");
+        stage(
+            "serie name encoder",
+            out.serie_name_enc.as_ref().unwrap(),
+            "serie_name_encoder_output.npy",
+        );
+        stage(
+            "study encoder",
+            out.study_enc.as_ref().unwrap(),
+            "study_description_encoder_output.npy",
+        );
         stage("inner pooled", &out.inner_pooled, "inner_vit_pooled.npy");
-        stage("series embeddings", &out.series_emb, "inner_vit_series_embeddings.npy");
+        stage(
+            "series embeddings",
+            &out.series_emb,
+            "inner_vit_series_embeddings.npy",
+        );
         let clip = Tensor::from_slice(&out.clip_emb);
         stage("clip embedding", &clip, "clip_embedding.npy");
 
@@ -282,14 +306,25 @@ fn hiervit_and_heads_match_fixture() {
 #[test]
 fn small_demo_model_is_deterministic_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
     let t0 = std::time::Instant::now();
     write_demo_model(&a, DemoSize::Small, 7).unwrap();
     println!("small demo written in {:.2} s", t0.elapsed().as_secs_f64());
     write_demo_model(&b, DemoSize::Small, 7).unwrap();
     write_demo_model(&c, DemoSize::Small, 8).unwrap();
-    for f in ["manifest.json", "prima.safetensors", "tokenizer.safetensors"] {
-        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+    for f in [
+        "manifest.json",
+        "prima.safetensors",
+        "tokenizer.safetensors",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
         assert!(x == y, "{f} differs for the same seed");
     }
     assert!(

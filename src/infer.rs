@@ -52,7 +52,10 @@ pub fn run_model(
         let tokens = p.tokenized.tokens(&uniq);
         let enc = model.encode_tokens(&tokens, uniq.len(), p.tokenized.token_shape())?;
         drop(tokens);
-        let pos: Vec<i64> = ids.iter().map(|i| uniq.binary_search(i).expect("id in uniq") as i64).collect();
+        let pos: Vec<i64> = ids
+            .iter()
+            .map(|i| uniq.binary_search(i).expect("id in uniq") as i64)
+            .collect();
         let enc = enc.f_index_select(0, &Tensor::from_slice(&pos))?;
         tokens_encoded += uniq.len();
         let t1 = Instant::now();
@@ -84,9 +87,18 @@ pub fn run_model(
 /// referral, priority (each value a one-element list) and `clip_emb` ([[…]]).
 pub fn predictions_json(out: &PrimaOutput) -> String {
     let named = |v: &[(String, f32)]| {
-        PyValue::Dict(v.iter().map(|(k, x)| (k.clone(), PyValue::List(vec![PyValue::Float(*x as f64)]))).collect())
+        PyValue::Dict(
+            v.iter()
+                .map(|(k, x)| (k.clone(), PyValue::List(vec![PyValue::Float(*x as f64)])))
+                .collect(),
+        )
     };
-    let clip = PyValue::List(vec![PyValue::List(out.clip_emb.iter().map(|&x| PyValue::Float(x as f64)).collect())]);
+    let clip = PyValue::List(vec![PyValue::List(
+        out.clip_emb
+            .iter()
+            .map(|&x| PyValue::Float(x as f64))
+            .collect(),
+    )]);
     dumps_indent2(&PyValue::Dict(vec![
         ("diagnosis".into(), named(&out.diagnosis)),
         ("referral".into(), named(&out.referral)),
@@ -149,7 +161,11 @@ pub fn series_records(prepared: &[PreparedSeries]) -> Vec<SeriesRecord> {
             name: p.name.clone(),
             instances_used: p.slices.len(),
             images_found: p.images_found,
-            sop_instance_uids: p.slices.iter().map(|s| s.sop_instance_uid.clone()).collect(),
+            sop_instance_uids: p
+                .slices
+                .iter()
+                .map(|s| s.sop_instance_uid.clone())
+                .collect(),
             pixel_type: p.pixel_type.sitk_name().to_string(),
             orientation: p.orientation_code.clone(),
             oriented_shape_zyx: p.oriented_shape,
@@ -175,5 +191,7 @@ pub fn skip_records(skipped: &[SeriesSkip]) -> Vec<SkipRecord> {
 
 /// Values of a (…) float tensor as f32, for tests and records.
 pub fn tensor_values(t: &Tensor) -> Result<Vec<f32>, ModelError> {
-    Ok(Vec::<f32>::try_from(&t.f_to_kind(Kind::Float)?.f_reshape([-1])?)?)
+    Ok(Vec::<f32>::try_from(
+        &t.f_to_kind(Kind::Float)?.f_reshape([-1])?,
+    )?)
 }

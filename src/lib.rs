@@ -13,9 +13,15 @@
 //!   name encoders, HierViT, heads; weights looked up by upstream state-dict key paths.
 //! - [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.
 //! - [`pipeline`] — one study folder → predictions (what `prima-node infer` runs).
+pub mod config;
 pub mod imaging;
 pub mod infer;
 pub mod model;
+pub mod net;
+pub mod node;
 pub mod pipeline;
 pub mod pyjson;
+pub mod store;
+pub mod study;
 pub mod synth;
+pub mod worker;

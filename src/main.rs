@@ -1,17 +1,26 @@
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use prima_node::config::{Config, ConfigError};
 use prima_node::imaging::series::{scan_study, SliceOrder};
-use prima_node::infer::{predictions_json, run_model, series_records, skip_records, RunRecord, StageTimings};
+use prima_node::infer::{
+    predictions_json, run_model, series_records, skip_records, RunRecord, StageTimings,
+};
 use prima_node::model::demo::{write_demo_model, DemoSize};
 use prima_node::model::prima::parse_device;
 use prima_node::model::{ModelOptions, PrimaModel};
 use prima_node::pipeline::prepare_all;
+use prima_node::worker::{FakeProcessor, ProcessError, StudyProcessor};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "prima-node", version, about = "DICOM node running the Prima brain-MRI model")]
+#[command(
+    name = "prima-node",
+    version,
+    about = "DICOM node running the Prima brain-MRI model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +28,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the DICOM node (the daemon).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file.
+    CheckConfig { file: PathBuf },
+    /// Print studies by state and the outbox.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write a synthetic multi-series brain MR study (head phantom, no patient data).
     SynthStudy {
         #[arg(long)]
@@ -100,12 +121,98 @@ impl From<SliceOrderArg> for SliceOrder {
     }
 }
 
-fn main() -> Result<()> {
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The study processor `serve` runs. `PRIMA_NODE_FAKE_PROCESSOR=1` selects the model-free
+/// stand-in used by the node's integration tests.
+fn make_processor(_cfg: &Config) -> Result<Box<dyn StudyProcessor>, ProcessError> {
+    if std::env::var("PRIMA_NODE_FAKE_PROCESSOR").is_ok_and(|v| v == "1") {
+        tracing::warn!(
+            "using the FAKE study processor: outputs are placeholders, not model results"
+        );
+        return Ok(Box::new(FakeProcessor));
+    }
+    Err(ProcessError::Load(
+        "the model processor is not wired into this build yet (PRIMA_NODE_FAKE_PROCESSOR=1 runs the fake one)"
+            .into(),
+    ))
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            match prima_node::node::serve(&config, Box::new(make_processor)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "prima-node failed");
+                    eprintln!("prima-node: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { file } => match prima_node::node::check_config(&file) {
+            Ok((cfg, notes)) => {
+                println!(
+                    "{}: OK (AE {} on {}, {} source(s), {} destination(s))",
+                    file.display(),
+                    cfg.node.ae_title,
+                    cfg.node.listen,
+                    cfg.sources.len(),
+                    cfg.destinations.len()
+                );
+                for n in notes {
+                    println!("{n}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(ConfigError::Invalid { path, problems }) => {
+                eprintln!("{}: {} problem(s):", path.display(), problems.len());
+                for p in problems {
+                    eprintln!("  - {p}");
+                }
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status { config } => match prima_node::node::status_report(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("prima-node status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        other => match run(other) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("prima-node: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::SynthStudy { out, seed } => {
-            let files = prima_node::synth::write_study(&prima_node::synth::SynthStudy::brain(seed), &out)
-                .with_context(|| format!("writing study to {}", out.display()))?;
+            let files =
+                prima_node::synth::write_study(&prima_node::synth::SynthStudy::brain(seed), &out)
+                    .with_context(|| format!("writing study to {}", out.display()))?;
             eprintln!("wrote {} instances under {}", files.len(), out.display());
             Ok(())
         }
@@ -138,10 +245,17 @@ fn main() -> Result<()> {
                 DemoSizeArg::Full => DemoSize::Full,
             };
             write_demo_model(&out, size, seed)?;
-            eprintln!("wrote demo model ({}) to {} — NOT FOR CLINICAL USE", size.as_str(), out.display());
+            eprintln!(
+                "wrote demo model ({}) to {} — NOT FOR CLINICAL USE",
+                size.as_str(),
+                out.display()
+            );
             Ok(())
         }
-        Command::Prepare { slice_order, study_dir } => {
+        Command::Prepare {
+            slice_order,
+            study_dir,
+        } => {
             let t0 = Instant::now();
             let scan = scan_study(&study_dir, slice_order.into())?;
             let (prepared, skipped) = prepare_all(&scan);
@@ -161,6 +275,9 @@ fn main() -> Result<()> {
             }
             println!("prepare_seconds {secs:.4}");
             Ok(())
+        }
+        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Status { .. } => {
+            unreachable!("handled in main")
         }
     }
 }
@@ -188,19 +305,27 @@ fn infer(a: InferArgs) -> Result<()> {
         vqvae_chunk: a.vqvae_chunk,
     };
     let progress = |msg: &str| eprintln!("[prima-node infer] {msg}");
-    let model = PrimaModel::load(&a.model, &opts).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model = PrimaModel::load(&a.model, &opts)
+        .with_context(|| format!("loading model {}", a.model.display()))?;
     let m = model.manifest();
     progress(&format!(
         "model {} {}{} on {:?}",
         m.model_name,
         m.model_version,
-        if m.demo { " (DEMO MODEL — NOT FOR CLINICAL USE)" } else { "" },
+        if m.demo {
+            " (DEMO MODEL — NOT FOR CLINICAL USE)"
+        } else {
+            ""
+        },
         opts.device
     ));
     let t0 = Instant::now();
     let scan = scan_study(&a.study_dir, a.slice_order.into())?;
     let scan_s = t0.elapsed().as_secs_f64();
-    progress(&format!("scan: {} series candidates in {scan_s:.2}s", scan.series.len()));
+    progress(&format!(
+        "scan: {} series candidates in {scan_s:.2}s",
+        scan.series.len()
+    ));
     let t1 = Instant::now();
     let (prepared, skipped) = prepare_all(&scan);
     let prepare_s = t1.elapsed().as_secs_f64();
@@ -271,7 +396,10 @@ fn infer(a: InferArgs) -> Result<()> {
         },
         warnings,
     };
-    std::fs::write(a.out.join(format!("{name}_run.json")), serde_json::to_string_pretty(&record)?)?;
+    std::fs::write(
+        a.out.join(format!("{name}_run.json")),
+        serde_json::to_string_pretty(&record)?,
+    )?;
     progress(&format!("wrote {}", pred_path.display()));
     Ok(())
 }

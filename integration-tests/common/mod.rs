@@ -1,0 +1,499 @@
+//! Helpers for the node integration tests: start the real `prima-node` binary with the fake
+//! processor, talk to it with DCMTK's `echoscu`/`storescu`, receive results with `storescp`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NODE_AE: &str = "PRIMA";
+pub const SCU_AE: &str = "TESTSCU";
+pub const DEST_AE: &str = "DEST";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_prima-node"))
+}
+
+/// The fixture directory, or `None` (after a loud message) when absent outside CI.
+pub fn fixtures() -> Option<PathBuf> {
+    let dir = std::env::var_os("PRIMA_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference")
+        });
+    if dir.join("studies/STUDY_A").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("fixtures not found at {}", dir.display());
+    }
+    eprintln!("SKIPPED: fixtures not found at {}", dir.display());
+    None
+}
+
+pub fn have_dcmtk() -> bool {
+    let ok = ["echoscu", "storescu", "storescp"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("DCMTK tools (echoscu, storescu, storescp) not installed");
+        }
+        eprintln!("SKIPPED: DCMTK tools not installed");
+    }
+    ok
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Node configuration knobs used by the tests.
+#[derive(Clone)]
+pub struct NodeOpts {
+    pub port: u16,
+    pub dest_port: u16,
+    pub quiet_s: f64,
+    pub min_free_mb: u64,
+    pub sources: Vec<(String, Option<String>)>,
+    pub retry_initial_s: f64,
+    pub retry_max_s: f64,
+    pub max_associations: usize,
+    pub max_attempts: u32,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        NodeOpts {
+            port: free_port(),
+            dest_port: free_port(),
+            quiet_s: 1.5,
+            min_free_mb: 1,
+            sources: vec![(SCU_AE.into(), Some("127.0.0.1".into()))],
+            retry_initial_s: 0.5,
+            retry_max_s: 1.0,
+            max_associations: 16,
+            max_attempts: 5,
+            env: Vec::new(),
+        }
+    }
+}
+
+pub fn config_text(o: &NodeOpts, state_dir: &Path) -> String {
+    let mut s = format!(
+        r#"[node]
+ae_title = "{NODE_AE}"
+listen = "127.0.0.1:{port}"
+state_dir = "{state}"
+read_timeout_s = 20
+max_associations = {maxa}
+
+[model]
+dir = "/nonexistent/model"
+device = "cpu"
+
+[assembly]
+quiet_period_s = {quiet}
+force_complete_s = 120
+min_series = 2
+
+[storage]
+min_free_mb = {free}
+
+[outbox]
+retry_initial_s = {ri}
+retry_max_s = {rm}
+max_attempts = {maxatt}
+connect_timeout_s = 2
+
+[[destinations]]
+ae_title = "{DEST_AE}"
+host = "127.0.0.1"
+port = {dport}
+"#,
+        port = o.port,
+        state = state_dir.display(),
+        quiet = o.quiet_s,
+        free = o.min_free_mb,
+        ri = o.retry_initial_s,
+        rm = o.retry_max_s,
+        dport = o.dest_port,
+        maxa = o.max_associations,
+        maxatt = o.max_attempts,
+    );
+    for (ae, host) in &o.sources {
+        s.push_str(&format!("\n[[sources]]\nae_title = \"{ae}\"\n"));
+        if let Some(h) = host {
+            s.push_str(&format!("host = \"{h}\"\n"));
+        }
+    }
+    s
+}
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub opts: NodeOpts,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Node {
+    pub fn start(opts: NodeOpts) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let config = dir.path().join("prima-node.toml");
+        std::fs::write(&config, config_text(&opts, &state_dir)).unwrap();
+        let mut n = Node {
+            log: dir.path().join("node.log"),
+            dir,
+            opts,
+            config,
+            state_dir,
+            child: None,
+            starts: 0,
+        };
+        n.launch();
+        n
+    }
+
+    fn launch(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("PRIMA_NODE_FAKE_PROCESSOR", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prima-node");
+        self.child = Some(child);
+        let want = self.starts;
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.log_text().matches("prima-node ready").count() >= want
+        });
+        assert!(ok, "node did not become ready:\n{}", self.log_text());
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        self.launch();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn sigterm(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn status(&self) -> String {
+        let out = Command::new(bin())
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn rewrite_config(&self, text: &str) {
+        // Replace by rename, as config management tools do.
+        let tmp = self.dir.path().join("prima-node.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    pub fn spool_objects(&self) -> Vec<PathBuf> {
+        walk_files(&self.state_dir.join("spool/objects"))
+    }
+
+    pub fn spool_tmp(&self) -> Vec<PathBuf> {
+        walk_files(&self.state_dir.join("spool/tmp"))
+    }
+
+    /// Where the spool keeps an instance (mirrors `Spool::path_for`).
+    pub fn spool_path(&self, sop_uid: &str) -> PathBuf {
+        use sha2::Digest;
+        let h = hex::encode(sha2::Sha256::digest(sop_uid.as_bytes()));
+        self.state_dir
+            .join("spool/objects")
+            .join(&h[0..2])
+            .join(&h[2..4])
+            .join(format!("{h}.dcm"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.sigkill();
+        if std::thread::panicking() {
+            eprintln!("---- node log ----\n{}", self.log_text());
+        }
+    }
+}
+
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// A DCMTK `storescp` standing in for the PACS that receives results.
+pub struct StoreScp {
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl StoreScp {
+    pub fn start(port: u16) -> StoreScp {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("storescp")
+            .args(["-aet", DEST_AE, "+uf", "-od"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start storescp");
+        // Ready when it accepts TCP connections.
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        StoreScp { dir, child }
+    }
+
+    /// SOP Instance UIDs of every file received (one entry per file, duplicates kept).
+    pub fn received(&self) -> Vec<(String, String)> {
+        self.received_objects()
+            .into_iter()
+            .map(|(sop, study, _)| (sop, study))
+            .collect()
+    }
+
+    /// (SOP Instance UID, Study Instance UID, parsed object) of every file received.
+    pub fn received_objects(&self) -> Vec<(String, String, dicom_object::DefaultDicomObject)> {
+        let mut v = Vec::new();
+        for p in walk_files(self.dir.path()) {
+            if let Ok(obj) = dicom_object::open_file(&p) {
+                let get = |t| {
+                    obj.element(t)
+                        .ok()
+                        .and_then(|e| {
+                            e.to_str()
+                                .ok()
+                                .map(|s| s.trim_end_matches('\0').to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                let sop = get(dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+                let study = get(dicom_dictionary_std::tags::STUDY_INSTANCE_UID);
+                v.push((sop, study, obj));
+            }
+        }
+        v
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn echoscu(port: u16, calling: &str, called: &str) -> Output {
+    Command::new("echoscu")
+        .args(["-aet", calling, "-aec", called, "127.0.0.1"])
+        .arg(port.to_string())
+        .env("TCP_NODELAY", "1")
+        .output()
+        .expect("run echoscu")
+}
+
+/// Send files with `storescu -v` in one association; returns its output.
+pub fn storescu(port: u16, calling: &str, files: &[PathBuf]) -> Output {
+    Command::new("storescu")
+        .args(["-v", "-aet", calling, "-aec", NODE_AE, "127.0.0.1"])
+        .arg(port.to_string())
+        .args(files)
+        .env("TCP_NODELAY", "1")
+        .output()
+        .expect("run storescu")
+}
+
+/// Start `storescu -v` in the background, its output going to `log`.
+pub fn storescu_spawn(port: u16, calling: &str, files: &[PathBuf], log: &Path) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    Command::new("storescu")
+        .args(["-v", "-aet", calling, "-aec", NODE_AE, "127.0.0.1"])
+        .arg(port.to_string())
+        .args(files)
+        .env("TCP_NODELAY", "1")
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .expect("run storescu")
+}
+
+/// Files storescu reported Success for, from its `-v` output.
+pub fn acknowledged_files(storescu_output: &str) -> Vec<PathBuf> {
+    let mut current: Option<PathBuf> = None;
+    let mut acked = Vec::new();
+    for line in BufReader::new(storescu_output.as_bytes())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if let Some(p) = line.split("Sending file: ").nth(1) {
+            current = Some(PathBuf::from(p.trim()));
+        } else if line.contains("Received Store Response (Success)") {
+            if let Some(p) = current.take() {
+                acked.push(p);
+            }
+        }
+    }
+    acked
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The study's files, grouped by series folder, sorted.
+pub fn study_series(fixtures: &Path, study: &str) -> Vec<Vec<PathBuf>> {
+    let root = fixtures.join("studies").join(study);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .map(|d| {
+            let mut f = walk_files(&d);
+            f.sort();
+            f
+        })
+        .collect()
+}
+
+pub fn sop_uid_of(path: &Path) -> String {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap();
+    obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+pub fn study_uid_of(path: &Path) -> String {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap();
+    obj.element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// Send each series in its own association, `parallel` at a time; panics if any failed.
+pub fn send_study(port: u16, series: &[Vec<PathBuf>], parallel: usize) {
+    for chunk in series.chunks(parallel.max(1)) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|files| std::thread::spawn(move || storescu(port, SCU_AE, &files)))
+            .collect();
+        for h in handles {
+            let o = h.join().unwrap();
+            assert!(o.status.success(), "storescu failed:\n{}", text(&o));
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! Node configuration: the TOML schema, validation with precise messages, and live reload.
+//!
+//! `conf/prima-node.toml` is the documented example. Only `[[sources]]`, `[[destinations]]`,
+//! `[assembly]` and `[outbox]` are applied live; the rest needs a restart (the listener, the
+//! state directory and the loaded model cannot change under a running node).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// MR Image Storage and Enhanced MR Image Storage: the classes Prima reads.
+pub const MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
+pub const ENHANCED_MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4.1";
+pub const MODEL_SOP_CLASSES: [&str; 2] = [MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: TOML syntax/schema error: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {}", .problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub model: ModelSection,
+    #[serde(default)]
+    pub assembly: AssemblySection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub outbox: OutboxSection,
+    #[serde(default)]
+    pub sources: Vec<Source>,
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub ae_title: String,
+    pub listen: String,
+    pub state_dir: PathBuf,
+    #[serde(default = "default_max_associations")]
+    pub max_associations: usize,
+    /// Per-PDU read timeout; a peer silent for longer loses its association.
+    #[serde(default = "default_read_timeout_s")]
+    pub read_timeout_s: u64,
+    #[serde(default = "default_max_pdu_length")]
+    pub max_pdu_length: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub dir: PathBuf,
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AssemblySection {
+    #[serde(default = "default_quiet_period_s")]
+    pub quiet_period_s: f64,
+    #[serde(default = "default_force_complete_s")]
+    pub force_complete_s: f64,
+    #[serde(default = "default_min_series")]
+    pub min_series: usize,
+    #[serde(default = "default_modalities")]
+    pub modalities: Vec<String>,
+}
+
+impl Default for AssemblySection {
+    fn default() -> Self {
+        AssemblySection {
+            quiet_period_s: default_quiet_period_s(),
+            force_complete_s: default_force_complete_s(),
+            min_series: default_min_series(),
+            modalities: default_modalities(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+    /// Storage SOP classes accepted and stored but not given to the model.
+    #[serde(default)]
+    pub extra_sop_classes: Vec<String>,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            min_free_mb: default_min_free_mb(),
+            extra_sop_classes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSection {
+    #[serde(default = "default_retry_initial_s")]
+    pub retry_initial_s: f64,
+    #[serde(default = "default_retry_max_s")]
+    pub retry_max_s: f64,
+    /// Attempts allowed when the destination answers (rejection, failure status); an
+    /// unreachable destination is retried without limit.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_connect_timeout_s")]
+    pub connect_timeout_s: f64,
+}
+
+impl Default for OutboxSection {
+    fn default() -> Self {
+        OutboxSection {
+            retry_initial_s: default_retry_initial_s(),
+            retry_max_s: default_retry_max_s(),
+            max_attempts: default_max_attempts(),
+            connect_timeout_s: default_connect_timeout_s(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub ae_title: String,
+    /// IP address or host name; absent = any address.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Destination {
+    /// Stable key of a destination in the outbox (AE@host:port).
+    pub fn key(&self) -> String {
+        format!("{}@{}:{}", self.ae_title, self.host, self.port)
+    }
+}
+
+fn default_max_associations() -> usize {
+    16
+}
+fn default_read_timeout_s() -> u64 {
+    60
+}
+fn default_max_pdu_length() -> u32 {
+    65536
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_quiet_period_s() -> f64 {
+    30.0
+}
+fn default_force_complete_s() -> f64 {
+    900.0
+}
+fn default_min_series() -> usize {
+    2
+}
+fn default_modalities() -> Vec<String> {
+    vec!["MR".into()]
+}
+fn default_min_free_mb() -> u64 {
+    1024
+}
+fn default_retry_initial_s() -> f64 {
+    5.0
+}
+fn default_retry_max_s() -> f64 {
+    600.0
+}
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_connect_timeout_s() -> f64 {
+    10.0
+}
+
+/// An AE title per PS3.5: 1–16 characters of the default repertoire, no backslash or
+/// control characters, not only spaces.
+fn ae_title_problem(what: &str, ae: &str) -> Option<String> {
+    if ae.trim().is_empty() {
+        return Some(format!("{what}: AE title is empty"));
+    }
+    if ae.len() > 16 {
+        return Some(format!(
+            "{what}: AE title {ae:?} is {} characters long (maximum 16)",
+            ae.len()
+        ));
+    }
+    if ae.chars().any(|c| !(' '..='~').contains(&c) || c == '\\') {
+        return Some(format!(
+            "{what}: AE title {ae:?} contains a character outside printable ASCII or a backslash"
+        ));
+    }
+    None
+}
+
+fn is_uid(s: &str) -> bool {
+    crate::store::spool::valid_uid(s)
+}
+
+fn finite_nonneg(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem found, each naming the key it is about.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(m) = ae_title_problem("[node] ae_title", &self.node.ae_title) {
+            p.push(m);
+        }
+        if self.node.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "[node] listen: {:?} is not an address:port such as \"0.0.0.0:11112\"",
+                self.node.listen
+            ));
+        }
+        if self.node.state_dir.as_os_str().is_empty() {
+            p.push("[node] state_dir: empty path".into());
+        } else if !self.node.state_dir.is_absolute() {
+            p.push(format!(
+                "[node] state_dir: {:?} must be an absolute path",
+                self.node.state_dir
+            ));
+        }
+        if self.node.max_associations == 0 {
+            p.push("[node] max_associations: must be at least 1".into());
+        }
+        if self.node.read_timeout_s == 0 {
+            p.push("[node] read_timeout_s: must be at least 1".into());
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.node.max_pdu_length) {
+            p.push(format!(
+                "[node] max_pdu_length: {} is outside 4096..=16777216",
+                self.node.max_pdu_length
+            ));
+        }
+        if self.model.dir.as_os_str().is_empty() {
+            p.push("[model] dir: empty path".into());
+        }
+        let dev = self.model.device.as_str();
+        let dev_ok = dev == "cpu"
+            || dev == "cuda"
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+        if !dev_ok {
+            p.push(format!(
+                "[model] device: {dev:?} is not \"cpu\", \"cuda\" or \"cuda:N\""
+            ));
+        }
+        let a = &self.assembly;
+        if !finite_nonneg(a.quiet_period_s) || a.quiet_period_s <= 0.0 {
+            p.push(format!(
+                "[assembly] quiet_period_s: {} must be a positive number of seconds",
+                a.quiet_period_s
+            ));
+        }
+        if !finite_nonneg(a.force_complete_s) || a.force_complete_s < a.quiet_period_s {
+            p.push(format!(
+                "[assembly] force_complete_s: {} must be a number of seconds >= quiet_period_s ({})",
+                a.force_complete_s, a.quiet_period_s
+            ));
+        }
+        if a.min_series == 0 {
+            p.push("[assembly] min_series: must be at least 1".into());
+        }
+        if a.modalities.is_empty() {
+            p.push("[assembly] modalities: empty list (no study would ever qualify)".into());
+        }
+        for m in &a.modalities {
+            if m.is_empty() || m.len() > 16 || !m.chars().all(|c| c.is_ascii_alphanumeric()) {
+                p.push(format!(
+                    "[assembly] modalities: {m:?} is not a modality code"
+                ));
+            }
+        }
+        for (i, uid) in self.storage.extra_sop_classes.iter().enumerate() {
+            if !is_uid(uid) {
+                p.push(format!(
+                    "[storage] extra_sop_classes[{i}]: {uid:?} is not a UID (digits and dots, at most 64)"
+                ));
+            }
+        }
+        let o = &self.outbox;
+        if !finite_nonneg(o.retry_initial_s) || o.retry_initial_s <= 0.0 {
+            p.push("[outbox] retry_initial_s: must be a positive number of seconds".into());
+        }
+        if !finite_nonneg(o.retry_max_s) || o.retry_max_s < o.retry_initial_s {
+            p.push("[outbox] retry_max_s: must be >= retry_initial_s".into());
+        }
+        if o.max_attempts == 0 {
+            p.push("[outbox] max_attempts: must be at least 1".into());
+        }
+        if !finite_nonneg(o.connect_timeout_s) || o.connect_timeout_s <= 0.0 {
+            p.push("[outbox] connect_timeout_s: must be a positive number of seconds".into());
+        }
+        if self.sources.is_empty() {
+            p.push("[[sources]]: none configured (every association would be rejected)".into());
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            let what = format!("[[sources]] #{} ae_title", i + 1);
+            if let Some(m) = ae_title_problem(&what, &s.ae_title) {
+                p.push(m);
+            }
+            if let Some(h) = &s.host {
+                if resolve_host(h).is_err() {
+                    p.push(format!(
+                        "[[sources]] #{} host: {h:?} is not an IP address or a resolvable host name",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        let mut keys = HashSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let what = format!("[[destinations]] #{} ae_title", i + 1);
+            if let Some(m) = ae_title_problem(&what, &d.ae_title) {
+                p.push(m);
+            }
+            if d.host.trim().is_empty() {
+                p.push(format!("[[destinations]] #{} host: empty", i + 1));
+            }
+            if d.port == 0 {
+                p.push(format!("[[destinations]] #{} port: 0 is not a port", i + 1));
+            }
+            if !keys.insert(d.key()) {
+                p.push(format!(
+                    "[[destinations]] #{}: duplicate of an earlier entry ({})",
+                    i + 1,
+                    d.key()
+                ));
+            }
+        }
+        p
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.node.listen.parse().expect("validated")
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.node.read_timeout_s)
+    }
+
+    /// All storage SOP classes accepted (model classes first).
+    pub fn storage_sop_classes(&self) -> Vec<String> {
+        let mut v: Vec<String> = MODEL_SOP_CLASSES.iter().map(|s| s.to_string()).collect();
+        for s in &self.storage.extra_sop_classes {
+            if !v.contains(s) {
+                v.push(s.clone());
+            }
+        }
+        v
+    }
+
+    /// Sources with host names resolved to addresses (resolution failures are dropped:
+    /// the config was validated, and a name that stopped resolving must not open access).
+    pub fn resolved_sources(&self) -> Vec<ResolvedSource> {
+        self.sources
+            .iter()
+            .map(|s| ResolvedSource {
+                ae_title: s.ae_title.clone(),
+                addrs: s.host.as_ref().map(|h| resolve_host(h).unwrap_or_default()),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedSource {
+    pub ae_title: String,
+    /// `None` = any address.
+    pub addrs: Option<Vec<IpAddr>>,
+}
+
+pub fn resolve_host(h: &str) -> Result<Vec<IpAddr>, std::io::Error> {
+    if let Ok(ip) = h.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let addrs: Vec<IpAddr> = (h, 0u16).to_socket_addrs()?.map(|a| a.ip()).collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no addresses",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// Treat ::ffff:a.b.c.d like a.b.c.d so an IPv4 allowlist works on a dual-stack socket.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The live part of the configuration, swapped atomically on reload.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    pub config: Arc<Config>,
+    pub sources: Arc<Vec<ResolvedSource>>,
+}
+
+/// Shared handle: readers take a snapshot, the watcher replaces it.
+#[derive(Clone)]
+pub struct SharedConfig(Arc<RwLock<LiveConfig>>);
+
+impl SharedConfig {
+    pub fn new(cfg: Config) -> Self {
+        let sources = Arc::new(cfg.resolved_sources());
+        SharedConfig(Arc::new(RwLock::new(LiveConfig {
+            config: Arc::new(cfg),
+            sources,
+        })))
+    }
+
+    pub fn snapshot(&self) -> LiveConfig {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn get(&self) -> Arc<Config> {
+        self.snapshot().config
+    }
+
+    /// Apply the reloadable parts of `new`; returns what was ignored (restart-only keys).
+    pub fn apply(&self, new: Config) -> Vec<String> {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let old = guard.config.clone();
+        let mut ignored = Vec::new();
+        if new.node != old.node {
+            ignored.push("[node]".to_string());
+        }
+        if new.model != old.model {
+            ignored.push("[model]".to_string());
+        }
+        if new.storage != old.storage {
+            ignored.push("[storage]".to_string());
+        }
+        let merged = Config {
+            node: old.node.clone(),
+            model: old.model.clone(),
+            storage: old.storage.clone(),
+            assembly: new.assembly,
+            outbox: new.outbox,
+            sources: new.sources,
+            destinations: new.destinations,
+        };
+        let sources = Arc::new(merged.resolved_sources());
+        *guard = LiveConfig {
+            config: Arc::new(merged),
+            sources,
+        };
+        ignored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+ae_title = "PRIMA"
+listen = "127.0.0.1:11112"
+state_dir = "/var/lib/prima-node"
+[model]
+dir = "/var/lib/prima-node/model"
+device = "cpu"
+[assembly]
+quiet_period_s = 30
+force_complete_s = 600
+min_series = 2
+[storage]
+min_free_mb = 100
+[[sources]]
+ae_title = "PACS"
+host = "127.0.0.1"
+[[sources]]
+ae_title = "MODALITY"
+[[destinations]]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 104
+"#;
+
+    #[test]
+    fn good_config_parses() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.assembly.quiet_period_s, 30.0);
+        assert_eq!(c.storage_sop_classes().len(), 2);
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prima-node.toml");
+        Config::load(&p).unwrap();
+    }
+
+    #[test]
+    fn precise_messages() {
+        let bad = GOOD
+            .replace("\"PRIMA\"", "\"THIS_AE_TITLE_IS_TOO_LONG\"")
+            .replace("127.0.0.1:11112", "nope")
+            .replace("min_series = 2", "min_series = 0");
+        let e = Config::parse(Path::new("x.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[node] ae_title"), "{e}");
+        assert!(e.contains("[node] listen"), "{e}");
+        assert!(e.contains("[assembly] min_series"), "{e}");
+        let e = Config::parse(
+            Path::new("x.toml"),
+            &GOOD.replace("port = 104", "port = 104\nfoo = 1"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn reload_keeps_node_section() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        let shared = SharedConfig::new(c.clone());
+        let mut n = c.clone();
+        n.node.listen = "127.0.0.1:1".into();
+        n.sources.pop();
+        let ignored = shared.apply(n);
+        assert_eq!(ignored, vec!["[node]".to_string()]);
+        assert_eq!(shared.get().node.listen, "127.0.0.1:11112");
+        assert_eq!(shared.get().sources.len(), 1);
+    }
+}

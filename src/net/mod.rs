@@ -1,0 +1,5 @@
+//! DICOM networking: the service the PACS sends to ([`scp`]), the sender that returns
+//! results ([`scu`]) and the DIMSE command sets both use ([`dimse`]).
+pub mod dimse;
+pub mod scp;
+pub mod scu;

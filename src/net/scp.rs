@@ -1,0 +1,655 @@
+//! The DICOM service: associations in, C-ECHO and C-STORE.
+//!
+//! Each accepted TCP connection gets TCP_NODELAY, a per-PDU read timeout and a task of its
+//! own (bounded by `node.max_associations`; beyond that the association is rejected as
+//! transient "local limit exceeded"). Called AE, calling AE and peer address are checked
+//! against `[[sources]]` with the standard rejection reasons. Commands are reassembled
+//! across PDVs; data PDVs stream into a spool temporary file, never a whole instance in
+//! memory. The C-STORE response is Success only after the spool made the instance durable;
+//! otherwise it carries a precise failure status (see [`super::dimse::status`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::server::AccessControl;
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType,
+    PresentationContextResultReason, UserIdentity,
+};
+use dicom_ul::{Pdu, ServerAssociationOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::dimse::{self, status, Command};
+use crate::config::{canonical_ip, ResolvedSource, SharedConfig};
+use crate::store::spool::{read_header, valid_uid, HeaderError, Spool, TempInstance};
+use crate::store::state::{InstanceRecord, RecordOutcome, State};
+
+/// Transfer syntaxes offered, in our preference order (the requestor's order wins among
+/// these). Only what the node can decode: JPEG-LS and JPEG extended are not listed.
+const CANDIDATE_TS: &[&str] = &[
+    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
+    "1.2.840.10008.1.2",      // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57", // JPEG Lossless
+    "1.2.840.10008.1.2.4.50", // JPEG Baseline
+    "1.2.840.10008.1.2.5",    // RLE Lossless
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+];
+
+/// The candidate transfer syntaxes this build can actually decode.
+pub fn decodable_transfer_syntaxes() -> Vec<&'static str> {
+    CANDIDATE_TS
+        .iter()
+        .copied()
+        .filter(|uid| {
+            TransferSyntaxRegistry.get(uid).is_some_and(|ts| {
+                !ts.is_unsupported()
+                    && !ts.is_unsupported_pixel_encapsulation()
+                    && ts.can_decode_all()
+            })
+        })
+        .collect()
+}
+
+/// Largest command set accepted (real ones are ~200 bytes).
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+pub struct ScpCtx {
+    pub config: SharedConfig,
+    pub spool: Spool,
+    pub state: Arc<State>,
+    pub limit: Arc<Semaphore>,
+    pub transfer_syntaxes: Vec<&'static str>,
+}
+
+/// Accept associations until `shutdown` turns true; `abort` makes live ones abort.
+pub async fn run(
+    listener: TcpListener,
+    ctx: Arc<ScpCtx>,
+    mut shutdown: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+) {
+    let mut next_id: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = listener.accept() => r,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let _ = sock.set_nodelay(true);
+        match ctx.limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let ctx = ctx.clone();
+                let abort = abort.clone();
+                let span = info_span!("assoc", id, peer = %peer);
+                tokio::spawn(
+                    async move {
+                        handle(sock, peer, ctx, abort).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => {
+                warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded)");
+                tokio::spawn(reject_busy(sock));
+            }
+        }
+    }
+    info!("listener closed");
+}
+
+async fn reject_busy(mut sock: TcpStream) {
+    let task = async {
+        let mut hdr = [0u8; 6];
+        sock.read_exact(&mut hdr).await?;
+        let len = u32::from_be_bytes([hdr[2], hdr[3], hdr[4], hdr[5]]) as u64;
+        if hdr[0] != 0x01 || len > 1024 * 1024 {
+            return Ok::<_, std::io::Error>(());
+        }
+        let mut sink = tokio::io::sink();
+        tokio::io::copy(&mut (&mut sock).take(len), &mut sink).await?;
+        let mut buf = Vec::new();
+        let rj = Pdu::AssociationRJ(AssociationRJ {
+            result: AssociationRJResult::Transient,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
+        });
+        if dicom_ul::write_pdu(&mut buf, &rj).is_ok() {
+            sock.write_all(&buf).await?;
+        }
+        sock.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+/// Called AE must be ours; calling AE must be a `[[sources]]` entry whose host (if any)
+/// matches the peer address.
+struct SourceAcl {
+    sources: Arc<Vec<ResolvedSource>>,
+    peer: IpAddr,
+}
+
+impl AccessControl for SourceAcl {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        let calling = calling_ae_title.trim();
+        let called = called_ae_title.trim();
+        if called != this_ae_title.trim() {
+            warn!(
+                calling,
+                called, "association rejected: called AE title not recognized"
+            );
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        let known: Vec<&ResolvedSource> = self
+            .sources
+            .iter()
+            .filter(|s| s.ae_title.trim() == calling)
+            .collect();
+        if known.is_empty() {
+            warn!(
+                calling,
+                "association rejected: calling AE title not in [[sources]]"
+            );
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        let from_allowed_host = known.iter().any(|s| {
+            s.addrs
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|ip| canonical_ip(*ip) == self.peer))
+        });
+        if !from_allowed_host {
+            warn!(
+                calling,
+                "association rejected: calling AE title known but not from this address"
+            );
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+enum Sink {
+    File(TempInstance),
+    Discard { status: u16, comment: String },
+}
+
+struct PendingStore {
+    cmd: Command,
+    pc: u8,
+    sink: Sink,
+    /// Not a C-STORE: the data set is drained and answered "unrecognized operation".
+    unrecognized: bool,
+}
+
+struct Conn {
+    calling_ae: String,
+    peer: String,
+    /// Accepted presentation contexts: id → (abstract syntax, transfer syntax).
+    pcs: HashMap<u8, (String, String)>,
+    cmd_buf: Vec<u8>,
+    cmd_pc: Option<u8>,
+    pending: Option<PendingStore>,
+    stored: u64,
+    refused: u64,
+}
+
+enum Event {
+    Pdu(Result<Pdu, dicom_ul::association::Error>),
+    Abort,
+}
+
+async fn handle(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ScpCtx>,
+    mut abort: watch::Receiver<bool>,
+) {
+    let live = ctx.config.snapshot();
+    let cfg = live.config.clone();
+    let acl = SourceAcl {
+        sources: live.sources.clone(),
+        peer: canonical_ip(peer.ip()),
+    };
+    let mut opts = ServerAssociationOptions::new()
+        .ae_access_control(acl)
+        .ae_title(cfg.node.ae_title.clone())
+        .with_abstract_syntax(dimse::VERIFICATION);
+    for c in cfg.storage_sop_classes() {
+        opts = opts.with_abstract_syntax(c);
+    }
+    for ts in &ctx.transfer_syntaxes {
+        opts = opts.with_transfer_syntax(*ts);
+    }
+    let opts = opts
+        .max_pdu_length(cfg.node.max_pdu_length)
+        .strict(false)
+        .read_timeout(cfg.read_timeout())
+        .write_timeout(cfg.read_timeout());
+    let mut assoc = match opts.establish_async(sock).await {
+        Ok(a) => a,
+        Err(e) => {
+            // Rejections were logged with their reason by the access check.
+            debug!(error = %e, "association not established");
+            return;
+        }
+    };
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
+    let mut conn = Conn {
+        calling_ae: calling_ae.clone(),
+        peer: peer.ip().to_string(),
+        pcs: assoc
+            .presentation_contexts()
+            .iter()
+            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+            .map(|pc| {
+                (
+                    pc.id,
+                    (
+                        pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                        pc.transfer_syntax.trim_end_matches('\0').to_string(),
+                    ),
+                )
+            })
+            .collect(),
+        cmd_buf: Vec::new(),
+        cmd_pc: None,
+        pending: None,
+        stored: 0,
+        refused: 0,
+    };
+    info!(calling_ae = %calling_ae, contexts = conn.pcs.len(), "association accepted");
+    let storage_classes = cfg.storage_sop_classes();
+    let floor = cfg.storage.min_free_mb;
+    loop {
+        let ev = tokio::select! {
+            r = assoc.receive() => Event::Pdu(r),
+            _ = abort.changed() => Event::Abort,
+        };
+        match ev {
+            Event::Abort => {
+                warn!("shutting down: aborting association");
+                let _ = assoc.abort().await;
+                return;
+            }
+            Event::Pdu(Ok(Pdu::PData { data })) => {
+                for pdv in data {
+                    match on_pdv(&ctx, &mut conn, &storage_classes, floor, pdv) {
+                        Ok(Some((pc, rsp))) => {
+                            let pdu = Pdu::PData {
+                                data: vec![PDataValue {
+                                    presentation_context_id: pc,
+                                    value_type: PDataValueType::Command,
+                                    is_last: true,
+                                    data: rsp,
+                                }],
+                            };
+                            if let Err(e) = assoc.send(&pdu).await {
+                                warn!(error = %e, "cannot send response; closing");
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(reason) => {
+                            warn!(%reason, "protocol violation: aborting association");
+                            let _ = assoc.abort().await;
+                            return;
+                        }
+                    }
+                }
+            }
+            Event::Pdu(Ok(Pdu::ReleaseRQ)) => {
+                let _ = assoc.send(&Pdu::ReleaseRP).await;
+                info!(
+                    stored = conn.stored,
+                    refused = conn.refused,
+                    "association released"
+                );
+                return;
+            }
+            Event::Pdu(Ok(Pdu::AbortRQ { .. })) => {
+                info!(
+                    stored = conn.stored,
+                    refused = conn.refused,
+                    "association aborted by peer"
+                );
+                return;
+            }
+            Event::Pdu(Ok(other)) => {
+                warn!(pdu = %other.short_description(), "unexpected PDU: aborting association");
+                let _ = assoc.abort().await;
+                return;
+            }
+            Event::Pdu(Err(e)) => {
+                warn!(error = %e, stored = conn.stored, "association ended without release (timeout, closed or malformed PDU)");
+                return;
+            }
+        }
+    }
+}
+
+/// Handle one PDV; returns a response to send, or an abort reason.
+fn on_pdv(
+    ctx: &ScpCtx,
+    conn: &mut Conn,
+    storage_classes: &[String],
+    floor_mb: u64,
+    pdv: PDataValue,
+) -> Result<Option<(u8, Vec<u8>)>, String> {
+    let pc = pdv.presentation_context_id;
+    let Some((abstract_syntax, ts)) = conn.pcs.get(&pc).cloned() else {
+        return Err(format!(
+            "P-DATA on presentation context {pc}, which was not accepted"
+        ));
+    };
+    match pdv.value_type {
+        PDataValueType::Command => {
+            if conn.pending.is_some() {
+                return Err("command PDV while a data set was still expected".into());
+            }
+            if conn.cmd_pc.is_some_and(|p| p != pc) {
+                return Err("command fragments on different presentation contexts".into());
+            }
+            conn.cmd_pc = Some(pc);
+            if conn.cmd_buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
+                return Err("command set larger than 64 KiB".into());
+            }
+            conn.cmd_buf.extend_from_slice(&pdv.data);
+            if !pdv.is_last {
+                return Ok(None);
+            }
+            let bytes = std::mem::take(&mut conn.cmd_buf);
+            conn.cmd_pc = None;
+            let cmd = dimse::decode_command(&bytes).map_err(|e| format!("bad command set: {e}"))?;
+            on_command(
+                ctx,
+                conn,
+                storage_classes,
+                floor_mb,
+                pc,
+                &abstract_syntax,
+                &ts,
+                cmd,
+            )
+        }
+        PDataValueType::Data => {
+            let Some(p) = conn.pending.as_mut() else {
+                return Err("data PDV without a preceding command".into());
+            };
+            if p.pc != pc {
+                return Err("data PDV on another presentation context than its command".into());
+            }
+            if let Sink::File(t) = &mut p.sink {
+                let r = tokio::task::block_in_place(|| t.write(&pdv.data));
+                if let Err(e) = r {
+                    let status = status::OUT_OF_RESOURCES;
+                    warn!(calling_ae = %conn.calling_ae, error = %e, "cannot spool instance: refusing (A700)");
+                    // Dropping the temp file removes it; the rest of the data set is drained.
+                    p.sink = Sink::Discard {
+                        status,
+                        comment: "out of resources".into(),
+                    };
+                }
+            }
+            if !pdv.is_last {
+                return Ok(None);
+            }
+            let p = conn.pending.take().expect("checked above");
+            let msg_id = p.cmd.message_id;
+            if p.unrecognized {
+                return Ok(Some((
+                    pc,
+                    dimse::unrecognized_rsp(
+                        msg_id,
+                        p.cmd.command_field,
+                        &p.cmd.affected_sop_class_uid,
+                    ),
+                )));
+            }
+            let (st, comment) = match p.sink {
+                Sink::Discard { status, comment } => (status, Some(comment)),
+                Sink::File(t) => {
+                    tokio::task::block_in_place(|| finalize(ctx, conn, &p.cmd, &ts, t))
+                }
+            };
+            if st == status::SUCCESS {
+                conn.stored += 1;
+            } else {
+                conn.refused += 1;
+            }
+            Ok(Some((
+                pc,
+                dimse::c_store_rsp(
+                    msg_id,
+                    &p.cmd.affected_sop_class_uid,
+                    &p.cmd.affected_sop_instance_uid,
+                    st,
+                    comment.as_deref(),
+                ),
+            )))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_command(
+    ctx: &ScpCtx,
+    conn: &mut Conn,
+    storage_classes: &[String],
+    floor_mb: u64,
+    pc: u8,
+    abstract_syntax: &str,
+    ts: &str,
+    cmd: Command,
+) -> Result<Option<(u8, Vec<u8>)>, String> {
+    match cmd.command_field {
+        dimse::C_ECHO_RQ => {
+            debug!("C-ECHO");
+            if cmd.has_data_set() {
+                return Err("C-ECHO-RQ announcing a data set".into());
+            }
+            Ok(Some((
+                pc,
+                dimse::c_echo_rsp(cmd.message_id, dimse::VERIFICATION),
+            )))
+        }
+        dimse::C_STORE_RQ => {
+            if !cmd.has_data_set() {
+                return Ok(Some((
+                    pc,
+                    dimse::c_store_rsp(
+                        cmd.message_id,
+                        &cmd.affected_sop_class_uid,
+                        &cmd.affected_sop_instance_uid,
+                        status::CANNOT_UNDERSTAND,
+                        Some("C-STORE-RQ without a data set"),
+                    ),
+                )));
+            }
+            let sink = if cmd.affected_sop_class_uid != abstract_syntax
+                || !storage_classes.contains(&cmd.affected_sop_class_uid)
+            {
+                warn!(calling_ae = %conn.calling_ae, "C-STORE SOP class differs from its presentation context: refusing (0122)");
+                Sink::Discard {
+                    status: status::SOP_CLASS_NOT_SUPPORTED,
+                    comment: "SOP class not supported on this context".into(),
+                }
+            } else if !valid_uid(&cmd.affected_sop_instance_uid) {
+                warn!(calling_ae = %conn.calling_ae, len = cmd.affected_sop_instance_uid.len(), "C-STORE with a malformed Affected SOP Instance UID: refusing (C001)");
+                Sink::Discard {
+                    status: status::BAD_UID,
+                    comment: "malformed Affected SOP Instance UID".into(),
+                }
+            } else {
+                let begun = tokio::task::block_in_place(|| {
+                    ctx.spool.check_space(floor_mb)?;
+                    ctx.spool.begin(
+                        &cmd.affected_sop_class_uid,
+                        &cmd.affected_sop_instance_uid,
+                        ts,
+                        &conn.calling_ae,
+                        floor_mb,
+                    )
+                });
+                match begun {
+                    Ok(t) => Sink::File(t),
+                    Err(e) => {
+                        warn!(calling_ae = %conn.calling_ae, error = %e, "cannot accept instance: refusing (A700)");
+                        Sink::Discard {
+                            status: status::OUT_OF_RESOURCES,
+                            comment: "out of resources".into(),
+                        }
+                    }
+                }
+            };
+            conn.pending = Some(PendingStore {
+                cmd,
+                pc,
+                sink,
+                unrecognized: false,
+            });
+            Ok(None)
+        }
+        dimse::C_CANCEL_RQ => Ok(None),
+        other => {
+            warn!(
+                command = format!("{other:#06x}"),
+                "unsupported DIMSE operation"
+            );
+            if cmd.has_data_set() {
+                conn.pending = Some(PendingStore {
+                    cmd,
+                    pc,
+                    sink: Sink::Discard {
+                        status: status::UNRECOGNIZED_OPERATION,
+                        comment: String::new(),
+                    },
+                    unrecognized: true,
+                });
+                Ok(None)
+            } else {
+                Ok(Some((
+                    pc,
+                    dimse::unrecognized_rsp(cmd.message_id, other, &cmd.affected_sop_class_uid),
+                )))
+            }
+        }
+    }
+}
+
+/// Make the instance durable and record it. Returns the DIMSE status to answer.
+fn finalize(
+    ctx: &ScpCtx,
+    conn: &Conn,
+    cmd: &Command,
+    ts: &str,
+    t: TempInstance,
+) -> (u16, Option<String>) {
+    let done = match t.finish() {
+        Ok(d) => d,
+        Err(e) => {
+            error!(calling_ae = %conn.calling_ae, error = %e, "cannot fsync instance: refusing (A700)");
+            return (status::OUT_OF_RESOURCES, Some("write failed".into()));
+        }
+    };
+    let header = match read_header(&done.path) {
+        Ok(h) => h,
+        Err(e) => {
+            let st = match e {
+                HeaderError::Parse(_) => status::CANNOT_UNDERSTAND,
+                HeaderError::Missing(_) | HeaderError::BadUid { .. } => status::BAD_UID,
+            };
+            warn!(calling_ae = %conn.calling_ae, peer = %conn.peer, transfer_syntax = ts, error = %e,
+                status = format!("{st:#06X}"), "data set refused: cannot understand");
+            done.discard();
+            return (st, Some(e.to_string()));
+        }
+    };
+    if header.sop_instance_uid != cmd.affected_sop_instance_uid {
+        warn!(calling_ae = %conn.calling_ae, "data set SOP Instance UID differs from the command's: refusing (C002)");
+        done.discard();
+        return (
+            status::UID_MISMATCH,
+            Some("SOP Instance UID differs from the command".into()),
+        );
+    }
+    if header.sop_class_uid != cmd.affected_sop_class_uid {
+        warn!(calling_ae = %conn.calling_ae, "data set SOP Class UID differs from the command's: refusing (A900)");
+        done.discard();
+        return (
+            status::DATASET_MISMATCH,
+            Some("SOP Class UID differs from the command".into()),
+        );
+    }
+    let sha256 = done.sha256.clone();
+    let size = done.size;
+    let path = match ctx.spool.commit(done, &header.sop_instance_uid) {
+        Ok(p) => p,
+        Err(e) => {
+            error!(calling_ae = %conn.calling_ae, error = %e, "cannot move instance into the spool: refusing (A700)");
+            return (status::OUT_OF_RESOURCES, Some("write failed".into()));
+        }
+    };
+    let rec = InstanceRecord {
+        sop_uid: header.sop_instance_uid,
+        study_uid: header.study_instance_uid,
+        series_uid: header.series_instance_uid,
+        sop_class_uid: header.sop_class_uid,
+        modality: header.modality,
+        transfer_syntax: header.transfer_syntax,
+        series_number: header.series_number,
+        series_description: header.series_description,
+        path,
+        sha256,
+        size,
+        calling_ae: conn.calling_ae.clone(),
+        peer: conn.peer.clone(),
+    };
+    match ctx.state.record_instance(&rec) {
+        Ok(outcome) => {
+            if outcome == RecordOutcome::Replaced {
+                info!(study = %rec.study_uid, "instance with a known SOP Instance UID replaced");
+            }
+            debug!(study = %rec.study_uid, ?outcome, "instance stored");
+            (status::SUCCESS, None)
+        }
+        Err(e) => {
+            // The file is durable and will be re-indexed at the next start; the sender is
+            // told to retry so nothing depends on that.
+            error!(error = %e, "cannot record instance in the state database: refusing (A700)");
+            (
+                status::OUT_OF_RESOURCES,
+                Some("state database error".into()),
+            )
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The sender: delivers outbox entries to `[[destinations]]` with C-STORE.
+//!
+//! Runs on its own thread with dicom-ul's blocking client. Every response status is
+//! checked: 0000 = delivered, Bxxx = delivered with a warning (logged), anything else =
+//! failed. Failed attempts are retried with exponential backoff whose schedule lives in
+//! SQLite (so it survives restarts). A destination that answers — a permanent association
+//! rejection or a failure status — gets `outbox.max_attempts` tries, then the entry is
+//! marked `failed` with the reason and a loud log line; an unreachable destination is
+//! retried without limit (a PACS down for a weekend must still get its results).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::pdu::{
+    AssociationRJResult, PDataValue, PDataValueType, PresentationContextResultReason,
+};
+use dicom_ul::{ClientAssociationOptions, Pdu};
+use tracing::{error, info, info_span, warn};
+
+use super::dimse::{self, classify_status, StatusClass};
+use crate::config::{Config, Destination, SharedConfig};
+use crate::store::state::{now_ms, OutboxRow, State};
+
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+
+pub struct SenderCtx {
+    pub state: Arc<State>,
+    pub config: SharedConfig,
+}
+
+/// The sender loop; returns when `stop` is set.
+pub fn run(ctx: SenderCtx, wake: Receiver<()>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        let cfg = ctx.config.get();
+        match ctx.state.due_outbox(now_ms()) {
+            Ok(due) => {
+                let mut by_dest: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
+                for r in due {
+                    by_dest.entry(r.destination.clone()).or_default().push(r);
+                }
+                for (key, rows) in by_dest {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match cfg.destinations.iter().find(|d| d.key() == key) {
+                        Some(d) => send_batch(&ctx, &cfg, d, rows, &stop),
+                        None => {
+                            // Removed from the configuration: keep the entries, try later.
+                            for r in rows {
+                                let next = now_ms() + 60_000;
+                                let _ = ctx.state.outbox_failed(
+                                    r.id,
+                                    "destination no longer configured",
+                                    next,
+                                    false,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => error!(error = %e, "cannot read the outbox"),
+        }
+        let _ = wake.recv_timeout(Duration::from_millis(500));
+    }
+}
+
+fn backoff_ms(cfg: &Config, attempts_before: i64) -> i64 {
+    let exp = attempts_before.clamp(0, 30) as i32;
+    let s = (cfg.outbox.retry_initial_s * 2f64.powi(exp)).min(cfg.outbox.retry_max_s);
+    (s * 1000.0) as i64
+}
+
+/// Record a failed attempt for `r`. `bounded`: the destination answered, so attempts count
+/// toward `max_attempts`.
+fn failed(ctx: &SenderCtx, cfg: &Config, r: &OutboxRow, reason: &str, bounded: bool) {
+    let give_up = bounded && r.attempts + 1 >= cfg.outbox.max_attempts as i64;
+    let next = now_ms() + backoff_ms(cfg, r.attempts);
+    if give_up {
+        error!(
+            destination = %r.destination, sop = %r.sop_uid, attempts = r.attempts + 1, %reason,
+            "DELIVERY FAILED PERMANENTLY: giving up on this output for this destination"
+        );
+    } else {
+        warn!(
+            destination = %r.destination, sop = %r.sop_uid, attempts = r.attempts + 1, %reason,
+            retry_in_ms = next - now_ms(), "delivery failed; will retry"
+        );
+    }
+    if let Err(e) = ctx.state.outbox_failed(r.id, reason, next, give_up) {
+        error!(error = %e, "cannot record the failed attempt");
+    }
+}
+
+/// Encode the data set of a stored Part-10 file in the negotiated transfer syntax.
+fn dataset_bytes(path: &std::path::Path, ts_uid: &str) -> Result<Vec<u8>, String> {
+    let obj = dicom_object::open_file(path).map_err(|e| format!("cannot read output file: {e}"))?;
+    let file_ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    if file_ts == ts_uid {
+        // Byte-exact: the data set as written.
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let meta_len = {
+            let mut v = Vec::new();
+            obj.meta().write(&mut v).map_err(|e| e.to_string())?;
+            v.len()
+        };
+        let start = 132 + meta_len;
+        if bytes.len() >= start {
+            return Ok(bytes[start..].to_vec());
+        }
+    }
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, ts)
+        .map_err(|e| format!("cannot encode data set: {e}"))?;
+    Ok(out)
+}
+
+fn file_transfer_syntax(path: &std::path::Path) -> Option<String> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut r = std::io::BufReader::new(f);
+    let mut pre = [0u8; 128];
+    std::io::Read::read_exact(&mut r, &mut pre).ok()?;
+    let meta = dicom_object::FileMetaTable::from_reader(r).ok()?;
+    Some(meta.transfer_syntax().trim_end_matches('\0').to_string())
+}
+
+fn send_batch(
+    ctx: &SenderCtx,
+    cfg: &Config,
+    dest: &Destination,
+    rows: Vec<OutboxRow>,
+    stop: &AtomicBool,
+) {
+    let span = info_span!("send", destination = %dest.key());
+    let _g = span.enter();
+    // One presentation context per (SOP class, file transfer syntax).
+    let mut contexts: Vec<(String, Vec<String>)> = Vec::new();
+    let mut file_ts: Vec<Option<String>> = Vec::new();
+    for r in &rows {
+        let fts = file_transfer_syntax(&r.path);
+        let mut tss = Vec::new();
+        if let Some(t) = &fts {
+            tss.push(t.clone());
+        }
+        let native = fts
+            .as_deref()
+            .is_none_or(|t| t == EXPLICIT_LE || t == IMPLICIT_LE);
+        if native {
+            for t in [EXPLICIT_LE, IMPLICIT_LE] {
+                if !tss.iter().any(|x| x == t) {
+                    tss.push(t.to_string());
+                }
+            }
+        }
+        if !contexts
+            .iter()
+            .any(|(c, t)| *c == r.sop_class_uid && *t == tss)
+        {
+            contexts.push((r.sop_class_uid.clone(), tss));
+        }
+        file_ts.push(fts);
+    }
+    let mut opts = ClientAssociationOptions::new()
+        .calling_ae_title(cfg.node.ae_title.clone())
+        .called_ae_title(dest.ae_title.clone())
+        .max_pdu_length(cfg.node.max_pdu_length)
+        .connection_timeout(Duration::from_secs_f64(cfg.outbox.connect_timeout_s))
+        .read_timeout(Duration::from_secs(120))
+        .write_timeout(Duration::from_secs(120));
+    for (class, tss) in &contexts {
+        opts = opts.with_presentation_context(class.clone(), tss.clone());
+    }
+    let addr = format!("{}@{}:{}", dest.ae_title, dest.host, dest.port);
+    let mut assoc = match opts.establish_with(&addr) {
+        Ok(a) => a,
+        Err(e) => {
+            let (reason, bounded) = match &e {
+                dicom_ul::association::Error::Rejected { association_rj, .. } => (
+                    format!(
+                        "association rejected ({}): {}",
+                        match association_rj.result {
+                            AssociationRJResult::Permanent => "permanent",
+                            AssociationRJResult::Transient => "transient",
+                        },
+                        association_rj.source
+                    ),
+                    association_rj.result == AssociationRJResult::Permanent,
+                ),
+                dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
+                    ("no presentation context accepted".to_string(), true)
+                }
+                other => (format!("cannot associate: {other}"), false),
+            };
+            if bounded {
+                error!(%reason, "destination refuses the association");
+            }
+            for r in &rows {
+                failed(ctx, cfg, r, &reason, bounded);
+            }
+            return;
+        }
+    };
+    let accepted: Vec<(u8, String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.id,
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
+        .collect();
+    let mut message_id: u16 = 0;
+    let mut broken = false;
+    for (i, r) in rows.iter().enumerate() {
+        if broken || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // Prefer a context whose transfer syntax is the file's own (no re-encoding).
+        let pc = accepted
+            .iter()
+            .filter(|(_, a, _)| *a == r.sop_class_uid)
+            .max_by_key(|(_, _, t)| Some(t) == file_ts[i].as_ref());
+        let Some((pc_id, _, ts)) = pc.cloned() else {
+            failed(
+                ctx,
+                cfg,
+                r,
+                "SOP class not accepted by the destination",
+                true,
+            );
+            continue;
+        };
+        let data = match dataset_bytes(&r.path, &ts) {
+            Ok(d) => d,
+            Err(e) => {
+                failed(ctx, cfg, r, &e, true);
+                continue;
+            }
+        };
+        message_id = message_id.wrapping_add(1);
+        let cmd = dimse::c_store_rq(message_id, &r.sop_class_uid, &r.sop_uid);
+        let sent = assoc
+            .send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc_id,
+                    value_type: PDataValueType::Command,
+                    is_last: true,
+                    data: cmd,
+                }],
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                let mut w = assoc.send_pdata(pc_id);
+                w.write_all(&data).map_err(|e| e.to_string())?;
+                w.finish().map_err(|e| e.to_string())
+            });
+        if let Err(e) = sent {
+            failed(
+                ctx,
+                cfg,
+                r,
+                &format!("connection lost while sending: {e}"),
+                false,
+            );
+            broken = true;
+            continue;
+        }
+        match read_response(&mut assoc) {
+            Ok(rsp) => {
+                let st = rsp.status.unwrap_or(0xFFFF);
+                match classify_status(st) {
+                    StatusClass::Success => {
+                        info!(sop = %r.sop_uid, study = %r.study_uid, "output delivered");
+                        if let Err(e) = ctx.state.outbox_delivered(r.id, None) {
+                            error!(error = %e, "delivered but not recorded: may be sent again");
+                        }
+                    }
+                    StatusClass::Warning => {
+                        let w = format!(
+                            "warning status {st:#06X}{}",
+                            rsp.error_comment
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default()
+                        );
+                        warn!(sop = %r.sop_uid, status = %w, "output delivered with a warning");
+                        if let Err(e) = ctx.state.outbox_delivered(r.id, Some(&w)) {
+                            error!(error = %e, "delivered but not recorded: may be sent again");
+                        }
+                    }
+                    StatusClass::Failure => {
+                        let reason = format!(
+                            "C-STORE failed with status {st:#06X}{}",
+                            rsp.error_comment
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default()
+                        );
+                        failed(ctx, cfg, r, &reason, true);
+                    }
+                }
+            }
+            Err(e) => {
+                failed(ctx, cfg, r, &format!("no C-STORE response: {e}"), false);
+                broken = true;
+            }
+        }
+    }
+    if broken {
+        let _ = assoc.abort();
+    } else if let Err(e) = assoc.release() {
+        warn!(error = %e, "association release failed");
+    }
+}
+
+fn read_response(
+    assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>,
+) -> Result<dimse::Command, String> {
+    let mut buf = Vec::new();
+    loop {
+        match assoc.receive().map_err(|e| e.to_string())? {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    if pdv.value_type != PDataValueType::Command {
+                        return Err("unexpected data PDV in a C-STORE response".into());
+                    }
+                    buf.extend_from_slice(&pdv.data);
+                    if buf.len() > 64 * 1024 {
+                        return Err("oversize response command".into());
+                    }
+                    if pdv.is_last {
+                        let c = dimse::decode_command(&buf).map_err(|e| e.to_string())?;
+                        if c.command_field != dimse::C_STORE_RSP {
+                            return Err(format!("unexpected command {:#06x}", c.command_field));
+                        }
+                        return Ok(c);
+                    }
+                }
+            }
+            Pdu::AbortRQ { .. } => return Err("association aborted by the destination".into()),
+            other => return Err(format!("unexpected PDU {}", other.short_description())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prima-node.toml"),
+        )
+        .unwrap();
+        let mut c = Config::parse(std::path::Path::new("x"), &text).unwrap();
+        c.outbox.retry_initial_s = 2.0;
+        c.outbox.retry_max_s = 60.0;
+        assert_eq!(backoff_ms(&c, 0), 2000);
+        assert_eq!(backoff_ms(&c, 1), 4000);
+        assert_eq!(backoff_ms(&c, 10), 60_000);
+        assert_eq!(backoff_ms(&c, 1000), 60_000);
+    }
+}

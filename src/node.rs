@@ -1,0 +1,469 @@
+//! `prima-node serve`: wires the pieces together and runs them until SIGTERM.
+//!
+//! Threads: a tokio multi-thread runtime for the DICOM service; one assembler thread
+//! (stability checks, job dispatch, systemd status and watchdog); the inference worker
+//! (owns the processor); the sender; the config watcher. On start, state is rebuilt from
+//! SQLite and the spool: stale temporary files are removed, spool files the database does
+//! not know are indexed, unfinished jobs and outbox entries are queued again.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError, SharedConfig};
+use crate::net::{scp, scu};
+use crate::store::outbox::Outbox;
+use crate::store::spool::{create_private_dir, read_header, Spool, SpoolError};
+use crate::store::state::{self, InstanceRecord, State, StateError};
+use crate::study::assembler;
+use crate::worker::{self, ProcessError, ProcessorFactory, WorkerCtx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// How long in-flight associations may take to finish after SIGTERM before they are aborted.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_millis(200);
+/// Jobs waiting in the channel in front of the worker (the rest wait in SQLite).
+const WORKER_QUEUE: usize = 2;
+
+/// Run the node until SIGTERM/SIGINT. `make_processor` is called once, on the worker
+/// thread, to load the model.
+pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), NodeError> {
+    let cfg = Config::load(config_path)?;
+    let state_dir = cfg.node.state_dir.clone();
+    create_private_dir(&state_dir).map_err(|source| NodeError::Io {
+        what: format!("cannot create state directory {}", state_dir.display()),
+        source,
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let spool = Spool::open(&state_dir)?;
+    let state = Arc::new(State::open(&state_dir)?);
+    let outbox = Outbox::open(&state_dir)?;
+    let stale = spool.clean_tmp() + outbox.clean_tmp();
+    let (forgotten, indexed) = rescan(&spool, &state)?;
+    let (jobs, pending) = state.requeue_unfinished()?;
+    info!(
+        state_dir = %state_dir.display(),
+        stale_temp_files_removed = stale,
+        missing_instances_forgotten = forgotten,
+        unindexed_instances_recovered = indexed,
+        jobs_requeued = jobs,
+        outbox_pending = pending,
+        "state rebuilt"
+    );
+
+    let shared = SharedConfig::new(cfg.clone());
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+    let (job_tx, _worker) = worker::spawn(
+        WorkerCtx {
+            state: state.clone(),
+            outbox,
+            config: shared.clone(),
+            wake_sender: wake_tx.clone(),
+        },
+        make_processor,
+        WORKER_QUEUE,
+    )?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let ctx = scu::SenderCtx {
+            state: state.clone(),
+            config: shared.clone(),
+        };
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("prima-sender".into())
+            .spawn(move || scu::run(ctx, wake_rx, stop))
+            .map_err(|source| NodeError::Io {
+                what: "cannot start the sender thread".into(),
+                source,
+            })?
+    };
+    let assembler_thread = {
+        let state = state.clone();
+        let shared = shared.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("prima-assembler".into())
+            .spawn(move || assembler_loop(&state, &shared, &job_tx, &stop))
+            .map_err(|source| NodeError::Io {
+                what: "cannot start the assembler thread".into(),
+                source,
+            })?
+    };
+    let _watcher = watch_config(config_path, shared.clone());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("prima-net")
+        .build()
+        .map_err(|source| NodeError::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    let max_assoc = cfg.node.max_associations;
+    let result: Result<(), NodeError> = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: cfg.node.listen.clone(),
+                source,
+            })?;
+        let limit = Arc::new(tokio::sync::Semaphore::new(max_assoc));
+        let ctx = Arc::new(scp::ScpCtx {
+            config: shared.clone(),
+            spool: spool.clone(),
+            state: state.clone(),
+            limit: limit.clone(),
+            transfer_syntaxes: scp::decodable_transfer_syntaxes(),
+        });
+        let (shut_tx, shut_rx) = tokio::sync::watch::channel(false);
+        let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(scp::run(listener, ctx, shut_rx, abort_rx));
+        info!(
+            ae_title = %cfg.node.ae_title,
+            listen = %cfg.node.listen,
+            transfer_syntaxes = ?scp::decodable_transfer_syntaxes(),
+            "prima-node ready"
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+        wait_for_signal().await;
+        info!("stopping: no new associations");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let _ = shut_tx.send(true);
+        let _ = server.await;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while limit.available_permits() < max_assoc && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if limit.available_permits() < max_assoc {
+            warn!(
+                in_flight = max_assoc - limit.available_permits(),
+                "associations still open after the grace period: aborting them"
+            );
+            let _ = abort_tx.send(true);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while limit.available_permits() < max_assoc && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    let _ = wake_tx.try_send(());
+    let _ = assembler_thread.join();
+    let _ = sender.join();
+    // The worker is not joined: a study in progress is re-run after the restart (its job is
+    // still `running` in the database), which is cheaper than delaying shutdown by minutes.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result?;
+    info!("prima-node stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install the SIGTERM handler");
+            return std::future::pending().await;
+        }
+    };
+    let mut int = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } } => info!("SIGINT received"),
+    }
+}
+
+fn assembler_loop(
+    state: &State,
+    shared: &SharedConfig,
+    job_tx: &crossbeam_channel::Sender<worker::WorkItem>,
+    stop: &AtomicBool,
+) {
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let mut last_ping = Instant::now();
+    let mut last_status = Instant::now() - Duration::from_secs(60);
+    let mut last_error: Option<String> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let cfg = shared.get();
+        match assembler::tick(state, &cfg, job_tx) {
+            Ok(()) => last_error = None,
+            Err(e) => {
+                let m = e.to_string();
+                if last_error.as_deref() != Some(m.as_str()) {
+                    error!(error = %m, "assembler pass failed");
+                }
+                last_error = Some(m);
+            }
+        }
+        if watchdog && last_ping.elapsed() >= Duration::from_micros(watchdog_usec / 2) {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            last_ping = Instant::now();
+        }
+        if last_status.elapsed() >= Duration::from_secs(5) {
+            if let Ok(c) = state.counts() {
+                let line = format!(
+                    "studies receiving {}, queued {}, processing {}, done {}, failed {}; outbox pending {}, failed {}",
+                    c.studies_in(state::study_state::RECEIVING),
+                    c.studies_in(state::study_state::QUEUED),
+                    c.studies_in(state::study_state::PROCESSING),
+                    c.studies_in(state::study_state::DONE),
+                    c.studies_in(state::study_state::FAILED),
+                    c.outbox_in(state::outbox_state::PENDING),
+                    c.outbox_in(state::outbox_state::FAILED),
+                );
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&line)]);
+            }
+            last_status = Instant::now();
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// Reconcile the database with the spool after a crash.
+fn rescan(spool: &Spool, state: &State) -> Result<(usize, usize), NodeError> {
+    let known = state.instance_paths()?;
+    let mut forgotten = 0;
+    let mut known_paths = std::collections::HashSet::new();
+    for (sop, path) in known {
+        if path.exists() {
+            known_paths.insert(path);
+        } else {
+            warn!(path = %path.display(), "instance in the database but not in the spool: forgotten");
+            state.forget_instance(&sop)?;
+            forgotten += 1;
+        }
+    }
+    let mut indexed = 0;
+    for path in spool.all_objects() {
+        if known_paths.contains(&path) {
+            continue;
+        }
+        match recover_instance(spool, &path) {
+            Some(rec) => {
+                state.record_instance(&rec)?;
+                indexed += 1;
+            }
+            None => {
+                warn!(path = %path.display(), "unreadable or misplaced spool file removed");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok((forgotten, indexed))
+}
+
+fn recover_instance(spool: &Spool, path: &Path) -> Option<InstanceRecord> {
+    let h = read_header(path).ok()?;
+    if spool.path_for(&h.sop_instance_uid) != path {
+        return None;
+    }
+    let bytes = std::fs::read(path).ok()?;
+    // Data set hash as the SCP computes it: everything after the meta group, whose length
+    // is (0002,0000) UL right after "DICM".
+    if bytes.len() < 144 || &bytes[128..132] != b"DICM" {
+        return None;
+    }
+    let gl = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    let start = 144usize.checked_add(gl)?;
+    let ds = bytes.get(start..)?;
+    Some(InstanceRecord {
+        sop_uid: h.sop_instance_uid,
+        study_uid: h.study_instance_uid,
+        series_uid: h.series_instance_uid,
+        sop_class_uid: h.sop_class_uid,
+        modality: h.modality,
+        transfer_syntax: h.transfer_syntax,
+        series_number: h.series_number,
+        series_description: h.series_description,
+        path: path.to_owned(),
+        sha256: crate::store::spool::sha256_hex(ds),
+        size: ds.len() as u64,
+        calling_ae: "(recovered)".into(),
+        peer: String::new(),
+    })
+}
+
+/// Watch the config file; apply valid changes, refuse invalid ones (the old stays).
+fn watch_config(path: &Path, shared: SharedConfig) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let dir = path
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let file_name = path.file_name().map(|s| s.to_owned());
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == file_name.as_deref())
+            {
+                let _ = tx.send(());
+            }
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the configuration file: live reload disabled");
+            return None;
+        }
+    };
+    // The directory, not the file: editors and config management replace files by rename.
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        warn!(error = %e, "cannot watch the configuration directory: live reload disabled");
+        return None;
+    }
+    let mut last_text = std::fs::read_to_string(&path).ok();
+    std::thread::Builder::new()
+        .name("prima-config".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                // Let a burst of events (truncate + write + rename) settle.
+                std::thread::sleep(Duration::from_millis(300));
+                while rx.try_recv().is_ok() {}
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        error!(error = %e, "configuration file unreadable: change refused, previous configuration stays");
+                        continue;
+                    }
+                };
+                if last_text.as_deref() == Some(text.as_str()) {
+                    continue;
+                }
+                last_text = Some(text.clone());
+                match Config::parse(&path, &text) {
+                    Ok(new) => {
+                        let ignored = shared.apply(new);
+                        let c = shared.get();
+                        info!(
+                            sources = c.sources.len(),
+                            destinations = c.destinations.len(),
+                            "configuration reloaded"
+                        );
+                        if !ignored.is_empty() {
+                            warn!(sections = ?ignored, "changes to these sections need a restart and were not applied");
+                        }
+                    }
+                    Err(e) => {
+                        error!(error = %e, "configuration change refused: previous configuration stays in force");
+                    }
+                }
+            }
+        })
+        .ok()?;
+    Some(watcher)
+}
+
+/// `prima-node check-config`: the parsed configuration or every problem found.
+pub fn check_config(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+    let cfg = Config::load(path)?;
+    let mut notes = Vec::new();
+    if !cfg.model.dir.exists() {
+        notes.push(format!(
+            "note: [model] dir {} does not exist (yet)",
+            cfg.model.dir.display()
+        ));
+    }
+    if cfg.destinations.is_empty() {
+        notes
+            .push("note: no [[destinations]]: results are kept in the state directory only".into());
+    }
+    Ok((cfg, notes))
+}
+
+/// `prima-node status`: studies by state and the outbox, as text.
+pub fn status_report(config_path: &Path) -> Result<String, NodeError> {
+    use std::fmt::Write;
+    let cfg = Config::load(config_path)?;
+    let state = State::open_read_only(&cfg.node.state_dir)?;
+    let c = state.counts()?;
+    let mut out = String::new();
+    let _ = writeln!(out, "state: {}", cfg.node.state_dir.display());
+    let _ = writeln!(out, "instances: {}", c.instances);
+    let _ = writeln!(out, "studies by state:");
+    if c.studies.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for (s, n) in &c.studies {
+        let _ = writeln!(out, "  {s:<14} {n}");
+    }
+    let _ = writeln!(out, "studies:");
+    for s in state.all_studies()? {
+        let _ = writeln!(
+            out,
+            "  {:<64} {:<14} runs={}{}",
+            s.study_uid,
+            s.state,
+            s.runs,
+            s.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(out, "outbox by state:");
+    if c.outbox.is_empty() {
+        let _ = writeln!(out, "  (empty)");
+    }
+    for (s, n) in &c.outbox {
+        let _ = writeln!(out, "  {s:<14} {n}");
+    }
+    let _ = writeln!(out, "outbox:");
+    let now = state::now_ms();
+    for r in state.all_outbox()? {
+        let next = if r.state == state::outbox_state::PENDING {
+            format!(
+                " next attempt in {:.1}s",
+                ((r.next_attempt_ms - now).max(0)) as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {:<64} -> {} {} attempts={}{}{}",
+            r.sop_uid,
+            r.destination,
+            r.state,
+            r.attempts,
+            next,
+            r.last_error
+                .map(|e| format!(" last_error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,229 @@
+//! Study assembly: decides when a study is stable and whether Prima should run on it.
+//!
+//! A study is stable when no instance has arrived for `assembly.quiet_period_s`
+//! (DCMTK's end-of-study timeout, Orthanc's StableAge); `assembly.force_complete_s` caps
+//! the wait for a study that keeps trickling. A stable study qualifies when it has at least
+//! `assembly.min_series` series of a configured modality in a model SOP class; otherwise it
+//! is recorded as `not_qualified`. A study whose model inputs are unchanged since its last
+//! run is settled without re-running (a PACS re-sending a whole study is common). New
+//! inputs after a run re-open the study (see `State::record_instance`); the re-run gets the
+//! earlier outputs as predecessors.
+
+use std::collections::BTreeSet;
+
+use crossbeam_channel::Sender;
+use sha2::{Digest, Sha256};
+use tracing::{info, info_span, warn};
+
+use crate::config::{Config, MODEL_SOP_CLASSES};
+use crate::store::state::{now_ms, study_state, State, StateError, StoredInstance};
+use crate::worker::{JobInstance, PredecessorRef, StudyJob, WorkItem};
+
+/// Instances the model may read.
+pub fn eligible(instances: Vec<StoredInstance>, cfg: &Config) -> Vec<StoredInstance> {
+    instances
+        .into_iter()
+        .filter(|i| MODEL_SOP_CLASSES.contains(&i.sop_class_uid.as_str()))
+        .filter(|i| {
+            cfg.assembly
+                .modalities
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&i.modality))
+        })
+        .collect()
+}
+
+/// SHA-256 over the sorted (SOP Instance UID, content SHA-256) pairs.
+pub fn input_set_hash(instances: &[StoredInstance]) -> [u8; 32] {
+    let mut pairs: Vec<(&str, &str)> = instances
+        .iter()
+        .map(|i| (i.sop_uid.as_str(), i.sha256.as_str()))
+        .collect();
+    pairs.sort();
+    let mut h = Sha256::new();
+    for (uid, sha) in pairs {
+        h.update(uid.as_bytes());
+        h.update([0u8]);
+        h.update(sha.as_bytes());
+        h.update([b'\n']);
+    }
+    h.finalize().into()
+}
+
+/// The study's current model inputs and their hash.
+pub fn current_input(
+    state: &State,
+    study: &str,
+    cfg: &Config,
+) -> Result<(Vec<StoredInstance>, [u8; 32]), StateError> {
+    let inst = eligible(state.instances_of(study)?, cfg);
+    let h = input_set_hash(&inst);
+    Ok((inst, h))
+}
+
+/// One pass: settle or queue every stable study. Returns the number of jobs created.
+pub fn assemble(state: &State, cfg: &Config, now: i64) -> Result<usize, StateError> {
+    let quiet = (cfg.assembly.quiet_period_s * 1000.0) as i64;
+    let force = (cfg.assembly.force_complete_s * 1000.0) as i64;
+    let mut jobs = 0;
+    for s in state.studies_in_state(study_state::RECEIVING)? {
+        let quiet_enough = now - s.last_received_ms >= quiet;
+        let forced = !quiet_enough && now - s.opened_ms >= force;
+        if !quiet_enough && !forced {
+            continue;
+        }
+        let span = info_span!("study", study = %s.study_uid);
+        let _g = span.enter();
+        let (inst, hash) = current_input(state, &s.study_uid, cfg)?;
+        let series: BTreeSet<&str> = inst.iter().map(|i| i.series_uid.as_str()).collect();
+        if series.len() < cfg.assembly.min_series {
+            let reason = format!(
+                "{} series of modality {:?} in a model SOP class; min_series is {}",
+                series.len(),
+                cfg.assembly.modalities,
+                cfg.assembly.min_series
+            );
+            info!(%reason, "study does not qualify for the model");
+            state.settle_study(&s.study_uid, study_state::NOT_QUALIFIED, &reason)?;
+            continue;
+        }
+        if s.last_input_hash.as_deref() == Some(hex::encode(hash).as_str()) {
+            info!("study re-sent with unchanged model inputs: not re-run");
+            state.settle_study(
+                &s.study_uid,
+                study_state::DONE,
+                "inputs unchanged since the last run",
+            )?;
+            continue;
+        }
+        let id = state.create_job(&s.study_uid, forced)?;
+        info!(
+            job = id,
+            series = series.len(),
+            instances = inst.len(),
+            forced,
+            rerun = s.runs > 0,
+            "study stable: job queued"
+        );
+        jobs += 1;
+    }
+    Ok(jobs)
+}
+
+/// Hand queued jobs to the worker while its channel has room. Only this function sends on
+/// the channel, so "not full" means the send cannot block.
+pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<usize, StateError> {
+    let mut n = 0;
+    for j in state.queued_jobs()? {
+        if tx.is_full() {
+            break;
+        }
+        let (inst, hash) = current_input(state, &j.study_uid, cfg)?;
+        if inst.is_empty() {
+            warn!(job = j.id, "queued job has no eligible instances left");
+            state.finish_job_failed(j.id, &j.study_uid, "no eligible instances left")?;
+            continue;
+        }
+        let predecessors = state
+            .outputs_of(&j.study_uid)?
+            .into_iter()
+            .map(|o| PredecessorRef {
+                sop_class_uid: o.sop_class_uid,
+                sop_instance_uid: o.sop_uid,
+                series_instance_uid: o.series_uid,
+            })
+            .collect();
+        let attempt = state.mark_job_dispatched(j.id, &hex::encode(hash))?;
+        let job = StudyJob {
+            study_instance_uid: j.study_uid.clone(),
+            instances: inst
+                .into_iter()
+                .map(|i| JobInstance {
+                    path: i.path,
+                    sop_class_uid: i.sop_class_uid,
+                    sop_instance_uid: i.sop_uid,
+                    series_instance_uid: i.series_uid,
+                    modality: i.modality,
+                })
+                .collect(),
+            input_set_hash: hash,
+            predecessors,
+            forced_complete: j.forced,
+            attempt: attempt.max(1) as u32,
+        };
+        if tx.send(WorkItem { job_id: j.id, job }).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Convenience for tests and the node loop.
+pub fn tick(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<(), StateError> {
+    assemble(state, cfg, now_ms())?;
+    dispatch(state, cfg, tx)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::state::InstanceRecord;
+
+    fn cfg() -> Config {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prima-node.toml"),
+        )
+        .unwrap();
+        let mut c = Config::parse(std::path::Path::new("x"), &text).unwrap();
+        c.assembly.quiet_period_s = 1.0;
+        c.assembly.force_complete_s = 10.0;
+        c
+    }
+
+    fn rec(series: &str, sop: &str, modality: &str) -> InstanceRecord {
+        InstanceRecord {
+            sop_uid: sop.into(),
+            study_uid: "1.2.3".into(),
+            series_uid: series.into(),
+            sop_class_uid: crate::config::MR_IMAGE_STORAGE.into(),
+            modality: modality.into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            series_number: "1".into(),
+            series_description: String::new(),
+            path: "/x".into(),
+            sha256: format!("sha-{sop}"),
+            size: 1,
+            calling_ae: "A".into(),
+            peer: "p".into(),
+        }
+    }
+
+    #[test]
+    fn stability_qualification_and_dispatch() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(d.path()).unwrap();
+        let c = cfg();
+        s.record_instance(&rec("1.2.3.1", "1.2.3.1.1", "MR"))
+            .unwrap();
+        s.record_instance(&rec("1.2.3.2", "1.2.3.2.1", "CT"))
+            .unwrap();
+        assert_eq!(assemble(&s, &c, now_ms()).unwrap(), 0, "not quiet yet");
+        assert_eq!(assemble(&s, &c, now_ms() + 2000).unwrap(), 0);
+        assert_eq!(
+            s.study("1.2.3").unwrap().unwrap().state,
+            study_state::NOT_QUALIFIED
+        );
+        // A second MR series re-opens and qualifies the study.
+        s.record_instance(&rec("1.2.3.3", "1.2.3.3.1", "MR"))
+            .unwrap();
+        assert_eq!(assemble(&s, &c, now_ms() + 2000).unwrap(), 1);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        assert_eq!(dispatch(&s, &c, &tx).unwrap(), 1);
+        let item = rx.try_recv().unwrap();
+        assert_eq!(item.job.instances.len(), 2);
+        assert_eq!(item.job.attempt, 1);
+        assert!(item.job.predecessors.is_empty());
+    }
+}
