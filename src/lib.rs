@@ -15,3 +15,4 @@
 pub mod imaging;
 pub mod model;
 pub mod pipeline;
+pub mod report;
