@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use prima_node::report::{
@@ -151,6 +153,9 @@ fn input_set_hash(content: &[(String, String)]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// (label, value) pairs in head order.
+type Table = Vec<(String, f32)>;
+
 /// Predictions of STUDY_A in the model's head order (the manifest's), with the manifest's
 /// thresholds.
 fn fixture_model(fx: &Path) -> (Predictions, ModelIdentity, PathBuf, PathBuf) {
@@ -158,7 +163,7 @@ fn fixture_model(fx: &Path) -> (Predictions, ModelIdentity, PathBuf, PathBuf) {
     let manifest_path = fx.join("models/prima/primafullmodel_fixture.manifest.json");
     let preds = read_json(&pred_path);
     let manifest = read_json(&manifest_path);
-    let heads = |key: &str, out: &str| -> (Vec<(String, f32)>, Vec<(String, f32)>) {
+    let heads = |key: &str, out: &str| -> (Table, Table) {
         let mut p = Vec::new();
         let mut t = Vec::new();
         for h in manifest[key].as_array().unwrap() {
@@ -552,7 +557,22 @@ fn study_a_fixture_model_passes_validators() {
 #[test]
 fn fullsize_demo_model_passes_validators() {
     let Some(fx) = fixture_dir() else { return };
-    let study = load_study(&fx);
+    let mut study = load_study(&fx);
+    // The request this study fulfils, as a RIS-fed modality would record it: the SR and KOS
+    // must carry it back as Referenced Request Sequence.
+    let mut req = InMemDicomObject::new_empty();
+    req.put_str(tags::REQUESTED_PROCEDURE_ID, VR::SH, "RP0001");
+    req.put_str(tags::SCHEDULED_PROCEDURE_STEP_ID, VR::SH, "SPS0001");
+    req.put_str(
+        tags::REQUESTED_PROCEDURE_DESCRIPTION,
+        VR::LO,
+        "MRI BRAIN WO AND W CONTRAST",
+    );
+    study.source_header.put(DataElement::new(
+        tags::REQUEST_ATTRIBUTES_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![req]),
+    ));
     let (fixture_preds, _, _, _) = fixture_model(&fx);
     let (dir, _tmp) = out_dir("demo");
     let (preds, model, pred_path, thr_path) = demo_model(&dir, &fixture_preds);
@@ -579,6 +599,19 @@ fn fullsize_demo_model_passes_validators() {
     assert_eq!(s(&sr_obj, tags::COMPLETION_FLAG), "PARTIAL");
     let kos_obj = parse(&outs[1].bytes);
     assert_eq!(s(&kos_obj, tags::SERIES_DESCRIPTION), "AI PRIORITY HIGH");
+    for o in &outs {
+        let obj = parse(&o.bytes);
+        let rr = obj
+            .get(tags::REFERENCED_REQUEST_SEQUENCE)
+            .expect("Referenced Request Sequence")
+            .items()
+            .unwrap();
+        assert_eq!(s(&rr[0], tags::REQUESTED_PROCEDURE_ID), "RP0001");
+        assert_eq!(
+            s(&rr[0], tags::ACCESSION_NUMBER),
+            s(&study.source_header, tags::ACCESSION_NUMBER)
+        );
+    }
     let dump = String::from_utf8_lossy(&sr_of(&outs).bytes).to_string();
     assert!(dump.contains("DEMO MODEL"), "demo warning in the SR");
     assert!(
@@ -819,5 +852,38 @@ fn kos_threshold_and_failed_run() {
         let (_, out) = run("dciodvfy", &[&p]);
         print_section("failed-run SR: dciodvfy", &out);
         assert!(!out.lines().any(|l| l.contains("Error")), "{out}");
+    }
+}
+
+#[test]
+fn non_ascii_names_are_written_as_utf8() {
+    let Some(fx) = fixture_dir() else { return };
+    let mut study = load_study(&fx);
+    // As decoded from an ISO_IR 100 source: the output must re-encode in UTF-8, not Latin-1.
+    study.source_header.put(DataElement::new(
+        tags::PATIENT_NAME,
+        VR::PN,
+        PrimitiveValue::from("Müller^Zoë"),
+    ));
+    let (preds, model, _, _) = fixture_model(&fx);
+    let r = Run {
+        study: &study,
+        used: study.used.clone(),
+        skipped: vec![],
+        preds: &preds,
+        model: &model,
+        hash: input_set_hash(&study.content),
+        predecessors: vec![],
+        forced_complete: false,
+    };
+    for o in r.build(("20261129", "120000")) {
+        let obj = parse(&o.bytes);
+        assert_eq!(s(&obj, tags::SPECIFIC_CHARACTER_SET), "ISO_IR 192");
+        assert_eq!(s(&obj, tags::PATIENT_NAME), "Müller^Zoë");
+        let utf8 = "Müller^Zoë".as_bytes();
+        assert!(
+            o.bytes.windows(utf8.len()).any(|w| w == utf8),
+            "UTF-8 bytes present"
+        );
     }
 }

@@ -1000,7 +1000,7 @@ mod tests {
     fn ds_roundtrips_f32_within_16_chars() {
         for v in [
             1.4532604f32,
-            -0.40965649,
+            -0.4096565,
             1e-20,
             -3.4e38,
             0.0,
