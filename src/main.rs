@@ -133,17 +133,14 @@ fn init_logging() {
 
 /// The study processor `serve` runs. `PRIMA_NODE_FAKE_PROCESSOR=1` selects the model-free
 /// stand-in used by the node's integration tests.
-fn make_processor(_cfg: &Config) -> Result<Box<dyn StudyProcessor>, ProcessError> {
+fn make_processor(cfg: &Config) -> Result<Box<dyn StudyProcessor>, ProcessError> {
     if std::env::var("PRIMA_NODE_FAKE_PROCESSOR").is_ok_and(|v| v == "1") {
         tracing::warn!(
             "using the FAKE study processor: outputs are placeholders, not model results"
         );
         return Ok(Box::new(FakeProcessor));
     }
-    Err(ProcessError::Load(
-        "the model processor is not wired into this build yet (PRIMA_NODE_FAKE_PROCESSOR=1 runs the fake one)"
-            .into(),
-    ))
+    Ok(Box::new(prima_node::processor::PrimaProcessor::new(cfg)?))
 }
 
 fn main() -> ExitCode {

@@ -83,6 +83,8 @@ pub struct NodeOpts {
     pub max_associations: usize,
     pub max_attempts: u32,
     pub env: Vec<(String, String)>,
+    /// Run the real Prima processor with this model instead of the fake one.
+    pub model_dir: Option<PathBuf>,
 }
 
 impl Default for NodeOpts {
@@ -98,6 +100,7 @@ impl Default for NodeOpts {
             max_associations: 16,
             max_attempts: 5,
             env: Vec::new(),
+            model_dir: None,
         }
     }
 }
@@ -112,7 +115,7 @@ read_timeout_s = 20
 max_associations = {maxa}
 
 [model]
-dir = "/nonexistent/model"
+dir = "{model}"
 device = "cpu"
 
 [assembly]
@@ -143,6 +146,7 @@ port = {dport}
         dport = o.dest_port,
         maxa = o.max_associations,
         maxatt = o.max_attempts,
+        model = o.model_dir.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "/nonexistent/model".into()),
     );
     for (ae, host) in &o.sources {
         s.push_str(&format!("\n[[sources]]\nae_title = \"{ae}\"\n"));
@@ -192,7 +196,10 @@ impl Node {
         let child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("PRIMA_NODE_FAKE_PROCESSOR", "1")
+            .env(
+                "PRIMA_NODE_FAKE_PROCESSOR",
+                if self.opts.model_dir.is_some() { "0" } else { "1" },
+            )
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))

@@ -32,7 +32,7 @@ mod weights;
 
 pub use demo::{write_demo_model, DemoSize};
 pub use manifest::Manifest;
-pub use prima::{ModelOptions, Precision, PrimaModel, PrimaOutput};
+pub use prima::{parse_device, ModelOptions, Precision, PrimaModel, PrimaOutput};
 
 /// Errors of the model module.
 #[derive(Debug, thiserror::Error)]

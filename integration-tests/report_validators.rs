@@ -1,0 +1,889 @@
+//! The SR and KOS of `prima_node::report` checked by the validators sites actually use:
+//! dicom3tools `dciodvfy` and `dcentvfy`, DCMTK `dsrdump`, PixelMed `DicomSRValidator` and a
+//! highdicom read-back (`scripts/highdicom_check.py`), for STUDY_A with the fixture model and
+//! for a full-size (52 diagnoses) demo-model run. Also: regeneration is byte-identical except
+//! Content Date/Time; a changed input set gives new UIDs and a Predecessor Documents Sequence.
+//!
+//! Set `PRIMA_REPORT_KEEP_DIR` to keep the written objects there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+use prima_node::report::{
+    build_outputs, ModelIdentity, NodeIdentity, OutputKind, OutputObject, PredecessorRef,
+    Predictions, ReportConfig, ReportInput, SkippedSeries, SourceInstance, UsedSeries,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn fixture_dir() -> Option<PathBuf> {
+    let dir = std::env::var("PRIMA_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference")
+        });
+    if dir.join("studies/STUDY_A").is_dir() {
+        return Some(dir);
+    }
+    if ci() {
+        panic!("fixtures not found at {}", dir.display());
+    }
+    eprintln!("SKIPPED: fixtures not found at {}", dir.display());
+    None
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+fn header(p: &Path) -> InMemDicomObject {
+    OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .into_inner()
+}
+
+fn s(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
+    obj.get(tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_default()
+}
+
+fn floats(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
+    obj.get(tag).and_then(|e| e.to_multi_float64().ok())
+}
+
+/// The study as the pipeline would describe it: series in model order with the files it used
+/// (from run_record.json), headers read from the files.
+struct Study {
+    files: Vec<PathBuf>,
+    used: Vec<UsedSeries>,
+    source_header: InMemDicomObject,
+    /// (SOP Instance UID, sha256 of the file) of every used instance.
+    content: Vec<(String, String)>,
+}
+
+fn load_study(fx: &Path) -> Study {
+    let study_dir = fx.join("studies/STUDY_A");
+    let record = read_json(&fx.join("expected/STUDY_A/run_record.json"));
+    let mut used = Vec::new();
+    let mut content = Vec::new();
+    let mut source_header = None;
+    for series in record["series"].as_array().unwrap() {
+        let folder = series["folder"].as_str().unwrap();
+        let mut instances = Vec::new();
+        let mut series_uid = String::new();
+        for f in series["files_used_in_order"].as_array().unwrap() {
+            let path = study_dir.join(folder).join(f.as_str().unwrap());
+            let h = header(&path);
+            series_uid = s(&h, tags::SERIES_INSTANCE_UID);
+            let pos = match (
+                floats(&h, tags::IMAGE_POSITION_PATIENT),
+                floats(&h, tags::IMAGE_ORIENTATION_PATIENT),
+            ) {
+                (Some(p), Some(o)) if p.len() == 3 && o.len() == 6 => {
+                    let n = [
+                        o[1] * o[5] - o[2] * o[4],
+                        o[2] * o[3] - o[0] * o[5],
+                        o[0] * o[4] - o[1] * o[3],
+                    ];
+                    Some(p[0] * n[0] + p[1] * n[1] + p[2] * n[2])
+                }
+                _ => None,
+            };
+            let uid = s(&h, tags::SOP_INSTANCE_UID);
+            content.push((
+                uid.clone(),
+                hex::encode(Sha256::digest(std::fs::read(&path).unwrap())),
+            ));
+            instances.push(SourceInstance {
+                sop_class_uid: s(&h, tags::SOP_CLASS_UID),
+                sop_instance_uid: uid,
+                instance_number: s(&h, tags::INSTANCE_NUMBER).parse().ok(),
+                position_along_normal: pos,
+            });
+            if source_header.is_none() {
+                source_header = Some(h);
+            }
+        }
+        used.push(UsedSeries {
+            series_instance_uid: series_uid,
+            series_name: series["series_name"].as_str().unwrap().to_string(),
+            instances,
+            tokens_used: series["tokens_after_filter"].as_u64().unwrap() as usize,
+        });
+    }
+    let files = walkdir::WalkDir::new(&study_dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    Study {
+        files,
+        used,
+        source_header: source_header.unwrap(),
+        content,
+    }
+}
+
+/// What the caller computes: sha256 over the sorted (SOP Instance UID, content hash) pairs.
+fn input_set_hash(content: &[(String, String)]) -> [u8; 32] {
+    let mut v = content.to_vec();
+    v.sort();
+    let mut h = Sha256::new();
+    for (uid, digest) in v {
+        h.update(uid.as_bytes());
+        h.update([0]);
+        h.update(digest.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// (label, value) pairs in head order.
+type Table = Vec<(String, f32)>;
+
+/// Predictions of STUDY_A in the model's head order (the manifest's), with the manifest's
+/// thresholds.
+fn fixture_model(fx: &Path) -> (Predictions, ModelIdentity, PathBuf, PathBuf) {
+    let pred_path = fx.join("expected/STUDY_A/STUDY_A_predictions.json");
+    let manifest_path = fx.join("models/prima/primafullmodel_fixture.manifest.json");
+    let preds = read_json(&pred_path);
+    let manifest = read_json(&manifest_path);
+    let heads = |key: &str, out: &str| -> (Table, Table) {
+        let mut p = Vec::new();
+        let mut t = Vec::new();
+        for h in manifest[key].as_array().unwrap() {
+            let name = h["name"].as_str().unwrap().to_string();
+            p.push((name.clone(), preds[out][&name][0].as_f64().unwrap() as f32));
+            t.push((name, h["thresh"].as_f64().unwrap() as f32));
+        }
+        (p, t)
+    };
+    let (diagnosis, dt) = heads("diagnosis_heads", "diagnosis");
+    let (referral, rt) = heads("referral_heads", "referral");
+    let priority = manifest["priority_classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let c = c.as_str().unwrap().to_string();
+            let v = preds["priority"][&c][0].as_f64().unwrap() as f32;
+            (c, v)
+        })
+        .collect();
+    let clip_emb = preds["clip_emb"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let sha = manifest["source_sha256"].as_str().unwrap();
+    (
+        Predictions {
+            diagnosis,
+            referral,
+            priority,
+            clip_emb,
+        },
+        ModelIdentity {
+            name: "Prima".into(),
+            version: format!("fixture-{}", &sha[..12]),
+            demo: false,
+            diagnosis_thresholds: dt,
+            referral_thresholds: rt,
+        },
+        pred_path,
+        manifest_path,
+    )
+}
+
+/// A full-size demo run: 52 made-up diagnosis names, deterministic made-up margins.
+fn demo_model(dir: &Path, fixture: &Predictions) -> (Predictions, ModelIdentity, PathBuf, PathBuf) {
+    let mut diagnosis = Vec::new();
+    let mut thresholds = Vec::new();
+    for i in 0..52u32 {
+        let name = format!("demo_category{}_finding_number_{i:02}", i % 7);
+        let margin = (((i * 37) % 23) as f32 - 11.0) / 7.0;
+        diagnosis.push((name.clone(), margin));
+        thresholds.push((name, ((i % 5) as f32 - 2.0) / 10.0));
+    }
+    let referral = fixture.referral.clone();
+    let referral_thresholds = referral
+        .iter()
+        .map(|(n, _)| (n.clone(), 0.25))
+        .collect::<Vec<_>>();
+    let priority = vec![
+        ("none".to_string(), -1.0),
+        ("low".to_string(), 0.5),
+        ("medium".to_string(), 0.25),
+        ("high".to_string(), 2.5),
+    ];
+    let preds = Predictions {
+        diagnosis,
+        referral,
+        priority,
+        clip_emb: vec![0.0; 1024],
+    };
+    let obj = |v: &[(String, f32)]| -> serde_json::Map<String, Value> {
+        v.iter()
+            .map(|(k, x)| (k.clone(), serde_json::json!([*x as f64])))
+            .collect()
+    };
+    let pred_json = serde_json::json!({
+        "diagnosis": obj(&preds.diagnosis),
+        "referral": obj(&preds.referral),
+        "priority": obj(&preds.priority),
+    });
+    let thr_json = serde_json::json!({
+        "diagnosis": obj(&thresholds),
+        "referral": obj(&referral_thresholds),
+    });
+    let pred_path = dir.join("demo_predictions.json");
+    let thr_path = dir.join("demo_thresholds.json");
+    std::fs::write(&pred_path, serde_json::to_vec_pretty(&pred_json).unwrap()).unwrap();
+    std::fs::write(&thr_path, serde_json::to_vec_pretty(&thr_json).unwrap()).unwrap();
+    (
+        preds,
+        ModelIdentity {
+            name: "Prima".into(),
+            version: "demo-fullsize-0".into(),
+            demo: true,
+            diagnosis_thresholds: thresholds,
+            referral_thresholds,
+        },
+        pred_path,
+        thr_path,
+    )
+}
+
+fn node() -> NodeIdentity {
+    NodeIdentity::new("PRIMA_NODE", "test-node-1", env!("CARGO_PKG_VERSION"))
+}
+
+struct Run<'a> {
+    study: &'a Study,
+    used: Vec<UsedSeries>,
+    skipped: Vec<SkippedSeries>,
+    preds: &'a Predictions,
+    model: &'a ModelIdentity,
+    hash: [u8; 32],
+    predecessors: Vec<PredecessorRef>,
+    forced_complete: bool,
+}
+
+impl Run<'_> {
+    fn build(&self, when: (&str, &str)) -> Vec<OutputObject> {
+        let node = node();
+        let input = ReportInput {
+            source_header: &self.study.source_header,
+            used: &self.used,
+            skipped: &self.skipped,
+            predictions: self.preds,
+            model: self.model,
+            input_set_hash: self.hash,
+            predecessors: &self.predecessors,
+            forced_complete: self.forced_complete,
+            failed: false,
+            node: &node,
+            content_datetime: (when.0.to_string(), when.1.to_string()),
+        };
+        build_outputs(&input, &ReportConfig::default()).expect("build_outputs")
+    }
+}
+
+fn out_dir(name: &str) -> (PathBuf, Option<tempfile::TempDir>) {
+    if let Ok(keep) = std::env::var("PRIMA_REPORT_KEEP_DIR") {
+        let d = PathBuf::from(keep).join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        (d, None)
+    } else {
+        let t = tempfile::tempdir().unwrap();
+        (t.path().to_path_buf(), Some(t))
+    }
+}
+
+fn write(dir: &Path, outs: &[OutputObject]) -> (PathBuf, PathBuf) {
+    let sr = outs.iter().find(|o| o.kind == OutputKind::Sr).expect("SR");
+    let kos = outs
+        .iter()
+        .find(|o| o.kind == OutputKind::Kos)
+        .expect("KOS");
+    let sr_p = dir.join("sr.dcm");
+    let kos_p = dir.join("kos.dcm");
+    std::fs::write(&sr_p, &sr.bytes).unwrap();
+    std::fs::write(&kos_p, &kos.bytes).unwrap();
+    (sr_p, kos_p)
+}
+
+/// Whether `tool` is on PATH; when not, fail under CI and otherwise say loudly we skip it.
+fn have(tool: &str) -> bool {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if ci() {
+            panic!("validator {tool} not installed");
+        }
+        eprintln!("SKIPPED: validator {tool} not installed");
+    }
+    ok
+}
+
+fn run(cmd: &str, args: &[&Path]) -> (bool, String) {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+fn print_section(title: &str, text: &str) {
+    eprintln!("----- {title} -----\n{}", text.trim_end());
+}
+
+/// Run every validator on one SR + KOS pair; panics with the offending output.
+fn validate(label: &str, study: &Study, sr: &Path, kos: &Path, preds: &Path, thresholds: &Path) {
+    if have("dciodvfy") {
+        for f in [sr, kos] {
+            let (_, out) = run("dciodvfy", &[f]);
+            print_section(&format!("{label}: dciodvfy {}", f.display()), &out);
+            let errors: Vec<_> = out.lines().filter(|l| l.contains("Error")).collect();
+            assert!(
+                errors.is_empty(),
+                "dciodvfy errors for {}: {errors:#?}",
+                f.display()
+            );
+        }
+    }
+    if have("dsrdump") {
+        for f in [sr, kos] {
+            let (ok, out) = run("dsrdump", &[Path::new("-v"), f]);
+            let problems: Vec<_> = out
+                .lines()
+                .filter(|l| l.starts_with("E:") || l.starts_with("F:") || l.starts_with("W:"))
+                .collect();
+            print_section(
+                &format!("{label}: dsrdump -v {} (diagnostics)", f.display()),
+                &problems.join("\n"),
+            );
+            assert!(ok, "dsrdump failed on {}:\n{out}", f.display());
+            let errors: Vec<_> = problems.iter().filter(|l| !l.starts_with("W:")).collect();
+            assert!(errors.is_empty(), "dsrdump errors: {errors:#?}");
+        }
+    }
+    if have("dcentvfy") {
+        let mut args: Vec<&Path> = study.files.iter().map(|p| p.as_path()).collect();
+        args.push(sr);
+        args.push(kos);
+        let (_, out) = run("dcentvfy", &args);
+        print_section(&format!("{label}: dcentvfy (source + SR + KOS)"), &out);
+        // dcentvfy is silent when consistent; it reports "Error - … has different value" and
+        // "Warning - Attribute present in one instance but not the other". Both count. One
+        // warning is tolerated: dicom3tools 20220618 files AccessionNumber under the Series IE
+        // for the KO IOD only ("Different information entities for attribute"), while Type 2
+        // General Study rules make it mandatory; the values are identical.
+        let quirk = "Different information entities for attribute - Element=<AccessionNumber>";
+        let tolerated = out.lines().filter(|l| l.contains(quirk)).count();
+        if tolerated > 0 {
+            eprintln!(
+                "dcentvfy: {tolerated} KO AccessionNumber IE-classification warnings tolerated"
+            );
+        }
+        let bad: Vec<_> = out
+            .lines()
+            .filter(|l| (l.contains("Error") || l.contains("Warning")) && !l.contains(quirk))
+            .collect();
+        assert!(bad.is_empty(), "dcentvfy reports: {bad:#?}");
+    }
+    let jar = "/usr/share/java/pixelmed.jar";
+    if have("java") && (Path::new(jar).exists() || ci()) {
+        for f in [sr, kos] {
+            // PixelMed's compiled XSLT exceeds the JDK's default XPath operator limits
+            // (JAXP0801003); lift them for this process only.
+            let o = Command::new("java")
+                .args([
+                    "-Djdk.xml.xpathExprOpLimit=0",
+                    "-Djdk.xml.xpathExprGrpLimit=0",
+                    "-Djdk.xml.xpathTotalOpLimit=0",
+                    "-cp",
+                    jar,
+                    "com.pixelmed.validate.DicomSRValidator",
+                ])
+                .arg(f)
+                .output()
+                .expect("java");
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            print_section(
+                &format!("{label}: PixelMed DicomSRValidator {}", f.display()),
+                &out,
+            );
+            let errors: Vec<_> = out.lines().filter(|l| l.contains("Error")).collect();
+            assert!(
+                errors.is_empty(),
+                "PixelMed errors for {}: {errors:#?}",
+                f.display()
+            );
+            assert!(
+                out.contains("Found Root Template") && out.contains("IOD validation complete"),
+                "PixelMed did not validate {}:\n{out}",
+                f.display()
+            );
+        }
+    } else if !Path::new(jar).exists() {
+        eprintln!("SKIPPED: PixelMed jar not installed");
+    }
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/highdicom_check.py");
+    let have_hd = py.exists()
+        && Command::new(&py)
+            .args(["-c", "import highdicom"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if have_hd {
+        let (ok, out) = run(py.to_str().unwrap(), &[&script, sr, preds, thresholds]);
+        print_section(&format!("{label}: highdicom read-back"), &out);
+        assert!(ok, "highdicom check failed:\n{out}");
+    } else if ci() {
+        panic!("highdicom not installed in .venv");
+    } else {
+        eprintln!("SKIPPED: highdicom not installed in .venv");
+    }
+}
+
+fn sr_of(outs: &[OutputObject]) -> &OutputObject {
+    outs.iter().find(|o| o.kind == OutputKind::Sr).unwrap()
+}
+
+fn parse(bytes: &[u8]) -> dicom_object::DefaultDicomObject {
+    OpenFileOptions::new()
+        .from_reader(std::io::Cursor::new(&bytes[128..]))
+        .expect("parse output")
+}
+
+#[test]
+fn study_a_fixture_model_passes_validators() {
+    let Some(fx) = fixture_dir() else { return };
+    let study = load_study(&fx);
+    let (preds, model, pred_path, manifest_path) = fixture_model(&fx);
+    let r = Run {
+        study: &study,
+        used: study.used.clone(),
+        skipped: vec![],
+        preds: &preds,
+        model: &model,
+        hash: input_set_hash(&study.content),
+        predecessors: vec![],
+        forced_complete: false,
+    };
+    let outs = r.build(("20261129", "120000"));
+    assert_eq!(outs.len(), 2);
+    let (dir, _tmp) = out_dir("study_a");
+    let (sr, kos) = write(&dir, &outs);
+    validate("STUDY_A", &study, &sr, &kos, &pred_path, &manifest_path);
+
+    // Header copied from the source; the KOS names the priority.
+    let sr_obj = parse(&sr_of(&outs).bytes);
+    for tag in [
+        tags::PATIENT_NAME,
+        tags::PATIENT_ID,
+        tags::STUDY_INSTANCE_UID,
+        tags::ACCESSION_NUMBER,
+        tags::STUDY_DATE,
+    ] {
+        assert_eq!(s(&sr_obj, tag), s(&study.source_header, tag));
+    }
+    assert_eq!(s(&sr_obj, tags::COMPLETION_FLAG), "COMPLETE");
+    let kos_obj = parse(&outs[1].bytes);
+    let prio = preds
+        .priority
+        .iter()
+        .fold(None::<&(String, f32)>, |b, p| match b {
+            Some(b) if b.1 >= p.1 => Some(b),
+            _ => Some(p),
+        })
+        .unwrap();
+    assert_eq!(
+        s(&kos_obj, tags::SERIES_DESCRIPTION),
+        format!("AI PRIORITY {}", prio.0.to_ascii_uppercase())
+    );
+    let n_evidence: usize = study.used.iter().map(|u| u.instances.len()).sum();
+    let ev = sr_obj
+        .get(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let listed: usize = ev[0]
+        .get(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.get(tags::REFERENCED_SOP_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(listed, n_evidence, "every used instance listed once");
+}
+
+#[test]
+fn fullsize_demo_model_passes_validators() {
+    let Some(fx) = fixture_dir() else { return };
+    let mut study = load_study(&fx);
+    // The request this study fulfils, as a RIS-fed modality would record it: the SR and KOS
+    // must carry it back as Referenced Request Sequence.
+    let mut req = InMemDicomObject::new_empty();
+    req.put_str(tags::REQUESTED_PROCEDURE_ID, VR::SH, "RP0001");
+    req.put_str(tags::SCHEDULED_PROCEDURE_STEP_ID, VR::SH, "SPS0001");
+    req.put_str(
+        tags::REQUESTED_PROCEDURE_DESCRIPTION,
+        VR::LO,
+        "MRI BRAIN WO AND W CONTRAST",
+    );
+    study.source_header.put(DataElement::new(
+        tags::REQUEST_ATTRIBUTES_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![req]),
+    ));
+    let (fixture_preds, _, _, _) = fixture_model(&fx);
+    let (dir, _tmp) = out_dir("demo");
+    let (preds, model, pred_path, thr_path) = demo_model(&dir, &fixture_preds);
+    // One series skipped: the SR must say PARTIAL and "not all algorithms succeeded".
+    let mut used = study.used.clone();
+    let dropped = used.pop().unwrap();
+    let r = Run {
+        study: &study,
+        used,
+        skipped: vec![SkippedSeries {
+            series_instance_uid: dropped.series_instance_uid.clone(),
+            reason: "test: series left out".into(),
+        }],
+        preds: &preds,
+        model: &model,
+        hash: input_set_hash(&study.content),
+        predecessors: vec![],
+        forced_complete: false,
+    };
+    let outs = r.build(("20261129", "120000"));
+    let (sr, kos) = write(&dir, &outs);
+    validate("demo 52", &study, &sr, &kos, &pred_path, &thr_path);
+    let sr_obj = parse(&sr_of(&outs).bytes);
+    assert_eq!(s(&sr_obj, tags::COMPLETION_FLAG), "PARTIAL");
+    let kos_obj = parse(&outs[1].bytes);
+    assert_eq!(s(&kos_obj, tags::SERIES_DESCRIPTION), "AI PRIORITY HIGH");
+    for o in &outs {
+        let obj = parse(&o.bytes);
+        let rr = obj
+            .get(tags::REFERENCED_REQUEST_SEQUENCE)
+            .expect("Referenced Request Sequence")
+            .items()
+            .unwrap();
+        assert_eq!(s(&rr[0], tags::REQUESTED_PROCEDURE_ID), "RP0001");
+        assert_eq!(
+            s(&rr[0], tags::ACCESSION_NUMBER),
+            s(&study.source_header, tags::ACCESSION_NUMBER)
+        );
+    }
+    let dump = String::from_utf8_lossy(&sr_of(&outs).bytes).to_string();
+    assert!(dump.contains("DEMO MODEL"), "demo warning in the SR");
+    assert!(
+        dump.contains("111244"),
+        "CAD summary: not all succeeded, with findings"
+    );
+}
+
+/// Value byte ranges of the top-level Content Date (0008,0023) and Content Time (0008,0033)
+/// in an Explicit VR LE Part-10 file.
+fn content_datetime_ranges(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut v = Vec::new();
+    for pat in [
+        [0x08u8, 0x00, 0x23, 0x00, b'D', b'A'],
+        [0x08u8, 0x00, 0x33, 0x00, b'T', b'M'],
+    ] {
+        let at = bytes
+            .windows(6)
+            .position(|w| w == pat)
+            .expect("content date/time element");
+        let len = u16::from_le_bytes([bytes[at + 6], bytes[at + 7]]) as usize;
+        v.push(at + 8..at + 8 + len);
+    }
+    v
+}
+
+#[test]
+fn regeneration_is_deterministic_and_new_input_supersedes() {
+    let Some(fx) = fixture_dir() else { return };
+    let study = load_study(&fx);
+    let (preds, model, _, _) = fixture_model(&fx);
+    let hash = input_set_hash(&study.content);
+    let base = Run {
+        study: &study,
+        used: study.used.clone(),
+        skipped: vec![],
+        preds: &preds,
+        model: &model,
+        hash,
+        predecessors: vec![],
+        forced_complete: false,
+    };
+    let a = base.build(("20261129", "120000"));
+    let b = base.build(("20261129", "120000"));
+    let c = base.build(("20261130", "235959"));
+    assert_eq!(a, b, "same inputs, same bytes");
+    for (x, y) in a.iter().zip(&c) {
+        assert_eq!(x.sop_instance_uid, y.sop_instance_uid);
+        assert_eq!(x.series_instance_uid, y.series_instance_uid);
+        assert_eq!(x.bytes.len(), y.bytes.len());
+        let allowed = content_datetime_ranges(&x.bytes);
+        let diffs: Vec<usize> = (0..x.bytes.len())
+            .filter(|&i| x.bytes[i] != y.bytes[i])
+            .collect();
+        assert!(!diffs.is_empty());
+        for d in diffs {
+            assert!(
+                allowed.iter().any(|r| r.contains(&d)),
+                "{:?} differs at byte {d} outside Content Date/Time",
+                x.kind
+            );
+        }
+    }
+
+    // First run without the last instance of the first series; then the full set arrives.
+    let mut partial_used = study.used.clone();
+    let removed = partial_used[0].instances.pop().unwrap();
+    let partial_content: Vec<_> = study
+        .content
+        .iter()
+        .filter(|(u, _)| *u != removed.sop_instance_uid)
+        .cloned()
+        .collect();
+    let first = Run {
+        used: partial_used,
+        hash: input_set_hash(&partial_content),
+        ..base_clone(&base)
+    }
+    .build(("20261129", "120000"));
+    let predecessors: Vec<PredecessorRef> = first
+        .iter()
+        .map(|o| PredecessorRef {
+            sop_class_uid: o.sop_class_uid.clone(),
+            sop_instance_uid: o.sop_instance_uid.clone(),
+            series_instance_uid: o.series_instance_uid.clone(),
+        })
+        .collect();
+    let second = Run {
+        predecessors,
+        ..base_clone(&base)
+    }
+    .build(("20261129", "130000"));
+    for (x, y) in first.iter().zip(&second) {
+        assert_ne!(x.sop_instance_uid, y.sop_instance_uid);
+        assert_ne!(x.series_instance_uid, y.series_instance_uid);
+    }
+    assert_eq!(second[0].sop_instance_uid, a[0].sop_instance_uid);
+    let sr = parse(&sr_of(&second).bytes);
+    let pred = sr
+        .get(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+        .expect("Predecessor Documents Sequence")
+        .items()
+        .unwrap();
+    let series = pred[0]
+        .get(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(series.len(), 1, "only the earlier SR, not the KOS");
+    let inst = series[0]
+        .get(tags::REFERENCED_SOP_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(
+        s(&inst[0], tags::REFERENCED_SOP_INSTANCE_UID),
+        sr_of(&first).sop_instance_uid
+    );
+    assert!(parse(&sr_of(&first).bytes)
+        .get(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+        .is_none());
+
+    // The re-issued SR still passes the IOD validator.
+    if have("dciodvfy") {
+        let (dir, _tmp) = out_dir("reissued");
+        let p = dir.join("sr.dcm");
+        std::fs::write(&p, &sr_of(&second).bytes).unwrap();
+        let (_, out) = run("dciodvfy", &[&p]);
+        print_section("re-issued SR: dciodvfy", &out);
+        assert!(!out.lines().any(|l| l.contains("Error")), "{out}");
+    }
+}
+
+fn base_clone<'a>(r: &Run<'a>) -> Run<'a> {
+    Run {
+        study: r.study,
+        used: r.used.clone(),
+        skipped: r.skipped.clone(),
+        preds: r.preds,
+        model: r.model,
+        hash: r.hash,
+        predecessors: r.predecessors.clone(),
+        forced_complete: r.forced_complete,
+    }
+}
+
+#[test]
+fn summary_card_passes_iod_and_entity_checks() {
+    let Some(fx) = fixture_dir() else { return };
+    let study = load_study(&fx);
+    let (preds, model, _, _) = fixture_model(&fx);
+    let node = node();
+    let input = ReportInput {
+        source_header: &study.source_header,
+        used: &study.used,
+        skipped: &[],
+        predictions: &preds,
+        model: &model,
+        input_set_hash: input_set_hash(&study.content),
+        predecessors: &[],
+        forced_complete: false,
+        failed: false,
+        node: &node,
+        content_datetime: ("20261129".into(), "120000".into()),
+    };
+    let cfg = ReportConfig {
+        summary_card: true,
+        ..ReportConfig::default()
+    };
+    let outs = build_outputs(&input, &cfg).unwrap();
+    assert_eq!(outs.len(), 3);
+    let card = outs.iter().find(|o| o.kind == OutputKind::Card).unwrap();
+    let (dir, _tmp) = out_dir("card");
+    let p = dir.join("card.dcm");
+    std::fs::write(&p, &card.bytes).unwrap();
+    let obj = parse(&card.bytes);
+    assert_eq!(s(&obj, tags::BURNED_IN_ANNOTATION), "YES");
+    assert_eq!(s(&obj, tags::IMAGE_TYPE), "DERIVED\\SECONDARY");
+    if have("dciodvfy") {
+        let (_, out) = run("dciodvfy", &[&p]);
+        print_section("card: dciodvfy", &out);
+        assert!(!out.lines().any(|l| l.contains("Error")), "{out}");
+    }
+    if have("dcentvfy") {
+        let mut args: Vec<&Path> = study.files.iter().map(|p| p.as_path()).collect();
+        args.push(&p);
+        let (_, out) = run("dcentvfy", &args);
+        print_section("card: dcentvfy", &out);
+        assert!(out.trim().is_empty(), "{out}");
+    }
+}
+
+#[test]
+fn kos_threshold_and_failed_run() {
+    let Some(fx) = fixture_dir() else { return };
+    let study = load_study(&fx);
+    let (preds, model, _, _) = fixture_model(&fx);
+    let node = node();
+    let mut input = ReportInput {
+        source_header: &study.source_header,
+        used: &study.used,
+        skipped: &[],
+        predictions: &preds,
+        model: &model,
+        input_set_hash: input_set_hash(&study.content),
+        predecessors: &[],
+        forced_complete: false,
+        failed: false,
+        node: &node,
+        content_datetime: ("20261129".into(), "120000".into()),
+    };
+    let high_only = ReportConfig {
+        kos_min_priority: "high".into(),
+        ..ReportConfig::default()
+    };
+    let outs = build_outputs(&input, &high_only).unwrap();
+    let top = preds
+        .priority
+        .iter()
+        .fold(None::<&(String, f32)>, |b, p| match b {
+            Some(b) if b.1 >= p.1 => Some(b),
+            _ => Some(p),
+        })
+        .unwrap();
+    let expect_kos = top.0 == "high";
+    assert_eq!(outs.iter().any(|o| o.kind == OutputKind::Kos), expect_kos);
+
+    input.failed = true;
+    let outs = build_outputs(&input, &ReportConfig::default()).unwrap();
+    assert_eq!(outs.len(), 1, "failed run: SR only");
+    let sr = parse(&outs[0].bytes);
+    assert_eq!(s(&sr, tags::COMPLETION_FLAG), "PARTIAL");
+    assert!(String::from_utf8_lossy(&outs[0].bytes).contains("111245"));
+    if have("dciodvfy") {
+        let (dir, _tmp) = out_dir("failed");
+        let p = dir.join("sr.dcm");
+        std::fs::write(&p, &outs[0].bytes).unwrap();
+        let (_, out) = run("dciodvfy", &[&p]);
+        print_section("failed-run SR: dciodvfy", &out);
+        assert!(!out.lines().any(|l| l.contains("Error")), "{out}");
+    }
+}
+
+#[test]
+fn non_ascii_names_are_written_as_utf8() {
+    let Some(fx) = fixture_dir() else { return };
+    let mut study = load_study(&fx);
+    // As decoded from an ISO_IR 100 source: the output must re-encode in UTF-8, not Latin-1.
+    study.source_header.put(DataElement::new(
+        tags::PATIENT_NAME,
+        VR::PN,
+        PrimitiveValue::from("Müller^Zoë"),
+    ));
+    let (preds, model, _, _) = fixture_model(&fx);
+    let r = Run {
+        study: &study,
+        used: study.used.clone(),
+        skipped: vec![],
+        preds: &preds,
+        model: &model,
+        hash: input_set_hash(&study.content),
+        predecessors: vec![],
+        forced_complete: false,
+    };
+    for o in r.build(("20261129", "120000")) {
+        let obj = parse(&o.bytes);
+        assert_eq!(s(&obj, tags::SPECIFIC_CHARACTER_SET), "ISO_IR 192");
+        assert_eq!(s(&obj, tags::PATIENT_NAME), "Müller^Zoë");
+        let utf8 = "Müller^Zoë".as_bytes();
+        assert!(
+            o.bytes.windows(utf8.len()).any(|w| w == utf8),
+            "UTF-8 bytes present"
+        );
+    }
+}

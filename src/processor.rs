@@ -1,0 +1,240 @@
+//! The node's study processor: spooled instances → imaging → Prima → SR/KOS. This is the
+//! only place where the node (worker) meets the model and the report builder.
+use std::time::Instant;
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+
+use crate::config::Config;
+use crate::imaging::series::{group_by_series_uid, read_slice_headers};
+use crate::infer::{
+    predictions_json, run_model, series_records, skip_records, RunRecord, StageTimings,
+};
+use crate::model::{parse_device, ModelOptions, PrimaModel};
+use crate::pipeline::prepare_all;
+use crate::report::{
+    build_outputs, ModelIdentity, NodeIdentity, PredecessorRef, Predictions, ReportConfig,
+    ReportInput, SkippedSeries, SourceInstance, UsedSeries,
+};
+use crate::worker::{OutputObject, ProcessError, ProcessedStudy, StudyJob, StudyProcessor};
+
+pub struct PrimaProcessor {
+    model: PrimaModel,
+    report: ReportConfig,
+    node: NodeIdentity,
+}
+
+impl PrimaProcessor {
+    /// Loads the model once, on the worker thread.
+    pub fn new(cfg: &Config) -> Result<Self, ProcessError> {
+        let opts = ModelOptions {
+            device: parse_device(&cfg.model.device)
+                .map_err(|e| ProcessError::Load(e.to_string()))?,
+            ..ModelOptions::default()
+        };
+        let model = PrimaModel::load(&cfg.model.dir, &opts)
+            .map_err(|e| ProcessError::Load(e.to_string()))?;
+        Ok(PrimaProcessor {
+            model,
+            report: ReportConfig::default(),
+            node: node_identity(&cfg.node.ae_title, &cfg.node.state_dir.to_string_lossy()),
+        })
+    }
+}
+
+impl StudyProcessor for PrimaProcessor {
+    fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
+        let fail = |e: String| ProcessError::Failed(e);
+        let t_start = Instant::now();
+        let mut headers = Vec::new();
+        for inst in &job.instances {
+            match read_slice_headers(&inst.path) {
+                Ok(h) => headers.extend(h),
+                Err(e) => {
+                    tracing::warn!(sop = %inst.sop_instance_uid, "instance not readable as an image: {e}")
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let scan = group_by_series_uid(headers);
+        let scan_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let (prepared, skipped) = prepare_all(&scan);
+        let prepare_s = t1.elapsed().as_secs_f64();
+        for s in &skipped {
+            tracing::info!(series = %s.key, reason = %s.reason, "series skipped");
+        }
+        if prepared.is_empty() {
+            return Err(fail("no usable series".into()));
+        }
+        let description = scan.study_description.clone().unwrap_or_default();
+        let run = run_model(&self.model, &prepared, &description, |m| {
+            tracing::info!("{m}")
+        })
+        .map_err(|e| fail(format!("model: {e}")))?;
+        let m = self.model.manifest();
+        let first = &job.instances[0].path;
+        let header = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(first)
+            .map_err(|e| fail(format!("source header: {e}")))?
+            .into_inner();
+        let used: Vec<UsedSeries> = prepared
+            .iter()
+            .map(|p| UsedSeries {
+                series_instance_uid: p.series_instance_uid.clone(),
+                series_name: p.name.clone(),
+                instances: p
+                    .slices
+                    .iter()
+                    .map(|s| SourceInstance {
+                        sop_class_uid: s.sop_class_uid.clone(),
+                        sop_instance_uid: s.sop_instance_uid.clone(),
+                        instance_number: s.instance_number.map(|n| n as i32),
+                        position_along_normal: s.position_along_normal(),
+                    })
+                    .collect(),
+                tokens_used: p.selection.ids.len(),
+            })
+            .collect();
+        let skipped_series: Vec<SkippedSeries> = skipped
+            .iter()
+            .map(|s| SkippedSeries {
+                series_instance_uid: s
+                    .series_instance_uid
+                    .clone()
+                    .unwrap_or_else(|| s.key.clone()),
+                reason: s.reason.clone(),
+            })
+            .collect();
+        let predictions = Predictions {
+            diagnosis: run.output.diagnosis.clone(),
+            referral: run.output.referral.clone(),
+            priority: run.output.priority.clone(),
+            clip_emb: run.output.clip_emb.clone(),
+        };
+        let model_id = ModelIdentity {
+            name: m.model_name.clone(),
+            version: m.model_version.clone(),
+            demo: m.demo,
+            diagnosis_thresholds: m
+                .diagnosis_heads
+                .iter()
+                .map(|h| (h.name.clone(), h.thresh as f32))
+                .collect(),
+            referral_thresholds: m
+                .referral_heads
+                .iter()
+                .map(|h| (h.name.clone(), h.thresh as f32))
+                .collect(),
+        };
+        let predecessors: Vec<PredecessorRef> = job
+            .predecessors
+            .iter()
+            .map(|p| PredecessorRef {
+                sop_class_uid: p.sop_class_uid.clone(),
+                sop_instance_uid: p.sop_instance_uid.clone(),
+                series_instance_uid: p.series_instance_uid.clone(),
+            })
+            .collect();
+        let now = chrono_like_now();
+        let input = ReportInput {
+            source_header: &header,
+            used: &used,
+            skipped: &skipped_series,
+            predictions: &predictions,
+            model: &model_id,
+            input_set_hash: job.input_set_hash,
+            predecessors: &predecessors,
+            forced_complete: job.forced_complete,
+            failed: false,
+            node: &self.node,
+            content_datetime: now,
+        };
+        let outputs =
+            build_outputs(&input, &self.report).map_err(|e| fail(format!("report: {e}")))?;
+        for o in &outputs {
+            tracing::info!(kind = o.kind.uid_kind(), sop = %o.sop_instance_uid, "output built");
+        }
+        let record = RunRecord {
+            study: job.study_instance_uid.clone(),
+            study_instance_uid: scan.study_instance_uid.clone(),
+            study_description: description,
+            slice_order: "position".into(),
+            model_name: m.model_name.clone(),
+            model_version: m.model_version.clone(),
+            demo_model: m.demo,
+            device: format!("{:?}", self.model.options().device),
+            precision: self.model.options().precision.as_str().into(),
+            threads: tch::get_num_threads(),
+            series: series_records(&prepared),
+            skipped: skip_records(&skipped),
+            tokens_encoded: run.tokens_encoded,
+            timings: StageTimings {
+                scan_s,
+                prepare_s,
+                vqvae_s: run.vqvae_s,
+                patchify_s: run.patchify_s,
+                prima_s: run.prima_s,
+                total_s: t_start.elapsed().as_secs_f64(),
+            },
+            warnings: Vec::new(),
+        };
+        Ok(ProcessedStudy {
+            outputs: outputs
+                .into_iter()
+                .map(|o| OutputObject {
+                    kind: o.kind.uid_kind().to_string(),
+                    sop_class_uid: o.sop_class_uid,
+                    sop_instance_uid: o.sop_instance_uid,
+                    series_instance_uid: o.series_instance_uid,
+                    study_instance_uid: o.study_instance_uid,
+                    bytes: o.bytes,
+                })
+                .collect(),
+            predictions_json: predictions_json(&run.output),
+            run_json: serde_json::to_string_pretty(&record).unwrap_or_default(),
+        })
+    }
+}
+
+/// The node's identity in reports: AE title, a serial derived from where its state lives
+/// (stable across restarts, distinct between nodes on one host), and the software version.
+pub fn node_identity(ae_title: &str, instance: &str) -> NodeIdentity {
+    use sha2::Digest;
+    let serial = hex::encode(&sha2::Sha256::digest(instance.as_bytes())[..6]);
+    NodeIdentity::new(
+        ae_title,
+        &serial,
+        concat!("prima-node ", env!("CARGO_PKG_VERSION")),
+    )
+}
+
+/// Current UTC date and time as DICOM DA/TM strings.
+pub fn dicom_now() -> (String, String) {
+    chrono_like_now()
+}
+
+fn chrono_like_now() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // civil-from-days (Howard Hinnant)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (
+        format!("{y:04}{m:02}{d:02}"),
+        format!("{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60),
+    )
+}

@@ -1,0 +1,245 @@
+//! The findings SR: Comprehensive SR with a TID 1500 "Imaging Measurement Report" tree.
+
+use dicom_core::VR;
+use dicom_dictionary_std::tags;
+
+use super::codes;
+use super::{
+    base_header, code_value_item, coding_scheme_identification, container_item, hierarchical_refs,
+    is_sr_document, language_item, num_item, observer_context, put_seq, put_str, template_item,
+    text_item, to_part10, uid, uidref_item, Context, Finding, Obj, Rel, ReportError,
+    COMPREHENSIVE_SR, DEMO_COMMENT, NOT_VERIFIED_COMMENT, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER,
+};
+
+pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
+    let input = ctx.input;
+    let mut o = base_header(
+        ctx,
+        COMPREHENSIVE_SR,
+        &ctx.sr_uid,
+        "SR",
+        &ctx.sr_series_uid,
+        SR_SERIES_NUMBER,
+        SR_SERIES_DESCRIPTION,
+    );
+
+    // SR Document General
+    put_str(
+        &mut o,
+        tags::COMPLETION_FLAG,
+        VR::CS,
+        if ctx.partial { "PARTIAL" } else { "COMPLETE" },
+    );
+    put_str(&mut o, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+    put_str(&mut o, tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY");
+    put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]);
+    super::put_referenced_requests(ctx, &mut o);
+
+    let evidence: Vec<(String, Vec<(String, String)>)> = input
+        .used
+        .iter()
+        .map(|s| {
+            (
+                s.series_instance_uid.clone(),
+                s.instances
+                    .iter()
+                    .map(|i| (i.sop_class_uid.clone(), i.sop_instance_uid.clone()))
+                    .collect(),
+            )
+        })
+        .collect();
+    if evidence.iter().any(|(_, v)| !v.is_empty()) {
+        put_seq(
+            &mut o,
+            tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+            vec![hierarchical_refs(&ctx.study_uid, &evidence)],
+        );
+    }
+
+    let mut preds: Vec<_> = input
+        .predecessors
+        .iter()
+        .filter(|p| is_sr_document(&p.sop_class_uid) && p.sop_instance_uid != ctx.sr_uid)
+        .cloned()
+        .collect();
+    preds.sort_by(|a, b| {
+        (&a.series_instance_uid, &a.sop_instance_uid)
+            .cmp(&(&b.series_instance_uid, &b.sop_instance_uid))
+    });
+    preds.dedup_by(|a, b| a.sop_instance_uid == b.sop_instance_uid);
+    if !preds.is_empty() {
+        let mut series: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        for p in preds {
+            let inst = (p.sop_class_uid, p.sop_instance_uid);
+            match series.iter_mut().find(|(s, _)| *s == p.series_instance_uid) {
+                Some((_, v)) => v.push(inst),
+                None => series.push((p.series_instance_uid, vec![inst])),
+            }
+        }
+        put_seq(
+            &mut o,
+            tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
+            vec![hierarchical_refs(&ctx.study_uid, &series)],
+        );
+    }
+
+    put_seq(
+        &mut o,
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        vec![coding_scheme_identification()],
+    );
+
+    // SR Document Content: the root content item is the dataset itself.
+    put_str(&mut o, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+    put_seq(
+        &mut o,
+        tags::CONCEPT_NAME_CODE_SEQUENCE,
+        vec![super::code_item(&codes::imaging_measurement_report())],
+    );
+    put_str(&mut o, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
+    put_seq(
+        &mut o,
+        tags::CONTENT_TEMPLATE_SEQUENCE,
+        vec![template_item("1500")],
+    );
+    put_seq(&mut o, tags::CONTENT_SEQUENCE, content(ctx));
+
+    to_part10(o, COMPREHENSIVE_SR, &ctx.sr_uid)
+}
+
+/// Root children in TID 1500 row order.
+fn content(ctx: &Context) -> Vec<Obj> {
+    let input = ctx.input;
+    let mut items = vec![language_item()];
+    items.extend(observer_context(ctx));
+    items.push(code_value_item(
+        Rel::HasConceptMod,
+        &codes::procedure_reported(),
+        &codes::mri_unspecified_body_region(),
+    ));
+
+    if !ctx.summary.findings.is_empty() {
+        let groups = ctx
+            .summary
+            .findings
+            .iter()
+            .map(|f| measurement_group(ctx, f))
+            .collect();
+        items.push(container_item(
+            Some(Rel::Contains),
+            &codes::imaging_measurements(),
+            None,
+            groups,
+        ));
+    }
+
+    let mut evals = Vec::new();
+    if let Some(p) = &ctx.summary.priority {
+        evals.push(code_value_item(
+            Rel::Contains,
+            &codes::priority(),
+            &codes::priority_code(p),
+        ));
+    }
+    for (label, _) in &ctx.summary.referrals {
+        evals.push(code_value_item(
+            Rel::Contains,
+            &codes::recommendation(),
+            &codes::referral_code(label),
+        ));
+    }
+    let any_succeeded = !input.failed;
+    let all_succeeded = any_succeeded && !ctx.partial;
+    evals.push(code_value_item(
+        Rel::Contains,
+        &codes::cad_summary(),
+        &codes::cad_summary_value(all_succeeded, any_succeeded, ctx.summary.with_findings),
+    ));
+    evals.push(text_item(
+        Rel::Contains,
+        &codes::comment(),
+        NOT_VERIFIED_COMMENT,
+    ));
+    if input.model.demo {
+        evals.push(text_item(Rel::Contains, &codes::comment(), DEMO_COMMENT));
+    }
+    if input.failed {
+        evals.push(text_item(
+            Rel::Contains,
+            &codes::comment(),
+            "The model could not process this study; no findings are reported.",
+        ));
+    }
+    if input.forced_complete {
+        evals.push(text_item(
+            Rel::Contains,
+            &codes::comment(),
+            "Study analysed before all expected series had arrived.",
+        ));
+    }
+    for s in input.skipped {
+        evals.push(text_item(
+            Rel::Contains,
+            &codes::comment(),
+            &format!(
+                "Series {} not analysed: {}",
+                s.series_instance_uid, s.reason
+            ),
+        ));
+    }
+    items.push(container_item(
+        Some(Rel::Contains),
+        &codes::qualitative_evaluations(),
+        None,
+        evals,
+    ));
+    items
+}
+
+/// TID 1501 group for one diagnosis head, in highdicom's item order.
+fn measurement_group(ctx: &Context, f: &Finding) -> Obj {
+    let model = ctx.input.model;
+    let dx = codes::diagnosis_code(&f.label);
+    let children = vec![
+        text_item(Rel::HasObsContext, &codes::tracking_identifier(), &f.label),
+        uidref_item(
+            Rel::HasObsContext,
+            &codes::tracking_unique_identifier(),
+            &uid::tracking_uid(&ctx.study_uid, &f.label),
+        ),
+        code_value_item(Rel::Contains, &codes::finding(), &dx),
+        code_value_item(Rel::HasConceptMod, &codes::finding_site(), &codes::brain()),
+        text_item(Rel::HasConceptMod, &codes::algorithm_name(), &model.name),
+        text_item(
+            Rel::HasConceptMod,
+            &codes::algorithm_version(),
+            &model.version,
+        ),
+        text_item(
+            Rel::HasConceptMod,
+            &codes::algorithm_parameters(),
+            &format!("threshold={}", super::format_ds(f.threshold)),
+        ),
+        num_item(
+            Rel::Contains,
+            &codes::decision_margin(),
+            f.margin,
+            &codes::no_units(),
+        ),
+        code_value_item(
+            Rel::Contains,
+            &dx,
+            &if f.present {
+                codes::present()
+            } else {
+                codes::absent()
+            },
+        ),
+    ];
+    container_item(
+        Some(Rel::Contains),
+        &codes::measurement_group(),
+        Some("1501"),
+        children,
+    )
+}
