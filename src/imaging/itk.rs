@@ -110,7 +110,11 @@ pub fn index_to_point(origin: &[f64; 3], m: &Mat3, idx: &[f64; 3]) -> [f64; 3] {
 /// `TransformPhysicalPointToContinuousIndex`.
 #[inline]
 pub fn point_to_continuous_index(origin: &[f64; 3], p_mat: &Mat3, point: &[f64; 3]) -> [f64; 3] {
-    let v = [point[0] - origin[0], point[1] - origin[1], point[2] - origin[2]];
+    let v = [
+        point[0] - origin[0],
+        point[1] - origin[1],
+        point[2] - origin[2],
+    ];
     let mut ci = [0.0; 3];
     for r in 0..3 {
         let mut acc = 0.0;
@@ -145,12 +149,12 @@ pub fn vnl_inverse(m: &Mat3) -> Mat3 {
     let mut winv = [[0.0; 3]; 3];
     let mut rank = 3;
     let mut inv_diag = [0.0; 3];
-    for k in 0..3 {
-        let w = svd.s[k + 1].abs();
-        if w.abs() <= 0.0 {
+    for (inv, &s) in inv_diag.iter_mut().zip(&svd.s[1..]) {
+        let w = s.abs();
+        if w <= 0.0 {
             rank -= 1;
         } else {
-            inv_diag[k] = 1.0 / w;
+            *inv = 1.0 / w;
         }
     }
     // pinverse(rank): only the first `rank` inverse weights are kept.
@@ -169,6 +173,8 @@ pub fn vnl_inverse(m: &Mat3) -> Mat3 {
 /// A 3×3 port of LINPACK `dsvdc` and the reference BLAS level-1 routines it calls, as
 /// translated by f2c in VXL's `v3p/netlib`. Indices are 1-based like the Fortran to keep
 /// the control flow recognisable; column-major 3×3 arrays.
+// Index loops mirror the Fortran; the negated comparison keeps its NaN behaviour.
+#[allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
 mod linpack {
     const N: usize = 3;
     const P: usize = 3;
@@ -708,7 +714,11 @@ mod tests {
         let root: Value = serde_json::from_str(&text).unwrap();
         let mut n_checked = 0;
         for s in root["series"].as_array().unwrap() {
-            let name = format!("{}/{}", s["study"].as_str().unwrap(), s["folder"].as_str().unwrap());
+            let name = format!(
+                "{}/{}",
+                s["study"].as_str().unwrap(),
+                s["folder"].as_str().unwrap()
+            );
             let iop_s: Vec<f64> = s["ImageOrientationPatient_strings"]
                 .as_array()
                 .unwrap()
@@ -726,7 +736,11 @@ mod tests {
             };
             let size = s["itk_size_xyz"].as_array().unwrap();
             let (w, h) = (size[0].as_f64().unwrap(), size[1].as_f64().unwrap());
-            let so = [(w * g.spacing[0]) / 256.0, (h * g.spacing[1]) / 256.0, g.spacing[2]];
+            let so = [
+                (w * g.spacing[0]) / 256.0,
+                (h * g.spacing[1]) / 256.0,
+                g.spacing[2],
+            ];
             assert_eq!(so, vec3(&s["output_spacing_xyz"]), "{name}: output spacing");
             let p = physical_to_index(&g);
             let p_itk = mat_rowmajor(&s["itk_physical_point_to_index_rowmajor"]);
@@ -736,10 +750,26 @@ mod tests {
             for sl in s["scanlines"].as_array().unwrap() {
                 let j = sl["j"].as_f64().unwrap();
                 let k = sl["k"].as_f64().unwrap();
-                let start = point_to_continuous_index(&g.origin, &p, &index_to_point(&g.origin, &mo, &[0.0, j, k]));
-                let end = point_to_continuous_index(&g.origin, &p, &index_to_point(&g.origin, &mo, &[256.0, j, k]));
-                assert_eq!(start, vec3(&sl["start_cindex_xyz"]), "{name}: start j={j} k={k}");
-                assert_eq!(end, vec3(&sl["end_cindex_xyz_at_i256"]), "{name}: end j={j} k={k}");
+                let start = point_to_continuous_index(
+                    &g.origin,
+                    &p,
+                    &index_to_point(&g.origin, &mo, &[0.0, j, k]),
+                );
+                let end = point_to_continuous_index(
+                    &g.origin,
+                    &p,
+                    &index_to_point(&g.origin, &mo, &[256.0, j, k]),
+                );
+                assert_eq!(
+                    start,
+                    vec3(&sl["start_cindex_xyz"]),
+                    "{name}: start j={j} k={k}"
+                );
+                assert_eq!(
+                    end,
+                    vec3(&sl["end_cindex_xyz_at_i256"]),
+                    "{name}: end j={j} k={k}"
+                );
             }
             n_checked += 1;
         }

@@ -57,7 +57,11 @@ pub fn orient_lps(v: &Volume) -> (Array3<f64>, String) {
     let assign = axis_assignment(&v.geometry.direction);
     let code = orientation_code(&v.geometry.direction);
     let in_size = v.size;
-    let out_size = [in_size[assign[0].0], in_size[assign[1].0], in_size[assign[2].0]];
+    let out_size = [
+        in_size[assign[0].0],
+        in_size[assign[1].0],
+        in_size[assign[2].0],
+    ];
     let in_stride = [1usize, in_size[0], in_size[0] * in_size[1]];
 
     // Output index o maps to input offset Σ_c f_c(o_c) · stride[r(c)], with f_c the
@@ -83,7 +87,9 @@ pub fn orient_lps(v: &Volume) -> (Array3<f64>, String) {
                 let b = base1 as usize;
                 data.extend_from_slice(&v.data[b..b + out_size[0]]);
             } else {
-                data.extend((0..out_size[0]).map(|o0| v.data[(base1 + o0 as isize * step[0]) as usize]));
+                data.extend(
+                    (0..out_size[0]).map(|o0| v.data[(base1 + o0 as isize * step[0]) as usize]),
+                );
             }
         }
     }
@@ -156,13 +162,21 @@ mod tests {
     #[test]
     fn oblique_axial_stays_axial() {
         let t: f64 = 40f64.to_radians();
-        let d = [[t.cos(), -t.sin(), 0.0], [t.sin(), t.cos(), 0.0], [0.0, 0.0, 1.0]];
+        let d = [
+            [t.cos(), -t.sin(), 0.0],
+            [t.sin(), t.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ];
         let v = volume([4, 5, 3], d);
         let (a, code) = orient_lps(&v);
         assert_eq!(code, "LPS");
         assert_eq!(a.shape, [3, 5, 4]);
         assert_eq!(a.data, v.data);
-        let d = [[t.cos(), t.sin(), 0.0], [-t.sin(), t.cos(), 0.0], [0.0, 0.0, 1.0]];
+        let d = [
+            [t.cos(), t.sin(), 0.0],
+            [-t.sin(), t.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ];
         assert_eq!(orientation_code(&d), "LPS");
     }
 
@@ -184,13 +198,18 @@ mod tests {
 
     fn vec3(v: &Value) -> [f64; 3] {
         let a = v.as_array().unwrap();
-        [a[0].as_f64().unwrap(), a[1].as_f64().unwrap(), a[2].as_f64().unwrap()]
+        [
+            a[0].as_f64().unwrap(),
+            a[1].as_f64().unwrap(),
+            a[2].as_f64().unwrap(),
+        ]
     }
 
     fn check_oriented(study: &str, folder: &str) {
         let Some(dir) = fixture_dir() else { return };
         let rec: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("expected/{study}/run_record.json"))).unwrap(),
+            &std::fs::read_to_string(dir.join(format!("expected/{study}/run_record.json")))
+                .unwrap(),
         )
         .unwrap();
         let s = series_record(&rec, folder);
@@ -208,8 +227,16 @@ mod tests {
             .map(|x| x.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(v.size.to_vec(), size, "{folder}: size");
-        assert_eq!(v.geometry.spacing, vec3(&s["original_spacing_xyz"]), "{folder}: spacing");
-        assert_eq!(v.geometry.origin, vec3(&s["original_origin_xyz"]), "{folder}: origin");
+        assert_eq!(
+            v.geometry.spacing,
+            vec3(&s["original_spacing_xyz"]),
+            "{folder}: spacing"
+        );
+        assert_eq!(
+            v.geometry.origin,
+            vec3(&s["original_origin_xyz"]),
+            "{folder}: origin"
+        );
         let d: Vec<f64> = v.geometry.direction.iter().flatten().copied().collect();
         let d_ref: Vec<f64> = s["original_direction_rowmajor"]
             .as_array()
@@ -218,7 +245,11 @@ mod tests {
             .map(|x| x.as_f64().unwrap())
             .collect();
         assert_eq!(d, d_ref, "{folder}: direction");
-        assert_eq!(v.pixel_type.sitk_name(), s["pixel_type"].as_str().unwrap(), "{folder}: type");
+        assert_eq!(
+            v.pixel_type.sitk_name(),
+            s["pixel_type"].as_str().unwrap(),
+            "{folder}: type"
+        );
 
         let t0 = std::time::Instant::now();
         let r = resample_inplane_256(&v);
@@ -229,7 +260,11 @@ mod tests {
             t1.as_secs_f64() * 1e3,
             (t0.elapsed() - t1).as_secs_f64() * 1e3
         );
-        assert_eq!(code, s["original_orientation_code"].as_str().unwrap(), "{folder}: code");
+        assert_eq!(
+            code,
+            s["original_orientation_code"].as_str().unwrap(),
+            "{folder}: code"
+        );
         let shape: Vec<usize> = s["oriented_array_shape_zyx"]
             .as_array()
             .unwrap()
@@ -237,8 +272,13 @@ mod tests {
             .map(|x| x.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(a.shape.to_vec(), shape, "{folder}: oriented shape");
-        let (npy_shape, want) = read_npy_f32(&dir.join(format!("expected/{study}/intermediates/{folder}_oriented_volume.npy")));
-        assert_eq!(npy_shape.iter().map(|&x| x as usize).collect::<Vec<_>>(), shape);
+        let (npy_shape, want) = read_npy_f32(&dir.join(format!(
+            "expected/{study}/intermediates/{folder}_oriented_volume.npy"
+        )));
+        assert_eq!(
+            npy_shape.iter().map(|&x| x as usize).collect::<Vec<_>>(),
+            shape
+        );
         let mut mismatches = 0usize;
         let mut max_diff = 0f64;
         let mut first = None;
@@ -294,7 +334,10 @@ mod tests {
                 }
             }
         }
-        counts.iter().map(|&c| (c as f64 / 4096.0) * 100.0).collect()
+        counts
+            .iter()
+            .map(|&c| (c as f64 / 4096.0) * 100.0)
+            .collect()
     }
 
     fn check_otsu(folder: &str) {
@@ -311,17 +354,33 @@ mod tests {
             .map(|f| f.as_str().unwrap().to_string())
             .collect();
         let v = load_series(&dir.join(format!("studies/STUDY_A/{folder}")), &files);
-        assert_eq!(v.geometry.spacing, vec3(&s["original_spacing_xyz"]), "{folder}: spacing");
-        assert_eq!(v.pixel_type.sitk_name(), s["pixel_type"].as_str().unwrap(), "{folder}: type");
+        assert_eq!(
+            v.geometry.spacing,
+            vec3(&s["original_spacing_xyz"]),
+            "{folder}: spacing"
+        );
+        assert_eq!(
+            v.pixel_type.sitk_name(),
+            s["pixel_type"].as_str().unwrap(),
+            "{folder}: type"
+        );
         let t0 = std::time::Instant::now();
         let r = resample_inplane_256(&v);
-        eprintln!("STUDY_A/{folder}: resample {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "STUDY_A/{folder}: resample {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         let (a, code) = orient_lps(&r);
         assert_eq!(code, s["original_orientation_code"].as_str().unwrap());
         let got = patch_otsu(&a);
-        let bytes =
-            std::fs::read(dir.join(format!("expected/STUDY_A/intermediates/{folder}_patch_otsu_percent.npy"))).unwrap();
-        let want = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec::<f64>().unwrap();
+        let bytes = std::fs::read(dir.join(format!(
+            "expected/STUDY_A/intermediates/{folder}_patch_otsu_percent.npy"
+        )))
+        .unwrap();
+        let want = npyz::NpyFile::new(&bytes[..])
+            .unwrap()
+            .into_vec::<f64>()
+            .unwrap();
         assert_eq!(got.len(), want.len(), "{folder}: patch count");
         let bad: Vec<(usize, f64, f64)> = got
             .iter()
@@ -330,7 +389,13 @@ mod tests {
             .filter(|(_, (g, w))| g != w)
             .map(|(i, (&g, &w))| (i, g, w))
             .collect();
-        assert!(bad.is_empty(), "{folder}: {} of {} patches differ, first {:?}", bad.len(), want.len(), bad.first());
+        assert!(
+            bad.is_empty(),
+            "{folder}: {} of {} patches differ, first {:?}",
+            bad.len(),
+            want.len(),
+            bad.first()
+        );
     }
 
     #[test]
