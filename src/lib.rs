@@ -11,7 +11,10 @@
 //!   input tokens (pure Rust, no libtorch). Mirrors spec §1–§7 and §9.4.
 //! - [`model`] — the Prima network in libtorch (`tch`): VQ-VAE encoder, patchifier,
 //!   name encoders, HierViT, heads; weights looked up by upstream state-dict key paths.
+//! - [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.
 //! - [`pipeline`] — one study folder → predictions (what `prima-node infer` runs).
 pub mod imaging;
 pub mod model;
 pub mod pipeline;
+pub mod pyjson;
+pub mod synth;

@@ -1,1 +1,107 @@
-//! One study folder → predictions.
+//! One study → Prima's inputs → predictions: the upstream pipeline's job, shared by
+//! `prima-node infer` and the node's inference worker.
+use crate::imaging::otsu::{self, Attempt, Selection};
+use crate::imaging::series::{self, SeriesCandidate, SeriesSkip, SliceMeta};
+use crate::imaging::tokens::{self, Tokenized};
+use crate::imaging::{orient, resample, text, Array3, PixelType};
+
+/// A series turned into selected VQ-VAE input tokens.
+#[derive(Debug, Clone)]
+pub struct PreparedSeries {
+    pub key: String,
+    pub series_instance_uid: String,
+    pub name: String,
+    pub name_ids: Vec<i64>,
+    /// Images used, in stacking order.
+    pub slices: Vec<SliceMeta>,
+    pub images_found: usize,
+    pub pixel_type: PixelType,
+    /// Orientation code of the acquired volume (e.g. "LPS", "PIR").
+    pub orientation_code: String,
+    /// (z, y, x) after resample + DICOMOrient.
+    pub oriented_shape: [usize; 3],
+    pub tokenized: Tokenized,
+    pub selection: Selection,
+}
+
+impl PreparedSeries {
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.selection.attempts
+    }
+
+    /// Selected tokens, row-major (K, d0, d1, d2).
+    pub fn selected_tokens(&self) -> Vec<f32> {
+        self.tokenized.tokens(&self.selection.ids)
+    }
+
+    /// (z, y, x) start coordinates of the selected patches.
+    pub fn selected_coords(&self) -> Vec<[i64; 3]> {
+        self.selection
+            .ids
+            .iter()
+            .map(|&i| self.tokenized.coords[i])
+            .collect()
+    }
+}
+
+/// Array axis (z=0, y=1, x=2) that the acquisition's slice axis lands on after
+/// DICOMOrient: the code's third letter names the physical axis it points along.
+fn slice_array_axis(code: &str) -> usize {
+    match code.chars().nth(2) {
+        Some('L') | Some('R') => 2,
+        Some('P') | Some('A') => 1,
+        _ => 0,
+    }
+}
+
+/// Decode, resample, orient, tokenise and select one series (spec §1–§7).
+/// `Err` is the reason the series is skipped.
+pub fn prepare_series(c: &SeriesCandidate) -> Result<PreparedSeries, String> {
+    let vol = series::load_volume(c)?;
+    let resampled = resample::resample_inplane_256(&vol);
+    drop(vol);
+    let (oriented, code): (Array3<f64>, String) = orient::orient_lps(&resampled);
+    let pixel_type = resampled.pixel_type;
+    drop(resampled);
+    let thin = tokens::thin_axis(oriented.shape, slice_array_axis(&code));
+    let tokenized = tokens::tokenize(&oriented, thin);
+    if tokenized.n_patches() > series::MAX_PATCHES {
+        return Err(format!(
+            "{} patches, more than the model's {}",
+            tokenized.n_patches(),
+            series::MAX_PATCHES
+        ));
+    }
+    let bins = otsu::bins(&tokenized.otsu, tokenized.grid);
+    let selection = otsu::select_tokens(&bins);
+    Ok(PreparedSeries {
+        key: c.key.clone(),
+        series_instance_uid: c.series_instance_uid.clone(),
+        name_ids: text::chartovec(&c.name),
+        name: c.name.clone(),
+        slices: c.slices.clone(),
+        images_found: c.images_found,
+        pixel_type,
+        orientation_code: code,
+        oriented_shape: oriented.shape,
+        tokenized,
+        selection,
+    })
+}
+
+/// Prepare every series of a scan; failures become skips (they never abort the study).
+pub fn prepare_all(scan: &series::StudyScan) -> (Vec<PreparedSeries>, Vec<SeriesSkip>) {
+    let mut ok = Vec::new();
+    let mut skipped = scan.skipped.clone();
+    for c in &scan.series {
+        match prepare_series(c) {
+            Ok(p) => ok.push(p),
+            Err(reason) => skipped.push(SeriesSkip {
+                key: c.key.clone(),
+                series_instance_uid: Some(c.series_instance_uid.clone()),
+                reason,
+            }),
+        }
+    }
+    (ok, skipped)
+}

@@ -70,7 +70,11 @@ impl PixelType {
 
     /// Pixel type from the first file's rescale and stored range (§1.6).
     pub fn from_rescale(slope: f64, intercept: f64, bits_stored: u16, signed: bool) -> PixelType {
-        if slope.fract() != 0.0 || intercept.fract() != 0.0 || !slope.is_finite() || !intercept.is_finite() {
+        if slope.fract() != 0.0
+            || intercept.fract() != 0.0
+            || !slope.is_finite()
+            || !intercept.is_finite()
+        {
             return PixelType::F64;
         }
         let bits = bits_stored.clamp(1, 64) as i32;
@@ -83,9 +87,19 @@ impl PixelType {
         let b = slope * hi + intercept;
         let (mn, mx) = (a.min(b), a.max(b));
         let candidates: &[PixelType] = if mn >= 0.0 {
-            &[PixelType::U8, PixelType::U16, PixelType::U32, PixelType::U64]
+            &[
+                PixelType::U8,
+                PixelType::U16,
+                PixelType::U32,
+                PixelType::U64,
+            ]
         } else {
-            &[PixelType::I8, PixelType::I16, PixelType::I32, PixelType::I64]
+            &[
+                PixelType::I8,
+                PixelType::I16,
+                PixelType::I32,
+                PixelType::I64,
+            ]
         };
         for &t in candidates {
             let (tmin, tmax) = t.integer_range().unwrap();
@@ -130,9 +144,15 @@ mod tests {
         assert_eq!(PixelType::from_rescale(1.0, 0.0, 16, true), PixelType::I16);
         assert_eq!(PixelType::from_rescale(1.0, 0.0, 12, false), PixelType::U16);
         assert_eq!(PixelType::from_rescale(2.0, 0.0, 16, true), PixelType::I32);
-        assert_eq!(PixelType::from_rescale(1.5, -100.0, 16, true), PixelType::F64);
+        assert_eq!(
+            PixelType::from_rescale(1.5, -100.0, 16, true),
+            PixelType::F64
+        );
         assert_eq!(PixelType::from_rescale(1.0, 0.0, 8, false), PixelType::U8);
-        assert_eq!(PixelType::from_rescale(1.0, -1024.0, 12, false), PixelType::I16);
+        assert_eq!(
+            PixelType::from_rescale(1.0, -1024.0, 12, false),
+            PixelType::I16
+        );
     }
 
     #[test]

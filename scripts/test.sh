@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit + integration tests (real binary, DCMTK, Orthanc) and
+# the Python converter tests. Installs what is missing first (idempotent).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh --deps
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+export TCP_NODELAY=1
+echo "== python: checkpoint converter tests"
+if [ -d scripts/tests ]; then
+  .venv/bin/python -m unittest discover -s scripts/tests -t scripts -v 2>&1 | tail -n 25
+fi
+echo "== rust: cargo test"
+cargo test --locked --all-targets -- --test-threads=2

@@ -1,0 +1,179 @@
+//! Prepared series → Prima → predictions, and the two files `prima-node infer` writes:
+//! `<name>_predictions.json` (upstream's exact structure, spec §13.3) and `<name>_run.json`
+//! (what was used, skipped and how long each stage took).
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::imaging::otsu::Attempt;
+use crate::imaging::series::SeriesSkip;
+use crate::imaging::text::chartovec;
+use crate::model::{ModelError, PrimaModel, PrimaOutput};
+use crate::pipeline::PreparedSeries;
+use crate::pyjson::{dumps_indent2, PyValue};
+
+/// Seconds per stage of one study.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageTimings {
+    pub scan_s: f64,
+    pub prepare_s: f64,
+    pub vqvae_s: f64,
+    pub patchify_s: f64,
+    pub prima_s: f64,
+    pub total_s: f64,
+}
+
+pub struct ModelRun {
+    pub output: PrimaOutput,
+    pub tokens_encoded: usize,
+    pub vqvae_s: f64,
+    pub patchify_s: f64,
+    pub prima_s: f64,
+}
+
+/// Runs the learned part on prepared series. The VQ-VAE sees each selected patch once
+/// (spec §6.3 can select a hole patch twice; the encoder output is gathered back), and
+/// nothing that the otsu selection dropped (upstream encodes every patch first).
+pub fn run_model(
+    model: &PrimaModel,
+    prepared: &[PreparedSeries],
+    study_description: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<ModelRun, ModelError> {
+    let mut series = Vec::with_capacity(prepared.len());
+    let (mut vqvae_s, mut patchify_s, mut tokens_encoded) = (0.0, 0.0, 0usize);
+    for p in prepared {
+        let t0 = Instant::now();
+        let ids = &p.selection.ids;
+        let mut uniq = ids.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        let tokens = p.tokenized.tokens(&uniq);
+        let enc = model.encode_tokens(&tokens, uniq.len(), p.tokenized.token_shape())?;
+        drop(tokens);
+        let pos: Vec<i64> = ids.iter().map(|i| uniq.binary_search(i).expect("id in uniq") as i64).collect();
+        let enc = enc.f_index_select(0, &Tensor::from_slice(&pos))?;
+        tokens_encoded += uniq.len();
+        let t1 = Instant::now();
+        vqvae_s += (t1 - t0).as_secs_f64();
+        let patches = model.patchify(&enc, &p.selected_coords())?;
+        patchify_s += t1.elapsed().as_secs_f64();
+        progress(&format!(
+            "vqvae: series {} encoded {} tokens in {:.2}s",
+            p.name,
+            uniq.len(),
+            (t1 - t0).as_secs_f64()
+        ));
+        series.push((patches, p.name_ids.clone()));
+    }
+    let t2 = Instant::now();
+    let output = model.forward(&series, &chartovec(study_description))?;
+    let prima_s = t2.elapsed().as_secs_f64();
+    progress(&format!("prima: HierViT + heads in {prima_s:.2}s"));
+    Ok(ModelRun {
+        output,
+        tokens_encoded,
+        vqvae_s,
+        patchify_s,
+        prima_s,
+    })
+}
+
+/// Upstream's predictions JSON (spec §13.3): `json.dump(indent=2)` of diagnosis,
+/// referral, priority (each value a one-element list) and `clip_emb` ([[…]]).
+pub fn predictions_json(out: &PrimaOutput) -> String {
+    let named = |v: &[(String, f32)]| {
+        PyValue::Dict(v.iter().map(|(k, x)| (k.clone(), PyValue::List(vec![PyValue::Float(*x as f64)]))).collect())
+    };
+    let clip = PyValue::List(vec![PyValue::List(out.clip_emb.iter().map(|&x| PyValue::Float(x as f64)).collect())]);
+    dumps_indent2(&PyValue::Dict(vec![
+        ("diagnosis".into(), named(&out.diagnosis)),
+        ("referral".into(), named(&out.referral)),
+        ("priority".into(), named(&out.priority)),
+        ("clip_emb".into(), clip),
+    ]))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeriesRecord {
+    pub key: String,
+    pub series_instance_uid: String,
+    pub name: String,
+    pub instances_used: usize,
+    pub images_found: usize,
+    pub sop_instance_uids: Vec<String>,
+    pub pixel_type: String,
+    pub orientation: String,
+    pub oriented_shape_zyx: [usize; 3],
+    pub tokens_before_selection: usize,
+    pub tokens_after_selection: usize,
+    pub otsu_percentage: usize,
+    pub otsu_attempts: Vec<Attempt>,
+    /// A used otsu bin had holes: upstream's pipeline raises for such a series (spec §6.5).
+    pub hole_filling_used: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SkipRecord {
+    pub key: String,
+    pub series_instance_uid: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunRecord {
+    pub study: String,
+    pub study_instance_uid: Option<String>,
+    pub study_description: String,
+    pub slice_order: String,
+    pub model_name: String,
+    pub model_version: String,
+    pub demo_model: bool,
+    pub device: String,
+    pub precision: String,
+    pub threads: i32,
+    pub series: Vec<SeriesRecord>,
+    pub skipped: Vec<SkipRecord>,
+    pub tokens_encoded: usize,
+    pub timings: StageTimings,
+    pub warnings: Vec<String>,
+}
+
+pub fn series_records(prepared: &[PreparedSeries]) -> Vec<SeriesRecord> {
+    prepared
+        .iter()
+        .map(|p| SeriesRecord {
+            key: p.key.clone(),
+            series_instance_uid: p.series_instance_uid.clone(),
+            name: p.name.clone(),
+            instances_used: p.slices.len(),
+            images_found: p.images_found,
+            sop_instance_uids: p.slices.iter().map(|s| s.sop_instance_uid.clone()).collect(),
+            pixel_type: p.pixel_type.sitk_name().to_string(),
+            orientation: p.orientation_code.clone(),
+            oriented_shape_zyx: p.oriented_shape,
+            tokens_before_selection: p.tokenized.n_patches(),
+            tokens_after_selection: p.selection.ids.len(),
+            otsu_percentage: p.selection.percent,
+            otsu_attempts: p.selection.attempts.clone(),
+            hole_filling_used: p.selection.holes_used,
+        })
+        .collect()
+}
+
+pub fn skip_records(skipped: &[SeriesSkip]) -> Vec<SkipRecord> {
+    skipped
+        .iter()
+        .map(|s| SkipRecord {
+            key: s.key.clone(),
+            series_instance_uid: s.series_instance_uid.clone(),
+            reason: s.reason.clone(),
+        })
+        .collect()
+}
+
+/// Values of a (…) float tensor as f32, for tests and records.
+pub fn tensor_values(t: &Tensor) -> Result<Vec<f32>, ModelError> {
+    Ok(Vec::<f32>::try_from(&t.f_to_kind(Kind::Float)?.f_reshape([-1])?)?)
+}

@@ -1,0 +1,146 @@
+//! Upstream's `HierViT` (spec §10): per-series inner ViT over [name token, patch tokens],
+//! outer ViT over [study-description token, series embeddings] → `clip_emb`.
+
+use tch::Tensor;
+
+use super::manifest::Architecture;
+use super::text::NameEncoder;
+use super::vit::Vit;
+use super::weights::Weights;
+use super::ModelError;
+
+pub struct HierVit {
+    serie_encoder: Option<NameEncoder>,
+    study_encoder: Option<NameEncoder>,
+    inner: Vit,
+    outer: Vit,
+    d_in: i64,
+    d_out: i64,
+}
+
+/// Everything the HierViT computes for one study (on the model's device and kind).
+pub struct HierVitOutput {
+    /// (S, D_in), when `useseriename`.
+    pub serie_name_enc: Option<Tensor>,
+    /// (1, D_out), when `usestudydescription`.
+    pub study_enc: Option<Tensor>,
+    /// (S, C_in·D_in).
+    pub inner_pooled: Tensor,
+    /// (S, NC_in).
+    pub series_emb: Tensor,
+    /// (1, C_out·D_out).
+    pub clip_emb: Tensor,
+}
+
+impl HierVit {
+    /// Weights at `<prefix>.{serieencoder, studyencoder, innerViT, outerViT}`.
+    pub(crate) fn new(w: &Weights, prefix: &str, a: &Architecture) -> Result<Self, ModelError> {
+        let (d_in, d_out) = (a.inner.dim, a.outer.dim);
+        if a.inner.num_classes != d_out {
+            return Err(ModelError::Input(format!(
+                "inner num_classes {} != outer dim {d_out}",
+                a.inner.num_classes
+            )));
+        }
+        let serie_encoder = match (&a.serie_name_encoder, a.useseriename) {
+            (Some(c), true) => Some(NameEncoder::new(w, &format!("{prefix}.serieencoder"), c)?),
+            _ => None,
+        };
+        let study_encoder = match (&a.study_description_encoder, a.usestudydescription) {
+            (Some(c), true) => Some(NameEncoder::new(w, &format!("{prefix}.studyencoder"), c)?),
+            _ => None,
+        };
+        for (what, enc, d) in [
+            ("serie", &serie_encoder, d_in),
+            ("study", &study_encoder, d_out),
+        ] {
+            if let Some(e) = enc {
+                if e.out_dim() != d {
+                    return Err(ModelError::Input(format!(
+                        "{what} encoder output {} != ViT dim {d}",
+                        e.out_dim()
+                    )));
+                }
+            }
+        }
+        Ok(HierVit {
+            serie_encoder,
+            study_encoder,
+            inner: Vit::new(w, &format!("{prefix}.innerViT"), &a.inner, true)?,
+            outer: Vit::new(w, &format!("{prefix}.outerViT"), &a.outer, false)?,
+            d_in,
+            d_out,
+        })
+    }
+
+    /// `tokens[s]` (K_s, D_in) patchified tokens of series s (model device/kind),
+    /// `names[s]` its character ids, `study` the study description's ids.
+    pub fn forward(
+        &self,
+        tokens: &[Tensor],
+        names: &[Vec<i64>],
+        study: &[i64],
+    ) -> Result<HierVitOutput, ModelError> {
+        let s = tokens.len();
+        if s == 0 || names.len() != s {
+            return Err(ModelError::Input(format!(
+                "{s} token sets for {} series names",
+                names.len()
+            )));
+        }
+        let first = &tokens[0];
+        let (device, kind) = (first.device(), first.kind());
+        let serie_name_enc = match &self.serie_encoder {
+            Some(e) => Some(e.forward(names)?),
+            None => None,
+        };
+        let offset = i64::from(serie_name_enc.is_some());
+        let mut lens = Vec::with_capacity(s);
+        for t in tokens {
+            let sz = t.size();
+            if sz.len() != 2 || sz[1] != self.d_in || sz[0] == 0 {
+                return Err(ModelError::Input(format!(
+                    "series tokens of shape {sz:?}, expected (K>0, {})",
+                    self.d_in
+                )));
+            }
+            lens.push(sz[0] + offset);
+        }
+        let l = *lens.iter().max().unwrap_or(&1);
+        // (S, L, D_in) zero-padded: [name token, tokens…, 0…].
+        let x = Tensor::f_zeros([s as i64, l, self.d_in], (kind, device))?;
+        for (i, t) in tokens.iter().enumerate() {
+            let row = x.f_get(i as i64)?;
+            if let Some(ne) = &serie_name_enc {
+                let mut dst = row.f_narrow(0, 0, 1)?;
+                dst.f_copy_(&ne.f_narrow(0, i as i64, 1)?)?;
+            }
+            let mut dst = row.f_narrow(0, offset, t.size()[0])?;
+            dst.f_copy_(t)?;
+        }
+        let inner = self.inner.forward(&x, &lens)?;
+        let series_emb = inner
+            .head
+            .ok_or_else(|| ModelError::Input("inner ViT without mlp_head".into()))?;
+
+        let study_enc = match &self.study_encoder {
+            Some(e) => Some(e.forward(&[study.to_vec()])?),
+            None => None,
+        };
+        let outer_in = match &study_enc {
+            Some(se) => Tensor::f_cat(&[se, &series_emb], 0)?,
+            None => series_emb.shallow_clone(),
+        };
+        let n_outer = outer_in.size()[0];
+        let outer = self
+            .outer
+            .forward(&outer_in.f_view([1, n_outer, self.d_out])?, &[n_outer])?;
+        Ok(HierVitOutput {
+            serie_name_enc,
+            study_enc,
+            inner_pooled: inner.pooled,
+            series_emb,
+            clip_emb: outer.pooled,
+        })
+    }
+}
