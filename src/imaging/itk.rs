@@ -149,12 +149,12 @@ pub fn vnl_inverse(m: &Mat3) -> Mat3 {
     let mut winv = [[0.0; 3]; 3];
     let mut rank = 3;
     let mut inv_diag = [0.0; 3];
-    for k in 0..3 {
-        let w = svd.s[k + 1].abs();
-        if w.abs() <= 0.0 {
+    for (inv, &s) in inv_diag.iter_mut().zip(&svd.s[1..]) {
+        let w = s.abs();
+        if w <= 0.0 {
             rank -= 1;
         } else {
-            inv_diag[k] = 1.0 / w;
+            *inv = 1.0 / w;
         }
     }
     // pinverse(rank): only the first `rank` inverse weights are kept.
@@ -173,6 +173,8 @@ pub fn vnl_inverse(m: &Mat3) -> Mat3 {
 /// A 3×3 port of LINPACK `dsvdc` and the reference BLAS level-1 routines it calls, as
 /// translated by f2c in VXL's `v3p/netlib`. Indices are 1-based like the Fortran to keep
 /// the control flow recognisable; column-major 3×3 arrays.
+// Index loops mirror the Fortran; the negated comparison keeps its NaN behaviour.
+#[allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
 mod linpack {
     const N: usize = 3;
     const P: usize = 3;

@@ -1,7 +1,8 @@
 //! In-plane resample to 256×256 exactly as upstream's `sitk.Resample` call does it with
 //! ITK 5.4's `ResampleImageFilter` (linear interpolator, identity transform; spec §2–§3).
+use super::itk::Mat3;
 use super::itk::{index_to_physical, index_to_point, physical_to_index, point_to_continuous_index};
-use super::{Geometry, Volume};
+use super::{Geometry, PixelType, Volume};
 
 /// Output in-plane size upstream asks for.
 pub const OUT_XY: usize = 256;
@@ -23,72 +24,35 @@ pub fn resample_inplane_256(v: &Volume) -> Volume {
     };
     let mo = index_to_physical(&out_geom);
     let p = physical_to_index(g);
-    let origin = g.origin;
     let pt = v.pixel_type;
-    let default = pt.cast(pt.sitk_id() as f64);
-
-    // ITK's IsInsideBuffer for continuous indices: start − 0.5 ≤ c < start + size − 0.5.
-    let hi = [w as f64 - 0.5, h as f64 - 0.5, nz as f64 - 0.5];
-    let (wi, hi_y, zi) = (w as i64, h as i64, nz as i64);
-    let plane = w * h;
-    let src = &v.data[..];
-
-    let mut alpha = [0.0f64; OUT_XY];
-    for (i, a) in alpha.iter_mut().enumerate() {
-        *a = i as f64 / OUT_XY as f64;
-    }
-
-    let mut data = vec![0.0f64; OUT_XY * OUT_XY * nz];
-    for (k, out_plane) in data.chunks_exact_mut(OUT_XY * OUT_XY).enumerate() {
-        for (j, out_row) in out_plane.chunks_exact_mut(OUT_XY).enumerate() {
-            let (jf, kf) = (j as f64, k as f64);
-            let start = point_to_continuous_index(
-                &origin,
-                &p,
-                &index_to_point(&origin, &mo, &[0.0, jf, kf]),
-            );
-            let end = point_to_continuous_index(
-                &origin,
-                &p,
-                &index_to_point(&origin, &mo, &[OUT_XY as f64, jf, kf]),
-            );
-            let vec = [end[0] - start[0], end[1] - start[1], end[2] - start[2]];
-            for (o, &a) in out_row.iter_mut().zip(alpha.iter()) {
-                let c = [
-                    start[0] + a * vec[0],
-                    start[1] + a * vec[1],
-                    start[2] + a * vec[2],
-                ];
-                // Negated comparisons so that NaN counts as outside, like ITK.
-                #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                let outside = !(c[0] >= -0.5 && c[0] < hi[0])
-                    || !(c[1] >= -0.5 && c[1] < hi[1])
-                    || !(c[2] >= -0.5 && c[2] < hi[2]);
-                if outside {
-                    *o = default;
-                    continue;
+    let ctx = Ctx {
+        src: &v.data,
+        size: [w, h, nz],
+        origin: g.origin,
+        mo,
+        p,
+        default: cast_to(pt, pt.sitk_id() as f64),
+    };
+    // One monomorphised loop per cast so the hot loop has no dispatch on the type.
+    let data = match pt {
+        PixelType::F64 => ctx.run(|x| x),
+        PixelType::F32 => ctx.run(|x| x as f32 as f64),
+        PixelType::I64 | PixelType::U64 => ctx.run(move |x| cast_to(pt, x)),
+        _ => {
+            let (mn, mx) = pt.integer_range().expect("integer type");
+            // Within (min, max) of a ≤32-bit type the i64 conversion is C++'s truncation
+            // toward zero, and it yields +0.0 where ITK's integer 0 would.
+            ctx.run(move |x| {
+                if x <= mn {
+                    mn
+                } else if x >= mx {
+                    mx
+                } else {
+                    x as i64 as f64
                 }
-                let (bx, dx, nx) = axis(c[0], wi);
-                let (by, dy, ny) = axis(c[1], hi_y);
-                let (bz, dz, nzz) = axis(c[2], zi);
-                let r00 = bz * plane + by * w;
-                let r10 = bz * plane + ny * w;
-                let r01 = nzz * plane + by * w;
-                let r11 = nzz * plane + ny * w;
-                let v000 = src[r00 + bx];
-                let x00 = v000 + (src[r00 + nx] - v000) * dx;
-                let v010 = src[r10 + bx];
-                let x10 = v010 + (src[r10 + nx] - v010) * dx;
-                let xx0 = x00 + (x10 - x00) * dy;
-                let v001 = src[r01 + bx];
-                let x01 = v001 + (src[r01 + nx] - v001) * dx;
-                let v011 = src[r11 + bx];
-                let x11 = v011 + (src[r11 + nx] - v011) * dx;
-                let xx1 = x01 + (x11 - x01) * dy;
-                *o = pt.cast(xx0 + (xx1 - xx0) * dz);
-            }
+            })
         }
-    }
+    };
     Volume {
         size: [OUT_XY, OUT_XY, nz],
         data,
@@ -97,16 +61,158 @@ pub fn resample_inplane_256(v: &Volume) -> Volume {
     }
 }
 
+/// §3.5 cast back to T (ITK's bounds-checked `static_cast`), +0.0 for integer zeros.
+fn cast_to(pt: PixelType, x: f64) -> f64 {
+    let c = pt.cast(x);
+    if pt.is_integer() {
+        c + 0.0
+    } else {
+        c
+    }
+}
+
+struct Ctx<'a> {
+    src: &'a [f64],
+    size: [usize; 3],
+    origin: [f64; 3],
+    mo: Mat3,
+    p: Mat3,
+    default: f64,
+}
+
+impl Ctx<'_> {
+    fn run<F: Fn(f64) -> f64>(&self, cast: F) -> Vec<f64> {
+        let [w, h, nz] = self.size;
+        // ITK's IsInsideBuffer for continuous indices: start − 0.5 ≤ c < start + size − 0.5.
+        let hi = [w as f64 - 0.5, h as f64 - 0.5, nz as f64 - 0.5];
+        let plane = w * h;
+        let src = self.src;
+        let mut alpha = [0.0f64; OUT_XY];
+        for (i, a) in alpha.iter_mut().enumerate() {
+            *a = i as f64 / OUT_XY as f64;
+        }
+        let mut data = vec![0.0f64; OUT_XY * OUT_XY * nz];
+        for (k, out_plane) in data.chunks_exact_mut(OUT_XY * OUT_XY).enumerate() {
+            for (j, out_row) in out_plane.chunks_exact_mut(OUT_XY).enumerate() {
+                let (jf, kf) = (j as f64, k as f64);
+                let start = point_to_continuous_index(
+                    &self.origin,
+                    &self.p,
+                    &index_to_point(&self.origin, &self.mo, &[0.0, jf, kf]),
+                );
+                let end = point_to_continuous_index(
+                    &self.origin,
+                    &self.p,
+                    &index_to_point(&self.origin, &self.mo, &[OUT_XY as f64, jf, kf]),
+                );
+                let vec = [end[0] - start[0], end[1] - start[1], end[2] - start[2]];
+                if vec[1] == 0.0 && vec[2] == 0.0 {
+                    // start + alpha·0 is start (up to the sign of a zero, which the floor,
+                    // distance and clipping below do not see): y and z are fixed for the
+                    // whole scanline.
+                    let (cy, cz) = (start[1] + alpha[0] * vec[1], start[2] + alpha[0] * vec[2]);
+                    if !(inside(cy, hi[1]) && inside(cz, hi[2])) {
+                        out_row.fill(self.default);
+                        continue;
+                    }
+                    let (by, dy, ny) = axis(cy, h);
+                    let (bz, dz, nzz) = axis(cz, nz);
+                    let s00 = &src[bz * plane + by * w..][..w];
+                    let s10 = &src[bz * plane + ny * w..][..w];
+                    let s01 = &src[nzz * plane + by * w..][..w];
+                    let s11 = &src[nzz * plane + ny * w..][..w];
+                    for (o, &a) in out_row.iter_mut().zip(alpha.iter()) {
+                        let cx = start[0] + a * vec[0];
+                        if !inside(cx, hi[0]) {
+                            *o = self.default;
+                            continue;
+                        }
+                        let (bx, dx, nx) = axis(cx, w);
+                        *o = cast(trilinear(
+                            [
+                                s00[bx], s00[nx], s10[bx], s10[nx], s01[bx], s01[nx], s11[bx],
+                                s11[nx],
+                            ],
+                            dx,
+                            dy,
+                            dz,
+                        ));
+                    }
+                } else {
+                    for (o, &a) in out_row.iter_mut().zip(alpha.iter()) {
+                        let c = [
+                            start[0] + a * vec[0],
+                            start[1] + a * vec[1],
+                            start[2] + a * vec[2],
+                        ];
+                        if !(inside(c[0], hi[0]) && inside(c[1], hi[1]) && inside(c[2], hi[2])) {
+                            *o = self.default;
+                            continue;
+                        }
+                        let (bx, dx, nx) = axis(c[0], w);
+                        let (by, dy, ny) = axis(c[1], h);
+                        let (bz, dz, nzz) = axis(c[2], nz);
+                        let r00 = bz * plane + by * w;
+                        let r10 = bz * plane + ny * w;
+                        let r01 = nzz * plane + by * w;
+                        let r11 = nzz * plane + ny * w;
+                        *o = cast(trilinear(
+                            [
+                                src[r00 + bx],
+                                src[r00 + nx],
+                                src[r10 + bx],
+                                src[r10 + nx],
+                                src[r01 + bx],
+                                src[r01 + nx],
+                                src[r11 + bx],
+                                src[r11 + nx],
+                            ],
+                            dx,
+                            dy,
+                            dz,
+                        ));
+                    }
+                }
+            }
+        }
+        data
+    }
+}
+
+/// Written so that NaN counts as outside.
+#[inline(always)]
+fn inside(c: f64, hi: f64) -> bool {
+    c >= -0.5 && c < hi
+}
+
+/// ITK's 3-D linear interpolation (§3.3). `v` = [v(b_z,b_y,b_x), v(b_z,b_y,n_x),
+/// v(b_z,n_y,b_x), v(b_z,n_y,n_x), v(n_z,b_y,b_x), v(n_z,b_y,n_x), v(n_z,n_y,b_x),
+/// v(n_z,n_y,n_x)].
+#[inline(always)]
+fn trilinear(v: [f64; 8], dx: f64, dy: f64, dz: f64) -> f64 {
+    let x00 = v[0] + (v[1] - v[0]) * dx;
+    let x10 = v[2] + (v[3] - v[2]) * dx;
+    let xx0 = x00 + (x10 - x00) * dy;
+    let x01 = v[4] + (v[5] - v[4]) * dx;
+    let x11 = v[6] + (v[7] - v[6]) * dx;
+    let xx1 = x01 + (x11 - x01) * dy;
+    xx0 + (xx1 - xx0) * dz
+}
+
 /// Base index (floor, clamped at 0), clipped distance (0 when ≤ 0) and upper neighbour
 /// (clamped at the last index) along one axis of ITK's linear interpolator (§3.3). With
 /// these clamps the branch-free formula equals ITK's branchy `EvaluateOptimized`.
+/// `c` has passed [`inside`], so it lies in [−0.5, size − 0.5).
 #[inline(always)]
-fn axis(c: f64, size: i64) -> (usize, f64, usize) {
-    let base = (c.floor() as i64).max(0);
+fn axis(c: f64, size: usize) -> (usize, f64, usize) {
+    // floor without a libm call (baseline x86-64 has no roundsd).
+    let t = c as i64;
+    let fl = if (t as f64) > c { t - 1 } else { t };
+    let base = fl.max(0) as usize;
     let d = c - base as f64;
     let d = if d > 0.0 { d } else { 0.0 };
     let next = (base + 1).min(size - 1);
-    (base as usize, d, next as usize)
+    (base, d, next)
 }
 
 #[cfg(test)]
