@@ -138,7 +138,8 @@ fn vqvae_encoder_matches_fixture() {
             }
             let (shape, f) = npy(&sub);
             let tokens: Vec<f32> = f.into_vec().unwrap();
-            let (_, ids) = npy_i64(&inter.join(format!("{folder}_vqvae_input_tokens_subset_ids.npy")));
+            let (_, ids) =
+                npy_i64(&inter.join(format!("{folder}_vqvae_input_tokens_subset_ids.npy")));
             let n = shape[0] as usize;
             let ts = [shape[1] as usize, shape[2] as usize, shape[3] as usize];
             let got = model.encode_tokens(&tokens, n, ts).unwrap();
@@ -213,7 +214,13 @@ fn hiervit_and_heads_match_fixture() {
             v.as_array()
                 .unwrap()
                 .iter()
-                .map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap())
+                        .collect()
+                })
                 .collect()
         };
         let names = rows(&pi["serienames_char_ids"][0]);
@@ -221,7 +228,12 @@ fn hiervit_and_heads_match_fixture() {
         let series: Vec<(Tensor, Vec<i64>)> = series_folders(&sd)
             .iter()
             .zip(names)
-            .map(|(f, n)| (npy_f32(&inter.join(format!("{f}_patchifier_output.npy"))), n))
+            .map(|(f, n)| {
+                (
+                    npy_f32(&inter.join(format!("{f}_patchifier_output.npy"))),
+                    n,
+                )
+            })
             .collect();
         let out = model.forward(&series, &study_ids).unwrap();
 
@@ -232,14 +244,28 @@ fn hiervit_and_heads_match_fixture() {
             println!("{study} {name}: max abs {abs:.3e}, rel {rel:.3e}");
             assert!(rel <= 1e-5, "{study} {name}: rel error {rel}");
         };
-        stage("serie name encoder", out.serie_name_enc.as_ref().unwrap(), "serie_name_encoder_output.npy");
-        stage("study encoder", out.study_enc.as_ref().unwrap(), "study_description_encoder_output.npy");
+        stage(
+            "serie name encoder",
+            out.serie_name_enc.as_ref().unwrap(),
+            "serie_name_encoder_output.npy",
+        );
+        stage(
+            "study encoder",
+            out.study_enc.as_ref().unwrap(),
+            "study_description_encoder_output.npy",
+        );
         stage("inner pooled", &out.inner_pooled, "inner_vit_pooled.npy");
-        stage("series embeddings", &out.series_emb, "inner_vit_series_embeddings.npy");
+        stage(
+            "series embeddings",
+            &out.series_emb,
+            "inner_vit_series_embeddings.npy",
+        );
         let clip = Tensor::from_slice(&out.clip_emb);
         stage("clip embedding", &clip, "clip_embedding.npy");
 
-        let pred = json(&sd.join(format!("{study}_predictions.json")));
+        let pred_path = sd.join(format!("{study}_predictions.json"));
+        let pred = json(&pred_path);
+        let pred_text = std::fs::read_to_string(&pred_path).unwrap();
         let want_clip: Vec<f64> = pred["clip_emb"][0]
             .as_array()
             .unwrap()
@@ -264,7 +290,10 @@ fn hiervit_and_heads_match_fixture() {
             ("priority", &out.priority),
         ] {
             let want = pred[section].as_object().unwrap();
-            let want_names: Vec<&String> = want.keys().collect();
+            let mut want_names: Vec<&String> = want.keys().collect();
+            // serde_json's map is sorted: take upstream's order from the file text.
+            let body = &pred_text[pred_text.find(&format!("\"{section}\"")).unwrap()..];
+            want_names.sort_by_key(|n| body.find(&format!("\"{n}\"")).unwrap());
             let got_names: Vec<&String> = got.iter().map(|(n, _)| n).collect();
             assert_eq!(got_names, want_names, "{study} {section} names/order");
             for (n, v) in got {
@@ -282,14 +311,25 @@ fn hiervit_and_heads_match_fixture() {
 #[test]
 fn small_demo_model_is_deterministic_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
     let t0 = std::time::Instant::now();
     write_demo_model(&a, DemoSize::Small, 7).unwrap();
     println!("small demo written in {:.2} s", t0.elapsed().as_secs_f64());
     write_demo_model(&b, DemoSize::Small, 7).unwrap();
     write_demo_model(&c, DemoSize::Small, 8).unwrap();
-    for f in ["manifest.json", "prima.safetensors", "tokenizer.safetensors"] {
-        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+    for f in [
+        "manifest.json",
+        "prima.safetensors",
+        "tokenizer.safetensors",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
         assert!(x == y, "{f} differs for the same seed");
     }
     assert!(
@@ -334,4 +374,51 @@ fn small_demo_model_is_deterministic_and_runs() {
     // Activations stay O(1): the scores are neither vanishing nor exploding.
     let max = vals(&o1).iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(max > 1e-3 && max < 1e3, "demo outputs out of scale: {max}");
+}
+
+/// Timing of the full-size demo model (not a parity test; run with `--ignored`):
+/// creation, load, HierViT + heads on STUDY_A's token counts, VQ-VAE per token.
+#[test]
+#[ignore]
+fn full_demo_model_timing() {
+    use std::time::Instant;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("full");
+    let t = Instant::now();
+    write_demo_model(&dir, DemoSize::Full, 1).unwrap();
+    println!("full demo written in {:.2} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let model = load_model(&dir);
+    println!("full demo loaded in {:.2} s", t.elapsed().as_secs_f64());
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let counts = [188i64, 432, 175, 192, 144, 154];
+    let series: Vec<(Tensor, Vec<i64>)> = counts
+        .iter()
+        .map(|&k| {
+            let x = Tensor::randn([k, 289], (tch::Kind::Float, tch::Device::Cpu));
+            (x, vec![1, 24, 27, 20, 46])
+        })
+        .collect();
+    for run in 0..2 {
+        let t = Instant::now();
+        let out = model.forward(&series, &[13, 18, 9, 45, 2, 18, 1, 9, 14, 46]).unwrap();
+        println!(
+            "run {run}: HierViT + heads on STUDY_A counts {:.3} s (clip_emb {}, finite {})",
+            t.elapsed().as_secs_f64(),
+            out.clip_emb.len(),
+            out.clip_emb.iter().all(|v| v.is_finite())
+        );
+    }
+    let n = 16;
+    let tokens = Tensor::rand([n, 8, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let tv: Vec<f32> = Vec::try_from(&tokens.reshape([-1])).unwrap();
+    let t = Instant::now();
+    let enc = model.encode_tokens(&tv, n as usize, [8, 32, 32]).unwrap();
+    println!(
+        "VQ-VAE: {:.4} s per token ({n} tokens, {} threads), out {:?}",
+        t.elapsed().as_secs_f64() / n as f64,
+        tch::get_num_threads(),
+        enc.size()
+    );
 }

@@ -179,16 +179,23 @@ impl TensorSet {
     fn normal(&mut self, name: &str, shape: &[i64], mean: f64, std: f64) {
         let n: i64 = shape.iter().product();
         let data = Rng::new(self.seed, name).normals(n as usize, mean, std);
-        self.tensors.insert(name.to_string(), (shape.to_vec(), data));
+        self.tensors
+            .insert(name.to_string(), (shape.to_vec(), data));
     }
 
     fn raw(&mut self, name: &str, shape: &[i64], data: Vec<f32>) {
-        self.tensors.insert(name.to_string(), (shape.to_vec(), data));
+        self.tensors
+            .insert(name.to_string(), (shape.to_vec(), data));
     }
 
     /// `nn.Linear` at `p`; `gain` 2 before a ReLU (He), 1 otherwise.
     fn linear(&mut self, p: &str, i: i64, o: i64, gain: f64, bias: bool) {
-        self.normal(&format!("{p}.weight"), &[o, i], 0.0, (gain / i as f64).sqrt());
+        self.normal(
+            &format!("{p}.weight"),
+            &[o, i],
+            0.0,
+            (gain / i as f64).sqrt(),
+        );
         if bias {
             self.normal(&format!("{p}.bias"), &[o], 0.0, 0.02);
         }
@@ -201,7 +208,12 @@ impl TensorSet {
 
     fn conv3d(&mut self, p: &str, i: i64, o: i64, k: i64, gain: f64) {
         let fan_in = i * k * k * k;
-        self.normal(&format!("{p}.weight"), &[o, i, k, k, k], 0.0, (gain / fan_in as f64).sqrt());
+        self.normal(
+            &format!("{p}.weight"),
+            &[o, i, k, k, k],
+            0.0,
+            (gain / fan_in as f64).sqrt(),
+        );
         self.normal(&format!("{p}.bias"), &[o], 0.0, 0.02);
     }
 
@@ -233,7 +245,13 @@ impl TensorSet {
             c.mlp_dim,
         );
         self.layernorm(&format!("{p}.layernorm"), c.dim);
-        self.linear(&format!("{p}.mlp_head.0"), c.clsnum * c.dim, c.num_classes, 1.0, true);
+        self.linear(
+            &format!("{p}.mlp_head.0"),
+            c.clsnum * c.dim,
+            c.num_classes,
+            1.0,
+            true,
+        );
     }
 
     fn name_encoder(&mut self, p: &str, c: &NameEncoderConfig) -> Result<(), ModelError> {
@@ -303,7 +321,15 @@ impl TensorSet {
     }
 }
 
-fn vit_config(dim: i64, depth: i64, heads: i64, dim_head: i64, mlp: i64, cls: i64, nc: i64) -> VitConfig {
+fn vit_config(
+    dim: i64,
+    depth: i64,
+    heads: i64,
+    dim_head: i64,
+    mlp: i64,
+    cls: i64,
+    nc: i64,
+) -> VitConfig {
     VitConfig {
         dim,
         depth,
@@ -339,7 +365,10 @@ fn name_encoder_config(
         (FormKind::Sequential, Some([_, d])) => {
             format!("Sequential(SerieTransformerEncoder(prelinear=True), Linear({embsize}, {d}))")
         }
-        _ => format!("SerieTransformerEncoder(prelinear={})", if prelinear { "True" } else { "False" }),
+        _ => format!(
+            "SerieTransformerEncoder(prelinear={})",
+            if prelinear { "True" } else { "False" }
+        ),
     };
     let prefix = match form_kind {
         FormKind::Sequential => format!("clipvisualmodel.{attr}.0"),
@@ -385,13 +414,57 @@ pub fn demo_manifest(size: DemoSize, seed: u64) -> Manifest {
     };
     let (serie, study) = if full {
         (
-            name_encoder_config("serieencoder", 246, 3, 4, 64, 300, true, 128, FormKind::Sequential, Some([256, inner.dim])),
-            name_encoder_config("studyencoder", 246, 3, 4, 64, 300, false, outer.dim, FormKind::Plain, None),
+            name_encoder_config(
+                "serieencoder",
+                246,
+                3,
+                4,
+                64,
+                300,
+                true,
+                128,
+                FormKind::Sequential,
+                Some([256, inner.dim]),
+            ),
+            name_encoder_config(
+                "studyencoder",
+                246,
+                3,
+                4,
+                64,
+                300,
+                false,
+                outer.dim,
+                FormKind::Plain,
+                None,
+            ),
         )
     } else {
         (
-            name_encoder_config("serieencoder", 22, 1, 2, 8, 32, false, inner.dim, FormKind::Plain, None),
-            name_encoder_config("studyencoder", 22, 1, 2, 8, 32, false, outer.dim, FormKind::Plain, None),
+            name_encoder_config(
+                "serieencoder",
+                22,
+                1,
+                2,
+                8,
+                32,
+                false,
+                inner.dim,
+                FormKind::Plain,
+                None,
+            ),
+            name_encoder_config(
+                "studyencoder",
+                22,
+                1,
+                2,
+                8,
+                32,
+                false,
+                outer.dim,
+                FormKind::Plain,
+                None,
+            ),
         )
     };
     let tokenizer = if full {
@@ -441,7 +514,11 @@ pub fn demo_manifest(size: DemoSize, seed: u64) -> Manifest {
                 extra.insert("index_in_module_list".into(), json!(k));
                 let others: Vec<&str> = names.iter().copied().filter(|o| o != n).collect();
                 extra.insert("same_module_object_as".into(), json!(others));
-                let dedup = if k == 0 { json!(null) } else { json!("same_module_object") };
+                let dedup = if k == 0 {
+                    json!(null)
+                } else {
+                    json!("same_module_object")
+                };
                 extra.insert("weights_dedup".into(), dedup);
                 HeadEntry {
                     name: n.to_string(),
@@ -501,7 +578,9 @@ pub fn demo_manifest(size: DemoSize, seed: u64) -> Manifest {
             num_outputs: classes.len() as i64,
             hidden: hidden.clone(),
             linear_indices: Some(linear_indices.clone()),
-            extra: [("weights_dedup".to_string(), json!(null))].into_iter().collect(),
+            extra: [("weights_dedup".to_string(), json!(null))]
+                .into_iter()
+                .collect(),
         },
         priority_classes: classes,
         embedding_dim: e,
@@ -547,7 +626,13 @@ pub fn write_demo_model(out: &Path, size: DemoSize, seed: u64) -> Result<(), Mod
         }
         in_ch = ch;
     }
-    tok.conv3d(&format!("encoder.blocks.{i}.conv"), in_ch, t.embedding_dim, 3, 1.0);
+    tok.conv3d(
+        &format!("encoder.blocks.{i}.conv"),
+        in_ch,
+        t.embedding_dim,
+        3,
+        1.0,
+    );
 
     let mut p = TensorSet::new(seed);
     let a = &m.architecture;
@@ -566,7 +651,10 @@ pub fn write_demo_model(out: &Path, size: DemoSize, seed: u64) -> Result<(), Mod
         p.name_encoder("clipvisualmodel.studyencoder", c)?;
     }
     for h in m.diagnosis_heads.iter().chain(&m.referral_heads) {
-        if !p.tensors.contains_key(&format!("{}.0.weight", h.weights_prefix)) {
+        if !p
+            .tensors
+            .contains_key(&format!("{}.0.weight", h.weights_prefix))
+        {
             p.head(&h.weights_prefix, m.embedding_dim, &h.hidden, h.num_outputs);
         }
     }
@@ -615,12 +703,16 @@ fn tokenizer_blocks(t: &TokenizerConfig) -> Value {
     let mut in_ch = t.in_channels;
     for (s, &[stride, kernel, dilation, padding]) in t.downsample_parameters.iter().enumerate() {
         let ch = t.num_channels[s];
-        blocks.push(json!({"index": blocks.len(), "kind": "conv", "in": in_ch, "out": ch,
+        blocks.push(
+            json!({"index": blocks.len(), "kind": "conv", "in": in_ch, "out": ch,
             "stride": stride, "kernel": kernel, "dilation": dilation, "padding": padding,
-            "relu": true}));
+            "relu": true}),
+        );
         for _ in 0..t.num_res_layers {
-            blocks.push(json!({"index": blocks.len(), "kind": "residual", "channels": ch,
-                "res_channels": t.num_res_channels[s]}));
+            blocks.push(
+                json!({"index": blocks.len(), "kind": "residual", "channels": ch,
+                "res_channels": t.num_res_channels[s]}),
+            );
         }
         in_ch = ch;
     }

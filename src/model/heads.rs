@@ -167,7 +167,10 @@ impl Heads {
             .heads
             .iter()
             .map(|h| {
-                let y = h.forward(clip_emb)?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+                let y = h
+                    .forward(clip_emb)?
+                    .f_to_kind(Kind::Float)?
+                    .f_to_device(tch::Device::Cpu)?;
                 Ok(Vec::<f32>::try_from(&y.f_get(0)?)?)
             })
             .collect::<Result<Vec<_>, ModelError>>()?;

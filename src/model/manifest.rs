@@ -228,7 +228,8 @@ impl Manifest {
         if a.usestudydescription && a.study_description_encoder.is_none() {
             return Err("usestudydescription without study_description_encoder".into());
         }
-        if a.pipeline_patchifier.out_dim != a.pipeline_patchifier.in_dim + a.pipeline_patchifier.d + 3
+        if a.pipeline_patchifier.out_dim
+            != a.pipeline_patchifier.in_dim + a.pipeline_patchifier.d + 3
         {
             return Err("pipeline_patchifier: out_dim != in_dim + d + 3".into());
         }

@@ -44,11 +44,20 @@ pub enum ModelError {
         source: std::io::Error,
     },
     #[error("invalid manifest {path}: {msg}")]
-    Manifest { path: std::path::PathBuf, msg: String },
+    Manifest {
+        path: std::path::PathBuf,
+        msg: String,
+    },
     #[error("invalid weights file {path}: {msg}")]
-    Weights { path: std::path::PathBuf, msg: String },
+    Weights {
+        path: std::path::PathBuf,
+        msg: String,
+    },
     #[error("missing tensor `{key}` in {path}")]
-    MissingTensor { path: std::path::PathBuf, key: String },
+    MissingTensor {
+        path: std::path::PathBuf,
+        key: String,
+    },
     #[error("tensor `{key}` has shape {actual:?}, expected {expected:?}")]
     Shape {
         key: String,

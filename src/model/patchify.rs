@@ -138,7 +138,9 @@ impl Patchifier {
         for c in coords {
             for ax in 0..3 {
                 if c[ax] < 0 {
-                    return Err(ModelError::Input(format!("negative patch coordinate {c:?}")));
+                    return Err(ModelError::Input(format!(
+                        "negative patch coordinate {c:?}"
+                    )));
                 }
                 idx[ax].push(c[ax].div_euclid(div[ax]));
             }
@@ -182,9 +184,18 @@ mod tests {
 
     #[test]
     fn orientation_from_shape() {
-        assert_eq!(Orientation::from_encoder_shape([2, 8, 8]).unwrap(), Orientation::Axial);
-        assert_eq!(Orientation::from_encoder_shape([8, 2, 8]).unwrap(), Orientation::Coronal);
-        assert_eq!(Orientation::from_encoder_shape([8, 8, 2]).unwrap(), Orientation::Sagittal);
+        assert_eq!(
+            Orientation::from_encoder_shape([2, 8, 8]).unwrap(),
+            Orientation::Axial
+        );
+        assert_eq!(
+            Orientation::from_encoder_shape([8, 2, 8]).unwrap(),
+            Orientation::Coronal
+        );
+        assert_eq!(
+            Orientation::from_encoder_shape([8, 8, 2]).unwrap(),
+            Orientation::Sagittal
+        );
         assert!(Orientation::from_encoder_shape([8, 8, 8]).is_err());
         assert_eq!(Orientation::Coronal.divisor(), [32, 4, 32]);
     }

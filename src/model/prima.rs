@@ -221,7 +221,13 @@ impl PrimaModel {
             )));
         }
         let [d0, d1, d2] = token_shape.map(|d| d as i64);
-        let x = Tensor::from_slice(tokens).f_view([n as i64, self.encoder.in_channels(), d0, d1, d2])?;
+        let x = Tensor::from_slice(tokens).f_view([
+            n as i64,
+            self.encoder.in_channels(),
+            d0,
+            d1,
+            d2,
+        ])?;
         let kind = self.opts.precision.kind();
         let mut outs = Vec::new();
         let mut start = 0usize;

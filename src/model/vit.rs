@@ -128,7 +128,11 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub(crate) fn new(w: &Weights, prefix: &str, c: &TransformerConfig) -> Result<Self, ModelError> {
+    pub(crate) fn new(
+        w: &Weights,
+        prefix: &str,
+        c: &TransformerConfig,
+    ) -> Result<Self, ModelError> {
         let inner = c.heads * c.dim_head;
         let out_key = format!("{prefix}.fn.to_out.0");
         let stored = w.contains(&format!("{out_key}.weight"));
@@ -194,7 +198,11 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    pub(crate) fn new(w: &Weights, prefix: &str, c: &TransformerConfig) -> Result<Self, ModelError> {
+    pub(crate) fn new(
+        w: &Weights,
+        prefix: &str,
+        c: &TransformerConfig,
+    ) -> Result<Self, ModelError> {
         Ok(FeedForward {
             norm: LayerNorm::new(w, &format!("{prefix}.norm"), c.dim, c.eps)?,
             fc1: Linear::new(w, &format!("{prefix}.fn.net.0"), c.dim, c.mlp_dim, true)?,
@@ -217,7 +225,11 @@ pub struct Transformer {
 
 impl Transformer {
     /// Weights at `<prefix>.layers.<l>.{0,1}.*`.
-    pub(crate) fn new(w: &Weights, prefix: &str, c: &TransformerConfig) -> Result<Self, ModelError> {
+    pub(crate) fn new(
+        w: &Weights,
+        prefix: &str,
+        c: &TransformerConfig,
+    ) -> Result<Self, ModelError> {
         let layers = (0..c.depth)
             .map(|l| {
                 Ok((
@@ -249,9 +261,13 @@ pub(crate) fn key_padding_mask(lens: &[i64], l: i64, device: Device) -> Result<T
             "sequence lengths {lens:?} outside 1..={l}"
         )));
     }
-    let lens_t = Tensor::from_slice(lens).f_to_device(device)?.f_view([-1, 1])?;
+    let lens_t = Tensor::from_slice(lens)
+        .f_to_device(device)?
+        .f_view([-1, 1])?;
     let pos = Tensor::f_arange(l, (Kind::Int64, device))?.f_view([1, -1])?;
-    Ok(pos.f_lt_tensor(&lens_t)?.f_view([lens.len() as i64, 1, 1, l])?)
+    Ok(pos
+        .f_lt_tensor(&lens_t)?
+        .f_view([lens.len() as i64, 1, 1, l])?)
 }
 
 /// Upstream's `ViT` (spec §12.2): cls pooling, no positional embedding.

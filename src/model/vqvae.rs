@@ -79,7 +79,8 @@ impl VqvaeEncoder {
         }
         let mut blocks = Vec::new();
         let mut in_ch = c.in_channels;
-        for (s, &[stride, kernel, dilation, padding]) in c.downsample_parameters.iter().enumerate() {
+        for (s, &[stride, kernel, dilation, padding]) in c.downsample_parameters.iter().enumerate()
+        {
             let (ch, res_ch) = (c.num_channels[s], c.num_res_channels[s]);
             let i = blocks.len();
             blocks.push(Block::Down(Conv3d::new(

@@ -188,10 +188,7 @@ impl Weights {
         let t = self.get(key)?;
         let actual = t.size();
         let ok = actual.len() == expected.len()
-            && actual
-                .iter()
-                .zip(expected)
-                .all(|(&a, &e)| e < 0 || a == e);
+            && actual.iter().zip(expected).all(|(&a, &e)| e < 0 || a == e);
         if !ok {
             return Err(ModelError::Shape {
                 key: key.to_string(),
