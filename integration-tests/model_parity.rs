@@ -402,7 +402,9 @@ fn full_demo_model_timing() {
         .collect();
     for run in 0..2 {
         let t = Instant::now();
-        let out = model.forward(&series, &[13, 18, 9, 45, 2, 18, 1, 9, 14, 46]).unwrap();
+        let out = model
+            .forward(&series, &[13, 18, 9, 45, 2, 18, 1, 9, 14, 46])
+            .unwrap();
         println!(
             "run {run}: HierViT + heads on STUDY_A counts {:.3} s (clip_emb {}, finite {})",
             t.elapsed().as_secs_f64(),
