@@ -263,7 +263,9 @@ fn hiervit_and_heads_match_fixture() {
         let clip = Tensor::from_slice(&out.clip_emb);
         stage("clip embedding", &clip, "clip_embedding.npy");
 
-        let pred = json(&sd.join(format!("{study}_predictions.json")));
+        let pred_path = sd.join(format!("{study}_predictions.json"));
+        let pred = json(&pred_path);
+        let pred_text = std::fs::read_to_string(&pred_path).unwrap();
         let want_clip: Vec<f64> = pred["clip_emb"][0]
             .as_array()
             .unwrap()
@@ -288,7 +290,10 @@ fn hiervit_and_heads_match_fixture() {
             ("priority", &out.priority),
         ] {
             let want = pred[section].as_object().unwrap();
-            let want_names: Vec<&String> = want.keys().collect();
+            let mut want_names: Vec<&String> = want.keys().collect();
+            // serde_json's map is sorted: take upstream's order from the file text.
+            let body = &pred_text[pred_text.find(&format!("\"{section}\"")).unwrap()..];
+            want_names.sort_by_key(|n| body.find(&format!("\"{n}\"")).unwrap());
             let got_names: Vec<&String> = got.iter().map(|(n, _)| n).collect();
             assert_eq!(got_names, want_names, "{study} {section} names/order");
             for (n, v) in got {
@@ -369,4 +374,53 @@ fn small_demo_model_is_deterministic_and_runs() {
     // Activations stay O(1): the scores are neither vanishing nor exploding.
     let max = vals(&o1).iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(max > 1e-3 && max < 1e3, "demo outputs out of scale: {max}");
+}
+
+/// Timing of the full-size demo model (not a parity test; run with `--ignored`):
+/// creation, load, HierViT + heads on STUDY_A's token counts, VQ-VAE per token.
+#[test]
+#[ignore]
+fn full_demo_model_timing() {
+    use std::time::Instant;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("full");
+    let t = Instant::now();
+    write_demo_model(&dir, DemoSize::Full, 1).unwrap();
+    println!("full demo written in {:.2} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let model = load_model(&dir);
+    println!("full demo loaded in {:.2} s", t.elapsed().as_secs_f64());
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let counts = [188i64, 432, 175, 192, 144, 154];
+    let series: Vec<(Tensor, Vec<i64>)> = counts
+        .iter()
+        .map(|&k| {
+            let x = Tensor::randn([k, 289], (tch::Kind::Float, tch::Device::Cpu));
+            (x, vec![1, 24, 27, 20, 46])
+        })
+        .collect();
+    for run in 0..2 {
+        let t = Instant::now();
+        let out = model
+            .forward(&series, &[13, 18, 9, 45, 2, 18, 1, 9, 14, 46])
+            .unwrap();
+        println!(
+            "run {run}: HierViT + heads on STUDY_A counts {:.3} s (clip_emb {}, finite {})",
+            t.elapsed().as_secs_f64(),
+            out.clip_emb.len(),
+            out.clip_emb.iter().all(|v| v.is_finite())
+        );
+    }
+    let n = 16;
+    let tokens = Tensor::rand([n, 8, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let tv: Vec<f32> = Vec::try_from(&tokens.reshape([-1])).unwrap();
+    let t = Instant::now();
+    let enc = model.encode_tokens(&tv, n as usize, [8, 32, 32]).unwrap();
+    println!(
+        "VQ-VAE: {:.4} s per token ({n} tokens, {} threads), out {:?}",
+        t.elapsed().as_secs_f64() / n as f64,
+        tch::get_num_threads(),
+        enc.size()
+    );
 }

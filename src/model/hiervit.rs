@@ -15,7 +15,6 @@ pub struct HierVit {
     inner: Vit,
     outer: Vit,
     d_in: i64,
-    d_out: i64,
 }
 
 /// Everything the HierViT computes for one study (on the model's device and kind).
@@ -69,7 +68,6 @@ impl HierVit {
             inner: Vit::new(w, &format!("{prefix}.innerViT"), &a.inner, true)?,
             outer: Vit::new(w, &format!("{prefix}.outerViT"), &a.outer, false)?,
             d_in,
-            d_out,
         })
     }
 
@@ -88,15 +86,13 @@ impl HierVit {
                 names.len()
             )));
         }
-        let first = &tokens[0];
-        let (device, kind) = (first.device(), first.kind());
         let serie_name_enc = match &self.serie_encoder {
             Some(e) => Some(e.forward(names)?),
             None => None,
         };
-        let offset = i64::from(serie_name_enc.is_some());
-        let mut lens = Vec::with_capacity(s);
-        for t in tokens {
+        // Inner sequences: [name token, tokens…] per series.
+        let mut seqs = Vec::with_capacity(s);
+        for (i, t) in tokens.iter().enumerate() {
             let sz = t.size();
             if sz.len() != 2 || sz[1] != self.d_in || sz[0] == 0 {
                 return Err(ModelError::Input(format!(
@@ -104,21 +100,12 @@ impl HierVit {
                     self.d_in
                 )));
             }
-            lens.push(sz[0] + offset);
+            seqs.push(match &serie_name_enc {
+                Some(ne) => Tensor::f_cat(&[&ne.f_narrow(0, i as i64, 1)?, t], 0)?,
+                None => t.shallow_clone(),
+            });
         }
-        let l = *lens.iter().max().unwrap_or(&1);
-        // (S, L, D_in) zero-padded: [name token, tokens…, 0…].
-        let x = Tensor::f_zeros([s as i64, l, self.d_in], (kind, device))?;
-        for (i, t) in tokens.iter().enumerate() {
-            let row = x.f_get(i as i64)?;
-            if let Some(ne) = &serie_name_enc {
-                let mut dst = row.f_narrow(0, 0, 1)?;
-                dst.f_copy_(&ne.f_narrow(0, i as i64, 1)?)?;
-            }
-            let mut dst = row.f_narrow(0, offset, t.size()[0])?;
-            dst.f_copy_(t)?;
-        }
-        let inner = self.inner.forward(&x, &lens)?;
+        let inner = self.inner.forward(&seqs)?;
         let series_emb = inner
             .head
             .ok_or_else(|| ModelError::Input("inner ViT without mlp_head".into()))?;
@@ -131,10 +118,7 @@ impl HierVit {
             Some(se) => Tensor::f_cat(&[se, &series_emb], 0)?,
             None => series_emb.shallow_clone(),
         };
-        let n_outer = outer_in.size()[0];
-        let outer = self
-            .outer
-            .forward(&outer_in.f_view([1, n_outer, self.d_out])?, &[n_outer])?;
+        let outer = self.outer.forward(&[outer_in])?;
         Ok(HierVitOutput {
             serie_name_enc,
             study_enc,

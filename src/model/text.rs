@@ -8,7 +8,7 @@ use tch::Tensor;
 
 use super::manifest::{FormKind, NameEncoderConfig};
 use super::patchify::sincos_table;
-use super::vit::{Linear, Transformer, TransformerConfig};
+use super::vit::{Linear, Packing, Transformer, TransformerConfig};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -116,29 +116,28 @@ impl SerieTransformerEncoder {
                 self.p_enc.size()[0]
             )));
         }
-        let mut flat = vec![0i64; rows.len() * l as usize];
-        for (b, (r, &n)) in rows.iter().zip(&lens).enumerate() {
-            flat[b * l as usize..b * l as usize + n as usize].copy_from_slice(&r[..n as usize]);
-        }
-        let b = rows.len() as i64;
-        let ids = Tensor::from_slice(&flat)
-            .f_view([b, l])?
-            .f_to_device(device)?;
+        // Packed: each row's first `len` ids, and its positions 0..len.
+        let ids: Vec<i64> = rows
+            .iter()
+            .zip(&lens)
+            .flat_map(|(r, &n)| r[..n as usize].iter().copied())
+            .collect();
+        let pos: Vec<i64> = lens.iter().flat_map(|&n| 0..n).collect();
+        let ids = Tensor::from_slice(&ids).f_to_device(device)?;
+        let pos = Tensor::from_slice(&pos).f_to_device(device)?;
         let x = Tensor::f_embedding(&self.embed, &ids, -1, false, false)?;
-        let pe = self
-            .p_enc
-            .f_narrow(0, 0, l)?
-            .f_unsqueeze(0)?
-            .f_expand([b, l, self.p_enc.size()[1]], true)?;
-        let x = Tensor::f_cat(&[&x, &pe], 2)?;
-        let y = self.transformer.forward(&x, &lens)?;
+        let pe = self.p_enc.f_index_select(0, &pos)?;
+        let x = Tensor::f_cat(&[&x, &pe], 1)?;
+        let pk = Packing::new(&lens, device)?;
+        let y = self.transformer.forward(&x, &pk)?;
         // Output at each row's end token.
-        let last: Vec<i64> = lens.iter().map(|&n| n - 1).collect();
-        let idx = Tensor::from_slice(&last)
-            .f_to_device(device)?
-            .f_view([b, 1, 1])?
-            .f_expand([b, 1, self.embsize], true)?;
-        let y = y.f_gather(1, &idx, false)?.f_squeeze_dim(1)?;
+        let last: Vec<i64> = pk
+            .starts()
+            .iter()
+            .zip(&lens)
+            .map(|(&s, &n)| s + n - 1)
+            .collect();
+        let y = y.f_index_select(0, &Tensor::from_slice(&last).f_to_device(device)?)?;
         match &self.linear {
             Some(lin) => lin.forward(&y),
             None => Ok(y),

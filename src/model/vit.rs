@@ -1,11 +1,12 @@
-//! Upstream's `Transformer` and `ViT` (spec §12), batched.
+//! Upstream's `Transformer` and `ViT` (spec §12) over packed variable-length sequences.
 //!
-//! Upstream packs variable-length sequences and attends per sequence (flash-attn varlen,
-//! or its own loop on CPU). Here the sequences are zero-padded to one batch and every
-//! layer makes one `scaled_dot_product_attention` call with a boolean key-padding mask,
-//! so no sequence attends to another's tokens or to padding. Padded query rows compute
-//! values nobody reads; LayerNorm and the feed-forward are row-wise, so they never mix
-//! into real rows.
+//! Like upstream (flash-attn varlen, or its own per-sequence loop on CPU) the sequences
+//! are packed row-wise, (N, dim) with N = Σ lengths, so the row-wise parts (LayerNorm,
+//! projections, feed-forward) cost exactly the real tokens. Attention is one batched
+//! `scaled_dot_product_attention` call per layer: q/k/v are scattered into a zero-padded
+//! (B, H, L, Dh) batch with a boolean key-padding mask, so no sequence attends to
+//! another's tokens or to padding, and the real rows are gathered back. No per-sequence
+//! loops.
 
 use tch::{Device, Kind, Tensor};
 
@@ -158,13 +159,18 @@ impl Attention {
         })
     }
 
-    /// x (B, L, dim), mask (B, 1, 1, L) bool (true = key takes part) → x + attn(x).
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
-        let (b, l) = (x.size()[0], x.size()[1]);
+    /// x (N, dim) packed → x + attn(x), each sequence attending only to itself.
+    fn forward(&self, x: &Tensor, pk: &Packing) -> Result<Tensor, ModelError> {
+        let (b, l) = (pk.batch(), pk.max_len());
+        let inner = self.heads * self.dim_head;
         let h = self.norm.forward(x)?;
-        let qkv = self
-            .to_qkv
-            .forward(&h)?
+        let qkv = self.to_qkv.forward(&h)?;
+        let qkv = match &pk.scatter {
+            Some(idx) => Tensor::f_zeros([b * l, 3 * inner], (qkv.kind(), qkv.device()))?
+                .f_index_copy(0, idx, &qkv)?,
+            None => qkv,
+        };
+        let qkv = qkv
             .f_view([b, l, 3, self.heads, self.dim_head])?
             .f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
@@ -172,16 +178,18 @@ impl Attention {
             &q,
             &k,
             &v,
-            Some(mask),
+            pk.mask.as_ref(),
             0.0,
             false,
             self.scale,
             false,
         )?;
-        // (B, H, L, Dh) → (B, L, H·Dh), head-major as upstream's `b n h d -> b n (h d)`.
-        let o = o
-            .f_transpose(1, 2)?
-            .f_reshape([b, l, self.heads * self.dim_head])?;
+        // (B, H, L, Dh) → (B·L, H·Dh), head-major as upstream's `b n h d -> b n (h d)`.
+        let o = o.f_transpose(1, 2)?.f_reshape([b * l, inner])?;
+        let o = match &pk.scatter {
+            Some(idx) => o.f_index_select(0, idx)?,
+            None => o,
+        };
         let o = match &self.to_out {
             Some(lin) => lin.forward(&o)?,
             None => o,
@@ -241,33 +249,98 @@ impl Transformer {
         Ok(Transformer { layers })
     }
 
-    /// x (B, L, dim) zero-padded; `lens[b]` = valid length of row b. Each row attends only
-    /// within its first `lens[b]` positions. Returns (B, L, dim); padded rows are garbage.
-    pub fn forward(&self, x: &Tensor, lens: &[i64]) -> Result<Tensor, ModelError> {
-        let mask = key_padding_mask(lens, x.size()[1], x.device())?;
+    /// x (N, dim): the sequences of `pk` packed row-wise → (N, dim).
+    pub fn forward(&self, x: &Tensor, pk: &Packing) -> Result<Tensor, ModelError> {
+        if x.size().first() != Some(&pk.total()) {
+            return Err(ModelError::Input(format!(
+                "packed input {:?} for {} rows",
+                x.size(),
+                pk.total()
+            )));
+        }
         let mut x = x.shallow_clone();
         for (att, ff) in &self.layers {
-            x = att.forward(&x, &mask)?;
+            x = att.forward(&x, pk)?;
             x = ff.forward(&x)?;
         }
         Ok(x)
     }
 }
 
-/// (B, 1, 1, L) bool: `mask[b, 0, 0, j] = j < lens[b]`.
-pub(crate) fn key_padding_mask(lens: &[i64], l: i64, device: Device) -> Result<Tensor, ModelError> {
-    if lens.iter().any(|&n| n < 1 || n > l) {
-        return Err(ModelError::Input(format!(
-            "sequence lengths {lens:?} outside 1..={l}"
-        )));
+/// Layout of packed sequences and what one padded attention call needs.
+pub struct Packing {
+    lens: Vec<i64>,
+    starts: Vec<i64>,
+    max_len: i64,
+    /// (N,) position of each packed row in the padded (B·L) layout; `None` when no
+    /// padding is needed (all sequences of the same length).
+    scatter: Option<Tensor>,
+    /// (B, 1, 1, L) bool, true = key takes part; `None` without padding.
+    mask: Option<Tensor>,
+}
+
+impl Packing {
+    pub fn new(lens: &[i64], device: Device) -> Result<Self, ModelError> {
+        if lens.is_empty() || lens.iter().any(|&n| n < 1) {
+            return Err(ModelError::Input(format!("sequence lengths {lens:?}")));
+        }
+        let max_len = *lens.iter().max().unwrap_or(&1);
+        let starts: Vec<i64> = lens
+            .iter()
+            .scan(0, |acc, &n| {
+                let s = *acc;
+                *acc += n;
+                Some(s)
+            })
+            .collect();
+        let (scatter, mask) = if lens.iter().all(|&n| n == max_len) {
+            (None, None)
+        } else {
+            let idx: Vec<i64> = lens
+                .iter()
+                .enumerate()
+                .flat_map(|(b, &n)| (0..n).map(move |p| b as i64 * max_len + p))
+                .collect();
+            let b = lens.len() as i64;
+            let lens_t = Tensor::from_slice(lens)
+                .f_to_device(device)?
+                .f_view([-1, 1])?;
+            let pos = Tensor::f_arange(max_len, (Kind::Int64, device))?.f_view([1, -1])?;
+            let mask = pos.f_lt_tensor(&lens_t)?.f_view([b, 1, 1, max_len])?;
+            (
+                Some(Tensor::from_slice(&idx).f_to_device(device)?),
+                Some(mask),
+            )
+        };
+        Ok(Packing {
+            lens: lens.to_vec(),
+            starts,
+            max_len,
+            scatter,
+            mask,
+        })
     }
-    let lens_t = Tensor::from_slice(lens)
-        .f_to_device(device)?
-        .f_view([-1, 1])?;
-    let pos = Tensor::f_arange(l, (Kind::Int64, device))?.f_view([1, -1])?;
-    Ok(pos
-        .f_lt_tensor(&lens_t)?
-        .f_view([lens.len() as i64, 1, 1, l])?)
+
+    pub fn batch(&self) -> i64 {
+        self.lens.len() as i64
+    }
+
+    pub fn max_len(&self) -> i64 {
+        self.max_len
+    }
+
+    pub fn total(&self) -> i64 {
+        self.lens.iter().sum()
+    }
+
+    pub fn lens(&self) -> &[i64] {
+        &self.lens
+    }
+
+    /// Packed row of each sequence's first position.
+    pub fn starts(&self) -> &[i64] {
+        &self.starts
+    }
 }
 
 /// Upstream's `ViT` (spec §12.2): cls pooling, no positional embedding.
@@ -319,24 +392,39 @@ impl Vit {
         })
     }
 
-    /// x (B, L, dim) zero-padded with valid lengths `lens` → pooled (B, clsnum·dim).
-    pub fn forward(&self, x: &Tensor, lens: &[i64]) -> Result<VitOutput, ModelError> {
-        let b = x.size()[0];
-        if b != lens.len() as i64 || x.size().len() != 3 || x.size()[2] != self.dim {
-            return Err(ModelError::Input(format!(
-                "ViT input {:?} with {} lengths, dim {}",
-                x.size(),
-                lens.len(),
-                self.dim
-            )));
+    /// `seqs[b]` (m_b, dim) token sequences → pooled (B, clsnum·dim) (and the head).
+    pub fn forward(&self, seqs: &[Tensor]) -> Result<VitOutput, ModelError> {
+        if seqs.is_empty() {
+            return Err(ModelError::Input("ViT without input sequences".into()));
         }
-        let cls = self.cls_token.f_expand([b, self.clsnum, self.dim], true)?;
-        let x = Tensor::f_cat(&[&cls, x], 1)?;
-        let lens: Vec<i64> = lens.iter().map(|&n| n + self.clsnum).collect();
-        let y = self.transformer.forward(&x, &lens)?;
+        let cls = self.cls_token.f_reshape([self.clsnum, self.dim])?;
+        let mut parts = Vec::with_capacity(2 * seqs.len());
+        let mut lens = Vec::with_capacity(seqs.len());
+        for x in seqs {
+            let s = x.size();
+            if s.len() != 2 || s[1] != self.dim || s[0] < 1 {
+                return Err(ModelError::Input(format!(
+                    "ViT input sequence {s:?}, dim {}",
+                    self.dim
+                )));
+            }
+            parts.push(&cls);
+            parts.push(x);
+            lens.push(s[0] + self.clsnum);
+        }
+        let x = Tensor::f_cat(&parts, 0)?;
+        let pk = Packing::new(&lens, x.device())?;
+        let y = self.transformer.forward(&x, &pk)?;
+        let rows: Vec<i64> = pk
+            .starts()
+            .iter()
+            .flat_map(|&s| s..s + self.clsnum)
+            .collect();
+        let rows = Tensor::from_slice(&rows).f_to_device(x.device())?;
+        let b = seqs.len() as i64;
         let pooled = self
             .layernorm
-            .forward(&y.f_narrow(1, 0, self.clsnum)?)?
+            .forward(&y.f_index_select(0, &rows)?)?
             .f_reshape([b, self.clsnum * self.dim])?;
         let head = match &self.mlp_head {
             Some(h) => Some(h.forward(&pooled)?),
