@@ -76,7 +76,12 @@ pub fn predictions(path: &Path) -> (Vec<(String, f64)>, Vec<f64>) {
             out.push((format!("{sec}/{k}"), x[0].as_f64().unwrap()));
         }
     }
-    let emb = v["clip_emb"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let emb = v["clip_emb"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     (out, emb)
 }
 
@@ -88,9 +93,18 @@ pub fn compare_predictions(a: &Path, b: &Path, floor: f64) -> (f64, f64) {
     let names_a: Vec<&String> = pa.iter().map(|(k, _)| k).collect();
     let names_b: Vec<&String> = pb.iter().map(|(k, _)| k).collect();
     assert_eq!(names_a, names_b, "prediction names/order differ");
-    let rel = pa.iter().zip(&pb).map(|((_, x), (_, y))| (x - y).abs() / y.abs().max(floor)).fold(0.0, f64::max);
+    let rel = pa
+        .iter()
+        .zip(&pb)
+        .map(|((_, x), (_, y))| (x - y).abs() / y.abs().max(floor))
+        .fold(0.0, f64::max);
     assert_eq!(ea.len(), eb.len());
-    let num: f64 = ea.iter().zip(&eb).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = ea
+        .iter()
+        .zip(&eb)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = eb.iter().map(|y| y * y).sum::<f64>().sqrt();
     (rel, num / den)
 }

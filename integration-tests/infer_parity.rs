@@ -12,31 +12,52 @@ fn bin() -> PathBuf {
 
 fn infer(model: &Path, study: &Path, out: &Path, order: &str) {
     let o = Command::new(bin())
-        .args(["infer", "--device", "cpu", "--slice-order", order, "--model"])
+        .args([
+            "infer",
+            "--device",
+            "cpu",
+            "--slice-order",
+            order,
+            "--model",
+        ])
         .arg(model)
         .arg("--out")
         .arg(out)
         .arg(study)
         .output()
         .unwrap();
-    assert!(o.status.success(), "infer failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "infer failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("vqvae:") && err.contains("prima:"), "no stage progress on stderr: {err}");
+    assert!(
+        err.contains("vqvae:") && err.contains("prima:"),
+        "no stage progress on stderr: {err}"
+    );
 }
 
 #[test]
 fn filename_mode_matches_upstream_on_every_fixture_study() {
-    let Some(root) = fixtures::reference_dir() else { return };
+    let Some(root) = fixtures::reference_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let model = fixtures::convert_fixture_model(&root, &tmp.path().join("model"));
     for study in ["STUDY_A", "STUDY_C", "STUDY_C_J2K"] {
         let out = tmp.path().join(study);
         infer(&model, &root.join("studies").join(study), &out, "filename");
         let got = out.join(format!("{study}_predictions.json"));
-        let want = root.join("expected").join(study).join(format!("{study}_predictions.json"));
+        let want = root
+            .join("expected")
+            .join(study)
+            .join(format!("{study}_predictions.json"));
         // 1e-4 relative, or 1e-5 absolute for values near zero
         let (rel, l2) = fixtures::compare_predictions(&got, &want, 0.1);
-        eprintln!("{study}: max error {rel:.2e} (relative, abs below 0.1), clip_emb rel L2 {l2:.2e}");
+        eprintln!(
+            "{study}: max error {rel:.2e} (relative, abs below 0.1), clip_emb rel L2 {l2:.2e}"
+        );
         assert!(rel <= 1e-4, "{study}: scores off by {rel:e}");
         assert!(l2 <= 1e-4, "{study}: clip_emb off by {l2:e}");
         // The file has upstream's exact layout: same keys, order, nesting and indentation.
@@ -91,23 +112,34 @@ fn copy_dir(from: &Path, to: &Path, skip: &str) {
 /// with S3 the difference is S3's effect and is reported.
 #[test]
 fn position_mode_on_study_a() {
-    let Some(root) = fixtures::reference_dir() else { return };
+    let Some(root) = fixtures::reference_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let model = fixtures::convert_fixture_model(&root, &tmp.path().join("model"));
     let study = root.join("studies/STUDY_A");
     let out = tmp.path().join("pos");
     infer(&model, &study, &out, "position");
     let want = root.join("expected/STUDY_A/STUDY_A_predictions.json");
-    let (rel_s3, _) = fixtures::compare_predictions(&out.join("STUDY_A_predictions.json"), &want, 0.1);
-    eprintln!("STUDY_A position vs upstream (effect of S3's spatial order): max error {rel_s3:.2e}");
+    let (rel_s3, _) =
+        fixtures::compare_predictions(&out.join("STUDY_A_predictions.json"), &want, 0.1);
+    eprintln!(
+        "STUDY_A position vs upstream (effect of S3's spatial order): max error {rel_s3:.2e}"
+    );
     let no_s3 = tmp.path().join("STUDY_A");
     std::fs::create_dir_all(&no_s3).unwrap();
     copy_dir(&study, &no_s3, "S3");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     infer(&model, &no_s3, &a, "position");
     infer(&model, &no_s3, &b, "filename");
-    let (rel, l2) = fixtures::compare_predictions(&a.join("STUDY_A_predictions.json"), &b.join("STUDY_A_predictions.json"), 0.1);
-    eprintln!("STUDY_A without S3, position vs file-name order: max error {rel:.2e}, clip L2 {l2:.2e}");
+    let (rel, l2) = fixtures::compare_predictions(
+        &a.join("STUDY_A_predictions.json"),
+        &b.join("STUDY_A_predictions.json"),
+        0.1,
+    );
+    eprintln!(
+        "STUDY_A without S3, position vs file-name order: max error {rel:.2e}, clip L2 {l2:.2e}"
+    );
     assert!(rel <= 1e-3, "{rel}");
 }
 
@@ -118,7 +150,11 @@ fn no_usable_series_is_a_one_line_failure() {
     std::fs::create_dir_all(study.join("S1")).unwrap();
     std::fs::write(study.join("S1/readme.txt"), "not dicom").unwrap();
     let model = tmp.path().join("model");
-    let o = Command::new(bin()).args(["model", "demo", "--size", "small", "--out"]).arg(&model).output().unwrap();
+    let o = Command::new(bin())
+        .args(["model", "demo", "--size", "small", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = Command::new(bin())
         .args(["infer", "--device", "cpu", "--model"])
@@ -130,5 +166,11 @@ fn no_usable_series_is_a_one_line_failure() {
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.lines().last().unwrap_or("").contains("no usable series"), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .contains("no usable series"),
+        "{err}"
+    );
 }

@@ -146,7 +146,11 @@ port = {dport}
         dport = o.dest_port,
         maxa = o.max_associations,
         maxatt = o.max_attempts,
-        model = o.model_dir.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "/nonexistent/model".into()),
+        model = o
+            .model_dir
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/nonexistent/model".into()),
     );
     for (ae, host) in &o.sources {
         s.push_str(&format!("\n[[sources]]\nae_title = \"{ae}\"\n"));
@@ -198,7 +202,11 @@ impl Node {
             .arg(&self.config)
             .env(
                 "PRIMA_NODE_FAKE_PROCESSOR",
-                if self.opts.model_dir.is_some() { "0" } else { "1" },
+                if self.opts.model_dir.is_some() {
+                    "0"
+                } else {
+                    "1"
+                },
             )
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")

@@ -1,0 +1,110 @@
+//! The product end to end: STUDY_A sent to the node with DCMTK over several associations
+//! → Prima (converted fixture model) → SR + KOS stored at a DCMTK `storescp` "PACS".
+#[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
+mod fixtures;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Node, NodeOpts, StoreScp};
+
+const SR_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.33";
+const KOS_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.59";
+
+fn find(dir: &std::path::Path, name: &str) -> Option<PathBuf> {
+    common::walk_files(dir)
+        .into_iter()
+        .find(|p| p.file_name().map(|n| n == name).unwrap_or(false))
+}
+
+#[test]
+fn study_a_through_the_node_gives_sr_and_kos_equal_to_infer() {
+    let Some(root) = fixtures::reference_dir() else {
+        return;
+    };
+    if !common::have_dcmtk() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures::convert_fixture_model(&root, &tmp.path().join("model"));
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    let node = Node::start(NodeOpts {
+        dest_port: pacs_port,
+        model_dir: Some(model.clone()),
+        ..NodeOpts::default()
+    });
+    let series = common::study_series(&root, "STUDY_A");
+    common::send_study(node.opts.port, &series, 3);
+    let study_uid = common::study_uid_of(&series[0][0]);
+    let ok = common::wait_until(Duration::from_secs(240), || {
+        pacs.received_objects().len() >= 2
+    });
+    assert!(ok, "no SR/KOS at the destination:\n{}", node.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    let got = pacs.received_objects();
+    assert_eq!(
+        got.len(),
+        2,
+        "exactly one SR and one KOS: {:?}",
+        got.iter().map(|g| &g.0).collect::<Vec<_>>()
+    );
+    let classes: Vec<String> = got
+        .iter()
+        .map(|(_, _, o)| {
+            o.element(dicom_dictionary_std::tags::SOP_CLASS_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .collect();
+    assert!(
+        classes.iter().any(|c| c == SR_CLASS) && classes.iter().any(|c| c == KOS_CLASS),
+        "{classes:?}"
+    );
+    assert!(
+        got.iter().all(|(_, s, _)| *s == study_uid),
+        "outputs belong to the source study"
+    );
+    let status = node.status();
+    assert!(status.contains("done"), "status:\n{status}");
+    // The predictions the node kept equal `prima-node infer` on the same files.
+    let kept =
+        find(&node.state_dir, "predictions.json").expect("predictions kept in the state dir");
+    let out = tmp.path().join("infer");
+    let o = Command::new(common::bin())
+        .args(["infer", "--device", "cpu", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .arg(root.join("studies/STUDY_A"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (rel, l2) =
+        fixtures::compare_predictions(&kept, &out.join("STUDY_A_predictions.json"), 1e-3);
+    assert!(rel <= 1e-6 && l2 <= 1e-6, "node vs infer: {rel:e} {l2:e}");
+    // No patient name or ID at info level.
+    let obj = dicom_object::open_file(&series[0][0]).unwrap();
+    let log = node.log_text();
+    for tag in [
+        dicom_dictionary_std::tags::PATIENT_NAME,
+        dicom_dictionary_std::tags::PATIENT_ID,
+    ] {
+        let v = obj
+            .element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(['\0', ' '])
+            .to_string();
+        if !v.is_empty() {
+            assert!(!log.contains(&v), "PHI {v:?} in the node log");
+        }
+    }
+}
