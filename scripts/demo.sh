@@ -1,15 +1,81 @@
 #!/usr/bin/env bash
-# The README's first command: set up (idempotent), build, create the demo model, generate
-# a synthetic brain MR study and run Prima on it.
+# The README's first command. Sets up (idempotent), builds, creates the demo model,
+# generates a synthetic brain MR study, starts the node and a DCMTK storescp as the
+# "PACS", sends the study with storescu, waits for the results, prints what came back,
+# and stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 . scripts/env.sh
 bin="$CARGO_TARGET_DIR/release/prima-node"
 work="${PRIMA_DEMO_DIR:-$PWD/demo-out}"
-rm -rf "$work"; mkdir -p "$work"
+node_port="${PRIMA_DEMO_PORT:-11112}"
+pacs_port="${PRIMA_DEMO_PACS_PORT:-11113}"
+export TCP_NODELAY=1   # DCMTK only disables Nagle with this set
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+rm -rf "$work"; mkdir -p "$work/pacs"
+echo "== demo model (random weights, NOT FOR CLINICAL USE)"
 "$bin" model demo --out "$work/model" --size small --seed 1
+echo "== synthetic study"
 "$bin" synth-study --out "$work/study" --seed 1
-"$bin" infer --model "$work/model" --out "$work/results" "$work/study"
-echo "== predictions: $work/results/study_predictions.json"
-head -n 20 "$work/results/study_predictions.json"
+
+storescp -aet PACS +uf -od "$work/pacs" "$pacs_port" >"$work/pacs.log" 2>&1 &
+pids+=($!)
+cat >"$work/prima-node.toml" <<TOML
+[node]
+ae_title = "PRIMA"
+listen = "127.0.0.1:$node_port"
+state_dir = "$work/state"
+
+[model]
+dir = "$work/model"
+device = "cpu"
+
+[assembly]
+quiet_period_s = 2
+force_complete_s = 120
+min_series = 2
+
+[storage]
+min_free_mb = 100
+
+[[sources]]
+ae_title = "DEMO_SCU"
+host = "127.0.0.1"
+
+[[destinations]]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = $pacs_port
+TOML
+"$bin" check-config "$work/prima-node.toml"
+RUST_LOG=info "$bin" serve --config "$work/prima-node.toml" >"$work/node.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  echoscu -aet DEMO_SCU -aec PRIMA 127.0.0.1 "$node_port" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+echo "== sending the study to the node (storescu)"
+storescu -aet DEMO_SCU -aec PRIMA +sd +r 127.0.0.1 "$node_port" "$work/study"
+echo "== waiting for the SR and KOS at the PACS"
+for _ in $(seq 600); do
+  n=$(find "$work/pacs" -type f | wc -l)
+  [ "$n" -ge 2 ] && break
+  sleep 0.5
+done
+sr=$(find "$work/pacs" -type f -name 'SR*' | head -n1)
+ko=$(find "$work/pacs" -type f -name 'KO*' | head -n1)
+if [ -z "$sr" ] || [ -z "$ko" ]; then
+  echo "no results arrived; node log:" >&2; tail -n 40 "$work/node.log" >&2; exit 1
+fi
+echo "== node status"
+"$bin" status --config "$work/prima-node.toml"
+echo "== Key Object Description (what the worklist shows)"
+dcmdump +P "0040,a730" "$ko" | grep -m1 '(0040,a160)' || dsrdump "$ko" | grep -m1 'Key Object Description'
+echo "== findings SR (dsrdump, first lines)"
+dsrdump "$sr" | head -n 40
+echo "== files: $work/pacs ; node log: $work/node.log"
