@@ -71,6 +71,9 @@ enum Command {
         /// Tokens per VQ-VAE call.
         #[arg(long, default_value_t = 400)]
         vqvae_chunk: usize,
+        /// Also write the findings SR and the priority KOS next to the JSON.
+        #[arg(long)]
+        dicom: bool,
         study_dir: PathBuf,
     },
     /// Model files.
@@ -222,8 +225,10 @@ fn run(command: Command) -> Result<()> {
             precision,
             threads,
             vqvae_chunk,
+            dicom,
             study_dir,
         } => infer(InferArgs {
+            dicom,
             model,
             out,
             slice_order,
@@ -288,6 +293,7 @@ struct InferArgs {
     precision: String,
     threads: Option<i32>,
     vqvae_chunk: usize,
+    dicom: bool,
     study_dir: PathBuf,
 }
 
@@ -398,5 +404,37 @@ fn infer(a: InferArgs) -> Result<()> {
         serde_json::to_string_pretty(&record)?,
     )?;
     progress(&format!("wrote {}", pred_path.display()));
+    if a.dicom {
+        let files: Vec<(String, PathBuf)> = prepared
+            .iter()
+            .flat_map(|p| {
+                p.slices
+                    .iter()
+                    .map(|s| (s.sop_instance_uid.clone(), s.path.clone()))
+            })
+            .collect();
+        let header = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .open_file(&files[0].1)?
+            .into_inner();
+        let node = prima_node::processor::node_identity("PRIMA", "infer");
+        let outputs = prima_node::processor::build_reports(&prima_node::processor::ReportArgs {
+            prepared: &prepared,
+            skipped: &skipped,
+            output: &run.output,
+            manifest: m,
+            header: &header,
+            input_set_hash: prima_node::processor::input_set_hash(&files)?,
+            predecessors: &[],
+            forced_complete: false,
+            node: &node,
+            config: &prima_node::report::ReportConfig::default(),
+        })?;
+        for o in outputs {
+            let path = a.out.join(format!("{name}_{}.dcm", o.kind.uid_kind()));
+            std::fs::write(&path, &o.bytes)?;
+            progress(&format!("wrote {}", path.display()));
+        }
+    }
     Ok(())
 }

@@ -79,55 +79,6 @@ impl StudyProcessor for PrimaProcessor {
             .open_file(first)
             .map_err(|e| fail(format!("source header: {e}")))?
             .into_inner();
-        let used: Vec<UsedSeries> = prepared
-            .iter()
-            .map(|p| UsedSeries {
-                series_instance_uid: p.series_instance_uid.clone(),
-                series_name: p.name.clone(),
-                instances: p
-                    .slices
-                    .iter()
-                    .map(|s| SourceInstance {
-                        sop_class_uid: s.sop_class_uid.clone(),
-                        sop_instance_uid: s.sop_instance_uid.clone(),
-                        instance_number: s.instance_number.map(|n| n as i32),
-                        position_along_normal: s.position_along_normal(),
-                    })
-                    .collect(),
-                tokens_used: p.selection.ids.len(),
-            })
-            .collect();
-        let skipped_series: Vec<SkippedSeries> = skipped
-            .iter()
-            .map(|s| SkippedSeries {
-                series_instance_uid: s
-                    .series_instance_uid
-                    .clone()
-                    .unwrap_or_else(|| s.key.clone()),
-                reason: s.reason.clone(),
-            })
-            .collect();
-        let predictions = Predictions {
-            diagnosis: run.output.diagnosis.clone(),
-            referral: run.output.referral.clone(),
-            priority: run.output.priority.clone(),
-            clip_emb: run.output.clip_emb.clone(),
-        };
-        let model_id = ModelIdentity {
-            name: m.model_name.clone(),
-            version: m.model_version.clone(),
-            demo: m.demo,
-            diagnosis_thresholds: m
-                .diagnosis_heads
-                .iter()
-                .map(|h| (h.name.clone(), h.thresh as f32))
-                .collect(),
-            referral_thresholds: m
-                .referral_heads
-                .iter()
-                .map(|h| (h.name.clone(), h.thresh as f32))
-                .collect(),
-        };
         let predecessors: Vec<PredecessorRef> = job
             .predecessors
             .iter()
@@ -137,22 +88,19 @@ impl StudyProcessor for PrimaProcessor {
                 series_instance_uid: p.series_instance_uid.clone(),
             })
             .collect();
-        let now = chrono_like_now();
-        let input = ReportInput {
-            source_header: &header,
-            used: &used,
-            skipped: &skipped_series,
-            predictions: &predictions,
-            model: &model_id,
+        let outputs = build_reports(&ReportArgs {
+            prepared: &prepared,
+            skipped: &skipped,
+            output: &run.output,
+            manifest: m,
+            header: &header,
             input_set_hash: job.input_set_hash,
             predecessors: &predecessors,
             forced_complete: job.forced_complete,
-            failed: false,
             node: &self.node,
-            content_datetime: now,
-        };
-        let outputs =
-            build_outputs(&input, &self.report).map_err(|e| fail(format!("report: {e}")))?;
+            config: &self.report,
+        })
+        .map_err(|e| fail(format!("report: {e}")))?;
         for o in &outputs {
             tracing::info!(kind = o.kind.uid_kind(), sop = %o.sop_instance_uid, "output built");
         }
@@ -196,6 +144,111 @@ impl StudyProcessor for PrimaProcessor {
             run_json: serde_json::to_string_pretty(&record).unwrap_or_default(),
         })
     }
+}
+
+/// What the report builder needs from one inference run.
+pub struct ReportArgs<'a> {
+    pub prepared: &'a [crate::pipeline::PreparedSeries],
+    pub skipped: &'a [crate::imaging::series::SeriesSkip],
+    pub output: &'a crate::model::PrimaOutput,
+    pub manifest: &'a crate::model::Manifest,
+    pub header: &'a dicom_object::InMemDicomObject,
+    pub input_set_hash: [u8; 32],
+    pub predecessors: &'a [PredecessorRef],
+    pub forced_complete: bool,
+    pub node: &'a NodeIdentity,
+    pub config: &'a ReportConfig,
+}
+
+/// SR + KOS (+ card) for one run; shared by the node and `prima-node infer --dicom`.
+pub fn build_reports(
+    a: &ReportArgs,
+) -> Result<Vec<crate::report::OutputObject>, crate::report::ReportError> {
+    let used: Vec<UsedSeries> = a
+        .prepared
+        .iter()
+        .map(|p| UsedSeries {
+            series_instance_uid: p.series_instance_uid.clone(),
+            series_name: p.name.clone(),
+            instances: p
+                .slices
+                .iter()
+                .map(|s| SourceInstance {
+                    sop_class_uid: s.sop_class_uid.clone(),
+                    sop_instance_uid: s.sop_instance_uid.clone(),
+                    instance_number: s.instance_number.map(|n| n as i32),
+                    position_along_normal: s.position_along_normal(),
+                })
+                .collect(),
+            tokens_used: p.selection.ids.len(),
+        })
+        .collect();
+    let skipped: Vec<SkippedSeries> = a
+        .skipped
+        .iter()
+        .map(|s| SkippedSeries {
+            series_instance_uid: s
+                .series_instance_uid
+                .clone()
+                .unwrap_or_else(|| s.key.clone()),
+            reason: s.reason.clone(),
+        })
+        .collect();
+    let predictions = Predictions {
+        diagnosis: a.output.diagnosis.clone(),
+        referral: a.output.referral.clone(),
+        priority: a.output.priority.clone(),
+        clip_emb: a.output.clip_emb.clone(),
+    };
+    let m = a.manifest;
+    let model = ModelIdentity {
+        name: m.model_name.clone(),
+        version: m.model_version.clone(),
+        demo: m.demo,
+        diagnosis_thresholds: m
+            .diagnosis_heads
+            .iter()
+            .map(|h| (h.name.clone(), h.thresh as f32))
+            .collect(),
+        referral_thresholds: m
+            .referral_heads
+            .iter()
+            .map(|h| (h.name.clone(), h.thresh as f32))
+            .collect(),
+    };
+    let input = ReportInput {
+        source_header: a.header,
+        used: &used,
+        skipped: &skipped,
+        predictions: &predictions,
+        model: &model,
+        input_set_hash: a.input_set_hash,
+        predecessors: a.predecessors,
+        forced_complete: a.forced_complete,
+        failed: false,
+        node: a.node,
+        content_datetime: dicom_now(),
+    };
+    build_outputs(&input, a.config)
+}
+
+/// SHA-256 over the sorted (SOP Instance UID, file SHA-256) pairs of a folder's files
+/// (`infer --dicom`; the node hashes the received data sets the same way).
+pub fn input_set_hash(files: &[(String, std::path::PathBuf)]) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut pairs = Vec::with_capacity(files.len());
+    for (uid, path) in files {
+        let digest = sha2::Sha256::digest(std::fs::read(path)?);
+        pairs.push((uid.clone(), digest));
+    }
+    pairs.sort();
+    let mut h = sha2::Sha256::new();
+    for (uid, d) in pairs {
+        h.update(uid.as_bytes());
+        h.update([0u8]);
+        h.update(d);
+    }
+    Ok(h.finalize().into())
 }
 
 /// The node's identity in reports: AE title, a serial derived from where its state lives
