@@ -75,6 +75,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct NodeOpts {
     pub port: u16,
     pub dest_port: u16,
+    /// AE title of the `[[destinations]]` entry (a real PACS in the Orthanc test).
+    pub dest_ae: String,
     pub quiet_s: f64,
     pub min_free_mb: u64,
     pub sources: Vec<(String, Option<String>)>,
@@ -92,6 +94,7 @@ impl Default for NodeOpts {
         NodeOpts {
             port: free_port(),
             dest_port: free_port(),
+            dest_ae: DEST_AE.into(),
             quiet_s: 1.5,
             min_free_mb: 1,
             sources: vec![(SCU_AE.into(), Some("127.0.0.1".into()))],
@@ -133,7 +136,7 @@ max_attempts = {maxatt}
 connect_timeout_s = 2
 
 [[destinations]]
-ae_title = "{DEST_AE}"
+ae_title = "{dae}"
 host = "127.0.0.1"
 port = {dport}
 "#,
@@ -144,6 +147,7 @@ port = {dport}
         ri = o.retry_initial_s,
         rm = o.retry_max_s,
         dport = o.dest_port,
+        dae = o.dest_ae,
         maxa = o.max_associations,
         maxatt = o.max_attempts,
         model = o
