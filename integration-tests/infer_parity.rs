@@ -178,7 +178,9 @@ fn no_usable_series_is_a_one_line_failure() {
 /// `--dicom` writes the SR and KOS next to the JSON, valid by dciodvfy.
 #[test]
 fn infer_dicom_writes_sr_and_kos() {
-    let Some(root) = fixtures::reference_dir() else { return };
+    let Some(root) = fixtures::reference_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let model = fixtures::convert_fixture_model(&root, &tmp.path().join("model"));
     let out = tmp.path().join("out");
@@ -194,10 +196,16 @@ fn infer_dicom_writes_sr_and_kos() {
     for kind in ["sr", "kos"] {
         let f = out.join(format!("STUDY_C_{kind}.dcm"));
         let obj = dicom_object::open_file(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let study = obj.element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
+        let study = obj
+            .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(!study.is_empty());
         if let Ok(v) = Command::new("dciodvfy").arg(&f).output() {
-            let text = String::from_utf8_lossy(&v.stderr).to_string() + &String::from_utf8_lossy(&v.stdout);
+            let text = String::from_utf8_lossy(&v.stderr).to_string()
+                + &String::from_utf8_lossy(&v.stdout);
             let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
             assert!(errors.is_empty(), "{kind}: {errors:?}");
         }

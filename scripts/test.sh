@@ -9,7 +9,7 @@ bash scripts/setup.sh --deps
 export TCP_NODELAY=1
 echo "== python: checkpoint converter tests"
 if [ -d scripts/tests ]; then
-  .venv/bin/python -m unittest discover -s scripts/tests -t scripts -v 2>&1 | tail -n 25
+  .venv/bin/python -m unittest discover -s scripts/tests 2>&1 | tail -n 5
 fi
 echo "== rust: cargo test"
 cargo test --locked --all-targets -- --test-threads=2
