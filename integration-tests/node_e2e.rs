@@ -1,8 +1,6 @@
 //! The product end to end: STUDY_A sent to the node with DCMTK over several associations
 //! → Prima (converted fixture model) → SR + KOS stored at a DCMTK `storescp` "PACS".
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 mod fixtures;
 
 use std::path::PathBuf;
