@@ -324,8 +324,8 @@ impl Peer {
             }
             let mut i = 0;
             while i + 6 <= body.len() {
-                let len = u32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]])
-                    as usize;
+                let len =
+                    u32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]) as usize;
                 let hdr = body[i + 5];
                 cmd.extend_from_slice(&body[i + 6..i + 4 + len]);
                 i += 4 + len;
@@ -412,7 +412,11 @@ fn store_fields(env: &Env, pc: u8, class: &str, case: &str, f: &Fields, explicit
         Ok(p) => p,
         Err(o) => return o,
     };
-    p.store(pc, &store_cmd(class, &uid(case, "sop")), &encode(f, explicit))
+    p.store(
+        pc,
+        &store_cmd(class, &uid(case, "sop")),
+        &encode(f, explicit),
+    )
 }
 
 /// Status, then "stored in the spool" (or not) as a second check.
@@ -1046,8 +1050,8 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "oversize_associate_rq",
-            expect: Obs::Abort,
-            why: "A-ASSOCIATE-RQ claiming 0xFFFFFFF0 bytes → A-ABORT, no allocation",
+            expect: Obs::Closed,
+            why: "A-ASSOCIATE-RQ claiming 0xFFFFFFF0 bytes → closed by dicom-ul before association, no allocation",
             run: |env| {
                 let before = env.hwm_kb();
                 let mut s = connect(env.port);
@@ -1246,7 +1250,10 @@ fn hostile_input_table() {
     assert!(o.status.success(), "storescu failed:\n{out}");
     assert_eq!(acknowledged_files(&out).len(), files.len(), "{out}");
     for f in &files {
-        assert!(env.node.spool_path(&sop_uid_of(f)).exists(), "{f:?} not in spool");
+        assert!(
+            env.node.spool_path(&sop_uid_of(f)).exists(),
+            "{f:?} not in spool"
+        );
     }
     println!(
         "{} hostile cases, {} failed, {:.1} s",
@@ -1254,5 +1261,9 @@ fn hostile_input_table() {
         failures.len(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(failures.is_empty(), "hostile cases failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "hostile cases failed:\n{}",
+        failures.join("\n")
+    );
 }
