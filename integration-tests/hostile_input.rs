@@ -1267,3 +1267,26 @@ fn hostile_input_table() {
         failures.join("\n")
     );
 }
+
+/// The element-length guard added for `element_length_lies_4gb` must not refuse real data:
+/// every fixture file (implicit, explicit, JPEG 2000 encapsulated) passes it.
+#[test]
+fn length_guard_accepts_every_fixture() {
+    let Some(fx) = fixtures() else { return };
+    let mut n = 0;
+    for p in walk_files(&fx) {
+        let mut head = [0u8; 132];
+        let is_dicom = std::fs::File::open(&p)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok()
+            && &head[128..132] == b"DICM";
+        if !is_dicom {
+            continue;
+        }
+        prima_node::store::spool::check_element_lengths(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        n += 1;
+    }
+    assert!(n > 0, "no DICOM fixtures found");
+    println!("{n} fixture files pass the element-length guard");
+}
