@@ -264,6 +264,11 @@ impl Node {
         }
     }
 
+    /// The node's process id (for reading its /proc status).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

@@ -351,6 +351,10 @@ async fn handle(
             }
             Event::Pdu(Err(e)) => {
                 warn!(error = %e, stored = conn.stored, "association ended without release (timeout, closed or malformed PDU)");
+                // PS3.8 9.3.8: an invalid PDU (oversize, truncated) is answered with A-ABORT
+                // rather than a silent close, so the peer knows the association is dead.
+                // Harmless (write just fails) when the peer already closed.
+                let _ = tokio::time::timeout(Duration::from_secs(2), assoc.abort()).await;
                 return;
             }
         }

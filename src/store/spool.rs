@@ -124,8 +124,121 @@ pub enum HeaderError {
     BadUid { name: &'static str, len: usize },
 }
 
+/// Refuse a file in which any element claims more bytes than the file still holds.
+///
+/// Why: dicom-parser reserves and zero-fills an element's claimed length before reading
+/// it, so a 1 KiB instance whose element claims 4 GiB made the node touch 4 GiB of memory
+/// (found by the hostile-input suite). Bounding every length by the bytes actually received
+/// bounds what parsing (here and in imaging, which reads the pixel data) can allocate.
+/// Sequences and items are entered, not skipped, so nested lengths are checked too.
+/// Deflated and big-endian data sets are not scanned (the node does not offer big endian;
+/// deflate bounds itself by the inflated stream).
+pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    use std::io::{BufReader, Read, Seek, SeekFrom};
+    let ioe = |e: io::Error| HeaderError::Parse(e.to_string());
+    let file = File::open(path).map_err(ioe)?;
+    let total = file.metadata().map_err(ioe)?.len();
+    let mut f = BufReader::new(file);
+    if total < 132 {
+        return Err(HeaderError::Parse(
+            "file shorter than the Part-10 preamble".into(),
+        ));
+    }
+    f.seek(SeekFrom::Start(132)).map_err(ioe)?;
+    let mut pos: u64 = 132;
+    let mut ts = String::new();
+    let mut explicit = true;
+    let mut in_meta = true;
+    let mut in_encap = false;
+    let is_sq = |g: u16, e: u16| {
+        dicom_dictionary_std::StandardDataDictionary
+            .by_tag(dicom_core::Tag(g, e))
+            .is_some_and(|d| matches!(d.vr(), VirtualVr::Exact(dicom_core::VR::SQ)))
+    };
+    while pos < total {
+        if total - pos < 8 {
+            return Err(HeaderError::Parse(format!(
+                "truncated element header at byte {pos}"
+            )));
+        }
+        let mut h = [0u8; 8];
+        f.read_exact(&mut h).map_err(ioe)?;
+        let g = u16::from_le_bytes([h[0], h[1]]);
+        let e = u16::from_le_bytes([h[2], h[3]]);
+        if in_meta && g != 0x0002 {
+            in_meta = false;
+            match ts.trim_end_matches(['\0', ' ']) {
+                "1.2.840.10008.1.2" => explicit = false,
+                "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.2" => return Ok(()),
+                _ => explicit = true,
+            }
+        }
+        let mut hlen = 8u64;
+        let (len, sq) = if g == 0xFFFE {
+            (u32::from_le_bytes([h[4], h[5], h[6], h[7]]), false)
+        } else if explicit {
+            let vr = [h[4], h[5]];
+            if matches!(
+                &vr,
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            ) {
+                let mut l = [0u8; 4];
+                f.read_exact(&mut l).map_err(ioe)?;
+                hlen = 12;
+                (u32::from_le_bytes(l), &vr == b"SQ")
+            } else {
+                (u16::from_le_bytes([h[6], h[7]]) as u32, false)
+            }
+        } else {
+            (u32::from_le_bytes([h[4], h[5], h[6], h[7]]), is_sq(g, e))
+        };
+        pos += hlen;
+        if len == 0xFFFF_FFFF {
+            if (g, e) == (0x7FE0, 0x0010) {
+                in_encap = true;
+            }
+            continue;
+        }
+        if (g, e) == (0xFFFE, 0xE0DD) {
+            in_encap = false;
+        }
+        if u64::from(len) > total.saturating_sub(pos) {
+            return Err(HeaderError::Parse(format!(
+                "element ({g:04X},{e:04X}) claims {len} bytes but only {} remain",
+                total.saturating_sub(pos)
+            )));
+        }
+        if sq || ((g, e) == (0xFFFE, 0xE000) && !in_encap) {
+            continue;
+        }
+        if in_meta && (g, e) == (0x0002, 0x0010) && len <= 128 {
+            let mut v = vec![0u8; len as usize];
+            f.read_exact(&mut v).map_err(ioe)?;
+            ts = String::from_utf8_lossy(&v).into_owned();
+        } else {
+            f.seek_relative(i64::from(len)).map_err(ioe)?;
+        }
+        pos += u64::from(len);
+    }
+    Ok(())
+}
+
 /// Read the header (everything before Pixel Data) of a Part-10 file.
 pub fn read_header(path: &Path) -> Result<InstanceHeader, HeaderError> {
+    check_element_lengths(path)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
