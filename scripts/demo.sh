@@ -75,7 +75,7 @@ fi
 echo "== node status"
 "$bin" status --config "$work/prima-node.toml"
 echo "== Key Object Description (what the worklist shows)"
-dcmdump +P "0040,a730" "$ko" | grep -m1 '(0040,a160)' || dsrdump "$ko" | grep -m1 'Key Object Description'
+dsrdump +Pl "$ko" 2>/dev/null | grep -m1 "Key Object Description"
 echo "== findings SR (dsrdump, first lines)"
 dsrdump "$sr" | head -n 40
 echo "== files: $work/pacs ; node log: $work/node.log"
