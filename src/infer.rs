@@ -152,6 +152,64 @@ pub struct RunRecord {
     pub warnings: Vec<String>,
 }
 
+/// Where one run's record comes from.
+pub struct RunContext<'a> {
+    pub study: String,
+    pub study_instance_uid: Option<String>,
+    pub study_description: String,
+    pub slice_order: &'a str,
+    pub model: &'a PrimaModel,
+    pub prepared: &'a [PreparedSeries],
+    pub skipped: &'a [SeriesSkip],
+    pub run: &'a ModelRun,
+    pub scan_s: f64,
+    pub prepare_s: f64,
+    pub total_s: f64,
+}
+
+impl RunRecord {
+    /// The record of one run, with the warnings every reader should see: demo weights,
+    /// and series whose selection used hole filling (upstream raises there, spec §6.5).
+    pub fn new(c: RunContext) -> RunRecord {
+        let m = c.model.manifest();
+        let opts = c.model.options();
+        let mut warnings = Vec::new();
+        if m.demo {
+            warnings.push("DEMO MODEL (random weights) — NOT FOR CLINICAL USE".to_string());
+        }
+        for p in c.prepared.iter().filter(|p| p.selection.holes_used) {
+            warnings.push(format!(
+                "series {}: a used otsu bin had holes; upstream's pipeline raises here (spec 6.5)",
+                p.name
+            ));
+        }
+        RunRecord {
+            study: c.study,
+            study_instance_uid: c.study_instance_uid,
+            study_description: c.study_description,
+            slice_order: c.slice_order.to_string(),
+            model_name: m.model_name.clone(),
+            model_version: m.model_version.clone(),
+            demo_model: m.demo,
+            device: format!("{:?}", opts.device),
+            precision: opts.precision.as_str().into(),
+            threads: tch::get_num_threads(),
+            series: series_records(c.prepared),
+            skipped: skip_records(c.skipped),
+            tokens_encoded: c.run.tokens_encoded,
+            timings: StageTimings {
+                scan_s: c.scan_s,
+                prepare_s: c.prepare_s,
+                vqvae_s: c.run.vqvae_s,
+                patchify_s: c.run.patchify_s,
+                prima_s: c.run.prima_s,
+                total_s: c.total_s,
+            },
+            warnings,
+        }
+    }
+}
+
 pub fn series_records(prepared: &[PreparedSeries]) -> Vec<SeriesRecord> {
     prepared
         .iter()

@@ -5,9 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use prima_node::config::{Config, ConfigError};
 use prima_node::imaging::series::{scan_study, SliceOrder};
-use prima_node::infer::{
-    predictions_json, run_model, series_records, skip_records, RunRecord, StageTimings,
-};
+use prima_node::infer::{predictions_json, run_model, RunContext, RunRecord};
 use prima_node::model::demo::{write_demo_model, DemoSize};
 use prima_node::model::prima::parse_device;
 use prima_node::model::{ModelOptions, PrimaModel};
@@ -362,43 +360,22 @@ fn infer(a: InferArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let pred_path = a.out.join(format!("{name}_predictions.json"));
     std::fs::write(&pred_path, predictions_json(&run.output))?;
-    let mut warnings = Vec::new();
-    if m.demo {
-        warnings.push("DEMO MODEL (random weights) — NOT FOR CLINICAL USE".to_string());
-    }
-    for p in prepared.iter().filter(|p| p.selection.holes_used) {
-        warnings.push(format!(
-            "series {}: a used otsu bin had holes; upstream's pipeline raises here (spec 6.5)",
-            p.name
-        ));
-    }
-    let record = RunRecord {
+    let record = RunRecord::new(RunContext {
         study: name.clone(),
         study_instance_uid: scan.study_instance_uid.clone(),
         study_description: description,
         slice_order: match a.slice_order {
-            SliceOrderArg::Position => "position".into(),
-            SliceOrderArg::Filename => "filename".into(),
+            SliceOrderArg::Position => "position",
+            SliceOrderArg::Filename => "filename",
         },
-        model_name: m.model_name.clone(),
-        model_version: m.model_version.clone(),
-        demo_model: m.demo,
-        device: format!("{:?}", opts.device),
-        precision: opts.precision.as_str().into(),
-        threads: tch::get_num_threads(),
-        series: series_records(&prepared),
-        skipped: skip_records(&skipped),
-        tokens_encoded: run.tokens_encoded,
-        timings: StageTimings {
-            scan_s,
-            prepare_s,
-            vqvae_s: run.vqvae_s,
-            patchify_s: run.patchify_s,
-            prima_s: run.prima_s,
-            total_s: t_start.elapsed().as_secs_f64(),
-        },
-        warnings,
-    };
+        model: &model,
+        prepared: &prepared,
+        skipped: &skipped,
+        run: &run,
+        scan_s,
+        prepare_s,
+        total_s: t_start.elapsed().as_secs_f64(),
+    });
     std::fs::write(
         a.out.join(format!("{name}_run.json")),
         serde_json::to_string_pretty(&record)?,

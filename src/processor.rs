@@ -7,9 +7,7 @@ use dicom_object::OpenFileOptions;
 
 use crate::config::Config;
 use crate::imaging::series::{group_by_series_uid, read_slice_headers};
-use crate::infer::{
-    predictions_json, run_model, series_records, skip_records, RunRecord, StageTimings,
-};
+use crate::infer::{predictions_json, run_model, RunContext, RunRecord};
 use crate::model::{parse_device, ModelOptions, PrimaModel};
 use crate::pipeline::prepare_all;
 use crate::report::{
@@ -104,30 +102,19 @@ impl StudyProcessor for PrimaProcessor {
         for o in &outputs {
             tracing::info!(kind = o.kind.uid_kind(), sop = %o.sop_instance_uid, "output built");
         }
-        let record = RunRecord {
+        let record = RunRecord::new(RunContext {
             study: job.study_instance_uid.clone(),
             study_instance_uid: scan.study_instance_uid.clone(),
             study_description: description,
-            slice_order: "position".into(),
-            model_name: m.model_name.clone(),
-            model_version: m.model_version.clone(),
-            demo_model: m.demo,
-            device: format!("{:?}", self.model.options().device),
-            precision: self.model.options().precision.as_str().into(),
-            threads: tch::get_num_threads(),
-            series: series_records(&prepared),
-            skipped: skip_records(&skipped),
-            tokens_encoded: run.tokens_encoded,
-            timings: StageTimings {
-                scan_s,
-                prepare_s,
-                vqvae_s: run.vqvae_s,
-                patchify_s: run.patchify_s,
-                prima_s: run.prima_s,
-                total_s: t_start.elapsed().as_secs_f64(),
-            },
-            warnings: Vec::new(),
-        };
+            slice_order: "position",
+            model: &self.model,
+            prepared: &prepared,
+            skipped: &skipped,
+            run: &run,
+            scan_s,
+            prepare_s,
+            total_s: t_start.elapsed().as_secs_f64(),
+        });
         Ok(ProcessedStudy {
             outputs: outputs
                 .into_iter()
