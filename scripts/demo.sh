@@ -75,7 +75,9 @@ fi
 echo "== node status"
 "$bin" status --config "$work/prima-node.toml"
 echo "== Key Object Description (what the worklist shows)"
-dsrdump +Pl "$ko" 2>/dev/null | grep -m1 "Key Object Description"
+# awk reads everything: an early-exiting reader would SIGPIPE dsrdump under pipefail
+dsrdump +Pl "$ko" 2>/dev/null | awk '/Key Object Description/ && !done { print; done = 1 }'
+
 echo "== findings SR (dsrdump, first lines)"
-dsrdump "$sr" | head -n 40
+dsrdump "$sr" 2>/dev/null | awk 'NR <= 40'
 echo "== files: $work/pacs ; node log: $work/node.log"

@@ -60,4 +60,4 @@ fi
 . scripts/env.sh
 log "building prima-node (release)"
 cargo build --release --locked 2>&1 | tail -n 3 >&2
-log "done: target/release/prima-node"
+log "done: $CARGO_TARGET_DIR/release/prima-node"
