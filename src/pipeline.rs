@@ -90,11 +90,36 @@ pub fn prepare_series(c: &SeriesCandidate) -> Result<PreparedSeries, String> {
 }
 
 /// Prepare every series of a scan; failures become skips (they never abort the study).
+/// Series are independent, so they are prepared on up to `available_parallelism` threads
+/// (each holds one series' volume at a time); results keep the scan's order.
 pub fn prepare_all(scan: &series::StudyScan) -> (Vec<PreparedSeries>, Vec<SeriesSkip>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let n = scan.series.len();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(n.max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<PreparedSeries, String>>>> =
+        Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let r = prepare_series(&scan.series[i]);
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            });
+        }
+    });
     let mut ok = Vec::new();
     let mut skipped = scan.skipped.clone();
-    for c in &scan.series {
-        match prepare_series(c) {
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    for (c, r) in scan.series.iter().zip(results) {
+        match r.unwrap_or_else(|| Err("series was not prepared".into())) {
             Ok(p) => ok.push(p),
             Err(reason) => skipped.push(SeriesSkip {
                 key: c.key.clone(),
