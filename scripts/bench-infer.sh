@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): the full-size demo model on STUDY_A with 2 threads. Prints
 # per-stage seconds, tokens encoded, peak RSS and the ratio of the model stages to the
-# upstream reference cost recorded in the fixtures (models/fullsize_reference.json).
+# upstream reference cost recorded in the fixtures (models/fullsize_reference.json), and
+# the VQ-VAE's achieved GFLOP/s against this CPU's measured float32 GEMM rate (libtorch,
+# same threads): the floor = encoded tokens x FLOPs per token / that rate.
+# Env: THREADS (2), VQVAE_CHUNK (400), BENCH_DIR, MODEL_SIZE (full; small = smoke run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
@@ -10,13 +13,24 @@ bin="$CARGO_TARGET_DIR/release/prima-node"
 ref="$PRIMA_REFERENCE_DIR"
 work="${BENCH_DIR:-$HOME/.cache/prima-node/bench}"
 threads="${THREADS:-2}"
+chunk="${VQVAE_CHUNK:-400}"
 mkdir -p "$work"
-[ -f "$work/full-demo/manifest.json" ] || "$bin" model demo --out "$work/full-demo" --size full --seed 1
+size="${MODEL_SIZE:-full}"
+model="$work/$size-demo"
+[ -f "$model/manifest.json" ] || "$bin" model demo --out "$model" --size "$size" --seed 1
 rm -rf "$work/out"
 /usr/bin/time -f 'maxrss_kb %M' -o "$work/time.txt" \
-  "$bin" infer --model "$work/full-demo" --out "$work/out" --slice-order filename \
-  --threads "$threads" --device cpu "$ref/studies/STUDY_A"
-python3 - "$work/out/STUDY_A_run.json" "$ref/models/fullsize_reference.json" "$ref/timings.json" "$work/time.txt" <<'PY'
+  "$bin" infer --model "$model" --out "$work/out" --slice-order filename \
+  --threads "$threads" --vqvae-chunk "$chunk" --device cpu "$ref/studies/STUDY_A"
+# The CPU's sustained float32 rate: a large GEMM through the same libtorch and threads.
+python3 - "$threads" > "$work/gemm.txt" <<'PY'
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+best = min((lambda t0: (a @ b, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(7))
+print(2 * 2048**3 / best / 1e9)
+PY
+python3 - "$work/out/STUDY_A_run.json" "$ref/models/fullsize_reference.json" "$ref/timings.json" "$work/time.txt" "$work/gemm.txt" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1])); t = run["timings"]
 fr = json.load(open(sys.argv[2]))["cpu_timings_same_machine_random_weights"]
@@ -36,7 +50,12 @@ rows = [("DICOM -> tokens", t["scan_s"] + t["prepare_s"], ref_pre),
 for name, a, b in rows:
     print(f"{name:<26}{a:>14.2f}{b:>14.2f}{a/b:>8.2f}")
 n = run["tokens_encoded"]
-gflop = 16.5 * n
-print(f"tokens encoded {n} (reference encodes {ref_tokens}); {gflop/t['vqvae_s']:.0f} GFLOP/s achieved in the VQ-VAE (16.5 GFLOP/token)")
+gflop = run["vqvae_gflop"]
+peak = float(open(sys.argv[5]).read())
+rate = gflop / t["vqvae_s"]
+print(f"tokens encoded {n} (reference encodes {ref_tokens}); {gflop / n:.2f} GFLOP per token")
+print(f"VQ-VAE {rate:.1f} GFLOP/s achieved; GEMM {peak:.1f} GFLOP/s measured here ({rate / peak:.0%});"
+      f" floor {gflop / peak:.1f} s, VQ-VAE at {t['vqvae_s'] / (gflop / peak):.2f}x the floor")
+print(f"reference CPU: {ref_vq / ref_tokens:.4f} s/token = {gflop / n / (ref_vq / ref_tokens):.0f} GFLOP/s")
 print(f"peak RSS {rss:.0f} MiB; threads {run['threads']}; model {run['model_version']}")
 PY

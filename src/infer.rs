@@ -27,6 +27,8 @@ pub struct StageTimings {
 pub struct ModelRun {
     pub output: PrimaOutput,
     pub tokens_encoded: usize,
+    /// Floating-point operations of the VQ-VAE over the encoded tokens.
+    pub vqvae_flops: f64,
     pub vqvae_s: f64,
     pub patchify_s: f64,
     pub prima_s: f64,
@@ -43,6 +45,7 @@ pub fn run_model(
 ) -> Result<ModelRun, ModelError> {
     let mut series = Vec::with_capacity(prepared.len());
     let (mut vqvae_s, mut patchify_s, mut tokens_encoded) = (0.0, 0.0, 0usize);
+    let mut vqvae_flops = 0.0;
     for p in prepared {
         let t0 = Instant::now();
         let ids = &p.selection.ids;
@@ -58,6 +61,7 @@ pub fn run_model(
             .collect();
         let enc = enc.f_index_select(0, &Tensor::from_slice(&pos))?;
         tokens_encoded += uniq.len();
+        vqvae_flops += uniq.len() as f64 * model.vqvae_flops_per_token(p.tokenized.token_shape());
         let t1 = Instant::now();
         vqvae_s += (t1 - t0).as_secs_f64();
         let patches = model.patchify(&enc, &p.selected_coords())?;
@@ -77,6 +81,7 @@ pub fn run_model(
     Ok(ModelRun {
         output,
         tokens_encoded,
+        vqvae_flops,
         vqvae_s,
         patchify_s,
         prima_s,
@@ -148,6 +153,8 @@ pub struct RunRecord {
     pub series: Vec<SeriesRecord>,
     pub skipped: Vec<SkipRecord>,
     pub tokens_encoded: usize,
+    /// VQ-VAE work in GFLOP (convolution multiply-adds × 2), for rates in benchmarks.
+    pub vqvae_gflop: f64,
     pub timings: StageTimings,
     pub warnings: Vec<String>,
 }
@@ -197,6 +204,7 @@ impl RunRecord {
             series: series_records(c.prepared),
             skipped: skip_records(c.skipped),
             tokens_encoded: c.run.tokens_encoded,
+            vqvae_gflop: c.run.vqvae_flops / 1e9,
             timings: StageTimings {
                 scan_s: c.scan_s,
                 prepare_s: c.prepare_s,

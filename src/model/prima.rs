@@ -243,6 +243,11 @@ impl PrimaModel {
         Ok(Tensor::f_cat(&outs, 0)?)
     }
 
+    /// Floating-point operations of the VQ-VAE encoder per token of `token_shape`.
+    pub fn vqvae_flops_per_token(&self, token_shape: [usize; 3]) -> f64 {
+        self.encoder.flops_per_token(token_shape.map(|d| d as i64))
+    }
+
     /// Encodes only the tokens `ids` of a series whose tokens are all given in `tokens`
     /// ((n, d0, d1, d2) row-major): each distinct id once (hole filling can select a patch
     /// twice, spec §6.3), then gathered → (ids.len(), emb, a, b, c) in `ids` order.

@@ -2,11 +2,12 @@
 //!
 //! Like upstream (flash-attn varlen, or its own per-sequence loop on CPU) the sequences
 //! are packed row-wise, (N, dim) with N = Σ lengths, so the row-wise parts (LayerNorm,
-//! projections, feed-forward) cost exactly the real tokens. Attention is one batched
-//! `scaled_dot_product_attention` call per layer: q/k/v are scattered into a zero-padded
-//! (B, H, L, Dh) batch with a boolean key-padding mask, so no sequence attends to
-//! another's tokens or to padding, and the real rows are gathered back. No per-sequence
-//! loops.
+//! projections, feed-forward) cost exactly the real tokens. Attention is done as batched
+//! `scaled_dot_product_attention` calls with boolean key-padding masks, so no sequence
+//! attends to another's tokens or to padding. Sequences are grouped by length first and
+//! each group is padded only to its own longest member: a study's longest series (a 3-D
+//! volume can have twice the tokens of the others) no longer makes every other series pay
+//! for its length squared. One call per length group, never one per sequence.
 
 use tch::{Device, Kind, Tensor};
 
@@ -161,34 +162,47 @@ impl Attention {
 
     /// x (N, dim) packed → x + attn(x), each sequence attending only to itself.
     fn forward(&self, x: &Tensor, pk: &Packing) -> Result<Tensor, ModelError> {
-        let (b, l) = (pk.batch(), pk.max_len());
         let inner = self.heads * self.dim_head;
         let h = self.norm.forward(x)?;
         let qkv = self.to_qkv.forward(&h)?;
-        let qkv = match &pk.scatter {
-            Some(idx) => Tensor::f_zeros([b * l, 3 * inner], (qkv.kind(), qkv.device()))?
-                .f_index_copy(0, idx, &qkv)?,
-            None => qkv,
+        // A zero row at index N stands in for every padding position of a group.
+        let qkv_ext = if pk.unscatter.is_some() {
+            Tensor::f_cat(
+                &[
+                    &qkv,
+                    &Tensor::f_zeros([1, 3 * inner], (qkv.kind(), qkv.device()))?,
+                ],
+                0,
+            )?
+        } else {
+            qkv.shallow_clone()
         };
-        let qkv = qkv
-            .f_view([b, l, 3, self.heads, self.dim_head])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        let o = Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            pk.mask.as_ref(),
-            0.0,
-            false,
-            self.scale,
-            false,
-        )?;
-        // (B, H, L, Dh) → (B·L, H·Dh), head-major as upstream's `b n h d -> b n (h d)`.
-        let o = o.f_transpose(1, 2)?.f_reshape([b * l, inner])?;
-        let o = match &pk.scatter {
-            Some(idx) => o.f_index_select(0, idx)?,
-            None => o,
+        let mut outs = Vec::with_capacity(pk.groups.len());
+        for g in &pk.groups {
+            let part = match &g.gather {
+                Some(idx) => qkv_ext.f_index_select(0, idx)?,
+                None => qkv.shallow_clone(),
+            };
+            let part = part
+                .f_view([g.batch, g.len, 3, self.heads, self.dim_head])?
+                .f_permute([2, 0, 3, 1, 4])?;
+            let (q, k, v) = (part.f_get(0)?, part.f_get(1)?, part.f_get(2)?);
+            let o = Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                g.mask.as_ref(),
+                0.0,
+                false,
+                self.scale,
+                false,
+            )?;
+            // (B, H, L, Dh) → (B·L, H·Dh), head-major as upstream's `b n h d -> b n (h d)`.
+            outs.push(o.f_transpose(1, 2)?.f_reshape([g.batch * g.len, inner])?);
+        }
+        let o = match &pk.unscatter {
+            Some(idx) => Tensor::f_cat(&outs, 0)?.f_index_select(0, idx)?,
+            None => outs.swap_remove(0),
         };
         let o = match &self.to_out {
             Some(lin) => lin.forward(&o)?,
@@ -267,16 +281,63 @@ impl Transformer {
     }
 }
 
-/// Layout of packed sequences and what one padded attention call needs.
+/// One padded attention call: `batch` sequences padded to `len`.
+struct Group {
+    batch: i64,
+    len: i64,
+    /// (batch·len,) packed row of each padded position, N (a zero row) for padding;
+    /// `None` when the group is the whole packed input without padding.
+    gather: Option<Tensor>,
+    /// (batch, 1, 1, len) bool, true = key takes part; `None` without padding.
+    mask: Option<Tensor>,
+}
+
+/// Layout of packed sequences and the padded attention calls that cover them.
 pub struct Packing {
     lens: Vec<i64>,
     starts: Vec<i64>,
-    max_len: i64,
-    /// (N,) position of each packed row in the padded (B·L) layout; `None` when no
-    /// padding is needed (all sequences of the same length).
-    scatter: Option<Tensor>,
-    /// (B, 1, 1, L) bool, true = key takes part; `None` without padding.
-    mask: Option<Tensor>,
+    groups: Vec<Group>,
+    /// (N,) row of each packed row in the concatenated group outputs; `None` with a
+    /// single unpadded group.
+    unscatter: Option<Tensor>,
+}
+
+/// Relative cost of one padded attention call over `b` sequences of length `l`, in units
+/// of one attention score per head: the scores (∝ b·l²), the gathers and copies (∝ b·l)
+/// and a fixed per-call overhead. Only the grouping depends on it, never the result.
+fn group_cost(b: i64, l: i64) -> f64 {
+    let (b, l) = (b as f64, l as f64);
+    4.0 * b * l * l + 30.0 * b * l + 20_000.0
+}
+
+/// Splits the sequences, sorted by decreasing length, into runs that minimise the summed
+/// [`group_cost`] (exact dynamic programme; S is the number of series, small).
+fn length_groups(lens: &[i64]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    let n = order.len();
+    // best[j] = cheapest cost of covering order[..j]; cut[j] = start of its last run.
+    let mut best = vec![0.0f64; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    for j in 1..=n {
+        best[j] = f64::INFINITY;
+        for i in 0..j {
+            let c = best[i] + group_cost((j - i) as i64, lens[order[i]]);
+            if c < best[j] {
+                best[j] = c;
+                cut[j] = i;
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = cut[j];
+        groups.push(order[i..j].to_vec());
+        j = i;
+    }
+    groups.reverse();
+    groups
 }
 
 impl Packing {
@@ -284,7 +345,6 @@ impl Packing {
         if lens.is_empty() || lens.iter().any(|&n| n < 1) {
             return Err(ModelError::Input(format!("sequence lengths {lens:?}")));
         }
-        let max_len = *lens.iter().max().unwrap_or(&1);
         let starts: Vec<i64> = lens
             .iter()
             .scan(0, |acc, &n| {
@@ -293,31 +353,62 @@ impl Packing {
                 Some(s)
             })
             .collect();
-        let (scatter, mask) = if lens.iter().all(|&n| n == max_len) {
-            (None, None)
-        } else {
-            let idx: Vec<i64> = lens
-                .iter()
-                .enumerate()
-                .flat_map(|(b, &n)| (0..n).map(move |p| b as i64 * max_len + p))
-                .collect();
-            let b = lens.len() as i64;
-            let lens_t = Tensor::from_slice(lens)
-                .f_to_device(device)?
-                .f_view([-1, 1])?;
-            let pos = Tensor::f_arange(max_len, (Kind::Int64, device))?.f_view([1, -1])?;
-            let mask = pos.f_lt_tensor(&lens_t)?.f_view([b, 1, 1, max_len])?;
-            (
-                Some(Tensor::from_slice(&idx).f_to_device(device)?),
-                Some(mask),
-            )
-        };
+        let total: i64 = lens.iter().sum();
+        let max_len = *lens.iter().max().unwrap_or(&1);
+        if lens.iter().all(|&n| n == max_len) {
+            return Ok(Packing {
+                lens: lens.to_vec(),
+                starts,
+                groups: vec![Group {
+                    batch: lens.len() as i64,
+                    len: max_len,
+                    gather: None,
+                    mask: None,
+                }],
+                unscatter: None,
+            });
+        }
+        let mut groups = Vec::new();
+        let mut unscatter = vec![0i64; total as usize];
+        let mut offset = 0i64;
+        for members in length_groups(lens) {
+            let len = members.iter().map(|&i| lens[i]).max().unwrap_or(1);
+            let batch = members.len() as i64;
+            let mut gather = Vec::with_capacity((batch * len) as usize);
+            for (slot, &i) in members.iter().enumerate() {
+                for p in 0..len {
+                    if p < lens[i] {
+                        let row = starts[i] + p;
+                        gather.push(row);
+                        unscatter[row as usize] = offset + slot as i64 * len + p;
+                    } else {
+                        gather.push(total);
+                    }
+                }
+            }
+            let mask = if members.iter().all(|&i| lens[i] == len) {
+                None
+            } else {
+                let glens: Vec<i64> = members.iter().map(|&i| lens[i]).collect();
+                let glens = Tensor::from_slice(&glens)
+                    .f_to_device(device)?
+                    .f_view([-1, 1])?;
+                let pos = Tensor::f_arange(len, (Kind::Int64, device))?.f_view([1, -1])?;
+                Some(pos.f_lt_tensor(&glens)?.f_view([batch, 1, 1, len])?)
+            };
+            groups.push(Group {
+                batch,
+                len,
+                gather: Some(Tensor::from_slice(&gather).f_to_device(device)?),
+                mask,
+            });
+            offset += batch * len;
+        }
         Ok(Packing {
             lens: lens.to_vec(),
             starts,
-            max_len,
-            scatter,
-            mask,
+            groups,
+            unscatter: Some(Tensor::from_slice(&unscatter).f_to_device(device)?),
         })
     }
 
@@ -325,8 +416,9 @@ impl Packing {
         self.lens.len() as i64
     }
 
-    pub fn max_len(&self) -> i64 {
-        self.max_len
+    /// Number of padded attention calls per layer.
+    pub fn calls(&self) -> usize {
+        self.groups.len()
     }
 
     pub fn total(&self) -> i64 {
@@ -340,6 +432,79 @@ impl Packing {
     /// Packed row of each sequence's first position.
     pub fn starts(&self) -> &[i64] {
         &self.starts
+    }
+}
+
+#[cfg(test)]
+mod packing_tests {
+    use super::*;
+
+    #[test]
+    fn groups_cover_every_sequence_once() {
+        for lens in [
+            vec![209, 453, 196, 213, 165, 175],
+            vec![5],
+            vec![7, 7, 7],
+            vec![1, 1000, 2, 999, 30],
+        ] {
+            let g = length_groups(&lens);
+            let mut all: Vec<usize> = g.iter().flatten().copied().collect();
+            all.sort();
+            assert_eq!(all, (0..lens.len()).collect::<Vec<_>>(), "{lens:?}");
+        }
+        // One long sequence among short ones gets its own call.
+        let g = length_groups(&[209, 453, 196, 213, 165, 175]);
+        assert!(g.len() >= 2 && g[0] == vec![1], "{g:?}");
+    }
+
+    /// Grouped attention equals attention over each sequence alone.
+    #[test]
+    fn grouped_attention_matches_single_sequences() {
+        tch::manual_seed(3);
+        let c = TransformerConfig {
+            dim: 16,
+            depth: 1,
+            heads: 2,
+            dim_head: 8,
+            mlp_dim: 32,
+            scale: 8f64.powf(-0.5),
+            eps: 1e-5,
+            project_out: Some(true),
+        };
+        let w = |o: i64, i: i64| Tensor::randn([o, i], (Kind::Float, Device::Cpu)) * 0.3;
+        let att = Attention {
+            norm: LayerNorm {
+                weight: Tensor::ones([16], (Kind::Float, Device::Cpu)),
+                bias: Tensor::zeros([16], (Kind::Float, Device::Cpu)),
+                eps: c.eps,
+            },
+            to_qkv: Linear {
+                weight: w(48, 16),
+                bias: None,
+            },
+            to_out: Some(Linear {
+                weight: w(16, 16),
+                bias: Some(Tensor::zeros([16], (Kind::Float, Device::Cpu))),
+            }),
+            heads: 2,
+            dim_head: 8,
+            scale: c.scale,
+        };
+        let lens = [40i64, 3, 90, 41, 5, 38];
+        let x = Tensor::randn([lens.iter().sum::<i64>(), 16], (Kind::Float, Device::Cpu));
+        let pk = Packing::new(&lens, Device::Cpu).unwrap();
+        assert!(pk.calls() >= 2);
+        let y = att.forward(&x, &pk).unwrap();
+        for (i, &n) in lens.iter().enumerate() {
+            let xi = x.narrow(0, pk.starts()[i], n);
+            let one = Packing::new(&[n], Device::Cpu).unwrap();
+            let yi = att.forward(&xi, &one).unwrap();
+            let d = (y.narrow(0, pk.starts()[i], n) - yi)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d < 1e-5, "sequence {i}: {d}");
+        }
     }
 }
 
