@@ -435,79 +435,6 @@ impl Packing {
     }
 }
 
-#[cfg(test)]
-mod packing_tests {
-    use super::*;
-
-    #[test]
-    fn groups_cover_every_sequence_once() {
-        for lens in [
-            vec![209, 453, 196, 213, 165, 175],
-            vec![5],
-            vec![7, 7, 7],
-            vec![1, 1000, 2, 999, 30],
-        ] {
-            let g = length_groups(&lens);
-            let mut all: Vec<usize> = g.iter().flatten().copied().collect();
-            all.sort();
-            assert_eq!(all, (0..lens.len()).collect::<Vec<_>>(), "{lens:?}");
-        }
-        // One long sequence among short ones gets its own call.
-        let g = length_groups(&[209, 453, 196, 213, 165, 175]);
-        assert!(g.len() >= 2 && g[0] == vec![1], "{g:?}");
-    }
-
-    /// Grouped attention equals attention over each sequence alone.
-    #[test]
-    fn grouped_attention_matches_single_sequences() {
-        tch::manual_seed(3);
-        let c = TransformerConfig {
-            dim: 16,
-            depth: 1,
-            heads: 2,
-            dim_head: 8,
-            mlp_dim: 32,
-            scale: 8f64.powf(-0.5),
-            eps: 1e-5,
-            project_out: Some(true),
-        };
-        let w = |o: i64, i: i64| Tensor::randn([o, i], (Kind::Float, Device::Cpu)) * 0.3;
-        let att = Attention {
-            norm: LayerNorm {
-                weight: Tensor::ones([16], (Kind::Float, Device::Cpu)),
-                bias: Tensor::zeros([16], (Kind::Float, Device::Cpu)),
-                eps: c.eps,
-            },
-            to_qkv: Linear {
-                weight: w(48, 16),
-                bias: None,
-            },
-            to_out: Some(Linear {
-                weight: w(16, 16),
-                bias: Some(Tensor::zeros([16], (Kind::Float, Device::Cpu))),
-            }),
-            heads: 2,
-            dim_head: 8,
-            scale: c.scale,
-        };
-        let lens = [40i64, 3, 90, 41, 5, 38];
-        let x = Tensor::randn([lens.iter().sum::<i64>(), 16], (Kind::Float, Device::Cpu));
-        let pk = Packing::new(&lens, Device::Cpu).unwrap();
-        assert!(pk.calls() >= 2);
-        let y = att.forward(&x, &pk).unwrap();
-        for (i, &n) in lens.iter().enumerate() {
-            let xi = x.narrow(0, pk.starts()[i], n);
-            let one = Packing::new(&[n], Device::Cpu).unwrap();
-            let yi = att.forward(&xi, &one).unwrap();
-            let d = (y.narrow(0, pk.starts()[i], n) - yi)
-                .abs()
-                .max()
-                .double_value(&[]);
-            assert!(d < 1e-5, "sequence {i}: {d}");
-        }
-    }
-}
-
 /// Upstream's `ViT` (spec §12.2): cls pooling, no positional embedding.
 pub struct Vit {
     cls_token: Tensor,
@@ -596,5 +523,78 @@ impl Vit {
             None => None,
         };
         Ok(VitOutput { pooled, head })
+    }
+}
+
+#[cfg(test)]
+mod packing_tests {
+    use super::*;
+
+    #[test]
+    fn groups_cover_every_sequence_once() {
+        for lens in [
+            vec![209, 453, 196, 213, 165, 175],
+            vec![5],
+            vec![7, 7, 7],
+            vec![1, 1000, 2, 999, 30],
+        ] {
+            let g = length_groups(&lens);
+            let mut all: Vec<usize> = g.iter().flatten().copied().collect();
+            all.sort();
+            assert_eq!(all, (0..lens.len()).collect::<Vec<_>>(), "{lens:?}");
+        }
+        // One long sequence among short ones gets its own call.
+        let g = length_groups(&[209, 453, 196, 213, 165, 175]);
+        assert!(g.len() >= 2 && g[0] == vec![1], "{g:?}");
+    }
+
+    /// Grouped attention equals attention over each sequence alone.
+    #[test]
+    fn grouped_attention_matches_single_sequences() {
+        tch::manual_seed(3);
+        let c = TransformerConfig {
+            dim: 16,
+            depth: 1,
+            heads: 2,
+            dim_head: 8,
+            mlp_dim: 32,
+            scale: 8f64.powf(-0.5),
+            eps: 1e-5,
+            project_out: Some(true),
+        };
+        let w = |o: i64, i: i64| Tensor::randn([o, i], (Kind::Float, Device::Cpu)) * 0.3;
+        let att = Attention {
+            norm: LayerNorm {
+                weight: Tensor::ones([16], (Kind::Float, Device::Cpu)),
+                bias: Tensor::zeros([16], (Kind::Float, Device::Cpu)),
+                eps: c.eps,
+            },
+            to_qkv: Linear {
+                weight: w(48, 16),
+                bias: None,
+            },
+            to_out: Some(Linear {
+                weight: w(16, 16),
+                bias: Some(Tensor::zeros([16], (Kind::Float, Device::Cpu))),
+            }),
+            heads: 2,
+            dim_head: 8,
+            scale: c.scale,
+        };
+        let lens = [40i64, 3, 90, 41, 5, 38];
+        let x = Tensor::randn([lens.iter().sum::<i64>(), 16], (Kind::Float, Device::Cpu));
+        let pk = Packing::new(&lens, Device::Cpu).unwrap();
+        assert!(pk.calls() >= 2);
+        let y = att.forward(&x, &pk).unwrap();
+        for (i, &n) in lens.iter().enumerate() {
+            let xi = x.narrow(0, pk.starts()[i], n);
+            let one = Packing::new(&[n], Device::Cpu).unwrap();
+            let yi = att.forward(&xi, &one).unwrap();
+            let d = (y.narrow(0, pk.starts()[i], n) - yi)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d < 1e-5, "sequence {i}: {d}");
+        }
     }
 }
