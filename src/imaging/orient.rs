@@ -205,21 +205,27 @@ mod tests {
         ]
     }
 
-    fn check_oriented(study: &str, folder: &str) {
-        let Some(dir) = fixture_dir() else { return };
+    /// The fixture's run record of `study` and series `folder` loaded in its file order.
+    fn fixture_series(dir: &Path, study: &str, folder: &str) -> (Value, Volume) {
         let rec: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join(format!("expected/{study}/run_record.json")))
                 .unwrap(),
         )
         .unwrap();
-        let s = series_record(&rec, folder);
-        let files: Vec<String> = s["files_used_in_order"]
+        let files: Vec<String> = series_record(&rec, folder)["files_used_in_order"]
             .as_array()
             .unwrap()
             .iter()
             .map(|f| f.as_str().unwrap().to_string())
             .collect();
         let v = load_series(&dir.join(format!("studies/{study}/{folder}")), &files);
+        (rec, v)
+    }
+
+    fn check_oriented(study: &str, folder: &str) {
+        let Some(dir) = fixture_dir() else { return };
+        let (rec, v) = fixture_series(&dir, study, folder);
+        let s = series_record(&rec, folder);
         let size: Vec<usize> = s["original_size_xyz"]
             .as_array()
             .unwrap()
@@ -342,18 +348,8 @@ mod tests {
 
     fn check_otsu(folder: &str) {
         let Some(dir) = fixture_dir() else { return };
-        let rec: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("expected/STUDY_A/run_record.json")).unwrap(),
-        )
-        .unwrap();
+        let (rec, v) = fixture_series(&dir, "STUDY_A", folder);
         let s = series_record(&rec, folder);
-        let files: Vec<String> = s["files_used_in_order"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap().to_string())
-            .collect();
-        let v = load_series(&dir.join(format!("studies/STUDY_A/{folder}")), &files);
         assert_eq!(
             v.geometry.spacing,
             vec3(&s["original_spacing_xyz"]),
