@@ -3,13 +3,12 @@
 //! the demo models.
 //!
 //! The converted fixture model is made once per test process by running
-//! `scripts/convert-checkpoint` (override with `PRIMA_CONVERTER`; or point
-//! `PRIMA_CONVERTED_MODEL` at an already converted model directory).
+//! `scripts/convert-checkpoint` (or point `PRIMA_CONVERTED_MODEL` at an already converted
+//! model directory).
 //! Run with `--nocapture` to see the per-stage maximum errors.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use prima_node::model::{write_demo_model, DemoSize, ModelOptions, PrimaModel};
@@ -18,27 +17,8 @@ use tch::Tensor;
 
 const STUDIES: [&str; 3] = ["STUDY_A", "STUDY_C", "STUDY_C_J2K"];
 
-fn skip(what: &str) -> Option<()> {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} not found (CI=true)");
-    }
-    eprintln!("SKIPPED: {what} not found");
-    None
-}
-
-fn fixture_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PRIMA_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference")
-        });
-    if dir.join("README.md").is_file() {
-        Some(dir)
-    } else {
-        skip("fixtures")?;
-        None
-    }
-}
+mod fixtures;
+use fixtures::{convert_fixture_model, json, reference_dir as fixture_dir};
 
 /// The converted fixture model directory (converted once per process).
 fn converted_model() -> Option<PathBuf> {
@@ -48,30 +28,8 @@ fn converted_model() -> Option<PathBuf> {
             return Some((None, PathBuf::from(d)));
         }
         let fx = fixture_dir()?;
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = std::env::var_os("PRIMA_CONVERTER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("scripts/convert-checkpoint"));
-        let python = root.join(".venv/bin/python");
-        if !script.is_file() || !python.exists() {
-            skip("scripts/convert-checkpoint or .venv")?;
-        }
         let tmp = tempfile::tempdir().expect("tempdir");
-        let out = tmp.path().join("model");
-        let m = fx.join("models");
-        let status = Command::new(&python)
-            .arg(&script)
-            .arg("--prima")
-            .arg(m.join("prima/primafullmodel_fixture.pt"))
-            .arg("--tokenizer")
-            .arg(m.join("tokenizer/vqvae_reduced.pth"))
-            .arg("--tokenizer-config")
-            .arg(m.join("tokenizer/tokenizer_config.json"))
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .expect("run converter");
-        assert!(status.success(), "convert-checkpoint failed: {status}");
+        let out = convert_fixture_model(&fx, &tmp.path().join("model"));
         Some((Some(tmp), out))
     });
     got.as_ref().map(|(_, p)| p.clone())
@@ -97,11 +55,6 @@ fn npy_f32(path: &Path) -> Tensor {
 fn npy_i64(path: &Path) -> (Vec<u64>, Vec<i64>) {
     let (shape, f) = npy(path);
     (shape, f.into_vec().unwrap())
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_reader(File::open(path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
-        .unwrap_or_else(|e| panic!("{path:?}: {e}"))
 }
 
 /// (max |a − b|, max |a − b| / max |b|).
