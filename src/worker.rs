@@ -268,6 +268,13 @@ impl StudyProcessor for FakeProcessor {
         if std::env::var_os("PRIMA_NODE_FAKE_FAIL").is_some() {
             return Err(ProcessError::Failed("fake failure requested".into()));
         }
+        // Gives the crash-consistency tests a window to SIGKILL the node mid-study.
+        if let Some(ms) = std::env::var("PRIMA_NODE_FAKE_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let h = hex::encode(job.input_set_hash);
         let sop = uid_from_name(&format!("fake-sr|{}|{h}", job.study_instance_uid));
         let series = uid_from_name(&format!("fake-sr-series|{}|{h}", job.study_instance_uid));
