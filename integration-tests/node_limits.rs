@@ -191,6 +191,28 @@ fn slow_loris_is_closed_by_the_timeout_and_blocks_no_one() {
     let mut rest = vec![0u8; len];
     b.read_exact(&mut rest).unwrap();
     b.write_all(&[0x04, 0x00, 0x00, 0x00]).unwrap();
+    // 3: a complete association, then a P-DATA-TF trickled one byte every 400 ms: each
+    // read succeeds, so only a deadline on the whole PDU (not per read) ends it.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&rq).unwrap();
+    let mut hdr = [0u8; 6];
+    c.read_exact(&mut hdr).unwrap();
+    let mut rest = vec![0u8; u32::from_be_bytes([hdr[2], hdr[3], hdr[4], hdr[5]]) as usize];
+    c.read_exact(&mut rest).unwrap();
+    let trickle = {
+        let mut c = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut pdu = vec![0x04, 0, 0, 0, 0x03, 0xE8];
+            // Never completes the PDU; 40 bytes at most bounds this thread to ~16 s.
+            pdu.resize(40, 0);
+            for byte in pdu {
+                if c.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
 
     // Meanwhile a normal sender is served at once.
     let series = study_series(&fx, "STUDY_A");
@@ -207,14 +229,18 @@ fn slow_loris_is_closed_by_the_timeout_and_blocks_no_one() {
     let limit = Duration::from_secs(timeout_s * 5 + 5);
     let ta = std::thread::spawn(move || seconds_until_closed(a, limit));
     let tb = std::thread::spawn(move || seconds_until_closed(b, limit));
-    let (ca, cb) = (ta.join().unwrap(), tb.join().unwrap());
+    let tc = std::thread::spawn(move || seconds_until_closed(c, limit));
+    let (ca, cb, cc) = (ta.join().unwrap(), tb.join().unwrap(), tc.join().unwrap());
+    trickle.join().unwrap();
     println!(
-        "LORIS-SUMMARY read_timeout_s={timeout_s} partial_associate_closed_after_s={} partial_pdata_closed_after_s={} normal_association_s={normal_s:.2}",
+        "LORIS-SUMMARY read_timeout_s={timeout_s} partial_associate_closed_after_s={} partial_pdata_closed_after_s={} trickled_pdata_closed_after_s={} normal_association_s={normal_s:.2}",
         ca.map(|s| format!("{s:.1}")).unwrap_or("never".into()),
         cb.map(|s| format!("{s:.1}")).unwrap_or("never".into()),
+        cc.map(|s| format!("{s:.1}")).unwrap_or("never".into()),
     );
     assert!(ca.is_some(), "half-sent A-ASSOCIATE-RQ never closed");
     assert!(cb.is_some(), "half-sent P-DATA never closed");
+    assert!(cc.is_some(), "trickled P-DATA never closed");
     assert!(node.spool_tmp().is_empty());
     assert!(echoscu(port, SCU_AE, NODE_AE).status.success());
 }
@@ -301,4 +327,69 @@ fn disk_below_floor_on_tmpfs_refuses_then_recovers() {
         assert!(node.spool_path(&sop_uid_of(f)).exists());
     }
     println!("FLOOR-SUMMARY tmpfs=64MB floor_mb={floor_mb} free_when_full_mb={low} refused=A700 recovered=yes");
+}
+
+/// Fill `dir`'s filesystem completely (until ENOSPC); returns the ballast file.
+fn fill_completely(dir: &Path) -> PathBuf {
+    let ballast = dir.join("ballast-full");
+    let mut f = std::fs::File::create(&ballast).unwrap();
+    let chunk = vec![0u8; 256 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.write_all(&[0u8; 4096]);
+    let _ = f.sync_all();
+    ballast
+}
+
+#[test]
+fn disk_full_while_processing_recovers_when_space_returns() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    let outer = tempfile::tempdir().unwrap();
+    let mnt = outer.path().join("fs");
+    let Some(_fs) = Tmpfs::mount(&mnt, 48) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let mut o = NodeOpts {
+        quiet_s: 2.0,
+        retry_initial_s: 0.3,
+        retry_max_s: 1.0,
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "2000".into())],
+        ..NodeOpts::default()
+    };
+    o.state_dir = Some(mnt.join("state"));
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    // The study is stored and its processing starts; the disk fills up before the
+    // results are written.
+    assert!(wait_until(Duration::from_secs(30), || node
+        .log_text()
+        .contains("processing study")));
+    let ballast = fill_completely(&mnt);
+    assert_eq!(prima_node::store::spool::free_mb(&mnt).unwrap(), 0);
+    std::thread::sleep(Duration::from_secs(5));
+    let during = node.status();
+    std::fs::remove_file(&ballast).unwrap();
+    let delivered = wait_until(Duration::from_secs(30), || !dest.received().is_empty());
+    println!("DISKFULL-SUMMARY delivered_after_space_returned={delivered}");
+    assert!(
+        delivered,
+        "not delivered after space returned.\nstatus while full:\n{during}\nstatus now:\n{}",
+        node.status()
+    );
+    assert!(
+        node.log_text()
+            .contains("cannot store the results (disk full?): will retry"),
+        "{}",
+        node.log_text()
+    );
+    // Still processing (not failed) while the disk was full.
+    assert!(during.contains(" processing "), "{during}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dest.received().len(), 1);
+    assert!(node.status().contains(" done "), "{}", node.status());
 }
