@@ -104,7 +104,7 @@ fn many_concurrent_associations_all_stored_rss_bounded() {
         .count();
     let (hwm, rss) = rss_kib(pid);
     println!(
-        "LOAD-SUMMARY associations={assocs} instances={total} acknowledged={acked} stored={stored} seconds={secs:.1} rate={:.0}/s peak_rss_mb={:.1} rss_mb={:.1} start_rss_mb={:.1}",
+        "LOAD-SUMMARY associations={assocs} per_association={per} instances={total} acknowledged={acked} stored={stored} seconds={secs:.1} rate={:.0}/s peak_rss_mb={:.1} rss_mb={:.1} start_rss_mb={:.1}",
         total as f64 / secs,
         hwm as f64 / 1024.0,
         rss as f64 / 1024.0,

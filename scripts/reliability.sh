@@ -40,7 +40,8 @@ field() {
 }
 
 echo "seed: $PRIMA_RELIABILITY_SEED; logs: $LOGDIR"
-cargo build --tests --bins --quiet 2>&1 | tail -n 20
+cargo build --quiet --bins --test crash_consistency --test node_limits --test node_recovery \
+  --test node_storage --test hostile_input 2>&1 | tail -n 20
 
 part crash cargo test --quiet --test crash_consistency -- --nocapture
 part limits cargo test --quiet --test node_limits -- --nocapture --test-threads=1
@@ -84,7 +85,7 @@ printf '%-34s %s\n' "instances lost (must be 0)" "$lost"
 printf '%-34s %s\n' "outputs / never delivered" "$(field crash CRASH-SUMMARY outputs) / $lost_out"
 printf '%-34s %s\n' "duplicate deliveries (must be 0)" "$dups"
 printf '%-34s %s\n' "in-doubt re-sends (same UID)" "$(field crash CRASH-SUMMARY in_doubt_resends)"
-printf '%-34s %s\n' "load: associations x instances" "$(field limits LOAD-SUMMARY associations) x $(( $(field limits LOAD-SUMMARY instances || echo 0) / $(field limits LOAD-SUMMARY associations || echo 1) )) stored $(field limits LOAD-SUMMARY stored)/$(field limits LOAD-SUMMARY instances) in $(field limits LOAD-SUMMARY seconds) s"
+printf '%-34s %s\n' "load: associations x instances" "$(field limits LOAD-SUMMARY associations) x $(field limits LOAD-SUMMARY per_association), stored $(field limits LOAD-SUMMARY stored)/$(field limits LOAD-SUMMARY instances) in $(field limits LOAD-SUMMARY seconds) s"
 printf '%-34s %s\n' "load: node peak RSS (MB)" "$(field limits LOAD-SUMMARY peak_rss_mb)"
 printf '%-34s %s\n' "slow-loris closed after (s)" "$(field limits LORIS-SUMMARY partial_associate_closed_after_s) / $(field limits LORIS-SUMMARY partial_pdata_closed_after_s) / $(field limits LORIS-SUMMARY trickled_pdata_closed_after_s) (timeout $(field limits LORIS-SUMMARY read_timeout_s))"
 printf '%-34s %s\n' "disk floor (tmpfs)" "$(grep -h '^FLOOR-SUMMARY' "$LOGDIR/limits.log" | cut -d' ' -f2-)"
