@@ -32,10 +32,11 @@ part() {
   fi
 }
 
-# key=value from the first line of $LOGDIR/<log> that starts with <tag>.
+# key=value from the first "<tag> k=v ..." summary in $LOGDIR/<log>.
 field() {
   local log="$1" tag="$2" key="$3"
-  grep -h "^$tag" "$LOGDIR/$log.log" 2>/dev/null | head -n 1 | tr ' ' '\n' |
+  # Anywhere on a line: the test harness may print "test name ... " before it.
+  grep -ho "$tag .*" "$LOGDIR/$log.log" 2>/dev/null | head -n 1 | tr ' ' '\n' |
     sed -n "s/^$key=//p" | head -n 1
 }
 
@@ -88,7 +89,8 @@ printf '%-34s %s\n' "in-doubt re-sends (same UID)" "$(field crash CRASH-SUMMARY 
 printf '%-34s %s\n' "load: associations x instances" "$(field limits LOAD-SUMMARY associations) x $(field limits LOAD-SUMMARY per_association), stored $(field limits LOAD-SUMMARY stored)/$(field limits LOAD-SUMMARY instances) in $(field limits LOAD-SUMMARY seconds) s"
 printf '%-34s %s\n' "load: node peak RSS (MB)" "$(field limits LOAD-SUMMARY peak_rss_mb)"
 printf '%-34s %s\n' "slow-loris closed after (s)" "$(field limits LORIS-SUMMARY partial_associate_closed_after_s) / $(field limits LORIS-SUMMARY partial_pdata_closed_after_s) / $(field limits LORIS-SUMMARY trickled_pdata_closed_after_s) (timeout $(field limits LORIS-SUMMARY read_timeout_s))"
-printf '%-34s %s\n' "disk floor (tmpfs)" "$(grep -h '^FLOOR-SUMMARY' "$LOGDIR/limits.log" | cut -d' ' -f2-)"
+printf '%-34s %s\n' "disk floor (tmpfs)" "$(grep -ho 'FLOOR-SUMMARY .*' "$LOGDIR/limits.log" | head -n 1 | cut -d' ' -f2-)"
+printf '%-34s %s\n' "disk full while processing" "delivered after space returned: $(field limits DISKFULL-SUMMARY delivered_after_space_returned)"
 printf '%-34s %s\n' "hostile cases passed" "${hostile_passed:-?}"
 printf '%-34s %s\n' "fuzz executions" "$fuzz_execs"
 printf '%-34s %s\n' "fuzz crashes" "$fuzz_crashes"
