@@ -74,26 +74,60 @@ fn sigkill_while_receiving_then_restart_delivers_once() {
     );
 }
 
+/// The `retry_in_ms` of every "will retry" log line, in order.
+fn retry_delays_ms(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("delivery failed; will retry"))
+        .filter_map(|l| l.split("retry_in_ms=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn destination_down_then_up_gets_the_results() {
     let Some(fx) = fixtures() else { return };
     if !have_dcmtk() {
         return;
     }
-    let node = Node::start(NodeOpts::default());
+    let node = Node::start(NodeOpts {
+        retry_initial_s: 0.3,
+        retry_max_s: 1.2,
+        // An unreachable destination is retried without limit, whatever this says.
+        max_attempts: 2,
+        ..NodeOpts::default()
+    });
     let series = study_series(&fx, "STUDY_A");
     // Two series are enough to qualify (min_series = 2) and keep the test short.
     send_study(node.opts.port, &series[..2], 2);
+    // Down long enough for the backoff to grow to its cap and for more attempts than
+    // max_attempts.
     assert!(
-        wait_until(Duration::from_secs(30), || node
-            .log_text()
-            .contains("delivery failed; will retry")),
+        wait_until(Duration::from_secs(40), || retry_delays_ms(
+            &node.log_text()
+        )
+        .len()
+            >= 4),
         "{}",
         node.log_text()
     );
+    let delays = retry_delays_ms(&node.log_text());
+    // Exponential backoff, capped: 300, 600, 1200, 1200 ms (give or take the clock).
+    assert!(delays[1] > delays[0] && delays[2] > delays[1], "{delays:?}");
+    assert!(delays.iter().all(|d| *d <= 1200), "{delays:?}");
     let status = node.status();
-    assert!(status.contains("pending"), "{status}");
-    assert!(status.contains("last_error"), "{status}");
+    let line = status
+        .lines()
+        .find(|l| l.contains(" -> "))
+        .expect("outbox entry");
+    assert!(line.contains(" pending "), "{status}");
+    assert!(line.contains("next attempt in"), "{status}");
+    assert!(line.contains("last_error: cannot associate"), "{status}");
+    let attempts: u32 = line
+        .split("attempts=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(attempts >= 4, "{status}");
 
     let dest = StoreScp::start(node.opts.dest_port);
     assert!(
@@ -103,6 +137,60 @@ fn destination_down_then_up_gets_the_results() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(dest.received().len(), 1);
+    assert!(node
+        .status()
+        .lines()
+        .any(|l| l.contains(" -> ") && l.contains(" done ")));
+}
+
+#[test]
+fn destination_answering_a700_fails_after_bounded_retries() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    // Another node stands in for a destination whose disk is full: it accepts the
+    // association and answers every C-STORE with A700 (Refused: Out of Resources).
+    let full = Node::start(NodeOpts {
+        ae_title: DEST_AE.into(),
+        min_free_mb: 1 << 40,
+        extra_sop_classes: vec!["1.2.840.10008.5.1.4.1.1.88.11".into()],
+        sources: vec![(NODE_AE.into(), Some("127.0.0.1".into()))],
+        ..NodeOpts::default()
+    });
+    let node = Node::start(NodeOpts {
+        dest_port: full.opts.port,
+        max_attempts: 3,
+        retry_initial_s: 0.2,
+        retry_max_s: 0.5,
+        ..NodeOpts::default()
+    });
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .log_text()
+            .contains("DELIVERY FAILED PERMANENTLY")),
+        "{}",
+        node.log_text()
+    );
+    let status = node.status();
+    let line = status
+        .lines()
+        .find(|l| l.contains(" -> "))
+        .expect("outbox entry");
+    assert!(line.contains(" failed "), "{status}");
+    assert!(line.contains("attempts=3"), "{status}");
+    assert!(line.contains("status 0xA700"), "{status}");
+    // No endless loop: nothing more is tried.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(node.status().contains("attempts=3"));
+    assert_eq!(
+        full.log_text().matches("refusing (A700)").count(),
+        3,
+        "{}",
+        full.log_text()
+    );
 }
 
 #[test]

@@ -145,10 +145,11 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<Work
         let study = item.job.study_instance_uid.clone();
         let span = info_span!("study", study = %study, job = item.job_id);
         let _g = span.enter();
-        if let Err(e) = ctx.state.mark_job_running(item.job_id, &study) {
-            error!(error = %e, "cannot mark job running; skipping");
-            continue;
-        }
+        // A failed write here used to skip the job, leaving it `dispatched` (never run)
+        // until a restart; a full disk or a busy database passes, so wait for it.
+        retry_storage("mark the job running", || {
+            ctx.state.mark_job_running(item.job_id, &study)
+        });
         info!(
             instances = item.job.instances.len(),
             attempt = item.job.attempt,
@@ -167,24 +168,60 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<Work
                 Err(ProcessError::Failed(format!("processor panicked: {msg}")))
             });
         let ms = t0.elapsed().as_millis() as u64;
-        match result.and_then(|p| finish(&ctx, &item, p)) {
+        let outcome = result.and_then(|p| {
+            // Storage errors are retried with the results kept in memory: found by the
+            // disk-full test, a full disk while writing the outputs marked the study
+            // `failed` for good (or, when the database was full too, left it `processing`
+            // until a restart), although it only needed the space to come back. Re-running
+            // the model is not needed: the outputs are deterministic and every write is
+            // atomic and idempotent. The worker waits meanwhile, which is the back-pressure
+            // wanted when nothing can be written anyway.
+            retry_storage("store the results", || match finish(&ctx, &item, &p) {
+                Err(FinishError::Invalid(m)) => Ok(Err(ProcessError::Failed(m))),
+                Err(FinishError::Storage(m)) => Err(m),
+                Ok(n) => Ok(Ok(n)),
+            })
+        });
+        match outcome {
             Ok(n) => info!(ms, outputs = n, "study processed"),
             Err(e) => {
                 error!(ms, error = %e, "study failed");
-                if let Err(e2) = ctx
-                    .state
-                    .finish_job_failed(item.job_id, &study, &e.to_string())
-                {
-                    error!(error = %e2, "cannot record the failure");
-                }
+                retry_storage("record the failure", || {
+                    ctx.state
+                        .finish_job_failed(item.job_id, &study, &e.to_string())
+                });
             }
         }
     }
 }
 
-fn finish(ctx: &WorkerCtx, item: &WorkItem, p: ProcessedStudy) -> Result<usize, ProcessError> {
+/// Retry `f` with backoff (1 s doubling to 30 s) until it succeeds; for writes that fail
+/// only while the disk is full or the database is busy.
+fn retry_storage<T, E: std::fmt::Display>(what: &str, mut f: impl FnMut() -> Result<T, E>) -> T {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => {
+                warn!(error = %e, retry_in_s = delay.as_secs(), "cannot {what} (disk full?): will retry");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+enum FinishError {
+    /// The outputs are unusable: the job fails.
+    Invalid(String),
+    /// Writing them failed: worth retrying.
+    Storage(String),
+}
+
+fn finish(ctx: &WorkerCtx, item: &WorkItem, p: &ProcessedStudy) -> Result<usize, FinishError> {
     let study = &item.job.study_instance_uid;
-    let fail = |m: String| ProcessError::Failed(m);
+    let fail = FinishError::Invalid;
+    let io = FinishError::Storage;
     let mut rows = Vec::new();
     for o in &p.outputs {
         for (name, uid) in [
@@ -209,7 +246,7 @@ fn finish(ctx: &WorkerCtx, item: &WorkItem, p: ProcessedStudy) -> Result<usize, 
         let path = ctx
             .outbox
             .persist_object(&o.sop_instance_uid, &o.bytes)
-            .map_err(|e| fail(format!("cannot persist output: {e}")))?;
+            .map_err(|e| io(format!("cannot persist output: {e}")))?;
         rows.push(OutputRow {
             sop_uid: o.sop_instance_uid.clone(),
             kind: o.kind.clone(),
@@ -220,14 +257,14 @@ fn finish(ctx: &WorkerCtx, item: &WorkItem, p: ProcessedStudy) -> Result<usize, 
     }
     ctx.outbox
         .persist_results(study, item.job_id, &p.predictions_json, &p.run_json)
-        .map_err(|e| fail(format!("cannot persist predictions: {e}")))?;
+        .map_err(|e| io(format!("cannot persist predictions: {e}")))?;
     let cfg = ctx.config.get();
     let dests: Vec<String> = cfg.destinations.iter().map(|d| d.key()).collect();
     if dests.is_empty() {
         warn!("no [[destinations]] configured: outputs kept in the outbox directory only");
     }
     let current = crate::study::assembler::current_input(&ctx.state, study, &cfg)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| io(e.to_string()))?;
     let job_hash = hex::encode(item.job.input_set_hash);
     if hex::encode(current.1) != job_hash {
         info!("instances arrived while processing: the study will be re-run");
@@ -241,7 +278,7 @@ fn finish(ctx: &WorkerCtx, item: &WorkItem, p: ProcessedStudy) -> Result<usize, 
             &job_hash,
             &hex::encode(current.1),
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| io(e.to_string()))?;
     let _ = ctx.wake_sender.try_send(());
     Ok(rows.len())
 }
@@ -267,6 +304,13 @@ impl StudyProcessor for FakeProcessor {
     fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
         if std::env::var_os("PRIMA_NODE_FAKE_FAIL").is_some() {
             return Err(ProcessError::Failed("fake failure requested".into()));
+        }
+        // Gives the crash-consistency tests a window to SIGKILL the node mid-study.
+        if let Some(ms) = std::env::var("PRIMA_NODE_FAKE_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let h = hex::encode(job.input_set_hash);
         let sop = uid_from_name(&format!("fake-sr|{}|{h}", job.study_instance_uid));

@@ -87,6 +87,13 @@ pub struct NodeOpts {
     pub env: Vec<(String, String)>,
     /// Run the real Prima processor with this model instead of the fake one.
     pub model_dir: Option<PathBuf>,
+    /// The node's own AE title (another node can stand in for a destination).
+    pub ae_title: String,
+    /// `[storage] extra_sop_classes` (e.g. Basic Text SR for a node acting as destination).
+    pub extra_sop_classes: Vec<String>,
+    pub read_timeout_s: u64,
+    /// State directory; default `<temp dir>/state`.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for NodeOpts {
@@ -104,6 +111,10 @@ impl Default for NodeOpts {
             max_attempts: 5,
             env: Vec::new(),
             model_dir: None,
+            ae_title: NODE_AE.into(),
+            extra_sop_classes: Vec::new(),
+            read_timeout_s: 20,
+            state_dir: None,
         }
     }
 }
@@ -111,10 +122,10 @@ impl Default for NodeOpts {
 pub fn config_text(o: &NodeOpts, state_dir: &Path) -> String {
     let mut s = format!(
         r#"[node]
-ae_title = "{NODE_AE}"
+ae_title = "{ae}"
 listen = "127.0.0.1:{port}"
 state_dir = "{state}"
-read_timeout_s = 20
+read_timeout_s = {rt}
 max_associations = {maxa}
 
 [model]
@@ -128,6 +139,7 @@ min_series = 2
 
 [storage]
 min_free_mb = {free}
+extra_sop_classes = [{extra}]
 
 [outbox]
 retry_initial_s = {ri}
@@ -141,6 +153,14 @@ host = "127.0.0.1"
 port = {dport}
 "#,
         port = o.port,
+        ae = o.ae_title,
+        rt = o.read_timeout_s,
+        extra = o
+            .extra_sop_classes
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         state = state_dir.display(),
         quiet = o.quiet_s,
         free = o.min_free_mb,
@@ -178,7 +198,10 @@ pub struct Node {
 impl Node {
     pub fn start(opts: NodeOpts) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("state");
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let config = dir.path().join("prima-node.toml");
         std::fs::write(&config, config_text(&opts, &state_dir)).unwrap();
         let mut n = Node {

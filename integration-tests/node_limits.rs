@@ -1,0 +1,395 @@
+//! Resource limits: the free-space floor on a real, small filesystem (tmpfs) with recovery
+//! when space returns; many concurrent associations (all stored, peak RSS reported);
+//! slow-loris peers closed by the read timeout without blocking anyone else.
+//!
+//! Default (CI) mode sends 4 associations x 50 instances; `PRIMA_RELIABILITY_FULL=1` sends
+//! 16 x 300. Each test prints one summary line (`LOAD-SUMMARY`, `LORIS-SUMMARY`,
+//! `FLOOR-SUMMARY`) for `scripts/reliability.sh`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use prima_node::synth::{write_study, Plane, SynthSeries, SynthStudy};
+
+fn full_mode() -> bool {
+    std::env::var("PRIMA_RELIABILITY_FULL").is_ok_and(|v| v == "1")
+}
+
+/// A study of `n_series` series of `slices` small images each, written under `dir`.
+fn small_study(dir: &Path, seed: u64, n_series: usize, slices: usize) -> Vec<Vec<PathBuf>> {
+    let series = (0..n_series)
+        .map(|i| {
+            SynthSeries::new(
+                i as i32 + 2,
+                &format!("SERIES {i}"),
+                Plane::Axial,
+                32,
+                32,
+                slices,
+            )
+        })
+        .collect();
+    let s = SynthStudy {
+        series,
+        ..SynthStudy::brain(seed)
+    };
+    let files = write_study(&s, dir).expect("write synthetic study");
+    let mut by_series: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
+    for f in files {
+        by_series
+            .entry(f.parent().unwrap().to_owned())
+            .or_default()
+            .push(f);
+    }
+    by_series.into_values().collect()
+}
+
+/// Peak and current resident set size of a process, in KiB (VmHWM, VmRSS).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[test]
+fn many_concurrent_associations_all_stored_rss_bounded() {
+    if !have_dcmtk() {
+        return;
+    }
+    let (assocs, per) = if full_mode() { (16, 300) } else { (4, 50) };
+    let node = Node::start(NodeOpts {
+        max_associations: 16,
+        // Long enough that the study is not processed while it is still arriving.
+        quiet_s: 5.0,
+        ..NodeOpts::default()
+    });
+    let dir = node.dir.path().join("load");
+    let series = small_study(&dir, 4242, assocs, per);
+    let total: usize = series.iter().map(Vec::len).sum();
+    let pid = node.pid().unwrap();
+    let (hwm0, _) = rss_kib(pid);
+    let t0 = Instant::now();
+    let logs: Vec<PathBuf> = (0..assocs)
+        .map(|i| dir.join(format!("storescu-{i}.log")))
+        .collect();
+    let mut scus: Vec<_> = series
+        .iter()
+        .zip(&logs)
+        .map(|(f, l)| storescu_spawn(node.opts.port, SCU_AE, f, l))
+        .collect();
+    for c in &mut scus {
+        assert!(c.wait().unwrap().success(), "a storescu failed");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let acked: usize = logs
+        .iter()
+        .map(|l| acknowledged_files(&std::fs::read_to_string(l).unwrap()).len())
+        .sum();
+    let stored = series
+        .iter()
+        .flatten()
+        .filter(|f| node.spool_path(&sop_uid_of(f)).exists())
+        .count();
+    let (hwm, rss) = rss_kib(pid);
+    println!(
+        "LOAD-SUMMARY associations={assocs} per_association={per} instances={total} acknowledged={acked} stored={stored} seconds={secs:.1} rate={:.0}/s peak_rss_mb={:.1} rss_mb={:.1} start_rss_mb={:.1}",
+        total as f64 / secs,
+        hwm as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm0 as f64 / 1024.0
+    );
+    assert_eq!(acked, total, "every instance answered Success");
+    assert_eq!(stored, total, "every instance in the spool");
+    assert!(node.spool_tmp().is_empty());
+    // Instances stream to disk; memory must not grow with the amount received.
+    assert!(hwm < 512 * 1024, "peak RSS {hwm} KiB");
+}
+
+/// Bytes of an A-ASSOCIATE-RQ from `calling` to the node, proposing Verification.
+fn associate_rq(calling: &str) -> Vec<u8> {
+    fn item(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![t, 0];
+        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+    let pad = |s: &str| format!("{s:<16}").into_bytes();
+    let mut body = vec![0, 1, 0, 0];
+    body.extend(pad(NODE_AE));
+    body.extend(pad(calling));
+    body.extend([0u8; 32]);
+    body.extend(item(0x10, b"1.2.840.10008.3.1.1.1"));
+    let mut pc = vec![1, 0, 0, 0];
+    pc.extend(item(0x30, b"1.2.840.10008.1.1"));
+    pc.extend(item(0x40, b"1.2.840.10008.1.2"));
+    body.extend(item(0x20, &pc));
+    let mut ui = item(0x51, &16384u32.to_be_bytes());
+    ui.extend(item(0x52, b"1.2.3.4"));
+    body.extend(item(0x50, &ui));
+    let mut pdu = vec![0x01, 0];
+    pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    pdu.extend(body);
+    pdu
+}
+
+/// Seconds until the node closes `s` (reads until EOF or error), at most `limit`.
+fn seconds_until_closed(mut s: TcpStream, limit: Duration) -> Option<f64> {
+    let t0 = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(t0.elapsed().as_secs_f64()),
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return None
+            }
+            Err(_) => return Some(t0.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+#[test]
+fn slow_loris_is_closed_by_the_timeout_and_blocks_no_one() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    let timeout_s = 2;
+    let node = Node::start(NodeOpts {
+        read_timeout_s: timeout_s,
+        ..NodeOpts::default()
+    });
+    let port = node.opts.port;
+    let rq = associate_rq(SCU_AE);
+
+    // 1: half an A-ASSOCIATE-RQ, then silence.
+    let mut a = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    a.write_all(&rq[..rq.len() / 2]).unwrap();
+    // 2: a complete association, then half a P-DATA-TF header, then silence.
+    let mut b = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    b.write_all(&rq).unwrap();
+    let mut ac = [0u8; 6];
+    b.read_exact(&mut ac).unwrap();
+    assert_eq!(ac[0], 0x02, "association accepted");
+    let len = u32::from_be_bytes([ac[2], ac[3], ac[4], ac[5]]) as usize;
+    let mut rest = vec![0u8; len];
+    b.read_exact(&mut rest).unwrap();
+    b.write_all(&[0x04, 0x00, 0x00, 0x00]).unwrap();
+    // 3: a complete association, then a P-DATA-TF trickled one byte every 400 ms: each
+    // read succeeds, so only a deadline on the whole PDU (not per read) ends it.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&rq).unwrap();
+    let mut hdr = [0u8; 6];
+    c.read_exact(&mut hdr).unwrap();
+    let mut rest = vec![0u8; u32::from_be_bytes([hdr[2], hdr[3], hdr[4], hdr[5]]) as usize];
+    c.read_exact(&mut rest).unwrap();
+    let trickle = {
+        let mut c = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut pdu = vec![0x04, 0, 0, 0, 0x03, 0xE8];
+            // Never completes the PDU; 40 bytes at most bounds this thread to ~16 s.
+            pdu.resize(40, 0);
+            for byte in pdu {
+                if c.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+
+    // Meanwhile a normal sender is served at once.
+    let series = study_series(&fx, "STUDY_A");
+    let t0 = Instant::now();
+    let out = storescu(port, SCU_AE, &series[0][..5]);
+    let normal_s = t0.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(acknowledged_files(&text(&out)).len(), 5);
+    assert!(
+        normal_s < timeout_s as f64,
+        "a normal association waited {normal_s:.1}s behind the slow ones"
+    );
+
+    let limit = Duration::from_secs(timeout_s * 5 + 5);
+    let ta = std::thread::spawn(move || seconds_until_closed(a, limit));
+    let tb = std::thread::spawn(move || seconds_until_closed(b, limit));
+    let tc = std::thread::spawn(move || seconds_until_closed(c, limit));
+    let (ca, cb, cc) = (ta.join().unwrap(), tb.join().unwrap(), tc.join().unwrap());
+    trickle.join().unwrap();
+    println!(
+        "LORIS-SUMMARY read_timeout_s={timeout_s} partial_associate_closed_after_s={} partial_pdata_closed_after_s={} trickled_pdata_closed_after_s={} normal_association_s={normal_s:.2}",
+        ca.map(|s| format!("{s:.1}")).unwrap_or("never".into()),
+        cb.map(|s| format!("{s:.1}")).unwrap_or("never".into()),
+        cc.map(|s| format!("{s:.1}")).unwrap_or("never".into()),
+    );
+    assert!(ca.is_some(), "half-sent A-ASSOCIATE-RQ never closed");
+    assert!(cb.is_some(), "half-sent P-DATA never closed");
+    assert!(cc.is_some(), "trickled P-DATA never closed");
+    assert!(node.spool_tmp().is_empty());
+    assert!(echoscu(port, SCU_AE, NODE_AE).status.success());
+}
+
+/// A tmpfs of `mb` MiB mounted at `dir` (needs CAP_SYS_ADMIN); unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mb: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={mb}m,mode=0700"))
+            .arg("tmpfs")
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_below_floor_on_tmpfs_refuses_then_recovers() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    let outer = tempfile::tempdir().unwrap();
+    let mnt = outer.path().join("fs");
+    let Some(_fs) = Tmpfs::mount(&mnt, 64) else {
+        // Mounting needs root (or CAP_SYS_ADMIN); node_storage.rs covers the configured
+        // floor without a real small filesystem.
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root); see node_storage.rs");
+        println!("FLOOR-SUMMARY tmpfs=unavailable");
+        return;
+    };
+    let state = mnt.join("state");
+    let floor_mb = 16;
+    let mut o = NodeOpts {
+        min_free_mb: floor_mb,
+        ..NodeOpts::default()
+    };
+    o.state_dir = Some(state.clone());
+    let node = Node::start(o);
+    let series = study_series(&fx, "STUDY_A");
+    let port = node.opts.port;
+
+    // Fill the filesystem until less than the floor is free.
+    let ballast = mnt.join("ballast");
+    let free = prima_node::store::spool::free_mb(&mnt).unwrap();
+    let fill = (free.saturating_sub(floor_mb / 2)) * 1024 * 1024;
+    {
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![0u8; 1024 * 1024];
+        let mut left = fill;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        f.sync_all().unwrap();
+    }
+    let low = prima_node::store::spool::free_mb(&mnt).unwrap();
+    assert!(low < floor_mb, "free {low} MB");
+    let out = storescu(port, SCU_AE, &series[0][..3]);
+    let t = text(&out);
+    assert!(t.contains("Refused: OutOfResources"), "no A700:\n{t}");
+    assert!(acknowledged_files(&t).is_empty(), "{t}");
+    assert!(node.spool_tmp().is_empty(), "no half-written files");
+
+    // Space returns: the same instances are now stored.
+    std::fs::remove_file(&ballast).unwrap();
+    let out = storescu(port, SCU_AE, &series[0][..3]);
+    let t = text(&out);
+    assert_eq!(acknowledged_files(&t).len(), 3, "{t}");
+    for f in &series[0][..3] {
+        assert!(node.spool_path(&sop_uid_of(f)).exists());
+    }
+    println!("FLOOR-SUMMARY tmpfs=64MB floor_mb={floor_mb} free_when_full_mb={low} refused=A700 recovered=yes");
+}
+
+/// Fill `dir`'s filesystem completely (until ENOSPC); returns the ballast file.
+fn fill_completely(dir: &Path) -> PathBuf {
+    let ballast = dir.join("ballast-full");
+    let mut f = std::fs::File::create(&ballast).unwrap();
+    let chunk = vec![0u8; 256 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.write_all(&[0u8; 4096]);
+    let _ = f.sync_all();
+    ballast
+}
+
+#[test]
+fn disk_full_while_processing_recovers_when_space_returns() {
+    let Some(fx) = fixtures() else { return };
+    if !have_dcmtk() {
+        return;
+    }
+    let outer = tempfile::tempdir().unwrap();
+    let mnt = outer.path().join("fs");
+    let Some(_fs) = Tmpfs::mount(&mnt, 48) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let mut o = NodeOpts {
+        quiet_s: 2.0,
+        retry_initial_s: 0.3,
+        retry_max_s: 1.0,
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "2000".into())],
+        ..NodeOpts::default()
+    };
+    o.state_dir = Some(mnt.join("state"));
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    // The study is stored and its processing starts; the disk fills up before the
+    // results are written.
+    assert!(wait_until(Duration::from_secs(30), || node
+        .log_text()
+        .contains("processing study")));
+    let ballast = fill_completely(&mnt);
+    assert_eq!(prima_node::store::spool::free_mb(&mnt).unwrap(), 0);
+    std::thread::sleep(Duration::from_secs(5));
+    let during = node.status();
+    std::fs::remove_file(&ballast).unwrap();
+    let delivered = wait_until(Duration::from_secs(30), || !dest.received().is_empty());
+    println!("DISKFULL-SUMMARY delivered_after_space_returned={delivered}");
+    assert!(
+        delivered,
+        "not delivered after space returned.\nstatus while full:\n{during}\nstatus now:\n{}",
+        node.status()
+    );
+    assert!(
+        node.log_text()
+            .contains("cannot store the results (disk full?): will retry"),
+        "{}",
+        node.log_text()
+    );
+    // Still processing (not failed) while the disk was full.
+    assert!(during.contains(" processing "), "{during}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dest.received().len(), 1);
+    assert!(node.status().contains(" done "), "{}", node.status());
+}

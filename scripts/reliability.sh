@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Full-mode reliability run (issue 6): crash-consistency trials, destination faults, load and
+# resource limits, the hostile-input suite, and fuzzing when scripts/fuzz.sh exists. Prints a
+# summary table at the end; exits non-zero if any part failed or anything was lost or
+# delivered twice. Not part of scripts/test.sh (it takes several minutes).
+#
+#   scripts/reliability.sh [fuzz-minutes]        (default 3)
+#   PRIMA_RELIABILITY_SEED=<n>                    seed for the crash trials
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+export TCP_NODELAY=1
+export PRIMA_RELIABILITY_FULL=1
+export PRIMA_RELIABILITY_SEED="${PRIMA_RELIABILITY_SEED:-$(date +%s)}"
+FUZZ_MINUTES="${1:-3}"
+LOGDIR="$(mktemp -d "${TMPDIR:-/tmp}/prima-reliability.XXXXXX")"
+failed_parts=()
+
+# Run one part; its output goes to $LOGDIR/<name>.log and (filtered) to the terminal.
+part() {
+  local name="$1"
+  shift
+  echo "== $name: $*"
+  local t0=$SECONDS
+  if "$@" >"$LOGDIR/$name.log" 2>&1; then
+    echo "   ok ($((SECONDS - t0)) s)"
+  else
+    echo "   FAILED ($((SECONDS - t0)) s); log: $LOGDIR/$name.log"
+    grep -E "panicked|assert|LOST|DUPLICATE|MISMATCH" "$LOGDIR/$name.log" | head -n 20 | sed 's/^/   /'
+    failed_parts+=("$name")
+  fi
+}
+
+# key=value from the first "<tag> k=v ..." summary in $LOGDIR/<log>.
+field() {
+  local log="$1" tag="$2" key="$3"
+  # Anywhere on a line: the test harness may print "test name ... " before it.
+  grep -ho "$tag .*" "$LOGDIR/$log.log" 2>/dev/null | head -n 1 | tr ' ' '\n' |
+    sed -n "s/^$key=//p" | head -n 1
+}
+
+echo "seed: $PRIMA_RELIABILITY_SEED; logs: $LOGDIR"
+cargo build --quiet --bins --test crash_consistency --test node_limits --test node_recovery \
+  --test node_storage --test hostile_input 2>&1 | tail -n 20
+
+part crash cargo test --quiet --test crash_consistency -- --nocapture
+part limits cargo test --quiet --test node_limits -- --nocapture --test-threads=1
+part faults cargo test --quiet --test node_recovery -- --test-threads=2
+part storage cargo test --quiet --test node_storage
+part hostile cargo test --quiet --test hostile_input -- --nocapture
+
+fuzz_execs="n/a"
+fuzz_crashes="n/a"
+if [ -x scripts/fuzz.sh ] || [ -f scripts/fuzz.sh ]; then
+  part fuzz bash scripts/fuzz.sh "$FUZZ_MINUTES"
+  # Prefer a "FUZZ-SUMMARY executions=N crashes=M" line; else libFuzzer's own output.
+  fuzz_execs="$(field fuzz FUZZ-SUMMARY executions)"
+  fuzz_crashes="$(field fuzz FUZZ-SUMMARY crashes)"
+  if [ -z "$fuzz_execs" ]; then
+    fuzz_execs="$(grep -hoE 'Done [0-9]+ runs' "$LOGDIR/fuzz.log" | awk '{s+=$2} END {print s+0}')"
+  fi
+  if [ -z "$fuzz_crashes" ]; then
+    fuzz_crashes="$(grep -hcE 'Test unit written to .*crash-|deadly signal|panicked' "$LOGDIR/fuzz.log")"
+  fi
+else
+  echo "fuzz: not available (scripts/fuzz.sh missing)"
+fi
+
+hostile_line="$(grep -hE '^[0-9]+ hostile cases, [0-9]+ failed' "$LOGDIR/hostile.log" | head -n 1)"
+hostile_total="$(echo "$hostile_line" | awk '{print $1}')"
+hostile_failed="$(echo "$hostile_line" | awk '{print $4}')"
+hostile_passed=""
+if [ -n "$hostile_total" ]; then
+  hostile_passed="$((hostile_total - ${hostile_failed:-0}))/$hostile_total"
+fi
+
+lost="$(field crash CRASH-SUMMARY lost)"
+dups="$(field crash CRASH-SUMMARY duplicates)"
+lost_out="$(field crash CRASH-SUMMARY lost_outputs)"
+
+printf '\n%-34s %s\n' "reliability summary" "(seed $PRIMA_RELIABILITY_SEED)"
+printf '%-34s %s\n' "crash trials" "$(field crash CRASH-SUMMARY trials) ($(field crash CRASH-SUMMARY kills) SIGKILLs, $(field crash CRASH-SUMMARY seconds) s)"
+printf '%-34s %s\n' "instances acknowledged" "$(field crash CRASH-SUMMARY acknowledged)"
+printf '%-34s %s\n' "instances lost (must be 0)" "$lost"
+printf '%-34s %s\n' "outputs / never delivered" "$(field crash CRASH-SUMMARY outputs) / $lost_out"
+printf '%-34s %s\n' "duplicate deliveries (must be 0)" "$dups"
+printf '%-34s %s\n' "in-doubt re-sends (same UID)" "$(field crash CRASH-SUMMARY in_doubt_resends)"
+printf '%-34s %s\n' "load: associations x instances" "$(field limits LOAD-SUMMARY associations) x $(field limits LOAD-SUMMARY per_association), stored $(field limits LOAD-SUMMARY stored)/$(field limits LOAD-SUMMARY instances) in $(field limits LOAD-SUMMARY seconds) s"
+printf '%-34s %s\n' "load: node peak RSS (MB)" "$(field limits LOAD-SUMMARY peak_rss_mb)"
+printf '%-34s %s\n' "slow-loris closed after (s)" "$(field limits LORIS-SUMMARY partial_associate_closed_after_s) / $(field limits LORIS-SUMMARY partial_pdata_closed_after_s) / $(field limits LORIS-SUMMARY trickled_pdata_closed_after_s) (timeout $(field limits LORIS-SUMMARY read_timeout_s))"
+printf '%-34s %s\n' "disk floor (tmpfs)" "$(grep -ho 'FLOOR-SUMMARY .*' "$LOGDIR/limits.log" | head -n 1 | cut -d' ' -f2-)"
+printf '%-34s %s\n' "disk full while processing" "delivered after space returned: $(field limits DISKFULL-SUMMARY delivered_after_space_returned)"
+printf '%-34s %s\n' "hostile cases passed" "${hostile_passed:-?}"
+printf '%-34s %s\n' "fuzz executions" "$fuzz_execs"
+printf '%-34s %s\n' "fuzz crashes" "$fuzz_crashes"
+printf '%-34s %s\n' "parts failed" "${failed_parts[*]:-none}"
+
+status=0
+[ "${#failed_parts[@]}" -eq 0 ] || status=1
+[ "$lost" = "0" ] || status=1
+[ "$dups" = "0" ] || status=1
+[ "$lost_out" = "0" ] || status=1
+exit $status
