@@ -112,6 +112,18 @@ EOF
   wait_echo PRIMA "$2"
 }
 
+# CPU seconds (user + system) used so far by the target and its children, reaped or not
+# (storescp --fork handles each association in a child process).
+cpu_of() {
+  local hz p total=0 t
+  hz=$(getconf CLK_TCK)
+  for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$p"/stat 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  python3 -c "print($total / $hz)"
+}
+
 stop_target() {
   kill "$target_pid" 2>/dev/null || true
   wait "$target_pid" 2>/dev/null || true
@@ -153,21 +165,25 @@ for r in $(seq "$ROUNDS"); do
     rm -rf "$out"; sync
     port=$(free_port)
     start_storescp "$out" "$port"
+    c0=$(cpu_of "$target_pid")
     s=$(send "$k" STORESCP "$port")
+    c=$(python3 -c "print($(cpu_of "$target_pid") - $c0)")
     stop_target
     got=$(find "$out" -type f | wc -l)
     [ "$got" -eq "$N" ] || { echo "storescp stored $got of $N" >&2; exit 1; }
-    printf 'storescp\t%s\t%s\t%s\n' "$k" "$r" "$s" >>"$results"
+    printf 'storescp\t%s\t%s\t%s\t%s\n' "$k" "$r" "$s" "$c" >>"$results"
     # B: prima-node
     st="$work/node-state"
     rm -rf "$st" "$out"; sync
     port=$(free_port)
     start_node "$st" "$port"
+    c0=$(cpu_of "$target_pid")
     s=$(send "$k" PRIMA "$port")
+    c=$(python3 -c "print($(cpu_of "$target_pid") - $c0)")
     stop_target
     got=$(find "$st/spool/objects" -name '*.dcm' | wc -l)
     [ "$got" -eq "$N" ] || { echo "prima-node stored $got of $N" >&2; tail -n 20 "$work/node.log" >&2; exit 1; }
-    printf 'prima-node\t%s\t%s\t%s\n' "$k" "$r" "$s" >>"$results"
+    printf 'prima-node\t%s\t%s\t%s\t%s\n' "$k" "$r" "$s" "$c" >>"$results"
     echo "round $r, $k assoc: storescp $(awk -v k="$k" -v r="$r" '$1=="storescp"&&$2==k&&$3==r {printf "%.2f", $4}' "$results") s, prima-node $s s" >&2
   done
 done
@@ -177,14 +193,19 @@ python3 - "$results" "$N" "$bytes" "$PDU" <<'PY'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
 n, nbytes, pdu = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-by = {}
-for tgt, k, r, s in rows:
+by, cpu = {}, {}
+for tgt, k, r, s, c in rows:
     by.setdefault((tgt, int(k)), []).append(float(s))
+    cpu.setdefault((tgt, int(k)), []).append(float(c))
 print(f"C-STORE ingest, {n} instances ({nbytes/1e6:.0f} MB), max PDU {pdu}, median of {len(next(iter(by.values())))} rounds")
 print("storescp: --fork +B, no fsync. prima-node: file + directory entry fsynced before each Success.")
-print(f"{'assoc':>5} | {'storescp MB/s':>13} {'inst/s':>8} | {'prima-node MB/s':>15} {'inst/s':>8} | {'node/storescp':>13}")
+print("CPU ms/inst: the receiver's user+system CPU per instance (median), a load-independent check.")
+print(f"{'assoc':>5} | {'storescp MB/s':>13} {'inst/s':>7} {'CPU ms/inst':>11} | {'prima-node MB/s':>15} {'inst/s':>7} {'CPU ms/inst':>11} | {'node/storescp':>13}")
 for k in sorted({k for _, k in by}):
     a = statistics.median(by[("storescp", k)])
     b = statistics.median(by[("prima-node", k)])
-    print(f"{k:>5} | {nbytes/a/1e6:>13.1f} {n/a:>8.0f} | {nbytes/b/1e6:>15.1f} {n/b:>8.0f} | {a/b:>13.2f}")
+    ca = statistics.median(cpu[("storescp", k)]) * 1000 / n
+    cb = statistics.median(cpu[("prima-node", k)]) * 1000 / n
+    print(f"{k:>5} | {nbytes/a/1e6:>13.1f} {n/a:>7.0f} {ca:>11.2f} | {nbytes/b/1e6:>15.1f} {n/b:>7.0f} {cb:>11.2f} | {a/b:>13.2f}")
+print("all runs (s): " + "; ".join(f"{t} {k}: " + " ".join(f"{x:.2f}" for x in v) for (t, k), v in sorted(by.items())))
 PY
