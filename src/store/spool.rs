@@ -800,4 +800,55 @@ mod tests {
         assert_eq!(s.clean_tmp(), 0);
         assert!(s.check_space(u64::MAX).is_err());
     }
+    #[test]
+    fn concurrent_commits_are_batched_and_all_land() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        std::thread::scope(|sc| {
+            for i in 0..12 {
+                let s = s.clone();
+                sc.spawn(move || {
+                    let uid = format!("1.2.3.{i}");
+                    let mut t = s
+                        .begin(
+                            crate::config::MR_IMAGE_STORAGE,
+                            &uid,
+                            "1.2.840.10008.1.2.1",
+                            "SCU",
+                            0,
+                        )
+                        .unwrap();
+                    t.write(format!("data {i}").as_bytes()).unwrap();
+                    let p = s.commit(t.finish().unwrap(), &uid).unwrap();
+                    assert_eq!(p, s.path_for(&uid));
+                    assert!(std::fs::read(&p)
+                        .unwrap()
+                        .ends_with(format!("data {i}").as_bytes()));
+                });
+            }
+        });
+        assert_eq!(s.all_objects().len(), 12);
+        assert_eq!(
+            std::fs::read_dir(d.path().join("spool/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn write_atomic_many_writes_all() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("r");
+        let out = write_atomic_many(&dir, &[("a.json", b"{}"), ("b.txt", b"bee")]).unwrap();
+        assert_eq!(out, vec![dir.join("a.json"), dir.join("b.txt")]);
+        assert_eq!(std::fs::read(dir.join("b.txt")).unwrap(), b"bee");
+        let again = write_atomic_many(&dir, &[("b.txt", b"new")]).unwrap();
+        assert_eq!(std::fs::read(&again[0]).unwrap(), b"new");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            2,
+            "no temp files left"
+        );
+    }
 }
