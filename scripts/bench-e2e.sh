@@ -6,6 +6,7 @@
 #   scripts/bench-e2e.sh [ROUNDS]              (default 3) STUDY_A from the fixtures
 #   env: QUIET=1.0 (quiet period, s)  STUDY=<folder of DICOM files>  BENCH_DIR  KEEP=1
 #        SIZE=small|full (demo model)  PRIMA_NODE_BIN=<binary> (default: release build)
+#        WAIT_S=1800 (give up waiting for the SR after this long)
 #   RSS mode:  MODE=rss scripts/bench-e2e.sh   a generated 3000-instance study
 #        (N=3000, SERIES=10 of 300 slices, ROWS=COLS=512; see scripts/bench/gen_study.py) goes through the
 #        node; prints the node's peak RSS (VmHWM) and the model's share of it.
@@ -134,7 +135,8 @@ for l in sys.stdin:
   t_last=$(awk '/Received Store Response \(Success\)/ {t=$1} END {print t}' "$run/storescu.log")
   [ -n "$t_last" ] || { echo "bench-e2e: no Success from the node" >&2; tail "$run/storescu.log" >&2; exit 1; }
   ok=""
-  for _ in $(seq 6000); do
+  deadline=$(( $(date +%s) + ${WAIT_S:-1800} ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
     if [ -f "$run/received.txt" ] && grep -q " SR" "$run/received.txt"; then ok=1; break; fi
     sleep 0.02
   done
