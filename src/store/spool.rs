@@ -3,13 +3,14 @@
 //! An instance is streamed into a temporary file under `spool/tmp` (Part-10 preamble and
 //! meta group first, then the data set bytes exactly as received), checked, fdatasynced,
 //! and renamed to `spool/objects/<h0h1>/<sha256(SOP Instance UID)>.dcm`, after which the
-//! directory is fsynced. The 256 shard directories are created (and made durable) when the
-//! spool is opened: creating directories while receiving cost more CPU than anything else
-//! in the C-STORE path, and each new one needed its parent fsynced too.
-//! Only then may the SCP answer Success: the file content AND its directory entry are
-//! durable. The path never contains a raw UID: a UID is attacker-controlled text. A
-//! duplicate SOP Instance UID lands on the same path, so `rename` replaces the earlier copy
-//! atomically.
+//! directory is fsynced. Only then may the SCP answer Success: the file content AND its
+//! directory entry are durable. The path never contains a raw UID: a UID is
+//! attacker-controlled text. A duplicate SOP Instance UID lands on the same path, so
+//! `rename` replaces the earlier copy atomically.
+//!
+//! The 256 shard directories are created (and made durable) when the spool is opened:
+//! creating directories while receiving cost more CPU than anything else in the C-STORE
+//! path, and each new one needed its parent fsynced too.
 //!
 //! Group commit: the sync/rename/directory-sync step runs on one committer thread that
 //! takes every instance waiting at that moment as a batch (concurrent associations).
