@@ -248,7 +248,16 @@ fn assembler_loop(
             }
             last_status = Instant::now();
         }
-        std::thread::sleep(TICK);
+        // Wake at the next quiet-period deadline if it comes before the next tick (a study
+        // arriving meanwhile only pushes its own deadline later).
+        let now = state::now_ms();
+        let nap = match assembler::next_due_ms(state, &cfg, now) {
+            Ok(Some(due)) => {
+                Duration::from_millis((due - now).clamp(2, TICK.as_millis() as i64) as u64)
+            }
+            _ => TICK,
+        };
+        std::thread::sleep(nap);
     }
 }
 

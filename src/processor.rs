@@ -44,6 +44,8 @@ impl StudyProcessor for PrimaProcessor {
     fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
         let fail = |e: String| ProcessError::Failed(e);
         let t_start = Instant::now();
+        // scan_s covers reading the headers too, as `infer`'s folder scan does.
+        let t0 = Instant::now();
         let mut headers = Vec::new();
         for inst in &job.instances {
             match read_slice_headers(&inst.path) {
@@ -53,7 +55,6 @@ impl StudyProcessor for PrimaProcessor {
                 }
             }
         }
-        let t0 = Instant::now();
         let scan = group_by_series_uid(headers);
         let scan_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();

@@ -242,11 +242,16 @@ fn finish(ctx: &WorkerCtx, item: &WorkItem, p: &ProcessedStudy) -> Result<usize,
     }
     // Outputs are durable before they are queued: a crash after this point re-sends from
     // disk instead of re-running the model.
-    for o in &p.outputs {
-        let path = ctx
-            .outbox
-            .persist_object(&o.sop_instance_uid, &o.bytes)
-            .map_err(|e| io(format!("cannot persist output: {e}")))?;
+    let objects: Vec<(&str, &[u8])> = p
+        .outputs
+        .iter()
+        .map(|o| (o.sop_instance_uid.as_str(), o.bytes.as_slice()))
+        .collect();
+    let paths = ctx
+        .outbox
+        .persist_objects(&objects)
+        .map_err(|e| io(format!("cannot persist output: {e}")))?;
+    for (o, path) in p.outputs.iter().zip(paths) {
         rows.push(OutputRow {
             sop_uid: o.sop_instance_uid.clone(),
             kind: o.kind.clone(),

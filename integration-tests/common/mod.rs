@@ -334,7 +334,6 @@ impl Node {
         self.state_dir
             .join("spool/objects")
             .join(&h[0..2])
-            .join(&h[2..4])
             .join(format!("{h}.dcm"))
     }
 }

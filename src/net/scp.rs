@@ -581,7 +581,7 @@ fn finalize(
     let done = match t.finish() {
         Ok(d) => d,
         Err(e) => {
-            error!(calling_ae = %conn.calling_ae, error = %e, "cannot fsync instance: refusing (A700)");
+            error!(calling_ae = %conn.calling_ae, error = %e, "cannot write instance: refusing (A700)");
             return (status::OUT_OF_RESOURCES, Some("write failed".into()));
         }
     };

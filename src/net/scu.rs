@@ -214,6 +214,9 @@ fn send_batch(
             return;
         }
     };
+    // A C-STORE is a small command PDU followed by data PDUs; with Nagle on, the data
+    // waits for the peer's delayed ACK of the command (tens of ms per object).
+    let _ = assoc.inner_stream().set_nodelay(true);
     let accepted: Vec<(u8, String, String)> = assoc
         .presentation_contexts()
         .iter()

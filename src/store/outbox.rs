@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spool::{create_private_dir, sha256_hex, valid_uid, write_atomic, SpoolError};
+use super::spool::{
+    create_private_dir, sha256_hex, valid_uid, write_atomic, write_atomic_many, SpoolError,
+};
 
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -54,6 +56,24 @@ impl Outbox {
         write_atomic(&self.objects, &name, bytes)
     }
 
+    /// Persist several output objects with one shared durability step; returns their paths
+    /// in order.
+    pub fn persist_objects(&self, objects: &[(&str, &[u8])]) -> Result<Vec<PathBuf>, SpoolError> {
+        let names: Vec<String> = objects
+            .iter()
+            .map(|(uid, _)| {
+                debug_assert!(valid_uid(uid));
+                format!("{}.dcm", sha256_hex(uid.as_bytes()))
+            })
+            .collect();
+        let files: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(objects)
+            .map(|(n, (_, b))| (n.as_str(), *b))
+            .collect();
+        write_atomic_many(&self.objects, &files)
+    }
+
     /// The directory holding the predictions and run record of a study.
     pub fn results_dir(&self, study_instance_uid: &str) -> PathBuf {
         self.results.join(sha256_hex(study_instance_uid.as_bytes()))
@@ -69,18 +89,19 @@ impl Outbox {
         run_json: &str,
     ) -> Result<PathBuf, SpoolError> {
         let dir = self.results_dir(study_instance_uid);
-        write_atomic(
+        let job_pred = format!("job-{job_id}-predictions.json");
+        let job_run = format!("job-{job_id}-run.json");
+        // One durability step for the five files (they were five fsync pairs on the path
+        // between the model and the send).
+        write_atomic_many(
             &dir,
-            &format!("job-{job_id}-predictions.json"),
-            predictions_json.as_bytes(),
-        )?;
-        write_atomic(&dir, &format!("job-{job_id}-run.json"), run_json.as_bytes())?;
-        write_atomic(&dir, "predictions.json", predictions_json.as_bytes())?;
-        write_atomic(&dir, "run.json", run_json.as_bytes())?;
-        write_atomic(
-            &dir,
-            "study_instance_uid.txt",
-            study_instance_uid.as_bytes(),
+            &[
+                (&job_pred, predictions_json.as_bytes()),
+                (&job_run, run_json.as_bytes()),
+                ("predictions.json", predictions_json.as_bytes()),
+                ("run.json", run_json.as_bytes()),
+                ("study_instance_uid.txt", study_instance_uid.as_bytes()),
+            ],
         )?;
         Ok(dir)
     }

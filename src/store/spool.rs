@@ -1,11 +1,27 @@
 //! Durable instance storage.
 //!
 //! An instance is streamed into a temporary file under `spool/tmp` (Part-10 preamble and
-//! meta group first, then the data set bytes exactly as received), fsynced, checked, and
-//! renamed to `spool/objects/<h0h1>/<h2h3>/<sha256(SOP Instance UID)>.dcm`, after which the
-//! directory is fsynced. Only then may the SCP answer Success. The path never contains a
-//! raw UID: a UID is attacker-controlled text. A duplicate SOP Instance UID lands on the
-//! same path, so `rename` replaces the earlier copy atomically.
+//! meta group first, then the data set bytes exactly as received), checked, fdatasynced,
+//! and renamed to `spool/objects/<h0h1>/<sha256(SOP Instance UID)>.dcm`, after which the
+//! directory is fsynced. Only then may the SCP answer Success: the file content AND its
+//! directory entry are durable. The path never contains a raw UID: a UID is
+//! attacker-controlled text. A duplicate SOP Instance UID lands on the same path, so
+//! `rename` replaces the earlier copy atomically.
+//!
+//! The 256 shard directories are created (and made durable) when the spool is opened:
+//! creating directories while receiving cost more CPU than anything else in the C-STORE
+//! path, and each new one needed its parent fsynced too.
+//!
+//! Group commit: the sync/rename/directory-sync step runs on one committer thread that
+//! takes every instance waiting at that moment as a batch (concurrent associations).
+//! Write-back of each file starts as soon as its last byte arrives. For the batch, the
+//! files are fdatasynced in parallel, then renamed, then each changed directory is fsynced
+//! once, in parallel. Every fsync ends in a device cache flush, and flushes were what
+//! bounded ingest; issued together they are merged by the block layer, so a batch costs
+//! about two flushes instead of two per instance. (`syncfs` would do the same in two calls
+//! but also writes out every other process's dirty data on the filesystem, which made
+//! latency depend on unrelated writers; measured, parallel fsyncs were as fast.) The
+//! content is durable before the rename and the entry before Success.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -85,6 +101,67 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Spo
         });
     }
     Ok(dst)
+}
+
+/// Write several files into `dir` atomically and durably, sharing the cost: every temp
+/// file is written, then fdatasynced (in parallel, so their flushes merge), then renamed,
+/// then the directory is fsynced once. Either all names are in place and
+/// durable on Ok, or an error is returned (some may be in place; each is complete).
+pub fn write_atomic_many(dir: &Path, files: &[(&str, &[u8])]) -> Result<Vec<PathBuf>, SpoolError> {
+    create_private_dir(dir).map_err(io_err(dir))?;
+    let mut tmps: Vec<(PathBuf, PathBuf, File)> = Vec::with_capacity(files.len());
+    let cleanup = |tmps: &[(PathBuf, PathBuf, File)]| {
+        for (t, _, _) in tmps {
+            let _ = fs::remove_file(t);
+        }
+    };
+    for (name, bytes) in files {
+        let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+        let dst = dir.join(name);
+        let r = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(bytes).map(|_| f));
+        match r {
+            Ok(f) => {
+                start_writeback(&f);
+                tmps.push((tmp, dst, f));
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                cleanup(&tmps);
+                return Err(SpoolError::Io {
+                    path: dst,
+                    source: e,
+                });
+            }
+        }
+    }
+    let r = in_parallel(&tmps, |(_, _, f)| f.sync_data())
+        .into_iter()
+        .collect::<io::Result<Vec<()>>>();
+    if let Err(e) = r {
+        cleanup(&tmps);
+        return Err(SpoolError::Io {
+            path: dir.to_owned(),
+            source: e,
+        });
+    }
+    let mut out = Vec::with_capacity(tmps.len());
+    for (i, (tmp, dst, _)) in tmps.iter().enumerate() {
+        if let Err(e) = fs::rename(tmp, dst) {
+            cleanup(&tmps[i..]);
+            return Err(SpoolError::Io {
+                path: dst.clone(),
+                source: e,
+            });
+        }
+        out.push(dst.clone());
+    }
+    fsync_dir(dir).map_err(io_err(dir))?;
+    Ok(out)
 }
 
 /// Free space in MB available to unprivileged writers on the filesystem holding `p`.
@@ -286,8 +363,121 @@ pub struct Spool {
     root: PathBuf,
     tmp: PathBuf,
     objects: PathBuf,
+    committer: crossbeam_channel::Sender<CommitJob>,
     /// Hard cap on one instance, so a peer cannot stream forever into one file.
     pub max_instance_bytes: u64,
+}
+
+/// One instance waiting for the committer: make `tmp` durable, move it to `dst`, make
+/// the directory entry durable, then answer on `reply`.
+struct CommitJob {
+    file: File,
+    tmp: PathBuf,
+    dst: PathBuf,
+    reply: crossbeam_channel::Sender<io::Result<()>>,
+}
+
+impl std::fmt::Debug for CommitJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitJob").field("dst", &self.dst).finish()
+    }
+}
+
+/// Largest batch the committer takes at once (bounds the latency of the batch's first job).
+const MAX_BATCH: usize = 256;
+
+/// Most fsyncs in flight at once.
+const MAX_PARALLEL_SYNCS: usize = 16;
+
+fn committer_loop(rx: crossbeam_channel::Receiver<CommitJob>, objects: PathBuf) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        commit_batch(batch, &objects);
+    }
+}
+
+/// Run `f` on every item, up to [`MAX_PARALLEL_SYNCS`] at a time on scoped threads. Used
+/// for fsyncs: issued together, their device cache flushes are merged by the block layer
+/// (one flush serves every fsync waiting for it), where one after the other each pays a
+/// whole flush. Unlike `syncfs`, this never waits for other processes' dirty data.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    f: impl Fn(&T) -> io::Result<()> + Sync,
+) -> Vec<io::Result<()>> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(MAX_PARALLEL_SYNCS) {
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = chunk.iter().map(|it| sc.spawn(|| f(it))).collect();
+            for h in handles {
+                out.push(
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked"))),
+                );
+            }
+        });
+    }
+    out
+}
+
+/// Ask the kernel to start writing a file's dirty pages now (no wait, no durability
+/// promise), so the data is already on its way when the batch's fdatasync comes.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a file descriptor we own; it only starts write-back.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+fn commit_batch(batch: Vec<CommitJob>, objects: &Path) {
+    // Content first: nothing is renamed into objects/ before its bytes are durable, so a
+    // crash never leaves a partial file under its final name.
+    let mut results = in_parallel(&batch, |j| j.file.sync_data());
+    // Directories whose entries changed in this batch; fsynced once each below.
+    let mut dirs: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+    for (j, r) in batch.iter().zip(results.iter_mut()) {
+        if r.is_err() {
+            continue;
+        }
+        *r = (|| {
+            let shard = j.dst.parent().expect("has parent");
+            // Shards exist since `open`; recreate one removed behind our back. Only this
+            // thread creates them, so the check does not race.
+            if !shard.is_dir() {
+                create_private_dir(shard)?;
+                dirs.insert(objects.to_owned());
+            }
+            fs::rename(&j.tmp, &j.dst)?;
+            dirs.insert(shard.to_owned());
+            Ok(())
+        })();
+    }
+    // Then the directory entries (and new shard directories). A failure fails the whole
+    // batch: which renames it covered is unknown.
+    let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+    let dir_err = in_parallel(&dirs, |d| fsync_dir(d))
+        .into_iter()
+        .find_map(|r| r.err());
+    for (j, r) in batch.into_iter().zip(results) {
+        let r = match (r, &dir_err) {
+            (Err(e), _) => {
+                let _ = fs::remove_file(&j.tmp);
+                Err(e)
+            }
+            (Ok(()), Some(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+            (Ok(()), None) => Ok(()),
+        };
+        let _ = j.reply.send(r);
+    }
 }
 
 impl Spool {
@@ -298,10 +488,29 @@ impl Spool {
         for d in [&root, &tmp, &objects] {
             create_private_dir(d).map_err(io_err(d))?;
         }
+        let mut created = false;
+        for i in 0..=255u8 {
+            let d = objects.join(format!("{i:02x}"));
+            if !d.is_dir() {
+                create_private_dir(&d).map_err(io_err(&d))?;
+                created = true;
+            }
+        }
+        if created {
+            fsync_dir(&objects).map_err(io_err(&objects))?;
+        }
+        let (committer, rx) = crossbeam_channel::unbounded();
+        let objs = objects.clone();
+        // The thread ends when the last clone of this Spool is dropped.
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || committer_loop(rx, objs))
+            .map_err(io_err(&root))?;
         Ok(Spool {
             root,
             tmp,
             objects,
+            committer,
             max_instance_bytes: 16 * 1024 * 1024 * 1024,
         })
     }
@@ -317,10 +526,7 @@ impl Spool {
     /// Where the instance with this SOP Instance UID lives.
     pub fn path_for(&self, sop_instance_uid: &str) -> PathBuf {
         let h = sha256_hex(sop_instance_uid.as_bytes());
-        self.objects
-            .join(&h[0..2])
-            .join(&h[2..4])
-            .join(format!("{h}.dcm"))
+        self.objects.join(&h[0..2]).join(format!("{h}.dcm"))
     }
 
     /// Remove temporary files left by a crash; returns how many.
@@ -399,7 +605,9 @@ impl Spool {
             return Err(e);
         }
         Ok(TempInstance {
-            file: Some(std::io::BufWriter::with_capacity(256 * 1024, file)),
+            // Small on purpose: the command-sized writes of the meta group are gathered, while
+            // data PDVs (usually ≥ this) go straight to the kernel without an extra copy.
+            file: Some(std::io::BufWriter::with_capacity(32 * 1024, file)),
             path,
             hasher: Sha256::new(),
             written: 0,
@@ -410,36 +618,35 @@ impl Spool {
         })
     }
 
-    /// Move a finished temporary file into place. Durable when this returns Ok.
+    /// Make a finished temporary file durable and move it into place (group commit with
+    /// whatever other instances are committing now). Blocks; durable when this returns Ok:
+    /// the content was fdatasynced before the rename, and the directory entry after it.
     pub fn commit(
         &self,
         done: FinishedInstance,
         sop_instance_uid: &str,
     ) -> Result<PathBuf, SpoolError> {
         let dst = self.path_for(sop_instance_uid);
-        let shard2 = dst.parent().expect("has parent").to_owned();
-        let shard1 = shard2.parent().expect("has parent").to_owned();
-        let r = (|| {
-            let new1 = !shard1.exists();
-            let new2 = !shard2.exists();
-            create_private_dir(&shard2)?;
-            fs::rename(&done.path, &dst)?;
-            fsync_dir(&shard2)?;
-            if new2 {
-                fsync_dir(&shard1)?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let FinishedInstance { path, file, .. } = done;
+        let job = CommitJob {
+            file,
+            tmp: path.clone(),
+            dst: dst.clone(),
+            reply,
+        };
+        let gone = || io::Error::other("spool committer thread is gone");
+        let r = match self.committer.send(job) {
+            Ok(()) => answer.recv().unwrap_or_else(|_| Err(gone())),
+            Err(e) => {
+                let _ = fs::remove_file(&e.0.tmp);
+                Err(gone())
             }
-            if new1 {
-                fsync_dir(&self.objects)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = r {
-            let _ = fs::remove_file(&done.path);
-            return Err(SpoolError::Io {
-                path: dst,
-                source: e,
-            });
-        }
+        };
+        r.map_err(|source| SpoolError::Io {
+            path: dst.clone(),
+            source,
+        })?;
         Ok(dst)
     }
 }
@@ -460,10 +667,11 @@ pub struct TempInstance {
     next_space_check: u64,
 }
 
-/// A fully written and fsynced temporary instance.
+/// A fully written temporary instance, not yet durable (see [`Spool::commit`]).
 #[derive(Debug)]
 pub struct FinishedInstance {
     pub path: PathBuf,
+    file: File,
     /// SHA-256 of the data set bytes (not the meta group), hex.
     pub sha256: String,
     pub size: u64,
@@ -501,23 +709,26 @@ impl TempInstance {
         f.write_all(data).map_err(io_err(&self.path))
     }
 
+    /// All bytes received: flush them to the kernel and start write-back (durability is
+    /// [`Spool::commit`]'s job, after the header was checked).
     pub fn finish(mut self) -> Result<FinishedInstance, SpoolError> {
         let w = self.file.take().expect("open until finish");
         let path = self.path.clone();
-        let r = w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all());
-        if let Err(e) = r {
-            let _ = fs::remove_file(&path);
-            return Err(SpoolError::Io { path, source: e });
-        }
+        let file = match w.into_inner().map_err(|e| e.into_error()) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(SpoolError::Io { path, source: e });
+            }
+        };
+        start_writeback(&file);
         let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
         let size = self.written;
         // Defuse Drop: the file is handed over.
         self.path = PathBuf::new();
         Ok(FinishedInstance {
             path,
+            file,
             sha256: sha,
             size,
         })
@@ -589,5 +800,56 @@ mod tests {
         assert_eq!(s.all_objects().len(), 1);
         assert_eq!(s.clean_tmp(), 0);
         assert!(s.check_space(u64::MAX).is_err());
+    }
+    #[test]
+    fn concurrent_commits_are_batched_and_all_land() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        std::thread::scope(|sc| {
+            for i in 0..12 {
+                let s = s.clone();
+                sc.spawn(move || {
+                    let uid = format!("1.2.3.{i}");
+                    let mut t = s
+                        .begin(
+                            crate::config::MR_IMAGE_STORAGE,
+                            &uid,
+                            "1.2.840.10008.1.2.1",
+                            "SCU",
+                            0,
+                        )
+                        .unwrap();
+                    t.write(format!("data {i}").as_bytes()).unwrap();
+                    let p = s.commit(t.finish().unwrap(), &uid).unwrap();
+                    assert_eq!(p, s.path_for(&uid));
+                    assert!(std::fs::read(&p)
+                        .unwrap()
+                        .ends_with(format!("data {i}").as_bytes()));
+                });
+            }
+        });
+        assert_eq!(s.all_objects().len(), 12);
+        assert_eq!(
+            std::fs::read_dir(d.path().join("spool/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn write_atomic_many_writes_all() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("r");
+        let out = write_atomic_many(&dir, &[("a.json", b"{}"), ("b.txt", b"bee")]).unwrap();
+        assert_eq!(out, vec![dir.join("a.json"), dir.join("b.txt")]);
+        assert_eq!(std::fs::read(dir.join("b.txt")).unwrap(), b"bee");
+        let again = write_atomic_many(&dir, &[("b.txt", b"new")]).unwrap();
+        assert_eq!(std::fs::read(&again[0]).unwrap(), b"new");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            2,
+            "no temp files left"
+        );
     }
 }

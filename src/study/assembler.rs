@@ -160,6 +160,20 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
 }
 
 /// Convenience for tests and the node loop.
+/// When the next receiving study becomes stable (or is forced complete), if any is due
+/// later than `now`: the assembler sleeps until then rather than a whole polling tick, so
+/// a study starts within milliseconds of its quiet period ending.
+pub fn next_due_ms(state: &State, cfg: &Config, now: i64) -> Result<Option<i64>, StateError> {
+    let quiet = (cfg.assembly.quiet_period_s * 1000.0) as i64;
+    let force = (cfg.assembly.force_complete_s * 1000.0) as i64;
+    Ok(state
+        .studies_in_state(study_state::RECEIVING)?
+        .iter()
+        .map(|s| (s.last_received_ms + quiet).min(s.opened_ms + force))
+        .filter(|&due| due > now)
+        .min())
+}
+
 pub fn tick(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<(), StateError> {
     assemble(state, cfg, now_ms())?;
     dispatch(state, cfg, tx)?;

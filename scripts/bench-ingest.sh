@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): C-STORE ingest throughput of prima-node against DCMTK storescp,
+# side by side on this machine. Both receive the same synthetic study from DCMTK storescu
+# (TCP_NODELAY=1, the same max PDU on every side), with 1, 4 and 16 parallel associations
+# (the files split round-robin across that many storescu processes), alternating
+# storescp, prima-node, storescp, prima-node ... for ROUNDS rounds. Each run starts on an
+# empty output directory after `sync`, so neither side pays for the other's writeback.
+#
+#   scripts/bench-ingest.sh [N] [ROUNDS]         (defaults 1000 and 5; env N, ROUNDS too)
+#   env: ASSOCS="1 4 16"  PDU=65536  ROWS=512 COLS=512  SERIES=4  BENCH_DIR=<scratch dir>
+#        KEEP=1 (keep BENCH_DIR)  PRIMA_NODE_BIN=<binary> (default: release build)
+#
+# storescp runs with --fork (one process per association, as a parallel SCP must) and
+# +B (bit-preserving: the received bytes are streamed to the file as they come, which is
+# what prima-node does too, and storescp's fastest mode). storescp never fsyncs: its
+# Success means "in the page cache". prima-node answers Success only after the file and
+# its directory entry are durable (fsync), so the comparison is conservative for the node.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/env.sh
+
+N=${1:-${N:-1000}}
+ROUNDS=${2:-${ROUNDS:-5}}
+ASSOCS=${ASSOCS:-"1 4 16"}
+PDU=${PDU:-65536}
+ROWS=${ROWS:-512}
+COLS=${COLS:-512}
+SERIES=${SERIES:-4}
+for t in storescu storescp echoscu; do
+  command -v $t >/dev/null || { echo "bench-ingest: $t (DCMTK) not found; run scripts/setup.sh" >&2; exit 1; }
+done
+
+bin=${PRIMA_NODE_BIN:-$CARGO_TARGET_DIR/release/prima-node}
+if [ -z "${PRIMA_NODE_BIN:-}" ]; then
+  cargo build --release --locked -q
+fi
+work=${BENCH_DIR:-$(mktemp -d /tmp/prima-bench-ingest.XXXXXX)}
+mkdir -p "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "kept $work" >&2; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# ---- data ------------------------------------------------------------------------
+data="$work/data"
+if [ ! -f "$data/.done" ]; then
+  echo "generating $N instances (${ROWS}x${COLS} int16, $SERIES series) in $data" >&2
+  rm -rf "$data"
+  python3 scripts/bench/gen_study.py --out "$data" --instances "$N" --series "$SERIES" \
+    --rows "$ROWS" --cols "$COLS" >"$work/gen.txt"
+  touch "$data/.done"
+fi
+mapfile -t files < <(find "$data" -name '*.dcm' | sort)
+[ "${#files[@]}" -eq "$N" ] || { echo "expected $N files, found ${#files[@]}" >&2; exit 1; }
+bytes=$(cat "${files[@]}" | wc -c)
+cat "${files[@]}" >/dev/null # warm the page cache: the senders read from memory
+
+# ---- targets -----------------------------------------------------------------------
+wait_echo() { # ae port
+  for _ in $(seq 300); do
+    if echoscu -aet BENCHSCU -aec "$1" 127.0.0.1 "$2" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench-ingest: $1 on port $2 did not answer C-ECHO" >&2
+  return 1
+}
+
+start_storescp() { # outdir port
+  mkdir -p "$1"
+  TCP_NODELAY=1 storescp --fork -aet STORESCP -pdu "$PDU" +B -dhl -od "$1" "$2" \
+    >"$work/storescp.log" 2>&1 &
+  target_pid=$!
+  pids+=("$target_pid")
+  wait_echo STORESCP "$2"
+}
+
+start_node() { # statedir port
+  mkdir -p "$1"
+  cat >"$1.toml" <<EOF
+[node]
+ae_title = "PRIMA"
+listen = "127.0.0.1:$2"
+state_dir = "$1"
+max_associations = 64
+read_timeout_s = 60
+max_pdu_length = $PDU
+
+[model]
+dir = "$work/no-model"
+device = "cpu"
+
+[assembly]
+quiet_period_s = 3600
+force_complete_s = 7200
+min_series = 2
+
+[storage]
+min_free_mb = 64
+
+[[sources]]
+ae_title = "BENCHSCU"
+host = "127.0.0.1"
+EOF
+  PRIMA_NODE_FAKE_PROCESSOR=1 RUST_LOG=warn "$bin" serve --config "$1.toml" \
+    >>"$work/node.log" 2>&1 &
+  target_pid=$!
+  pids+=("$target_pid")
+  wait_echo PRIMA "$2"
+}
+
+# CPU seconds (user + system) used so far by the target and its children, reaped or not
+# (storescp --fork handles each association in a child process).
+cpu_of() {
+  local hz p total=0 t
+  hz=$(getconf CLK_TCK)
+  for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$p"/stat 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  python3 -c "print($total / $hz)"
+}
+
+stop_target() {
+  kill "$target_pid" 2>/dev/null || true
+  wait "$target_pid" 2>/dev/null || true
+}
+
+# Send all files over $1 parallel associations to ae $2 port $3; prints seconds.
+send() {
+  local k=$1 ae=$2 port=$3 i
+  local -a lists
+  for ((i = 0; i < k; i++)); do lists[i]=""; done
+  for i in "${!files[@]}"; do lists[i % k]+="${files[i]}"$'\n'; done
+  local -a sp=()
+  local t0 t1 rc=0
+  t0=$(date +%s.%N)
+  for ((i = 0; i < k; i++)); do
+    # shellcheck disable=SC2086
+    printf '%s' "${lists[i]}" | xargs env TCP_NODELAY=1 storescu -aet BENCHSCU -aec "$ae" \
+      -pdu "$PDU" 127.0.0.1 "$port" >"$work/storescu.$i.log" 2>&1 &
+    sp+=($!)
+  done
+  for p in "${sp[@]}"; do wait "$p" || rc=1; done
+  t1=$(date +%s.%N)
+  if [ $rc -ne 0 ]; then
+    echo "bench-ingest: storescu failed sending to $ae:" >&2
+    cat "$work"/storescu.*.log >&2
+    return 1
+  fi
+  python3 -c "print($t1 - $t0)"
+}
+
+results="$work/results.tsv"
+: >"$results"
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -T "$work" | awk 'NR==2 {print $2}') at $work; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "data: $N instances, $bytes bytes, PDU $PDU, rounds $ROUNDS, associations: $ASSOCS" >&2
+for r in $(seq "$ROUNDS"); do
+  for k in $ASSOCS; do
+    # A: storescp
+    out="$work/storescp-out"
+    rm -rf "$out"; sync
+    port=$(free_port)
+    start_storescp "$out" "$port"
+    c0=$(cpu_of "$target_pid")
+    s=$(send "$k" STORESCP "$port")
+    c=$(python3 -c "print($(cpu_of "$target_pid") - $c0)")
+    stop_target
+    got=$(find "$out" -type f | wc -l)
+    [ "$got" -eq "$N" ] || { echo "storescp stored $got of $N" >&2; exit 1; }
+    printf 'storescp\t%s\t%s\t%s\t%s\n' "$k" "$r" "$s" "$c" >>"$results"
+    # B: prima-node
+    st="$work/node-state"
+    rm -rf "$st" "$out"; sync
+    port=$(free_port)
+    start_node "$st" "$port"
+    c0=$(cpu_of "$target_pid")
+    s=$(send "$k" PRIMA "$port")
+    c=$(python3 -c "print($(cpu_of "$target_pid") - $c0)")
+    stop_target
+    got=$(find "$st/spool/objects" -name '*.dcm' | wc -l)
+    [ "$got" -eq "$N" ] || { echo "prima-node stored $got of $N" >&2; tail -n 20 "$work/node.log" >&2; exit 1; }
+    printf 'prima-node\t%s\t%s\t%s\t%s\n' "$k" "$r" "$s" "$c" >>"$results"
+    echo "round $r, $k assoc: storescp $(awk -v k="$k" -v r="$r" '$1=="storescp"&&$2==k&&$3==r {printf "%.2f", $4}' "$results") s, prima-node $s s" >&2
+  done
+done
+rm -rf "$work/node-state" "$work/storescp-out"
+
+python3 - "$results" "$N" "$bytes" "$PDU" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+n, nbytes, pdu = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+by, cpu = {}, {}
+for tgt, k, r, s, c in rows:
+    by.setdefault((tgt, int(k)), []).append(float(s))
+    cpu.setdefault((tgt, int(k)), []).append(float(c))
+print(f"C-STORE ingest, {n} instances ({nbytes/1e6:.0f} MB), max PDU {pdu}, median of {len(next(iter(by.values())))} rounds")
+print("storescp: --fork +B, no fsync. prima-node: file + directory entry fsynced before each Success.")
+print("CPU ms/inst: the receiver's user+system CPU per instance (median), a load-independent check.")
+print(f"{'assoc':>5} | {'storescp MB/s':>13} {'inst/s':>7} {'CPU ms/inst':>11} | {'prima-node MB/s':>15} {'inst/s':>7} {'CPU ms/inst':>11} | {'node/storescp':>13}")
+for k in sorted({k for _, k in by}):
+    a = statistics.median(by[("storescp", k)])
+    b = statistics.median(by[("prima-node", k)])
+    ca = statistics.median(cpu[("storescp", k)]) * 1000 / n
+    cb = statistics.median(cpu[("prima-node", k)]) * 1000 / n
+    print(f"{k:>5} | {nbytes/a/1e6:>13.1f} {n/a:>7.0f} {ca:>11.2f} | {nbytes/b/1e6:>15.1f} {n/b:>7.0f} {cb:>11.2f} | {a/b:>13.2f}")
+print("all runs (s): " + "; ".join(f"{t} {k}: " + " ".join(f"{x:.2f}" for x in v) for (t, k), v in sorted(by.items())))
+PY
