@@ -266,12 +266,10 @@ impl State {
         let now = now_ms();
         let mut c = self.c();
         let tx = c.transaction()?;
+        // Runs once per received instance: statements are parsed once per connection.
         let prev: Option<(String, String)> = tx
-            .query_row(
-                "SELECT sha256, study_uid FROM instances WHERE sop_uid = ?1",
-                params![r.sop_uid],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+            .prepare_cached("SELECT sha256, study_uid FROM instances WHERE sop_uid = ?1")?
+            .query_row(params![r.sop_uid], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         let outcome = match &prev {
             None => RecordOutcome::New,
@@ -280,18 +278,18 @@ impl State {
             }
             Some(_) => RecordOutcome::Replaced,
         };
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO audit (at_ms, event, calling_ae, peer, study_uid, sop_uid, detail)
              VALUES (?1, 'c-store', ?2, ?3, ?4, ?5, ?6)",
-            params![
-                now,
-                r.calling_ae,
-                r.peer,
-                r.study_uid,
-                r.sop_uid,
-                format!("{:?} {} bytes", outcome, r.size)
-            ],
-        )?;
+        )?
+        .execute(params![
+            now,
+            r.calling_ae,
+            r.peer,
+            r.study_uid,
+            r.sop_uid,
+            format!("{:?} {} bytes", outcome, r.size)
+        ])?;
         if outcome == RecordOutcome::Unchanged {
             tx.commit()?;
             return Ok(outcome);
@@ -299,14 +297,16 @@ impl State {
         // A replaced instance may have moved between studies; the old study changes too.
         if let Some((_, old_study)) = &prev {
             if *old_study != r.study_uid {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE studies SET state = ?2, opened_ms = ?3, last_received_ms = ?3, updated_ms = ?3
                      WHERE study_uid = ?1 AND state IN ('done','failed','not_qualified')",
+                )?
+                .execute(
                     params![old_study, study_state::RECEIVING, now],
                 )?;
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, modality,
                 transfer_syntax, path, sha256, size, received_ms, calling_ae, peer)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
@@ -316,35 +316,35 @@ impl State {
                 path = excluded.path, sha256 = excluded.sha256, size = excluded.size,
                 received_ms = excluded.received_ms, calling_ae = excluded.calling_ae,
                 peer = excluded.peer",
-            params![
-                r.sop_uid,
-                r.study_uid,
-                r.series_uid,
-                r.sop_class_uid,
-                r.modality,
-                r.transfer_syntax,
-                r.path.to_string_lossy(),
-                r.sha256,
-                r.size as i64,
-                now,
-                r.calling_ae,
-                r.peer
-            ],
-        )?;
-        tx.execute(
+        )?
+        .execute(params![
+            r.sop_uid,
+            r.study_uid,
+            r.series_uid,
+            r.sop_class_uid,
+            r.modality,
+            r.transfer_syntax,
+            r.path.to_string_lossy(),
+            r.sha256,
+            r.size as i64,
+            now,
+            r.calling_ae,
+            r.peer
+        ])?;
+        tx.prepare_cached(
             "INSERT INTO series (series_uid, study_uid, modality, series_number, description)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(series_uid) DO UPDATE SET study_uid = excluded.study_uid,
                 modality = excluded.modality, series_number = excluded.series_number,
                 description = excluded.description",
-            params![
-                r.series_uid,
-                r.study_uid,
-                r.modality,
-                r.series_number,
-                r.series_description
-            ],
-        )?;
+        )?
+        .execute(params![
+            r.series_uid,
+            r.study_uid,
+            r.modality,
+            r.series_number,
+            r.series_description
+        ])?;
         Self::touch_study(&tx, &r.study_uid, now)?;
         tx.commit()?;
         Ok(outcome)
@@ -355,7 +355,7 @@ impl State {
         study: &str,
         now: i64,
     ) -> Result<(), StateError> {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO studies (study_uid, state, first_received_ms, last_received_ms, opened_ms, updated_ms)
              VALUES (?1, ?2, ?3, ?3, ?3, ?3)
              ON CONFLICT(study_uid) DO UPDATE SET last_received_ms = excluded.last_received_ms,
@@ -364,6 +364,8 @@ impl State {
                                  THEN excluded.opened_ms ELSE studies.opened_ms END,
                 state = CASE WHEN studies.state IN ('done','failed','not_qualified')
                              THEN ?2 ELSE studies.state END",
+        )?
+        .execute(
             params![study, study_state::RECEIVING, now],
         )?;
         Ok(())
