@@ -568,14 +568,25 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
             cache = Some((s.path.clone(), obj));
         }
         let obj = &cache.as_ref().unwrap().1;
-        let decoded = obj
-            .decode_pixel_data_frame(s.frame.unwrap_or(0))
-            .map_err(|e| {
-                format!(
-                    "cannot decode pixel data ({}): {e}",
-                    obj.meta().transfer_syntax()
-                )
-            })?;
+        // The codecs are third-party code fed with a peer's bytes, and some index out of
+        // bounds on malformed fragments (RLE, found by fuzzing): a panic there must skip
+        // this series, not take the worker down.
+        let frame = s.frame.unwrap_or(0);
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            obj.decode_pixel_data_frame(frame)
+        }))
+        .map_err(|_| {
+            format!(
+                "pixel data decoder failed on malformed data ({})",
+                obj.meta().transfer_syntax()
+            )
+        })?
+        .map_err(|e| {
+            format!(
+                "cannot decode pixel data ({}): {e}",
+                obj.meta().transfer_syntax()
+            )
+        })?;
         if decoded.rows() as usize != h || decoded.columns() as usize != w {
             return Err("decoded frame size differs from the header".into());
         }

@@ -179,21 +179,33 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             (u32::from_le_bytes([h[4], h[5], h[6], h[7]]), false)
         } else if explicit {
             let vr = [h[4], h[5]];
-            if matches!(
+            // Which VRs have a 16-bit length exactly as dicom-parser decides it: any other
+            // VR, an unknown one included (read as UN), has a 32-bit length. Listing the
+            // 32-bit ones instead let "L." pass here with a short length while the parser
+            // read a 2 GB one (found by fuzzing).
+            if !matches!(
                 &vr,
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"SV"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"UV"
+                b"AE"
+                    | b"AS"
+                    | b"AT"
+                    | b"CS"
+                    | b"DA"
+                    | b"DS"
+                    | b"DT"
+                    | b"FL"
+                    | b"FD"
+                    | b"IS"
+                    | b"LO"
+                    | b"LT"
+                    | b"PN"
+                    | b"SH"
+                    | b"SL"
+                    | b"SS"
+                    | b"ST"
+                    | b"TM"
+                    | b"UI"
+                    | b"UL"
+                    | b"US"
             ) {
                 let mut l = [0u8; 4];
                 f.read_exact(&mut l).map_err(ioe)?;
