@@ -1,6 +1,6 @@
 //! Security (issue 6 §6) with real tools: DICOM TLS on the listener tested with DCMTK
-//! `storescu +tls` / `echoscu +tls` against a CA, server and client certificates made with
-//! `openssl` at test time (no key is committed); no patient name or ID in the log at info;
+//! `storescu +tls` / `echoscu +tls`, and to a `storescp +tls` destination, with a CA,
+//! server and client certificates made with `openssl` at test time (no key is committed); no patient name or ID in the log at info;
 //! state files 0600 and directories 0700. (`[[sources]]` AE/host checks: node_basic's
 //! `echo_and_rejections`; the hostile pickle: scripts/tests/test_convert.py.)
 
@@ -45,7 +45,8 @@ impl Pki {
         let p = Pki { dir };
         p.ca("ca");
         p.ca("rogue-ca");
-        p.leaf("server", "ca", "localhost", "serverAuth");
+        // The node's certificate serves both ways: listener and client to destinations.
+        p.leaf("server", "ca", "localhost", "serverAuth,clientAuth");
         p.leaf("client", "ca", "TESTSCU", "clientAuth");
         p.leaf("rogue-client", "rogue-ca", "TESTSCU", "clientAuth");
         p
@@ -142,10 +143,17 @@ impl Pki {
     }
 }
 
-/// Restart `node` with `[tls]` added to its configuration.
-fn enable_tls(node: &mut Node, section: &str) {
+/// Restart `node` with `[tls]` added to its configuration, and TLS to the destination
+/// verified against `dest_ca` when given.
+fn enable_tls(node: &mut Node, section: &str, dest_ca: Option<&str>) {
     assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
-    let text = std::fs::read_to_string(&node.config).unwrap() + section;
+    let mut text = std::fs::read_to_string(&node.config).unwrap();
+    if let Some(ca) = dest_ca {
+        let port_line = format!("port = {}\n", node.opts.dest_port);
+        assert!(text.contains(&port_line));
+        text = text.replace(&port_line, &format!("{port_line}tls_ca = \"{ca}\"\n"));
+    }
+    let text = text + section;
     std::fs::write(&node.config, text).unwrap();
     node.restart();
     assert!(
@@ -218,7 +226,18 @@ fn dicom_tls_with_client_certificates() {
     let files = synthetic_study(data.path());
     let mut node = Node::start(NodeOpts::default());
     let port = node.opts.port;
-    enable_tls(&mut node, &pki.tls_section(true));
+    enable_tls(&mut node, &pki.tls_section(true), Some(&pki.s("ca.crt")));
+    // The destination speaks TLS only and requires a client certificate from our CA.
+    let dest_dir = tempfile::tempdir().unwrap();
+    let mut dest = Command::new("storescp")
+        .args(["+tls", &pki.s("server.key"), &pki.s("server.crt")])
+        .args(["+cf", &pki.s("ca.crt"), "-aet", DEST_AE, "+uf", "-od"])
+        .arg(dest_dir.path())
+        .arg(node.opts.dest_port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start storescp +tls");
 
     // Plain TCP to the TLS port fails cleanly, and the node keeps serving.
     let plain = echo(port, &[]);
@@ -267,6 +286,17 @@ fn dicom_tls_with_client_certificates() {
     assert!(ok.status.success(), "{}", text(&ok));
     drop(idle);
 
+    // The study's outputs reach the TLS destination.
+    let delivered = wait_until(Duration::from_secs(60), || {
+        walkdir::WalkDir::new(dest_dir.path())
+            .into_iter()
+            .flatten()
+            .any(|e| e.file_type().is_file())
+    });
+    let _ = dest.kill();
+    let _ = dest.wait();
+    assert!(delivered, "no output over TLS:\n{}", node.log_text());
+
     assert!(node.is_running(), "node died:\n{}", node.log_text());
     let log = node.log_text();
     assert!(
@@ -284,7 +314,7 @@ fn optional_client_certificate_and_bad_tls_config() {
     let pki = Pki::new();
     let mut node = Node::start(NodeOpts::default());
     let port = node.opts.port;
-    enable_tls(&mut node, &pki.tls_section(false));
+    enable_tls(&mut node, &pki.tls_section(false), None);
     let anon = echo(port, &tls_args(&pki, None));
     assert!(
         anon.status.success(),

@@ -176,6 +176,11 @@ pub struct Destination {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
+    /// PEM CA certificate(s) the destination's certificate must chain to (and name
+    /// `host`). Present = DICOM TLS to this destination; the node presents `[tls]`'s
+    /// certificate as its client certificate when that section exists.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Destination {
@@ -418,6 +423,16 @@ impl Config {
             }
             if d.host.trim().is_empty() {
                 p.push(format!("[[destinations]] #{} host: empty", i + 1));
+            }
+            if let Some(ca) = &d.tls_ca {
+                if !ca.is_absolute() {
+                    p.push(format!(
+                        "[[destinations]] #{} tls_ca: {ca:?} must be an absolute path",
+                        i + 1
+                    ));
+                } else if let Err(e) = crate::net::tls::client_config(ca, self.tls.as_ref()) {
+                    p.push(format!("[[destinations]] #{} tls_ca: {e}", i + 1));
+                }
             }
             if d.port == 0 {
                 p.push(format!("[[destinations]] #{} port: 0 is not a port", i + 1));
