@@ -34,10 +34,11 @@ use crate::store::state::{InstanceRecord, RecordOutcome, State};
 
 /// Transfer syntaxes offered, in our preference order (the requestor's order wins among
 /// these). Only what the node can decode: JPEG-LS and JPEG extended are not listed.
+/// Deflated Explicit VR Little Endian is not offered: its claimed element lengths cannot
+/// be checked against the received bytes before parsing (see `check_element_lengths`).
 const CANDIDATE_TS: &[&str] = &[
     "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
     "1.2.840.10008.1.2",      // Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
     "1.2.840.10008.1.2.4.57", // JPEG Lossless
     "1.2.840.10008.1.2.4.50", // JPEG Baseline

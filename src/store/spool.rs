@@ -131,8 +131,9 @@ pub enum HeaderError {
 /// (found by the hostile-input suite). Bounding every length by the bytes actually received
 /// bounds what parsing (here and in imaging, which reads the pixel data) can allocate.
 /// Sequences and items are entered, not skipped, so nested lengths are checked too.
-/// Deflated and big-endian data sets are not scanned (the node does not offer big endian;
-/// deflate bounds itself by the inflated stream).
+/// Big-endian data sets are not scanned (the node does not offer big endian). Deflated
+/// ones are refused: a few bytes of deflate inflate to an element claiming 4 GiB, which
+/// the parser then allocated (found by fuzzing), and the node no longer offers deflate.
 pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -170,7 +171,12 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             in_meta = false;
             match ts.trim_end_matches(['\0', ' ']) {
                 "1.2.840.10008.1.2" => explicit = false,
-                "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.2" => return Ok(()),
+                "1.2.840.10008.1.2.1.99" => {
+                    return Err(HeaderError::Parse(
+                        "deflated data sets are not accepted".into(),
+                    ))
+                }
+                "1.2.840.10008.1.2.2" => return Ok(()),
                 _ => explicit = true,
             }
         }
