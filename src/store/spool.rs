@@ -239,6 +239,24 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
                 total.saturating_sub(pos)
             )));
         }
+        // dicom-parser reads len/size values of a binary VR and leaves the remainder
+        // unread, so an odd-length US put the parser off this walk (and onto a 4 GiB
+        // "length"; found by fuzzing). Such a value is malformed: refuse it.
+        let unit = if explicit && g != 0xFFFE {
+            match &[h[4], h[5]] {
+                b"US" | b"SS" => 2,
+                b"UL" | b"SL" | b"FL" | b"AT" => 4,
+                b"FD" => 8,
+                _ => 1,
+            }
+        } else {
+            1
+        };
+        if len % unit != 0 {
+            return Err(HeaderError::Parse(format!(
+                "element ({g:04X},{e:04X}) length {len} is not a multiple of its value size {unit}"
+            )));
+        }
         if sq || ((g, e) == (0xFFFE, 0xE000) && !in_encap) {
             continue;
         }
