@@ -1,8 +1,8 @@
 //! Node configuration: the TOML schema, validation with precise messages, and live reload.
 //!
 //! `conf/prima-node.toml` is the documented example. Only `[[sources]]`, `[[destinations]]`,
-//! `[assembly]` and `[outbox]` are applied live; the rest needs a restart (the listener, the
-//! state directory and the loaded model cannot change under a running node).
+//! `[assembly]` and `[outbox]` are applied live; the rest needs a restart (the listener and
+//! its TLS, the state directory and the loaded model cannot change under a running node).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -48,6 +48,26 @@ pub struct Config {
     pub sources: Vec<Source>,
     #[serde(default)]
     pub destinations: Vec<Destination>,
+    /// DICOM TLS on the listener; absent = plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain the listener presents (leaf first).
+    pub certificate: PathBuf,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    pub private_key: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to; absent = clients
+    /// are not asked for a certificate.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients without a certificate (false = verify one when
+    /// presented, accept none).
+    #[serde(default = "default_true")]
+    pub require_client_certificate: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -156,6 +176,11 @@ pub struct Destination {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
+    /// PEM CA certificate(s) the destination's certificate must chain to (and name
+    /// `host`). Present = DICOM TLS to this destination; the node presents `[tls]`'s
+    /// certificate as its client certificate when that section exists.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Destination {
@@ -165,6 +190,9 @@ impl Destination {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_max_associations() -> usize {
     16
 }
@@ -367,6 +395,26 @@ impl Config {
                 }
             }
         }
+        if let Some(t) = &self.tls {
+            if t.client_ca.is_none() && !t.require_client_certificate {
+                // Harmless, but says the writer expected verification to be configured.
+                p.push("[tls] require_client_certificate = false needs client_ca".into());
+            }
+            for (k, path) in [
+                ("certificate", Some(&t.certificate)),
+                ("private_key", Some(&t.private_key)),
+                ("client_ca", t.client_ca.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    if !path.is_absolute() {
+                        p.push(format!("[tls] {k}: {path:?} must be an absolute path"));
+                    }
+                }
+            }
+            if let Err(e) = crate::net::tls::server_config(t) {
+                p.push(format!("[tls]: {e}"));
+            }
+        }
         let mut keys = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let what = format!("[[destinations]] #{} ae_title", i + 1);
@@ -375,6 +423,16 @@ impl Config {
             }
             if d.host.trim().is_empty() {
                 p.push(format!("[[destinations]] #{} host: empty", i + 1));
+            }
+            if let Some(ca) = &d.tls_ca {
+                if !ca.is_absolute() {
+                    p.push(format!(
+                        "[[destinations]] #{} tls_ca: {ca:?} must be an absolute path",
+                        i + 1
+                    ));
+                } else if let Err(e) = crate::net::tls::client_config(ca, self.tls.as_ref()) {
+                    p.push(format!("[[destinations]] #{} tls_ca: {e}", i + 1));
+                }
             }
             if d.port == 0 {
                 p.push(format!("[[destinations]] #{} port: 0 is not a port", i + 1));
@@ -496,10 +554,14 @@ impl SharedConfig {
         if new.storage != old.storage {
             ignored.push("[storage]".to_string());
         }
+        if new.tls != old.tls {
+            ignored.push("[tls]".to_string());
+        }
         let merged = Config {
             node: old.node.clone(),
             model: old.model.clone(),
             storage: old.storage.clone(),
+            tls: old.tls.clone(),
             assembly: new.assembly,
             outbox: new.outbox,
             sources: new.sources,

@@ -14,6 +14,7 @@
 //! - [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.
 //! - [`pipeline`] — one study folder → predictions (what `prima-node infer` runs).
 pub mod config;
+pub mod fuzzing;
 pub mod imaging;
 pub mod infer;
 pub mod model;

@@ -129,6 +129,16 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
             source,
         })?;
     let max_assoc = cfg.node.max_associations;
+    // Validated with the config; built again here because the files may have changed.
+    let tls = match &cfg.tls {
+        Some(t) => Some(
+            crate::net::tls::server_config(t).map_err(|e| NodeError::Io {
+                what: "cannot set up DICOM TLS".into(),
+                source: std::io::Error::other(e),
+            })?,
+        ),
+        None => None,
+    };
     let result: Result<(), NodeError> = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
             .await
@@ -143,6 +153,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
             state: state.clone(),
             limit: limit.clone(),
             transfer_syntaxes: scp::decodable_transfer_syntaxes(),
+            tls: tls.clone(),
         });
         let (shut_tx, shut_rx) = tokio::sync::watch::channel(false);
         let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
@@ -150,6 +161,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
         info!(
             ae_title = %cfg.node.ae_title,
             listen = %cfg.node.listen,
+            tls = tls.is_some(),
             transfer_syntaxes = ?scp::decodable_transfer_syntaxes(),
             "prima-node ready"
         );

@@ -568,14 +568,28 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
             cache = Some((s.path.clone(), obj));
         }
         let obj = &cache.as_ref().unwrap().1;
-        let decoded = obj
-            .decode_pixel_data_frame(s.frame.unwrap_or(0))
-            .map_err(|e| {
-                format!(
-                    "cannot decode pixel data ({}): {e}",
-                    obj.meta().transfer_syntax()
-                )
-            })?;
+        // The codecs are third-party code fed with a peer's bytes, and some index out of
+        // bounds on malformed fragments (RLE, found by fuzzing): a panic there must skip
+        // this series, not take the worker down.
+        let frame = s.frame.unwrap_or(0);
+        if rle_segments_exceed_limit(obj) {
+            return Err("RLE fragment header claims more than 15 segments".into());
+        }
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            obj.decode_pixel_data_frame(frame)
+        }))
+        .map_err(|_| {
+            format!(
+                "pixel data decoder failed on malformed data ({})",
+                obj.meta().transfer_syntax()
+            )
+        })?
+        .map_err(|e| {
+            format!(
+                "cannot decode pixel data ({}): {e}",
+                obj.meta().transfer_syntax()
+            )
+        })?;
         if decoded.rows() as usize != h || decoded.columns() as usize != w {
             return Err("decoded frame size differs from the header".into());
         }
@@ -599,6 +613,26 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
             spacing: [ps[1], ps[0], spacing_z],
         },
     })
+}
+
+/// The RLE decoder allocates its segment table from the fragment header's count before
+/// checking it (a 4-byte header asked for 17 GB; found by fuzzing). PS3.5 G.3.1 allows at
+/// most 15 segments.
+fn rle_segments_exceed_limit(obj: &dicom_object::DefaultDicomObject) -> bool {
+    if obj.meta().transfer_syntax().trim_end_matches('\0') != "1.2.840.10008.1.2.5" {
+        return false;
+    }
+    let Some(frags) = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .and_then(|e| e.value().fragments())
+    else {
+        return false;
+    };
+    frags
+        .iter()
+        .any(|f| f.len() >= 4 && u32::from_le_bytes([f[0], f[1], f[2], f[3]]) > 15)
 }
 
 fn push_stored_values(

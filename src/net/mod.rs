@@ -3,3 +3,4 @@
 pub mod dimse;
 pub mod scp;
 pub mod scu;
+pub mod tls;

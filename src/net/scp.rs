@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::association::server::AccessControl;
+use dicom_ul::association::server::{AccessControl, AsyncServerAssociation};
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
     AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType,
@@ -28,16 +28,17 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::dimse::{self, status, Command};
-use crate::config::{canonical_ip, ResolvedSource, SharedConfig};
+use crate::config::{canonical_ip, Config, ResolvedSource, SharedConfig};
 use crate::store::spool::{read_header, valid_uid, HeaderError, Spool, TempInstance};
 use crate::store::state::{InstanceRecord, RecordOutcome, State};
 
 /// Transfer syntaxes offered, in our preference order (the requestor's order wins among
 /// these). Only what the node can decode: JPEG-LS and JPEG extended are not listed.
+/// Deflated Explicit VR Little Endian is not offered: its claimed element lengths cannot
+/// be checked against the received bytes before parsing (see `check_element_lengths`).
 const CANDIDATE_TS: &[&str] = &[
     "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
     "1.2.840.10008.1.2",      // Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
     "1.2.840.10008.1.2.4.57", // JPEG Lossless
     "1.2.840.10008.1.2.4.50", // JPEG Baseline
@@ -70,6 +71,8 @@ pub struct ScpCtx {
     pub state: Arc<State>,
     pub limit: Arc<Semaphore>,
     pub transfer_syntaxes: Vec<&'static str>,
+    /// DICOM TLS on every association when set (`[tls]`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Accept associations until `shutdown` turns true; `abort` makes live ones abort.
@@ -226,12 +229,7 @@ enum Event {
     Abort,
 }
 
-async fn handle(
-    sock: TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<ScpCtx>,
-    mut abort: watch::Receiver<bool>,
-) {
+async fn handle(sock: TcpStream, peer: SocketAddr, ctx: Arc<ScpCtx>, abort: watch::Receiver<bool>) {
     let live = ctx.config.snapshot();
     let cfg = live.config.clone();
     let acl = SourceAcl {
@@ -253,14 +251,36 @@ async fn handle(
         .strict(false)
         .read_timeout(cfg.read_timeout())
         .write_timeout(cfg.read_timeout());
-    let mut assoc = match opts.establish_async(sock).await {
-        Ok(a) => a,
-        Err(e) => {
+    let Some(tls) = ctx.tls.clone() else {
+        match opts.establish_async(sock).await {
+            Ok(a) => serve(a, peer, ctx, cfg, abort).await,
             // Rejections were logged with their reason by the access check.
-            debug!(error = %e, "association not established");
-            return;
+            Err(e) => debug!(error = %e, "association not established"),
         }
+        return;
     };
+    // dicom-ul bounds the A-ASSOCIATE exchange by the read timeout but not the TLS
+    // handshake before it: a peer that connects and stays silent would hold a slot.
+    let opts = opts.tls_config(tls);
+    match tokio::time::timeout(cfg.read_timeout(), opts.establish_tls_async(sock)).await {
+        Ok(Ok(a)) => serve(a, peer, ctx, cfg, abort).await,
+        Ok(Err(e)) => {
+            warn!(error = %e, "TLS association not established (handshake, certificate or association refused)")
+        }
+        Err(_) => warn!("TLS handshake timed out: closing"),
+    }
+}
+
+/// Serve an established association (plain TCP or TLS) until release, abort or error.
+async fn serve<S>(
+    mut assoc: AsyncServerAssociation<S>,
+    peer: SocketAddr,
+    ctx: Arc<ScpCtx>,
+    cfg: Arc<Config>,
+    mut abort: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
         .trim()
         .to_string();

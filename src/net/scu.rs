@@ -9,7 +9,7 @@
 //! retried without limit (a PACS down for a weekend must still get its results).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::client::CloseSocket;
 use dicom_ul::pdu::{
     AssociationRJResult, PDataValue, PDataValueType, PresentationContextResultReason,
 };
@@ -185,38 +186,69 @@ fn send_batch(
         opts = opts.with_presentation_context(class.clone(), tss.clone());
     }
     let addr = format!("{}@{}:{}", dest.ae_title, dest.host, dest.port);
-    let mut assoc = match opts.establish_with(&addr) {
-        Ok(a) => a,
-        Err(e) => {
-            let (reason, bounded) = match &e {
-                dicom_ul::association::Error::Rejected { association_rj, .. } => (
-                    format!(
-                        "association rejected ({}): {}",
-                        match association_rj.result {
-                            AssociationRJResult::Permanent => "permanent",
-                            AssociationRJResult::Transient => "transient",
-                        },
-                        association_rj.source
-                    ),
-                    association_rj.result == AssociationRJResult::Permanent,
-                ),
-                dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
-                    ("no presentation context accepted".to_string(), true)
+    let established = match &dest.tls_ca {
+        None => opts.establish_with(&addr).map(|mut a| {
+            // A C-STORE is a small command PDU followed by data PDUs; with Nagle on, the
+            // data waits for the peer's delayed ACK of the command (tens of ms per object).
+            let _ = a.inner_stream().set_nodelay(true);
+            deliver(ctx, cfg, &rows, &file_ts, stop, a)
+        }),
+        Some(ca) => match super::tls::client_config(ca, cfg.tls.as_ref()) {
+            Ok(tls) => opts
+                .tls_config(tls)
+                .server_name(&dest.host)
+                .establish_with_tls(&addr)
+                .map(|mut a| {
+                    let _ = a.inner_stream().sock.set_nodelay(true);
+                    deliver(ctx, cfg, &rows, &file_ts, stop, a)
+                }),
+            Err(e) => {
+                error!(error = %e, "destination TLS configuration unusable");
+                for r in &rows {
+                    failed(ctx, cfg, r, &format!("TLS configuration: {e}"), true);
                 }
-                other => (format!("cannot associate: {other}"), false),
-            };
-            if bounded {
-                error!(%reason, "destination refuses the association");
+                return;
             }
-            for r in &rows {
-                failed(ctx, cfg, r, &reason, bounded);
-            }
-            return;
-        }
+        },
     };
-    // A C-STORE is a small command PDU followed by data PDUs; with Nagle on, the data
-    // waits for the peer's delayed ACK of the command (tens of ms per object).
-    let _ = assoc.inner_stream().set_nodelay(true);
+    if let Err(e) = established {
+        let (reason, bounded) = match &e {
+            dicom_ul::association::Error::Rejected { association_rj, .. } => (
+                format!(
+                    "association rejected ({}): {}",
+                    match association_rj.result {
+                        AssociationRJResult::Permanent => "permanent",
+                        AssociationRJResult::Transient => "transient",
+                    },
+                    association_rj.source
+                ),
+                association_rj.result == AssociationRJResult::Permanent,
+            ),
+            dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
+                ("no presentation context accepted".to_string(), true)
+            }
+            other => (format!("cannot associate: {other}"), false),
+        };
+        if bounded {
+            error!(%reason, "destination refuses the association");
+        }
+        for r in &rows {
+            failed(ctx, cfg, r, &reason, bounded);
+        }
+    }
+}
+
+/// Send `rows` on an established association (plain TCP or TLS), then release it.
+fn deliver<S>(
+    ctx: &SenderCtx,
+    cfg: &Config,
+    rows: &[OutboxRow],
+    file_ts: &[Option<String>],
+    stop: &AtomicBool,
+    mut assoc: dicom_ul::ClientAssociation<S>,
+) where
+    S: CloseSocket + Read + Write,
+{
     let accepted: Vec<(u8, String, String)> = assoc
         .presentation_contexts()
         .iter()
@@ -331,9 +363,10 @@ fn send_batch(
     }
 }
 
-fn read_response(
-    assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>,
-) -> Result<dimse::Command, String> {
+fn read_response<S>(assoc: &mut dicom_ul::ClientAssociation<S>) -> Result<dimse::Command, String>
+where
+    S: CloseSocket + Read + Write,
+{
     let mut buf = Vec::new();
     loop {
         match assoc.receive().map_err(|e| e.to_string())? {

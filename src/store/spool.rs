@@ -208,8 +208,9 @@ pub enum HeaderError {
 /// (found by the hostile-input suite). Bounding every length by the bytes actually received
 /// bounds what parsing (here and in imaging, which reads the pixel data) can allocate.
 /// Sequences and items are entered, not skipped, so nested lengths are checked too.
-/// Deflated and big-endian data sets are not scanned (the node does not offer big endian;
-/// deflate bounds itself by the inflated stream).
+/// Big-endian data sets are not scanned (the node does not offer big endian). Deflated
+/// ones are refused: a few bytes of deflate inflate to an element claiming 4 GiB, which
+/// the parser then allocated (found by fuzzing), and the node no longer offers deflate.
 pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -247,7 +248,12 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             in_meta = false;
             match ts.trim_end_matches(['\0', ' ']) {
                 "1.2.840.10008.1.2" => explicit = false,
-                "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.2" => return Ok(()),
+                "1.2.840.10008.1.2.1.99" => {
+                    return Err(HeaderError::Parse(
+                        "deflated data sets are not accepted".into(),
+                    ))
+                }
+                "1.2.840.10008.1.2.2" => return Ok(()),
                 _ => explicit = true,
             }
         }
@@ -256,21 +262,33 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             (u32::from_le_bytes([h[4], h[5], h[6], h[7]]), false)
         } else if explicit {
             let vr = [h[4], h[5]];
-            if matches!(
+            // Which VRs have a 16-bit length exactly as dicom-parser decides it: any other
+            // VR, an unknown one included (read as UN), has a 32-bit length. Listing the
+            // 32-bit ones instead let "L." pass here with a short length while the parser
+            // read a 2 GB one (found by fuzzing).
+            if !matches!(
                 &vr,
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"SV"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"UV"
+                b"AE"
+                    | b"AS"
+                    | b"AT"
+                    | b"CS"
+                    | b"DA"
+                    | b"DS"
+                    | b"DT"
+                    | b"FL"
+                    | b"FD"
+                    | b"IS"
+                    | b"LO"
+                    | b"LT"
+                    | b"PN"
+                    | b"SH"
+                    | b"SL"
+                    | b"SS"
+                    | b"ST"
+                    | b"TM"
+                    | b"UI"
+                    | b"UL"
+                    | b"US"
             ) {
                 let mut l = [0u8; 4];
                 f.read_exact(&mut l).map_err(ioe)?;
@@ -296,6 +314,24 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             return Err(HeaderError::Parse(format!(
                 "element ({g:04X},{e:04X}) claims {len} bytes but only {} remain",
                 total.saturating_sub(pos)
+            )));
+        }
+        // dicom-parser reads len/size values of a binary VR and leaves the remainder
+        // unread, so an odd-length US put the parser off this walk (and onto a 4 GiB
+        // "length"; found by fuzzing). Such a value is malformed: refuse it.
+        let unit = if explicit && g != 0xFFFE {
+            match &[h[4], h[5]] {
+                b"US" | b"SS" => 2,
+                b"UL" | b"SL" | b"FL" | b"AT" => 4,
+                b"FD" => 8,
+                _ => 1,
+            }
+        } else {
+            1
+        };
+        if len % unit != 0 {
+            return Err(HeaderError::Parse(format!(
+                "element ({g:04X},{e:04X}) length {len} is not a multiple of its value size {unit}"
             )));
         }
         if sq || ((g, e) == (0xFFFE, 0xE000) && !in_encap) {

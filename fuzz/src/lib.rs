@@ -1,0 +1,45 @@
+//! The node's modules that handle received bytes, compiled from ../src by path and exposed
+//! under the same module paths as in the library, so `fuzzing.rs` compiles unchanged here.
+#![allow(dead_code)]
+
+#[path = "../../src/net/dimse.rs"]
+pub mod dimse_src;
+#[path = "../../src/store/spool.rs"]
+pub mod spool_src;
+
+pub mod net {
+    pub use super::dimse_src as dimse;
+}
+
+pub mod store {
+    pub use super::spool_src as spool;
+}
+
+#[path = "../../src/imaging/mod.rs"]
+pub mod imaging;
+
+#[path = "../../src/fuzzing.rs"]
+pub mod fuzzing;
+
+/// Panic handling for the targets. libfuzzer-sys aborts on every panic, but the node
+/// catches panics of third-party pixel decoders on purpose (`series::load_volume`), so a
+/// panic is only a crash when it escapes the target function. The message of the last
+/// panic is kept and printed before the abort.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("{info}");
+        if let Ok(mut m) = LAST_PANIC.lock() {
+            *m = msg;
+        }
+    }));
+}
+
+static LAST_PANIC: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+pub fn run(f: fn(&[u8]), data: &[u8]) {
+    if std::panic::catch_unwind(|| f(data)).is_err() {
+        let msg = LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default();
+        eprintln!("panic escaped the fuzz target: {msg}");
+        std::process::abort();
+    }
+}

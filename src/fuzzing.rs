@@ -1,0 +1,236 @@
+//! Fuzz entry points: what the node does with bytes a peer sends, one function per
+//! cargo-fuzz target (`fuzz/fuzz_targets/`), also run over the committed corpus plus
+//! seeded mutations by `integration-tests/fuzz_corpus.rs`.
+//!
+//! The fuzz crate compiles this file and the modules it calls (`net::dimse`,
+//! `store::spool`, `imaging`) by path instead of depending on the library, so fuzz builds
+//! (whose coverage RUSTFLAGS rebuild every dependency) never build libtorch's bindings.
+//! Keep this file's imports to those three modules.
+//!
+//! Input layout of the data-set targets: byte 0 picks the presentation context's transfer
+//! syntax (modulo [`TRANSFER_SYNTAXES`]), the rest is the data set exactly as it would
+//! arrive in P-DATA. The file the code under test reads is built like the SCP builds its
+//! spool file: preamble, a meta group made from the command, then the received bytes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::imaging::series;
+use crate::net::dimse;
+use crate::store::spool;
+
+/// The transfer syntaxes the SCP may negotiate (its candidate list).
+pub const TRANSFER_SYNTAXES: [&str; 9] = [
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+];
+
+const SOP_CLASS: &str = "1.2.840.10008.5.1.4.1.1.4";
+const SOP_INSTANCE: &str = "1.2.826.0.1.3680043.2.1143.1";
+
+/// DIMSE command decoding, and the responses the SCP builds from a decoded command.
+pub fn dimse_command(data: &[u8]) {
+    let Ok(cmd) = dimse::decode_command(data) else {
+        return;
+    };
+    // Whatever text the peer put in the UIDs, our answer must be a decodable command set.
+    let rsp = dimse::c_store_rsp(
+        cmd.message_id,
+        &cmd.affected_sop_class_uid,
+        &cmd.affected_sop_instance_uid,
+        dimse::status::CANNOT_UNDERSTAND,
+        cmd.error_comment.as_deref(),
+    );
+    let back = dimse::decode_command(&rsp).expect("our C-STORE-RSP decodes");
+    assert_eq!(back.command_field, dimse::C_STORE_RSP);
+    assert_eq!(back.message_id_responded, Some(cmd.message_id));
+    let rsp = dimse::unrecognized_rsp(
+        cmd.message_id,
+        cmd.command_field,
+        &cmd.affected_sop_class_uid,
+    );
+    dimse::decode_command(&rsp).expect("our unrecognized-operation response decodes");
+    let _ = cmd.has_data_set();
+    let _ = dimse::classify_status(cmd.status.unwrap_or(0));
+}
+
+/// What the SCP does with a received data set: length guard, header, UID checks.
+pub fn instance_header(data: &[u8]) {
+    let Some(path) = spool_like_file(data) else {
+        return;
+    };
+    if let Ok(h) = spool::read_header(&path) {
+        // The spool path and the state database rely on these being UIDs.
+        for uid in [
+            &h.sop_class_uid,
+            &h.sop_instance_uid,
+            &h.study_instance_uid,
+            &h.series_instance_uid,
+        ] {
+            assert!(spool::valid_uid(uid), "read_header returned a non-UID");
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The imaging path on a stored instance: slice headers, series grouping, pixel decode
+/// into a volume. Only data sets the SCP would have stored get here (as in the node).
+pub fn imaging_slice(data: &[u8]) {
+    let Some(path) = spool_like_file(data) else {
+        return;
+    };
+    if spool::read_header(&path).is_ok() {
+        if let Ok(slices) = series::read_slice_headers(&path) {
+            let scan = series::group_by_series_uid(slices);
+            for c in &scan.series {
+                let _ = c.name.len();
+                if let Ok(v) = series::load_volume(c) {
+                    assert_eq!(v.data.len(), v.size[0] * v.size[1] * v.size[2]);
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The fuzz input as a data set received on a context with the selected transfer syntax.
+pub fn split_input(data: &[u8]) -> Option<(&'static str, &[u8])> {
+    let (sel, body) = data.split_first()?;
+    Some((
+        TRANSFER_SYNTAXES[*sel as usize % TRANSFER_SYNTAXES.len()],
+        body,
+    ))
+}
+
+/// Write preamble + meta group (as `Spool::begin` builds it) + the received bytes to a
+/// scratch file private to this thread.
+fn spool_like_file(data: &[u8]) -> Option<PathBuf> {
+    let (ts, body) = split_input(data)?;
+    let path = scratch_path();
+    write_part10(&path, ts, body).expect("scratch file writable");
+    Some(path)
+}
+
+/// Part-10 file with our meta group around a raw data set.
+pub fn write_part10(path: &Path, ts: &str, body: &[u8]) -> std::io::Result<()> {
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(SOP_CLASS)
+        .media_storage_sop_instance_uid(SOP_INSTANCE)
+        .transfer_syntax(ts)
+        .source_application_entity_title("FUZZ")
+        .implementation_class_uid(spool::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(spool::IMPLEMENTATION_VERSION_NAME)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let mut head = Vec::with_capacity(512 + body.len());
+    head.extend_from_slice(&[0u8; 128]);
+    head.extend_from_slice(b"DICM");
+    meta.write(&mut head).map_err(std::io::Error::other)?;
+    head.extend_from_slice(body);
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(&head)
+}
+
+fn scratch_path() -> PathBuf {
+    let dir = std::env::var_os("PRIMA_FUZZ_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let tid = format!("{:?}", std::thread::current().id());
+    let tid: String = tid.chars().filter(|c| c.is_ascii_digit()).collect();
+    dir.join(format!("prima-fuzz-{}-{tid}.dcm", std::process::id()))
+}
+
+/// Deterministic mutations for the corpus test (xorshift64*; no external crate).
+pub struct Mutator(u64);
+
+impl Mutator {
+    pub fn new(seed: u64) -> Self {
+        Mutator(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
+    }
+
+    /// One to four edits of the kinds that break parsers: bit flips, interesting bytes
+    /// and lengths, insertions, deletions, truncation, duplicated chunks.
+    pub fn mutate(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut v = input.to_vec();
+        let edits = 1 + self.below(4);
+        for _ in 0..edits {
+            let len = v.len();
+            match self.below(8) {
+                0 if len > 0 => {
+                    let i = self.below(len);
+                    v[i] ^= 1 << self.below(8);
+                }
+                1 if len > 0 => {
+                    let i = self.below(len);
+                    v[i] = [0x00, 0xFF, 0x7F, 0x80, 0x01, b'\\', b'.', b' '][self.below(8)];
+                }
+                2 if len >= 4 => {
+                    let i = self.below(len - 3);
+                    let x: u32 = [
+                        0xFFFF_FFFF,
+                        0x7FFF_FFFF,
+                        0x8000_0000,
+                        0,
+                        1,
+                        0xFFFF,
+                        0x1_0000,
+                        len as u32,
+                    ][self.below(8)];
+                    v[i..i + 4].copy_from_slice(&x.to_le_bytes());
+                }
+                3 if len >= 2 => {
+                    let i = self.below(len - 1);
+                    let x: u16 = [0xFFFF, 0x7FFF, 0, 1, 0x8000][self.below(5)];
+                    v[i..i + 2].copy_from_slice(&x.to_le_bytes());
+                }
+                4 => {
+                    let i = self.below(len + 1);
+                    let n = 1 + self.below(16);
+                    let bytes: Vec<u8> = (0..n).map(|_| self.next_u64() as u8).collect();
+                    v.splice(i..i, bytes);
+                }
+                5 if len > 0 => {
+                    let i = self.below(len);
+                    let n = (1 + self.below(32)).min(len - i);
+                    v.drain(i..i + n);
+                }
+                6 if len > 0 => {
+                    v.truncate(self.below(len));
+                }
+                7 if len > 0 => {
+                    let i = self.below(len);
+                    let n = (1 + self.below(64)).min(len - i);
+                    let chunk = v[i..i + n].to_vec();
+                    let j = self.below(len + 1);
+                    v.splice(j..j, chunk);
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+}

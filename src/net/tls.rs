@@ -1,0 +1,117 @@
+//! DICOM TLS (PS3.15 Annex B.1): rustls with the ring provider. The listener presents the
+//! node's certificate chain and key from `[tls]` and optionally verifies client
+//! certificates against a CA bundle; the sender verifies a destination against its
+//! `tls_ca` and presents the node's certificate when `[tls]` exists.
+//!
+//! dicom-ul brings rustls without a crypto provider, so the provider is named explicitly
+//! here instead of relying on a process-wide default.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::TlsSection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read PEM certificates: {message}")]
+    Certificates { path: PathBuf, message: String },
+    #[error("{path}: no certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: cannot read a PEM private key (PKCS#8, PKCS#1 or SEC1): {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("{path}: CA certificate not usable: {message}")]
+    Ca { path: PathBuf, message: String },
+    #[error("TLS configuration refused: {0}")]
+    Rustls(String),
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |e: rustls::pki_types::pem::Error| TlsError::Certificates {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::Ca {
+            path: ca.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The sender's TLS configuration for a destination whose certificate must chain to `ca`.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<&TlsSection>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots(ca)?);
+    let cfg = match identity {
+        Some(t) => builder
+            .with_client_auth_cert(load_certs(&t.certificate)?, load_key(&t.private_key)?)
+            .map_err(|e| TlsError::Rustls(format!("client certificate and key: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// The listener's TLS configuration from `[tls]`. Errors name the file at fault.
+pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(&t.certificate)?;
+    let key = load_key(&t.private_key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = match &t.client_ca {
+        Some(ca) => {
+            let v = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+            let v = if t.require_client_certificate {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            let v = v.build().map_err(|e| TlsError::Ca {
+                path: ca.clone(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(v)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(format!("certificate and key: {e}")))?;
+    Ok(Arc::new(cfg))
+}
