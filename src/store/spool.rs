@@ -259,6 +259,14 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
         }
         let mut hlen = 8u64;
         let (len, sq) = if g == 0xFFFE {
+            // Only item, item delimiter and sequence delimiter exist in this group; the
+            // parser reads any other (FFFE,xxxx) as an ordinary element, out of step with
+            // this walk (a 4 GiB claim got through that way; found by fuzzing).
+            if !matches!(e, 0xE000 | 0xE00D | 0xE0DD) {
+                return Err(HeaderError::Parse(format!(
+                    "invalid tag (FFFE,{e:04X}) at byte {pos}"
+                )));
+            }
             (u32::from_le_bytes([h[4], h[5], h[6], h[7]]), false)
         } else if explicit {
             let vr = [h[4], h[5]];
@@ -887,5 +895,21 @@ mod tests {
             2,
             "no temp files left"
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    /// A fuzzer-found data set with a (FFFE,0DE0) "item" inside a sequence: the guard used
+    /// to walk it as an item while dicom-parser read it as an element and reserved 4 GiB.
+    #[test]
+    fn unknown_item_tag_is_refused_before_parsing() {
+        let input = include_bytes!("../../fuzz/regressions/instance_header/ffe-0de0-4gb-claim");
+        let (ts, body) = crate::fuzzing::split_input(input).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.dcm");
+        crate::fuzzing::write_part10(&path, ts, body).unwrap();
+        let err = super::check_element_lengths(&path).unwrap_err().to_string();
+        assert!(err.contains("(FFFE,0DE0)"), "{err}");
     }
 }
