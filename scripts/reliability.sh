@@ -54,15 +54,12 @@ fuzz_execs="n/a"
 fuzz_crashes="n/a"
 if [ -x scripts/fuzz.sh ] || [ -f scripts/fuzz.sh ]; then
   part fuzz bash scripts/fuzz.sh "$FUZZ_MINUTES"
-  # Prefer a "FUZZ-SUMMARY executions=N crashes=M" line; else libFuzzer's own output.
-  fuzz_execs="$(field fuzz FUZZ-SUMMARY executions)"
-  fuzz_crashes="$(field fuzz FUZZ-SUMMARY crashes)"
-  if [ -z "$fuzz_execs" ]; then
-    fuzz_execs="$(grep -hoE 'Done [0-9]+ runs' "$LOGDIR/fuzz.log" | awk '{s+=$2} END {print s+0}')"
-  fi
-  if [ -z "$fuzz_crashes" ]; then
-    fuzz_crashes="$(grep -hcE 'Test unit written to .*crash-|deadly signal|panicked' "$LOGDIR/fuzz.log")"
-  fi
+  # scripts/fuzz.sh ends with "fuzz total execs=N crashes=M" (OOMs and timeouts count).
+  total_line="$(grep -hE '^fuzz total execs=[0-9]+ crashes=[0-9]+' "$LOGDIR/fuzz.log" | tail -n 1)"
+  fuzz_execs="$(sed -E 's/.*execs=([0-9]+).*/\1/' <<<"$total_line")"
+  fuzz_crashes="$(sed -E 's/.*crashes=([0-9]+).*/\1/' <<<"$total_line")"
+  [ -n "$fuzz_execs" ] || fuzz_execs="n/a (no summary line)"
+  [ -n "$fuzz_crashes" ] || fuzz_crashes="n/a"
 else
   echo "fuzz: not available (scripts/fuzz.sh missing)"
 fi

@@ -234,7 +234,14 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             .by_tag(dicom_core::Tag(g, e))
             .is_some_and(|d| matches!(d.vr(), VirtualVr::Exact(dicom_core::VR::SQ)))
     };
+    // Where each sequence or item we are inside ends (u64::MAX: undefined length). The
+    // parser bounds a defined-length item's content by its length; a walk that ignored
+    // that could be put out of step by a delimiter inside one (found by fuzzing).
+    let mut open: Vec<u64> = Vec::new();
     while pos < total {
+        while open.last() == Some(&pos) {
+            open.pop();
+        }
         if total - pos < 8 {
             return Err(HeaderError::Parse(format!(
                 "truncated element header at byte {pos}"
@@ -309,14 +316,36 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             (u32::from_le_bytes([h[4], h[5], h[6], h[7]]), is_sq(g, e))
         };
         pos += hlen;
+        let bad = |what: &str| {
+            Err(HeaderError::Parse(format!(
+                "({g:04X},{e:04X}) at byte {pos}: {what}"
+            )))
+        };
         if len == 0xFFFF_FFFF {
             if (g, e) == (0x7FE0, 0x0010) {
                 in_encap = true;
+            } else if !in_encap {
+                open.push(u64::MAX);
             }
             continue;
         }
+        if g == 0xFFFE && e != 0xE000 && !in_encap {
+            // A delimiter closes the undefined-length item or sequence it is in.
+            if open.pop() != Some(u64::MAX) {
+                return bad("delimiter outside an undefined-length item or sequence");
+            }
+        }
         if (g, e) == (0xFFFE, 0xE0DD) {
             in_encap = false;
+        }
+        let end = pos.saturating_add(u64::from(len));
+        if open
+            .iter()
+            .rev()
+            .find(|&&x| x != u64::MAX)
+            .is_some_and(|&x| end > x)
+        {
+            return bad("runs past the end of the item or sequence it is in");
         }
         if u64::from(len) > total.saturating_sub(pos) {
             return Err(HeaderError::Parse(format!(
@@ -327,15 +356,27 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
         // dicom-parser reads len/size values of a binary VR and leaves the remainder
         // unread, so an odd-length US put the parser off this walk (and onto a 4 GiB
         // "length"; found by fuzzing). Such a value is malformed: refuse it.
-        let unit = if explicit && g != 0xFFFE {
-            match &[h[4], h[5]] {
-                b"US" | b"SS" => 2,
-                b"UL" | b"SL" | b"FL" | b"AT" => 4,
-                b"FD" => 8,
-                _ => 1,
-            }
+        // In implicit VR the parser takes the VR from the dictionary (group lengths are UL),
+        // so the same rule applies through it (an odd-length (0000,0000) got through).
+        let vr = if g == 0xFFFE {
+            None
+        } else if explicit {
+            Some([h[4], h[5]])
+        } else if e == 0x0000 {
+            Some(*b"UL")
         } else {
-            1
+            dicom_dictionary_std::StandardDataDictionary
+                .by_tag(dicom_core::Tag(g, e))
+                .and_then(|d| match d.vr() {
+                    VirtualVr::Exact(v) => Some(v.to_bytes()),
+                    _ => None,
+                })
+        };
+        let unit = match vr.as_ref() {
+            Some(b"US") | Some(b"SS") => 2,
+            Some(b"UL") | Some(b"SL") | Some(b"FL") | Some(b"AT") => 4,
+            Some(b"FD") => 8,
+            _ => 1,
         };
         if len % unit != 0 {
             return Err(HeaderError::Parse(format!(
@@ -343,6 +384,7 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             )));
         }
         if sq || ((g, e) == (0xFFFE, 0xE000) && !in_encap) {
+            open.push(end);
             continue;
         }
         if in_meta && (g, e) == (0x0002, 0x0010) && len <= 128 {
@@ -900,16 +942,46 @@ mod tests {
 
 #[cfg(test)]
 mod fuzz_regressions {
+    /// The length guard on a fuzz input written as the SCP writes a spool file.
+    fn guard(input: &[u8]) -> Result<(), super::HeaderError> {
+        let (ts, body) = crate::fuzzing::split_input(input).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.dcm");
+        crate::fuzzing::write_part10(&path, ts, body).unwrap();
+        super::check_element_lengths(&path)
+    }
+
     /// A fuzzer-found data set with a (FFFE,0DE0) "item" inside a sequence: the guard used
     /// to walk it as an item while dicom-parser read it as an element and reserved 4 GiB.
     #[test]
     fn unknown_item_tag_is_refused_before_parsing() {
         let input = include_bytes!("../../fuzz/regressions/instance_header/ffe-0de0-4gb-claim");
-        let (ts, body) = crate::fuzzing::split_input(input).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.dcm");
-        crate::fuzzing::write_part10(&path, ts, body).unwrap();
-        let err = super::check_element_lengths(&path).unwrap_err().to_string();
-        assert!(err.contains("(FFFE,0DE0)"), "{err}");
+        // Refused (as an unknown (FFFE,xxxx) tag, or earlier by the item bounds check).
+        assert!(guard(input).is_err());
+    }
+
+    /// A sequence delimiter inside a defined-length item: the parser ends the item at its
+    /// length, a walk that did not was put out of step onto a 4 GiB claim.
+    #[test]
+    fn delimiter_inside_a_defined_length_item_is_refused() {
+        let input = include_bytes!("../../fuzz/regressions/imaging_slice/oom-4gb-claim-2");
+        let err = guard(input).unwrap_err().to_string();
+        assert!(
+            err.contains("(FFFE,E0DD)") && err.contains("delimiter"),
+            "{err}"
+        );
+    }
+
+    /// Implicit VR: a 3-byte (0000,0000) (UL by the dictionary) left the parser one byte
+    /// short of this walk and reading a 4 GiB length.
+    #[test]
+    fn odd_length_dictionary_ul_is_refused_in_implicit_vr() {
+        let input = include_bytes!("../../fuzz/regressions/instance_header/implicit-un-4gb-claim");
+        assert_eq!(
+            crate::fuzzing::split_input(input).unwrap().0,
+            "1.2.840.10008.1.2"
+        );
+        let err = guard(input).unwrap_err().to_string();
+        assert!(err.contains("(0000,0000) length 3"), "{err}");
     }
 }
