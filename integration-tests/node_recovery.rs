@@ -167,20 +167,7 @@ fn destination_answering_a700_fails_after_bounded_retries() {
     });
     let series = study_series(&fx, "STUDY_A");
     send_study(node.opts.port, &series[..2], 2);
-    assert!(
-        wait_until(Duration::from_secs(30), || node
-            .log_text()
-            .contains("DELIVERY FAILED PERMANENTLY")),
-        "{}",
-        node.log_text()
-    );
-    let status = node.status();
-    let line = status
-        .lines()
-        .find(|l| l.contains(" -> "))
-        .expect("outbox entry");
-    assert!(line.contains(" failed "), "{status}");
-    assert!(line.contains("attempts=3"), "{status}");
+    let (status, line) = failed_after_three_attempts(&node);
     assert!(line.contains("status 0xA700"), "{status}");
     // No endless loop: nothing more is tried.
     std::thread::sleep(Duration::from_secs(2));
@@ -210,20 +197,7 @@ fn permanent_rejection_by_destination_is_bounded() {
     });
     let series = study_series(&fx, "STUDY_A");
     send_study(node.opts.port, &series[..2], 2);
-    assert!(
-        wait_until(Duration::from_secs(30), || node
-            .log_text()
-            .contains("DELIVERY FAILED PERMANENTLY")),
-        "{}",
-        node.log_text()
-    );
-    let status = node.status();
-    let line = status
-        .lines()
-        .find(|l| l.contains(" -> "))
-        .expect("outbox entry");
-    assert!(line.contains(" failed "), "{status}");
-    assert!(line.contains("attempts=3"), "{status}");
+    let (status, line) = failed_after_three_attempts(&node);
     assert!(
         line.contains("association rejected (permanent)"),
         "{status}"
@@ -253,4 +227,25 @@ fn processing_failure_is_recorded_and_the_node_stays_up() {
         node.status()
     );
     assert!(echoscu(node.opts.port, SCU_AE, NODE_AE).status.success());
+}
+
+/// Waits for the node to give up on its output; the status text and the outbox line,
+/// after checking that the entry is `failed` after exactly 3 attempts.
+fn failed_after_three_attempts(node: &Node) -> (String, String) {
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .log_text()
+            .contains("DELIVERY FAILED PERMANENTLY")),
+        "{}",
+        node.log_text()
+    );
+    let status = node.status();
+    let line = status
+        .lines()
+        .find(|l| l.contains(" -> "))
+        .expect("outbox entry")
+        .to_string();
+    assert!(line.contains(" failed "), "{status}");
+    assert!(line.contains("attempts=3"), "{status}");
+    (status, line)
 }
