@@ -1,6 +1,11 @@
 # Sourced by scripts: puts the venv's python first so torch-sys finds libtorch 2.13.0.
 _prima_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PATH="$_prima_root/.venv/bin:$HOME/.cargo/bin:$PATH"
+# The venv's resolved path (setup links .venv to a versioned directory under ~/.cache):
+# torch-sys bakes the libtorch directory it finds into the shared target dir and into
+# binaries' rpath, so it must not name a clone that may be deleted later.
+_prima_venv="$(readlink -f "$_prima_root/.venv" 2>/dev/null || echo "$_prima_root/.venv")"
+export PATH="$_prima_venv/bin:$HOME/.cargo/bin:$PATH"
+unset _prima_venv
 export LIBTORCH_USE_PYTORCH=1
 export PRIMA_REFERENCE_DIR="${PRIMA_REFERENCE_DIR:-$(cd "$_prima_root/.." && pwd)/shared/fixtures/prima-reference}"
 unset _prima_root

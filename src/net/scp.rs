@@ -28,9 +28,14 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::dimse::{self, status, Command};
+use super::pdata;
 use crate::config::{canonical_ip, Config, ResolvedSource, SharedConfig};
-use crate::store::spool::{read_header, valid_uid, HeaderError, Spool, TempInstance};
+use crate::store::spool::{
+    read_header, valid_uid, FinishedInstance, HeaderError, InstanceHeader, Spool, TempInstance,
+};
 use crate::store::state::{InstanceRecord, RecordOutcome, State};
+use bytes::Buf;
+use dicom_ul::association::AsyncAssociation;
 
 /// Transfer syntaxes offered, in our preference order (the requestor's order wins among
 /// these). Only what the node can decode: JPEG-LS and JPEG extended are not listed.
@@ -225,6 +230,9 @@ struct Conn {
 }
 
 enum Event {
+    /// A whole P-DATA-TF PDU of this many bytes is at the start of the read buffer.
+    PData(usize),
+    PDataError(pdata::PDataError),
     Pdu(Result<Pdu, dicom_ul::association::Error>),
     Abort,
 }
@@ -310,42 +318,56 @@ async fn serve<S>(
     info!(calling_ae = %calling_ae, contexts = conn.pcs.len(), "association accepted");
     let storage_classes = cfg.storage_sop_classes();
     let floor = cfg.storage.min_free_mb;
+    let max_pdu = assoc.acceptor_max_pdu_length();
+    let read_timeout = cfg.read_timeout();
     loop {
+        // P-DATA-TF is parsed in place (see `pdata`); anything else goes through dicom-ul.
         let ev = tokio::select! {
-            r = assoc.receive() => Event::Pdu(r),
+            r = async {
+                let (sock, buf) = AsyncAssociation::get_mut(&mut assoc);
+                // The same per-PDU read timeout dicom-ul applies to `receive`.
+                tokio::time::timeout(read_timeout, pdata::fill(sock, buf, max_pdu))
+                    .await
+                    .unwrap_or(Err(pdata::PDataError::TimedOut))
+            } => match r {
+                Ok(pdata::Next::PData(n)) => Event::PData(n),
+                Ok(pdata::Next::Other) => Event::Pdu(assoc.receive().await),
+                Err(e) => Event::PDataError(e),
+            },
             _ = abort.changed() => Event::Abort,
         };
-        match ev {
+        let steps = match ev {
             Event::Abort => {
                 warn!("shutting down: aborting association");
                 let _ = assoc.abort().await;
                 return;
             }
+            Event::PData(n) => {
+                // Every PDV of the PDU is handled (file writes happen here) before any
+                // awaiting, so the PDU's bytes can be released before responses are sent.
+                let (_, buf) = AsyncAssociation::get_mut(&mut assoc);
+                let steps = match pdata::parse(&buf[..n]) {
+                    Ok(pdvs) => handle_pdvs(&ctx, &mut conn, &storage_classes, floor, pdvs),
+                    Err(e) => vec![Err(e.to_string())],
+                };
+                buf.advance(n);
+                steps
+            }
+            Event::PDataError(e) => {
+                warn!(error = %e, stored = conn.stored, "association ended without release (timeout, closed or malformed PDU)");
+                let _ = tokio::time::timeout(Duration::from_secs(2), assoc.abort()).await;
+                return;
+            }
             Event::Pdu(Ok(Pdu::PData { data })) => {
-                for pdv in data {
-                    match on_pdv(&ctx, &mut conn, &storage_classes, floor, pdv) {
-                        Ok(Some((pc, rsp))) => {
-                            let pdu = Pdu::PData {
-                                data: vec![PDataValue {
-                                    presentation_context_id: pc,
-                                    value_type: PDataValueType::Command,
-                                    is_last: true,
-                                    data: rsp,
-                                }],
-                            };
-                            if let Err(e) = assoc.send(&pdu).await {
-                                warn!(error = %e, "cannot send response; closing");
-                                return;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(reason) => {
-                            warn!(%reason, "protocol violation: aborting association");
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                    }
-                }
+                // Not reached while `pdata::fill` sees P-DATA first; kept so that a PDU
+                // dicom-ul hands over is never dropped.
+                let pdvs = data.iter().map(|pdv| pdata::PdvRef {
+                    presentation_context_id: pdv.presentation_context_id,
+                    value_type: pdv.value_type.clone(),
+                    is_last: pdv.is_last,
+                    data: &pdv.data,
+                });
+                handle_pdvs(&ctx, &mut conn, &storage_classes, floor, pdvs)
             }
             Event::Pdu(Ok(Pdu::ReleaseRQ)) => {
                 let _ = assoc.send(&Pdu::ReleaseRP).await;
@@ -377,18 +399,111 @@ async fn serve<S>(
                 let _ = tokio::time::timeout(Duration::from_secs(2), assoc.abort()).await;
                 return;
             }
+        };
+        for step in steps {
+            match answer(&mut assoc, &ctx, &mut conn, step).await {
+                Flow::Go => {}
+                Flow::Closed => return,
+                Flow::Abort => {
+                    let _ = assoc.abort().await;
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Handle one PDV; returns a response to send, or an abort reason.
+/// Handle a PDU's PDVs in order, up to the first protocol violation.
+fn handle_pdvs<'a>(
+    ctx: &ScpCtx,
+    conn: &mut Conn,
+    storage_classes: &[String],
+    floor_mb: u64,
+    pdvs: impl IntoIterator<Item = pdata::PdvRef<'a>>,
+) -> Vec<Result<Option<Reply>, String>> {
+    let mut steps = Vec::with_capacity(1);
+    for pdv in pdvs {
+        let r = on_pdv(ctx, conn, storage_classes, floor_mb, pdv);
+        let stop = r.is_err();
+        steps.push(r);
+        if stop {
+            break;
+        }
+    }
+    steps
+}
+
+/// After a PDV: go on, or the association is over (closed, or to be aborted).
+enum Flow {
+    Go,
+    Closed,
+    Abort,
+}
+
+/// Carry out what `on_pdv` decided: commit and answer, answer, or abort.
+async fn answer<S>(
+    assoc: &mut AsyncServerAssociation<S>,
+    ctx: &ScpCtx,
+    conn: &mut Conn,
+    step: Result<Option<Reply>, String>,
+) -> Flow
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let (pc, rsp) = match step {
+        Ok(None) => return Flow::Go,
+        Ok(Some(Reply::Now(pc, rsp))) => (pc, rsp),
+        Ok(Some(Reply::AfterCommit(c))) => complete(ctx, conn, *c).await,
+        Err(reason) => {
+            warn!(%reason, "protocol violation: aborting association");
+            return Flow::Abort;
+        }
+    };
+    let pdu = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: rsp,
+        }],
+    };
+    if let Err(e) = assoc.send(&pdu).await {
+        warn!(error = %e, "cannot send response; closing");
+        return Flow::Closed;
+    }
+    Flow::Go
+}
+
+/// What to answer a PDV with.
+enum Reply {
+    /// This response, now.
+    Now(u8, Vec<u8>),
+    /// A checked instance: the response waits for the spool to make it durable.
+    AfterCommit(Box<Committing>),
+}
+
+/// A received instance whose header was checked, on its way into the spool.
+struct Committing {
+    pc: u8,
+    cmd: Command,
+    header: InstanceHeader,
+    done: FinishedInstance,
+}
+
+/// Handle one PDV; returns what to answer, or an abort reason.
+///
+/// Runs on the async task without `block_in_place`: the file work here is page-cache
+/// writes of at most one PDV and, at the end of a data set, reading back its header, each
+/// tens of microseconds. Handing the runtime thread over for each of them (as this did
+/// before) cost more than the work itself. The one long wait, for the fsyncs, is awaited
+/// in [`complete`] without holding a thread.
 fn on_pdv(
     ctx: &ScpCtx,
     conn: &mut Conn,
     storage_classes: &[String],
     floor_mb: u64,
-    pdv: PDataValue,
-) -> Result<Option<(u8, Vec<u8>)>, String> {
+    pdv: pdata::PdvRef<'_>,
+) -> Result<Option<Reply>, String> {
     let pc = pdv.presentation_context_id;
     let Some((abstract_syntax, ts)) = conn.pcs.get(&pc).cloned() else {
         return Err(format!(
@@ -407,14 +522,14 @@ fn on_pdv(
             if conn.cmd_buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
                 return Err("command set larger than 64 KiB".into());
             }
-            conn.cmd_buf.extend_from_slice(&pdv.data);
+            conn.cmd_buf.extend_from_slice(pdv.data);
             if !pdv.is_last {
                 return Ok(None);
             }
             let bytes = std::mem::take(&mut conn.cmd_buf);
             conn.cmd_pc = None;
             let cmd = dimse::decode_command(&bytes).map_err(|e| format!("bad command set: {e}"))?;
-            on_command(
+            Ok(on_command(
                 ctx,
                 conn,
                 storage_classes,
@@ -423,7 +538,8 @@ fn on_pdv(
                 &abstract_syntax,
                 &ts,
                 cmd,
-            )
+            )?
+            .map(|(pc, rsp)| Reply::Now(pc, rsp)))
         }
         PDataValueType::Data => {
             let Some(p) = conn.pending.as_mut() else {
@@ -433,8 +549,7 @@ fn on_pdv(
                 return Err("data PDV on another presentation context than its command".into());
             }
             if let Sink::File(t) = &mut p.sink {
-                let r = tokio::task::block_in_place(|| t.write(&pdv.data));
-                if let Err(e) = r {
+                if let Err(e) = t.write(pdv.data) {
                     let status = status::OUT_OF_RESOURCES;
                     warn!(calling_ae = %conn.calling_ae, error = %e, "cannot spool instance: refusing (A700)");
                     // Dropping the temp file removes it; the rest of the data set is drained.
@@ -450,7 +565,7 @@ fn on_pdv(
             let p = conn.pending.take().expect("checked above");
             let msg_id = p.cmd.message_id;
             if p.unrecognized {
-                return Ok(Some((
+                return Ok(Some(Reply::Now(
                     pc,
                     dimse::unrecognized_rsp(
                         msg_id,
@@ -461,27 +576,37 @@ fn on_pdv(
             }
             let (st, comment) = match p.sink {
                 Sink::Discard { status, comment } => (status, Some(comment)),
-                Sink::File(t) => {
-                    tokio::task::block_in_place(|| finalize(ctx, conn, &p.cmd, &ts, t))
-                }
+                Sink::File(t) => match check_received(conn, &p.cmd, &ts, t) {
+                    Ok((header, done)) => {
+                        return Ok(Some(Reply::AfterCommit(Box::new(Committing {
+                            pc,
+                            cmd: p.cmd,
+                            header,
+                            done,
+                        }))))
+                    }
+                    Err(refusal) => refusal,
+                },
             };
-            if st == status::SUCCESS {
-                conn.stored += 1;
-            } else {
-                conn.refused += 1;
-            }
-            Ok(Some((
-                pc,
-                dimse::c_store_rsp(
-                    msg_id,
-                    &p.cmd.affected_sop_class_uid,
-                    &p.cmd.affected_sop_instance_uid,
-                    st,
-                    comment.as_deref(),
-                ),
-            )))
+            Ok(Some(Reply::Now(pc, store_rsp(conn, &p.cmd, st, comment))))
         }
     }
+}
+
+/// The C-STORE response, counted for the association's summary line.
+fn store_rsp(conn: &mut Conn, cmd: &Command, st: u16, comment: Option<String>) -> Vec<u8> {
+    if st == status::SUCCESS {
+        conn.stored += 1;
+    } else {
+        conn.refused += 1;
+    }
+    dimse::c_store_rsp(
+        cmd.message_id,
+        &cmd.affected_sop_class_uid,
+        &cmd.affected_sop_instance_uid,
+        st,
+        comment.as_deref(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -534,8 +659,7 @@ fn on_command(
                     comment: "malformed Affected SOP Instance UID".into(),
                 }
             } else {
-                let begun = tokio::task::block_in_place(|| {
-                    ctx.spool.check_space(floor_mb)?;
+                let begun = ctx.spool.check_space(floor_mb).and_then(|_| {
                     ctx.spool.begin(
                         &cmd.affected_sop_class_uid,
                         &cmd.affected_sop_instance_uid,
@@ -590,19 +714,19 @@ fn on_command(
     }
 }
 
-/// Make the instance durable and record it. Returns the DIMSE status to answer.
-fn finalize(
-    ctx: &ScpCtx,
+/// The whole data set is in: check its header against the command. Ok: ready to commit;
+/// Err: the status to refuse it with (the temporary file is gone).
+fn check_received(
     conn: &Conn,
     cmd: &Command,
     ts: &str,
     t: TempInstance,
-) -> (u16, Option<String>) {
+) -> Result<(InstanceHeader, FinishedInstance), (u16, Option<String>)> {
     let done = match t.finish() {
         Ok(d) => d,
         Err(e) => {
             error!(calling_ae = %conn.calling_ae, error = %e, "cannot write instance: refusing (A700)");
-            return (status::OUT_OF_RESOURCES, Some("write failed".into()));
+            return Err((status::OUT_OF_RESOURCES, Some("write failed".into())));
         }
     };
     let header = match read_header(&done.path) {
@@ -615,28 +739,50 @@ fn finalize(
             warn!(calling_ae = %conn.calling_ae, peer = %conn.peer, transfer_syntax = ts, error = %e,
                 status = format!("{st:#06X}"), "data set refused: cannot understand");
             done.discard();
-            return (st, Some(e.to_string()));
+            return Err((st, Some(e.to_string())));
         }
     };
     if header.sop_instance_uid != cmd.affected_sop_instance_uid {
         warn!(calling_ae = %conn.calling_ae, "data set SOP Instance UID differs from the command's: refusing (C002)");
         done.discard();
-        return (
+        return Err((
             status::UID_MISMATCH,
             Some("SOP Instance UID differs from the command".into()),
-        );
+        ));
     }
     if header.sop_class_uid != cmd.affected_sop_class_uid {
         warn!(calling_ae = %conn.calling_ae, "data set SOP Class UID differs from the command's: refusing (A900)");
         done.discard();
-        return (
+        return Err((
             status::DATASET_MISMATCH,
             Some("SOP Class UID differs from the command".into()),
-        );
+        ));
     }
+    Ok((header, done))
+}
+
+/// Make a checked instance durable, record it, and build the response. Success only after
+/// the spool's committer made the content and the directory entry durable.
+async fn complete(ctx: &ScpCtx, conn: &mut Conn, c: Committing) -> (u8, Vec<u8>) {
+    let Committing {
+        pc,
+        cmd,
+        header,
+        done,
+    } = c;
+    let (st, comment) = record(ctx, conn, header, done).await;
+    (pc, store_rsp(conn, &cmd, st, comment))
+}
+
+async fn record(
+    ctx: &ScpCtx,
+    conn: &Conn,
+    header: InstanceHeader,
+    done: FinishedInstance,
+) -> (u16, Option<String>) {
     let sha256 = done.sha256.clone();
     let size = done.size;
-    let path = match ctx.spool.commit(done, &header.sop_instance_uid) {
+    let path = match ctx.spool.commit_async(done, &header.sop_instance_uid).await {
         Ok(p) => p,
         Err(e) => {
             error!(calling_ae = %conn.calling_ae, error = %e, "cannot move instance into the spool: refusing (A700)");
