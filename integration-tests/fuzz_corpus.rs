@@ -16,8 +16,9 @@ use prima_node::fuzzing::{self, Mutator};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target, usize); 3] = [
+const TARGETS: [(&str, Target, usize); 4] = [
     ("dimse_command", fuzzing::dimse_command, 6000),
+    ("pdata_pdu", fuzzing::pdata_pdu, 4000),
     ("instance_header", fuzzing::instance_header, 3000),
     ("imaging_slice", fuzzing::imaging_slice, 2000),
 ];

@@ -3,9 +3,9 @@
 //! seeded mutations by `integration-tests/fuzz_corpus.rs`.
 //!
 //! The fuzz crate compiles this file and the modules it calls (`net::dimse`,
-//! `store::spool`, `imaging`) by path instead of depending on the library, so fuzz builds
+//! `net::pdata`, `store::spool`, `imaging`) by path instead of depending on the library, so fuzz builds
 //! (whose coverage RUSTFLAGS rebuild every dependency) never build libtorch's bindings.
-//! Keep this file's imports to those three modules.
+//! Keep this file's imports to those modules.
 //!
 //! Input layout of the data-set targets: byte 0 picks the presentation context's transfer
 //! syntax (modulo [`TRANSFER_SYNTAXES`]), the rest is the data set exactly as it would
@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::imaging::series;
-use crate::net::dimse;
+use crate::net::{dimse, pdata};
 use crate::store::spool;
 
 /// The transfer syntaxes the SCP may negotiate (its candidate list).
@@ -34,6 +34,25 @@ pub const TRANSFER_SYNTAXES: [&str; 9] = [
 
 const SOP_CLASS: &str = "1.2.840.10008.5.1.4.1.1.4";
 const SOP_INSTANCE: &str = "1.2.826.0.1.3680043.2.1143.1";
+
+/// A P-DATA-TF PDU as the SCP parses it in place: a parse never reads outside the PDU and
+/// its PDVs account for every byte.
+pub fn pdata_pdu(data: &[u8]) {
+    let Ok(pdvs) = pdata::parse(data) else {
+        return;
+    };
+    let range = data.as_ptr_range();
+    let mut covered = 6;
+    for pdv in &pdvs {
+        let r = pdv.data.as_ptr_range();
+        assert!(
+            r.start >= range.start && r.end <= range.end,
+            "PDV outside the PDU"
+        );
+        covered += 6 + pdv.data.len();
+    }
+    assert_eq!(covered, data.len(), "PDVs do not account for the whole PDU");
+}
 
 /// DIMSE command decoding, and the responses the SCP builds from a decoded command.
 pub fn dimse_command(data: &[u8]) {

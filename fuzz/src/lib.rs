@@ -4,11 +4,14 @@
 
 #[path = "../../src/net/dimse.rs"]
 pub mod dimse_src;
+#[path = "../../src/net/pdata.rs"]
+pub mod pdata_src;
 #[path = "../../src/store/spool.rs"]
 pub mod spool_src;
 
 pub mod net {
     pub use super::dimse_src as dimse;
+    pub use super::pdata_src as pdata;
 }
 
 pub mod store {

@@ -10,9 +10,10 @@
 //! PS3.8 §9.3.5: type 0x04, one reserved byte, a 4-byte big-endian length, then items of
 //! a 4-byte length (counting the context id and the control byte), the presentation
 //! context id, the message control header (bit 0: command, bit 1: last fragment), data.
+//!
+//! Depends on tokio and bytes only (not dicom-ul), so the fuzz crate compiles it as is.
 
 use bytes::{Buf, BytesMut};
-use dicom_ul::pdu::PDataValueType;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 const HEADER: usize = 6;
@@ -22,7 +23,8 @@ const P_DATA_TF: u8 = 0x04;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PdvRef<'a> {
     pub presentation_context_id: u8,
-    pub value_type: PDataValueType,
+    /// A command fragment (else a data set fragment).
+    pub is_command: bool,
     pub is_last: bool,
     pub data: &'a [u8],
 }
@@ -111,11 +113,7 @@ pub fn parse(pdu: &[u8]) -> Result<Vec<PdvRef<'_>>, PDataError> {
         let control = rest[5];
         out.push(PdvRef {
             presentation_context_id: rest[4],
-            value_type: if control & 0x01 != 0 {
-                PDataValueType::Command
-            } else {
-                PDataValueType::Data
-            },
+            is_command: control & 0x01 != 0,
             is_last: control & 0x02 != 0,
             data: &rest[6..4 + item_len],
         });
@@ -130,7 +128,7 @@ pub fn parse(pdu: &[u8]) -> Result<Vec<PdvRef<'_>>, PDataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dicom_ul::pdu::{write_pdu, PDataValue, Pdu};
+    use dicom_ul::pdu::{write_pdu, PDataValue, PDataValueType, Pdu};
 
     fn encode(values: Vec<PDataValue>) -> Vec<u8> {
         let mut v = Vec::new();
@@ -167,7 +165,7 @@ mod tests {
         assert_eq!(got.len(), theirs.len());
         for (a, b) in got.iter().zip(&theirs) {
             assert_eq!(a.presentation_context_id, b.presentation_context_id);
-            assert_eq!(a.value_type, b.value_type);
+            assert_eq!(a.is_command, b.value_type == PDataValueType::Command);
             assert_eq!(a.is_last, b.is_last);
             assert_eq!(a.data, &b.data[..]);
         }

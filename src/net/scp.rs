@@ -363,7 +363,7 @@ async fn serve<S>(
                 // dicom-ul hands over is never dropped.
                 let pdvs = data.iter().map(|pdv| pdata::PdvRef {
                     presentation_context_id: pdv.presentation_context_id,
-                    value_type: pdv.value_type.clone(),
+                    is_command: pdv.value_type == PDataValueType::Command,
                     is_last: pdv.is_last,
                     data: &pdv.data,
                 });
@@ -510,8 +510,8 @@ fn on_pdv(
             "P-DATA on presentation context {pc}, which was not accepted"
         ));
     };
-    match pdv.value_type {
-        PDataValueType::Command => {
+    match pdv.is_command {
+        true => {
             if conn.pending.is_some() {
                 return Err("command PDV while a data set was still expected".into());
             }
@@ -541,7 +541,7 @@ fn on_pdv(
             )?
             .map(|(pc, rsp)| Reply::Now(pc, rsp)))
         }
-        PDataValueType::Data => {
+        false => {
             let Some(p) = conn.pending.as_mut() else {
                 return Err("data PDV without a preceding command".into());
             };

@@ -337,6 +337,12 @@ pub fn check_element_lengths(path: &Path) -> Result<(), HeaderError> {
             }
             continue;
         }
+        // A delimiter has no value (PS3.5 §7.5: its length shall be 0). dicom-parser reads
+        // the next element right after its header whatever the length says, so a walk
+        // that skipped "its value" was put out of step onto a 3.7 GB claim (fuzzing).
+        if g == 0xFFFE && e != 0xE000 && len != 0 {
+            return bad("delimiter with a non-zero length");
+        }
         if g == 0xFFFE && e != 0xE000 && !in_encap {
             // A delimiter closes the undefined-length item or sequence it is in.
             if open.pop() != Some(u64::MAX) {
@@ -975,6 +981,19 @@ mod fuzz_regressions {
         let err = guard(input).unwrap_err().to_string();
         assert!(
             err.contains("(FFFE,E0DD)") && err.contains("delimiter"),
+            "{err}"
+        );
+    }
+
+    /// An item delimiter claiming a 164-byte value: the parser reads on after its header,
+    /// a walk that skipped the "value" reached a 3.7 GB claim.
+    #[test]
+    fn delimiter_with_a_length_is_refused() {
+        let input =
+            include_bytes!("../../fuzz/regressions/instance_header/delimiter-with-length-oom");
+        let err = guard(input).unwrap_err().to_string();
+        assert!(
+            err.contains("(FFFE,E00D)") && err.contains("non-zero length"),
             "{err}"
         );
     }
