@@ -762,7 +762,7 @@ fn check_received(
 }
 
 /// Make a checked instance durable, record it, and build the response. Success only after
-/// the spool's committer made the content and the directory entry durable.
+/// the spool made the content and the directory entry durable.
 async fn complete(ctx: &ScpCtx, conn: &mut Conn, c: Committing) -> (u8, Vec<u8>) {
     let Committing {
         pc,

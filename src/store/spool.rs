@@ -699,9 +699,10 @@ impl Spool {
         })
     }
 
-    /// Make a finished temporary file durable and move it into place (group commit with
-    /// whatever other instances are committing now). Blocks; durable when this returns Ok:
-    /// the content was fdatasynced before the rename, and the directory entry after it.
+    /// Make a finished temporary file durable and move it into place (on the sync pool, its
+    /// fsyncs sharing device flushes with other instances' commits). Blocks; durable when
+    /// this returns Ok: the content was fdatasynced before the rename, and the directory
+    /// entry after it.
     /// Not for async contexts: use [`Spool::commit_async`] there.
     pub fn commit(
         &self,
