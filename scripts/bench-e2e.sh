@@ -8,6 +8,7 @@
 #        SIZE=small|full (demo model)  PRIMA_NODE_BIN=<binary> (default: release build)
 #        WAIT_S=1800 (give up waiting for the SR after this long)
 #        NODE_LOG=info (the node's RUST_LOG, e.g. info,prima_node::speculate=debug)
+#        SPECULATIVE=true|false ([assembly] speculative_prepare; unset: the node's default)
 #   RSS mode:  MODE=rss scripts/bench-e2e.sh   a generated 3000-instance study
 #        (N=3000, SERIES=10 of 300 slices, ROWS=COLS=512; see scripts/bench/gen_study.py) goes through the
 #        node; prints the node's peak RSS (VmHWM) and the model's share of it.
@@ -106,6 +107,7 @@ device = "cpu"
 quiet_period_s = $QUIET
 force_complete_s = 3600
 min_series = 2
+${SPECULATIVE:+speculative_prepare = $SPECULATIVE}
 
 [storage]
 min_free_mb = 64

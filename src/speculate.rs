@@ -193,9 +193,10 @@ impl PrepareCache {
         v
     }
 
-    fn full(&self) -> bool {
+    /// Whether a result of about `bytes` would still fit.
+    fn has_room(&self, bytes: usize) -> bool {
         let g = self.lock();
-        g.bytes >= CACHE_BYTES || g.entries.len() >= CACHE_ENTRIES
+        g.bytes.saturating_add(bytes) <= CACHE_BYTES && g.entries.len() < CACHE_ENTRIES
     }
 
     pub fn clear(&self) {
@@ -512,9 +513,6 @@ fn plan(
             ctx.cache.remove(&uid, None);
         }
     }
-    if ctx.cache.full() {
-        return Ok(None);
-    }
     for s in &studies {
         let t = tracks
             .entry(s.study_uid.clone())
@@ -529,7 +527,13 @@ fn plan(
             continue;
         }
         for (uid, st) in &t.series {
-            if now - st.changed_ms >= idle_ms && st.tried != Some(st.db_key) {
+            // Whatever the source resolution, a prepared slice is 256×256 f32 tokens: a
+            // series that would not fit is not prepared only to be dropped.
+            let estimate = st.instances.len() * 256 * 256 * 4;
+            if now - st.changed_ms >= idle_ms
+                && st.tried != Some(st.db_key)
+                && ctx.cache.has_room(estimate)
+            {
                 return Ok(Some(Work {
                     study: s.study_uid.clone(),
                     series_uid: uid.clone(),
