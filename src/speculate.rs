@@ -37,7 +37,7 @@ use crate::imaging::series::{
     group_by_series_uid, read_slice_headers, SeriesCandidate, SeriesSkip, SliceMeta, StudyScan,
 };
 use crate::pipeline::{prepare_all_with, prepare_series_budgeted, PreparedSeries};
-use crate::store::state::{now_ms, study_state, State, StateError, StoredInstance};
+use crate::store::state::{now_ms, study_state, State, StateError, StoredInstance, StudyRow};
 use crate::study::assembler::current_input;
 use crate::worker::StudyJob;
 
@@ -508,9 +508,17 @@ fn plan(
     let mut studies = ctx.state.studies_in_state(study_state::RECEIVING)?;
     studies.extend(ctx.state.studies_in_state(study_state::QUEUED)?);
     tracks.retain(|uid, _| studies.iter().any(|s| s.study_uid == *uid));
-    for uid in ctx.cache.studies() {
-        if !studies.iter().any(|s| s.study_uid == uid) {
-            ctx.cache.remove(&uid, None);
+    // A study's entries live until its job takes them. The worker marks the study
+    // processing just before it does, so dropping entries of processing studies here lost
+    // them now and then (seen in a 3,000-instance run: none of 6 used).
+    let cached = ctx.cache.studies();
+    if !cached.is_empty() {
+        let processing = ctx.state.studies_in_state(study_state::PROCESSING)?;
+        for uid in cached {
+            let live = |s: &StudyRow| s.study_uid == uid;
+            if !studies.iter().any(live) && !processing.iter().any(live) {
+                ctx.cache.remove(&uid, None);
+            }
         }
     }
     for s in &studies {
