@@ -181,6 +181,10 @@ impl PrepareCache {
         g.bytes = g.entries.iter().map(|e| e.bytes).sum();
     }
 
+    fn has_study(&self, study: &str) -> bool {
+        self.lock().entries.iter().any(|e| e.study == study)
+    }
+
     fn studies(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .lock()
@@ -240,6 +244,9 @@ pub struct JobPrepared {
 pub fn scan_and_prepare(cache: Option<&PrepareCache>, job: &StudyJob) -> JobPrepared {
     let t0 = Instant::now();
     let mut hits = match cache {
+        // Nothing prepared for the study: no keys to compute (a stat per file), but
+        // background work on it is stopped all the same.
+        Some(c) if !c.has_study(&job.study_instance_uid) => c.take(&job.study_instance_uid, &[]),
         Some(c) => {
             let mut groups: BTreeMap<&str, Vec<(&str, &str, &Path)>> = BTreeMap::new();
             for i in &job.instances {
