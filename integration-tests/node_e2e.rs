@@ -87,6 +87,16 @@ fn study_a_through_the_node_gives_sr_and_kos_equal_to_infer() {
     let (rel, l2) =
         fixtures::compare_predictions(&kept, &out.join("STUDY_A_predictions.json"), 1e-3);
     assert!(rel <= 1e-6 && l2 <= 1e-6, "node vs infer: {rel:e} {l2:e}");
+    // Series prepared in the background while the study arrived (how many depends on
+    // timing) are recorded; the comparison above holds either way.
+    let run = fixtures::json(&find(&node.state_dir, "run.json").expect("run record kept"));
+    let cached = run["timings"]["prepare_cached_series"]
+        .as_u64()
+        .expect("run record says how many series were prepared in the background");
+    eprintln!(
+        "series prepared in the background: {cached} of {}",
+        run["series"].as_array().map_or(0, |s| s.len())
+    );
     // No patient name or ID at info level.
     let obj = dicom_object::open_file(&series[0][0]).unwrap();
     let log = node.log_text();

@@ -104,6 +104,12 @@ pub struct AssemblySection {
     pub min_series: usize,
     #[serde(default = "default_modalities")]
     pub modalities: Vec<String>,
+    /// Prepare (decode, resample, tokenise) a study's series in the background while the
+    /// study is still arriving, once a series has been idle for a while, so the job after
+    /// the quiet period starts at the model. Results are used only when the input files
+    /// are exactly those prepared; otherwise the job prepares afresh.
+    #[serde(default = "default_true")]
+    pub speculative_prepare: bool,
 }
 
 impl Default for AssemblySection {
@@ -113,6 +119,7 @@ impl Default for AssemblySection {
             force_complete_s: default_force_complete_s(),
             min_series: default_min_series(),
             modalities: default_modalities(),
+            speculative_prepare: true,
         }
     }
 }
@@ -610,6 +617,7 @@ port = 104
         let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.assembly.quiet_period_s, 30.0);
+        assert!(c.assembly.speculative_prepare, "on unless turned off");
         assert_eq!(c.storage_sop_classes().len(), 2);
     }
 

@@ -22,6 +22,14 @@ pub struct StageTimings {
     pub patchify_s: f64,
     pub prima_s: f64,
     pub total_s: f64,
+    /// The node only: every series came prepared from the background (`prepare_s` is then
+    /// the time to take them), how many did, and the background seconds behind them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepare_cached: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepare_cached_series: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepare_speculative_s: Option<f64>,
 }
 
 pub struct ModelRun {
@@ -212,6 +220,7 @@ impl RunRecord {
                 patchify_s: c.run.patchify_s,
                 prima_s: c.run.prima_s,
                 total_s: c.total_s,
+                ..StageTimings::default()
             },
             warnings,
         }

@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod processor;
 pub mod pyjson;
 pub mod report;
+pub mod speculate;
 pub mod store;
 pub mod study;
 pub mod synth;

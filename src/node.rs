@@ -2,7 +2,8 @@
 //!
 //! Threads: a tokio multi-thread runtime for the DICOM service; one assembler thread
 //! (stability checks, job dispatch, systemd status and watchdog); the inference worker
-//! (owns the processor); the sender; the config watcher. On start, state is rebuilt from
+//! (owns the processor); background preparation of studies still arriving
+//! (`crate::speculate`, when the processor uses it); the sender; the config watcher. On start, state is rebuilt from
 //! SQLite and the spool: stale temporary files are removed, spool files the database does
 //! not know are indexed, unfinished jobs and outbox entries are queued again.
 
@@ -80,7 +81,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
 
     let shared = SharedConfig::new(cfg.clone());
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
-    let (job_tx, _worker) = worker::spawn(
+    let spawned = worker::spawn(
         WorkerCtx {
             state: state.clone(),
             outbox,
@@ -90,8 +91,27 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
         make_processor,
         WORKER_QUEUE,
     )?;
+    let job_tx = spawned.sender;
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Background preparation of studies still arriving, for processors that use it.
+    let speculator = match spawned.prepare_cache {
+        Some(cache) => Some(
+            crate::speculate::spawn(
+                crate::speculate::SpeculatorCtx {
+                    state: state.clone(),
+                    config: shared.clone(),
+                    cache,
+                },
+                stop.clone(),
+            )
+            .map_err(|source| NodeError::Io {
+                what: "cannot start the background preparation thread".into(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let sender = {
         let ctx = scu::SenderCtx {
             state: state.clone(),
@@ -193,6 +213,9 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     let _ = wake_tx.try_send(());
     let _ = assembler_thread.join();
     let _ = sender.join();
+    // Not joined either: it stops between stages, but a stage of a large series can take
+    // seconds and its result is not needed.
+    drop(speculator);
     // The worker is not joined: a study in progress is re-run after the restart (its job is
     // still `running` in the database), which is cheaper than delaying shutdown by minutes.
     rt.shutdown_timeout(Duration::from_secs(1));

@@ -57,24 +57,46 @@ fn slice_array_axis(code: &str) -> usize {
 /// Decode, resample, orient, tokenise and select one series (spec §1–§7).
 /// `Err` is the reason the series is skipped.
 pub fn prepare_series(c: &SeriesCandidate) -> Result<PreparedSeries, String> {
-    let vol = series::load_volume(c)?;
+    prepare_series_until(c, &|| false).unwrap_or_else(|| Err("cancelled".into()))
+}
+
+/// [`prepare_series`] that gives up (`None`) when `cancelled` says so; it is asked between
+/// the stages (decode, resample, orient, tokenise), so background work on a series that
+/// changed stops within one stage.
+pub fn prepare_series_until(
+    c: &SeriesCandidate,
+    cancelled: &dyn Fn() -> bool,
+) -> Option<Result<PreparedSeries, String>> {
+    let vol = match series::load_volume(c) {
+        Ok(v) => v,
+        Err(e) => return Some(Err(e)),
+    };
+    if cancelled() {
+        return None;
+    }
     let resampled = resample::resample_inplane_256(&vol);
     drop(vol);
+    if cancelled() {
+        return None;
+    }
     let (oriented, code): (Array3<f64>, String) = orient::orient_lps(&resampled);
     let pixel_type = resampled.pixel_type;
     drop(resampled);
+    if cancelled() {
+        return None;
+    }
     let thin = tokens::thin_axis(oriented.shape, slice_array_axis(&code));
     let tokenized = tokens::tokenize(&oriented, thin);
     if tokenized.n_patches() > series::MAX_PATCHES {
-        return Err(format!(
+        return Some(Err(format!(
             "{} patches, more than the model's {}",
             tokenized.n_patches(),
             series::MAX_PATCHES
-        ));
+        )));
     }
     let bins = otsu::bins(&tokenized.otsu, tokenized.grid);
     let selection = otsu::select_tokens(&bins);
-    Ok(PreparedSeries {
+    Some(Ok(PreparedSeries {
         key: c.key.clone(),
         series_instance_uid: c.series_instance_uid.clone(),
         name_ids: text::chartovec(&c.name),
@@ -86,14 +108,31 @@ pub fn prepare_series(c: &SeriesCandidate) -> Result<PreparedSeries, String> {
         oriented_shape: oriented.shape,
         tokenized,
         selection,
-    })
+    }))
+}
+
+/// [`prepare_series_until`] holding the series' share of the process-wide decoded-volume
+/// budget while it runs (the node's background preparation shares it with the worker).
+pub fn prepare_series_budgeted(
+    c: &SeriesCandidate,
+    cancelled: &dyn Fn() -> bool,
+) -> Option<Result<PreparedSeries, String>> {
+    let _share = BudgetShare::take(&BUDGET, volume_bytes(c));
+    if cancelled() {
+        return None;
+    }
+    prepare_series_until(c, cancelled)
 }
 
 /// Series volumes are decoded as f64 (ITK parity), so preparing two 512×512×300 series at
 /// once held ~1.3 GB (measured: 2.1 GB peak RSS for a 3,000-instance study). Series are
 /// prepared in parallel only while their decoded volumes fit this budget together; a
-/// series larger than the budget runs alone.
+/// series larger than the budget runs alone. One budget for the whole process: the node's
+/// background preparation of a study still arriving draws on it too.
 const PREPARE_BUDGET_BYTES: usize = 1 << 30;
+
+type Budget = (std::sync::Mutex<usize>, std::sync::Condvar);
+static BUDGET: Budget = (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
 /// Bytes of a series' decoded f64 volume.
 fn volume_bytes(c: &series::SeriesCandidate) -> usize {
@@ -107,12 +146,12 @@ fn volume_bytes(c: &series::SeriesCandidate) -> usize {
 /// A share of [`PREPARE_BUDGET_BYTES`], given back on drop (also when a series panics, so
 /// the other threads never wait forever).
 struct BudgetShare<'a> {
-    budget: &'a (std::sync::Mutex<usize>, std::sync::Condvar),
+    budget: &'a Budget,
     bytes: usize,
 }
 
 impl<'a> BudgetShare<'a> {
-    fn take(budget: &'a (std::sync::Mutex<usize>, std::sync::Condvar), bytes: usize) -> Self {
+    fn take(budget: &'a Budget, bytes: usize) -> Self {
         let (m, cv) = budget;
         let mut used = m.lock().unwrap_or_else(|e| e.into_inner());
         while *used > 0 && used.saturating_add(bytes) > PREPARE_BUDGET_BYTES {
@@ -136,34 +175,45 @@ impl Drop for BudgetShare<'_> {
 /// (each holds one series' volume at a time, within a memory budget); results keep the
 /// scan's order.
 pub fn prepare_all(scan: &series::StudyScan) -> (Vec<PreparedSeries>, Vec<SeriesSkip>) {
+    prepare_all_with(scan, |_| None)
+}
+
+/// [`prepare_all`], taking a series' result from `cached` where it has one (prepared
+/// earlier from the same candidate and files); only the others are prepared here.
+pub fn prepare_all_with(
+    scan: &series::StudyScan,
+    mut cached: impl FnMut(&SeriesCandidate) -> Option<Result<PreparedSeries, String>>,
+) -> (Vec<PreparedSeries>, Vec<SeriesSkip>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let n = scan.series.len();
+    let mut results: Vec<Option<Result<PreparedSeries, String>>> =
+        scan.series.iter().map(&mut cached).collect();
+    let todo: Vec<usize> = (0..n).filter(|&i| results[i].is_none()).collect();
     let threads = std::thread::available_parallelism()
         .map(|t| t.get())
         .unwrap_or(1)
-        .min(n.max(1));
+        .min(todo.len().max(1));
     let next = AtomicUsize::new(0);
-    let budget = (Mutex::new(0usize), std::sync::Condvar::new());
-    let results: Mutex<Vec<Option<Result<PreparedSeries, String>>>> =
-        Mutex::new((0..n).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let share = BudgetShare::take(&budget, volume_bytes(&scan.series[i]));
-                let r = prepare_series(&scan.series[i]);
-                drop(share);
-                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-            });
-        }
-    });
+    let fresh: Mutex<Vec<(usize, Result<PreparedSeries, String>)>> = Mutex::new(Vec::new());
+    if !todo.is_empty() {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = todo.get(k) else { break };
+                    let r = prepare_series_budgeted(&scan.series[i], &|| false)
+                        .unwrap_or_else(|| Err("series was not prepared".into()));
+                    fresh.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+                });
+            }
+        });
+    }
+    for (i, r) in fresh.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        results[i] = Some(r);
+    }
     let mut ok = Vec::new();
     let mut skipped = scan.skipped.clone();
-    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     for (c, r) in scan.series.iter().zip(results) {
         match r.unwrap_or_else(|| Err("series was not prepared".into())) {
             Ok(p) => ok.push(p),

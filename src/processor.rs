@@ -1,25 +1,27 @@
 //! The node's study processor: spooled instances → imaging → Prima → SR/KOS. This is the
 //! only place where the node (worker) meets the model and the report builder.
+use std::sync::Arc;
 use std::time::Instant;
 
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 
 use crate::config::Config;
-use crate::imaging::series::{group_by_series_uid, read_slice_headers};
 use crate::infer::{predictions_json, run_model, RunContext, RunRecord};
 use crate::model::{parse_device, ModelOptions, PrimaModel};
-use crate::pipeline::prepare_all;
 use crate::report::{
     build_outputs, ModelIdentity, NodeIdentity, PredecessorRef, Predictions, ReportConfig,
     ReportInput, SkippedSeries, SourceInstance, UsedSeries,
 };
+use crate::speculate::{scan_and_prepare, JobPrepared, PrepareCache};
 use crate::worker::{OutputObject, ProcessError, ProcessedStudy, StudyJob, StudyProcessor};
 
 pub struct PrimaProcessor {
     model: PrimaModel,
     report: ReportConfig,
     node: NodeIdentity,
+    /// Background preparation results (`[assembly] speculative_prepare`).
+    cache: Option<Arc<PrepareCache>>,
 }
 
 impl PrimaProcessor {
@@ -36,30 +38,38 @@ impl PrimaProcessor {
             model,
             report: ReportConfig::default(),
             node: node_identity(&cfg.node.ae_title, &cfg.node.state_dir.to_string_lossy()),
+            // Always there: the setting is applied live, by the background thread.
+            cache: Some(Arc::new(PrepareCache::new())),
         })
     }
 }
 
 impl StudyProcessor for PrimaProcessor {
+    fn prepare_cache(&self) -> Option<Arc<PrepareCache>> {
+        self.cache.clone()
+    }
+
     fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
         let fail = |e: String| ProcessError::Failed(e);
         let t_start = Instant::now();
-        // scan_s covers reading the headers too, as `infer`'s folder scan does.
-        let t0 = Instant::now();
-        let mut headers = Vec::new();
-        for inst in &job.instances {
-            match read_slice_headers(&inst.path) {
-                Ok(h) => headers.extend(h),
-                Err(e) => {
-                    tracing::warn!(sop = %inst.sop_instance_uid, "instance not readable as an image: {e}")
-                }
-            }
+        // scan_s covers reading the headers too, as `infer`'s folder scan does; series
+        // prepared in the background while the study arrived are taken as they are.
+        let JobPrepared {
+            scan,
+            prepared,
+            skipped,
+            scan_s,
+            prepare_s,
+            cached_series,
+            speculative_s,
+        } = scan_and_prepare(self.cache.as_deref(), job);
+        if cached_series > 0 {
+            tracing::info!(
+                series = cached_series,
+                background_s = speculative_s,
+                "series prepared in the background used"
+            );
         }
-        let scan = group_by_series_uid(headers);
-        let scan_s = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let (prepared, skipped) = prepare_all(&scan);
-        let prepare_s = t1.elapsed().as_secs_f64();
         for s in &skipped {
             tracing::info!(series = %s.key, reason = %s.reason, "series skipped");
         }
@@ -103,7 +113,7 @@ impl StudyProcessor for PrimaProcessor {
         for o in &outputs {
             tracing::info!(kind = o.kind.uid_kind(), sop = %o.sop_instance_uid, "output built");
         }
-        let record = RunRecord::new(RunContext {
+        let mut record = RunRecord::new(RunContext {
             study: job.study_instance_uid.clone(),
             study_instance_uid: scan.study_instance_uid.clone(),
             study_description: description,
@@ -116,6 +126,10 @@ impl StudyProcessor for PrimaProcessor {
             prepare_s,
             total_s: t_start.elapsed().as_secs_f64(),
         });
+        record.timings.prepare_cached =
+            Some(cached_series > 0 && cached_series == scan.series.len());
+        record.timings.prepare_cached_series = Some(cached_series);
+        record.timings.prepare_speculative_s = Some(speculative_s);
         Ok(ProcessedStudy {
             outputs: outputs
                 .into_iter()

@@ -43,7 +43,7 @@ pub struct SeriesSkip {
 }
 
 /// Header facts of one image (one single-frame file, or one frame of a multi-frame file).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SliceMeta {
     pub path: PathBuf,
     /// Frame index for multi-frame files.
@@ -85,7 +85,7 @@ impl SliceMeta {
 }
 
 /// One series ready to load: its slices in stacking order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SeriesCandidate {
     /// Folder name (file-name mode) or SeriesInstanceUID (position mode).
     pub key: String,

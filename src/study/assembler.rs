@@ -144,6 +144,7 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
                     sop_instance_uid: i.sop_uid,
                     series_instance_uid: i.series_uid,
                     modality: i.modality,
+                    sha256: i.sha256,
                 })
                 .collect(),
             input_set_hash: hash,
