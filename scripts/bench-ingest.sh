@@ -9,6 +9,10 @@
 #   scripts/bench-ingest.sh [N] [ROUNDS]         (defaults 1000 and 5; env N, ROUNDS too)
 #   env: ASSOCS="1 4 16"  PDU=65536  ROWS=512 COLS=512  SERIES=4  BENCH_DIR=<scratch dir>
 #        KEEP=1 (keep BENCH_DIR)  PRIMA_NODE_BIN=<binary> (default: release build)
+#        FRESH_DIRS=1: every run writes into a new directory and nothing is deleted until the
+#          end (needs N x 0.5 MB x 6 x ROUNDS of disk). On ext4 without a journal (this VM)
+#          creating files right after thousands were deleted costs extra CPU in the kernel
+#          (`recently_deleted`, skipping inodes freed in the last minute) for both receivers.
 #
 # storescp runs with --fork (one process per association, as a parallel SCP must) and
 # +B (bit-preserving: the received bytes are streamed to the file as they come, which is
@@ -161,7 +165,7 @@ echo "data: $N instances, $bytes bytes, PDU $PDU, rounds $ROUNDS, associations: 
 for r in $(seq "$ROUNDS"); do
   for k in $ASSOCS; do
     # A: storescp
-    out="$work/storescp-out"
+    if [ -n "${FRESH_DIRS:-}" ]; then out="$work/runs/storescp-$r-$k"; else out="$work/storescp-out"; fi
     rm -rf "$out"; sync
     port=$(free_port)
     start_storescp "$out" "$port"
@@ -173,8 +177,13 @@ for r in $(seq "$ROUNDS"); do
     [ "$got" -eq "$N" ] || { echo "storescp stored $got of $N" >&2; exit 1; }
     printf 'storescp\t%s\t%s\t%s\t%s\n' "$k" "$r" "$s" "$c" >>"$results"
     # B: prima-node
-    st="$work/node-state"
-    rm -rf "$st" "$out"; sync
+    if [ -n "${FRESH_DIRS:-}" ]; then
+      st="$work/runs/node-$r-$k"
+    else
+      st="$work/node-state"
+      rm -rf "$st" "$out"
+    fi
+    sync
     port=$(free_port)
     start_node "$st" "$port"
     c0=$(cpu_of "$target_pid")
@@ -187,7 +196,7 @@ for r in $(seq "$ROUNDS"); do
     echo "round $r, $k assoc: storescp $(awk -v k="$k" -v r="$r" '$1=="storescp"&&$2==k&&$3==r {printf "%.2f", $4}' "$results") s, prima-node $s s" >&2
   done
 done
-rm -rf "$work/node-state" "$work/storescp-out"
+rm -rf "$work/node-state" "$work/storescp-out" "$work/runs"
 
 python3 - "$results" "$N" "$bytes" "$PDU" <<'PY'
 import statistics, sys
