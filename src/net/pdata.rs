@@ -76,7 +76,9 @@ pub async fn fill<R: AsyncRead + Unpin>(
             // default-sized chunk.
             buf.reserve(total - buf.len());
         } else {
-            buf.reserve(HEADER + max_pdu as usize);
+            // Not knowing the length yet, room for a usual PDU, not for the largest allowed
+            // (up to 16 MiB per association, which idle associations would keep).
+            buf.reserve(HEADER + (max_pdu as usize).min(64 * 1024));
         }
         let n = sock
             .read_buf(buf)
