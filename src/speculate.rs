@@ -638,21 +638,7 @@ mod tests {
     use super::*;
     use crate::worker::JobInstance;
 
-    fn fixture_dir() -> Option<PathBuf> {
-        let dir = std::env::var_os("PRIMA_REFERENCE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference")
-            });
-        if dir.join("README.md").is_file() {
-            Some(dir)
-        } else if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("fixtures not found at {}", dir.display());
-        } else {
-            eprintln!("SKIPPED: fixtures not found at {}", dir.display());
-            None
-        }
-    }
+    use crate::imaging::resample::test_support::fixture_dir;
 
     fn sha_file(p: &Path) -> String {
         hex::encode(Sha256::digest(std::fs::read(p).unwrap()))

@@ -232,8 +232,9 @@ struct Conn {
 enum Event {
     /// A whole P-DATA-TF PDU of this many bytes is at the start of the read buffer.
     PData(usize),
-    PDataError(pdata::PDataError),
-    Pdu(Result<Pdu, dicom_ul::association::Error>),
+    Pdu(Pdu),
+    /// Read failed: timeout, closed, oversize or malformed PDU.
+    Ended(String),
     Abort,
 }
 
@@ -331,8 +332,11 @@ async fn serve<S>(
                     .unwrap_or(Err(pdata::PDataError::TimedOut))
             } => match r {
                 Ok(pdata::Next::PData(n)) => Event::PData(n),
-                Ok(pdata::Next::Other) => Event::Pdu(assoc.receive().await),
-                Err(e) => Event::PDataError(e),
+                Ok(pdata::Next::Other) => match assoc.receive().await {
+                    Ok(pdu) => Event::Pdu(pdu),
+                    Err(e) => Event::Ended(e.to_string()),
+                },
+                Err(e) => Event::Ended(e.to_string()),
             },
             _ = abort.changed() => Event::Abort,
         };
@@ -353,12 +357,7 @@ async fn serve<S>(
                 buf.advance(n);
                 steps
             }
-            Event::PDataError(e) => {
-                warn!(error = %e, stored = conn.stored, "association ended without release (timeout, closed or malformed PDU)");
-                let _ = tokio::time::timeout(Duration::from_secs(2), assoc.abort()).await;
-                return;
-            }
-            Event::Pdu(Ok(Pdu::PData { data })) => {
+            Event::Pdu(Pdu::PData { data }) => {
                 // Not reached while `pdata::fill` sees P-DATA first; kept so that a PDU
                 // dicom-ul hands over is never dropped.
                 let pdvs = data.iter().map(|pdv| pdata::PdvRef {
@@ -369,7 +368,7 @@ async fn serve<S>(
                 });
                 handle_pdvs(&ctx, &mut conn, &storage_classes, floor, pdvs)
             }
-            Event::Pdu(Ok(Pdu::ReleaseRQ)) => {
+            Event::Pdu(Pdu::ReleaseRQ) => {
                 let _ = assoc.send(&Pdu::ReleaseRP).await;
                 info!(
                     stored = conn.stored,
@@ -378,7 +377,7 @@ async fn serve<S>(
                 );
                 return;
             }
-            Event::Pdu(Ok(Pdu::AbortRQ { .. })) => {
+            Event::Pdu(Pdu::AbortRQ { .. }) => {
                 info!(
                     stored = conn.stored,
                     refused = conn.refused,
@@ -386,12 +385,12 @@ async fn serve<S>(
                 );
                 return;
             }
-            Event::Pdu(Ok(other)) => {
+            Event::Pdu(other) => {
                 warn!(pdu = %other.short_description(), "unexpected PDU: aborting association");
                 let _ = assoc.abort().await;
                 return;
             }
-            Event::Pdu(Err(e)) => {
+            Event::Ended(e) => {
                 warn!(error = %e, stored = conn.stored, "association ended without release (timeout, closed or malformed PDU)");
                 // PS3.8 9.3.8: an invalid PDU (oversize, truncated) is answered with A-ABORT
                 // rather than a silent close, so the peer knows the association is dead.
