@@ -127,6 +127,32 @@ fn study_a_is_delivered_exactly_once() {
         "every instance spooled"
     );
     assert!(node.spool_tmp().is_empty());
+    // The content hash recorded at reception is BLAKE3 of the data set exactly as it was
+    // spooled (what a restart's rescan computes for a file it has to re-index).
+    let db = rusqlite::Connection::open_with_flags(
+        node.state_dir.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let rows: Vec<(String, String)> = db
+        .prepare("SELECT path, content_hash FROM instances")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), n_files);
+    for (path, hash) in rows {
+        let bytes = std::fs::read(&path).unwrap();
+        let meta_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+        let data_set = &bytes[144 + meta_len..];
+        assert_eq!(
+            hash,
+            format!("blake3:{}", blake3::hash(data_set).to_hex()),
+            "{path}"
+        );
+    }
+    drop(db);
 
     assert!(
         wait_until(Duration::from_secs(60), || !dest.received().is_empty()),

@@ -335,14 +335,8 @@ fn recover_instance(spool: &Spool, path: &Path) -> Option<InstanceRecord> {
         return None;
     }
     let bytes = std::fs::read(path).ok()?;
-    // Data set hash as the SCP computes it: everything after the meta group, whose length
-    // is (0002,0000) UL right after "DICM".
-    if bytes.len() < 144 || &bytes[128..132] != b"DICM" {
-        return None;
-    }
-    let gl = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
-    let start = 144usize.checked_add(gl)?;
-    let ds = bytes.get(start..)?;
+    // Hashed as the SCP hashes it: the data set, without the meta group.
+    let ds = crate::store::spool::data_set_of(&bytes)?;
     Some(InstanceRecord {
         sop_uid: h.sop_instance_uid,
         study_uid: h.study_instance_uid,
@@ -353,7 +347,7 @@ fn recover_instance(spool: &Spool, path: &Path) -> Option<InstanceRecord> {
         series_number: h.series_number,
         series_description: h.series_description,
         path: path.to_owned(),
-        sha256: crate::store::spool::sha256_hex(ds),
+        content_hash: crate::store::spool::content_hash(ds),
         size: ds.len() as u64,
         calling_ae: "(recovered)".into(),
         peer: String::new(),

@@ -10,7 +10,7 @@
 //! takes a cached result only on an exact match; everything else is prepared as before.
 //!
 //! The key ([`series_key`]) covers every instance of the series: SOP Instance UID, the data
-//! set's SHA-256 recorded at reception, the spool path and the file's identity (device,
+//! set's content hash recorded at reception, the spool path and the file's identity (device,
 //! inode, size, modification and change times). The spool never rewrites a file in place
 //! (each version is a new file renamed over the old), so an instance added, replaced or
 //! removed changes the key, and the identity is checked before and after the background
@@ -52,7 +52,7 @@ const CACHE_ENTRIES: usize = 64;
 /// that reception and the model leave idle, not compete with them.
 const NICE: i32 = 10;
 
-/// Key of one series' input: the sorted (SOP Instance UID, data set SHA-256, path, file
+/// Key of one series' input: the sorted (SOP Instance UID, data set content hash, path, file
 /// identity) of its instances. `None` if a file cannot be stat'ed.
 pub fn series_key<'a>(
     series_uid: &str,
@@ -255,7 +255,7 @@ pub fn scan_and_prepare(cache: Option<&PrepareCache>, job: &StudyJob) -> JobPrep
                     .or_default()
                     .push((
                         i.sop_instance_uid.as_str(),
-                        i.sha256.as_str(),
+                        i.content_hash.as_str(),
                         i.path.as_path(),
                     ));
             }
@@ -329,9 +329,13 @@ pub fn prepare_series_files(
 ) -> Result<Option<Prepared>, String> {
     let t0 = Instant::now();
     let files = || {
-        instances
-            .iter()
-            .map(|i| (i.sop_uid.as_str(), i.sha256.as_str(), i.path.as_path()))
+        instances.iter().map(|i| {
+            (
+                i.sop_uid.as_str(),
+                i.content_hash.as_str(),
+                i.path.as_path(),
+            )
+        })
     };
     let key = series_key(series_uid, files()).ok_or("a file cannot be stat'ed")?;
     let mut order: Vec<&StoredInstance> = instances.iter().collect();
@@ -424,7 +428,7 @@ struct StudyTrack {
 }
 
 struct SeriesTrack {
-    /// Hash of the series' (SOP Instance UID, SHA-256) pairs: changes when it changes.
+    /// Hash of the series' (SOP Instance UID, content hash) pairs: changes when it changes.
     db_key: [u8; 32],
     /// When it was last seen changing (the study's latest reception then).
     changed_ms: i64,
@@ -663,7 +667,7 @@ mod tests {
                 series_uid: h.series_instance_uid,
                 sop_class_uid: h.sop_class_uid,
                 modality: h.modality.unwrap_or_default(),
-                sha256: sha_file(&path),
+                content_hash: sha_file(&path),
                 path,
             });
         }
@@ -682,7 +686,7 @@ mod tests {
                     sop_instance_uid: i.sop_uid.clone(),
                     series_instance_uid: i.series_uid.clone(),
                     modality: i.modality.clone(),
-                    sha256: i.sha256.clone(),
+                    content_hash: i.content_hash.clone(),
                 })
                 .collect(),
             input_set_hash: [0; 32],
@@ -864,7 +868,7 @@ mod tests {
             .unwrap();
         std::fs::copy(&donor.path, &tmp).unwrap();
         std::fs::rename(&tmp, &changed[0].path).unwrap();
-        changed[0].sha256 = sha_file(&changed[0].path);
+        changed[0].content_hash = sha_file(&changed[0].path);
         let got = scan_and_prepare(Some(&cache), &job(&study, &changed));
         assert_eq!(got.cached_series, others);
         assert_same(&scan_and_prepare(None, &job(&study, &changed)), &got);

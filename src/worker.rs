@@ -27,9 +27,9 @@ pub struct JobInstance {
     pub sop_instance_uid: String,
     pub series_instance_uid: String,
     pub modality: String,
-    /// SHA-256 of the data set as received (hex), from the state database: with the file's
+    /// Content hash of the data set as received, from the state database: with the file's
     /// identity it keys background preparation (`crate::speculate`).
-    pub sha256: String,
+    pub content_hash: String,
 }
 
 /// An earlier output of the same study, to be referenced (Predecessor Documents).
@@ -46,7 +46,7 @@ pub struct StudyJob {
     pub study_instance_uid: String,
     /// The instances the model may read (model SOP classes, configured modalities).
     pub instances: Vec<JobInstance>,
-    /// SHA-256 over the sorted (SOP Instance UID, content SHA-256) pairs: identifies the
+    /// SHA-256 over the sorted (SOP Instance UID, content hash) pairs: identifies the
     /// input set, so output UIDs derived from it are stable across a crash and re-run.
     pub input_set_hash: [u8; 32],
     pub predecessors: Vec<PredecessorRef>,

@@ -779,7 +779,7 @@ async fn record(
     header: InstanceHeader,
     done: FinishedInstance,
 ) -> (u16, Option<String>) {
-    let sha256 = done.sha256.clone();
+    let content_hash = done.content_hash.clone();
     let size = done.size;
     let path = match ctx.spool.commit_async(done, &header.sop_instance_uid).await {
         Ok(p) => p,
@@ -798,7 +798,7 @@ async fn record(
         series_number: header.series_number,
         series_description: header.series_description,
         path,
-        sha256,
+        content_hash,
         size,
         calling_ae: conn.calling_ae.clone(),
         peer: conn.peer.clone(),

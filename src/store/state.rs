@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS instances (
     modality TEXT NOT NULL,
     transfer_syntax TEXT NOT NULL,
     path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
     size INTEGER NOT NULL,
     received_ms INTEGER NOT NULL,
     calling_ae TEXT NOT NULL,
@@ -143,7 +143,8 @@ pub struct InstanceRecord {
     pub series_number: String,
     pub series_description: String,
     pub path: PathBuf,
-    pub sha256: String,
+    /// [`crate::store::spool::content_hash`] of the data set.
+    pub content_hash: String,
     pub size: u64,
     pub calling_ae: String,
     pub peer: String,
@@ -165,7 +166,8 @@ pub struct StoredInstance {
     pub sop_class_uid: String,
     pub modality: String,
     pub path: PathBuf,
-    pub sha256: String,
+    /// [`crate::store::spool::content_hash`] of the data set.
+    pub content_hash: String,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +219,32 @@ pub struct State {
     path: PathBuf,
 }
 
+/// Bring a database written by an older version up to this schema.
+fn migrate(conn: &Connection) -> Result<(), StateError> {
+    // Content hashes were SHA-256 in a column named after it; the values stay as they
+    // are (see `same_content`).
+    let old_column: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('instances') WHERE name = 'sha256'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old_column {
+        conn.execute_batch("ALTER TABLE instances RENAME COLUMN sha256 TO content_hash")?;
+    }
+    Ok(())
+}
+
+/// Whether a recorded content hash is the received instance's. A hash recorded before the
+/// algorithm tag (bare SHA-256) is compared with the new file's SHA-256, so upgrading the
+/// node does not make a byte-identical re-send look like a replacement (which would
+/// re-open a finished study and send a second report).
+fn same_content(recorded: &str, r: &InstanceRecord) -> bool {
+    if recorded.starts_with(crate::store::spool::CONTENT_HASH_PREFIX) {
+        return recorded == r.content_hash;
+    }
+    crate::store::spool::legacy_content_hash(&r.path).is_ok_and(|h| h == recorded)
+}
+
 impl State {
     pub fn open(state_dir: &Path) -> Result<State, StateError> {
         let path = state_dir.join("state.db");
@@ -228,6 +256,7 @@ impl State {
         // which the spool rescan at start repairs (the files are fsynced before Success).
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         for suffix in ["-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
             p.push(suffix);
@@ -268,12 +297,12 @@ impl State {
         let tx = c.transaction()?;
         // Runs once per received instance: statements are parsed once per connection.
         let prev: Option<(String, String)> = tx
-            .prepare_cached("SELECT sha256, study_uid FROM instances WHERE sop_uid = ?1")?
+            .prepare_cached("SELECT content_hash, study_uid FROM instances WHERE sop_uid = ?1")?
             .query_row(params![r.sop_uid], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         let outcome = match &prev {
             None => RecordOutcome::New,
-            Some((sha, study)) if *sha == r.sha256 && *study == r.study_uid => {
+            Some((hash, study)) if *study == r.study_uid && same_content(hash, r) => {
                 RecordOutcome::Unchanged
             }
             Some(_) => RecordOutcome::Replaced,
@@ -308,12 +337,12 @@ impl State {
         }
         tx.prepare_cached(
             "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, modality,
-                transfer_syntax, path, sha256, size, received_ms, calling_ae, peer)
+                transfer_syntax, path, content_hash, size, received_ms, calling_ae, peer)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT(sop_uid) DO UPDATE SET study_uid = excluded.study_uid,
                 series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
                 modality = excluded.modality, transfer_syntax = excluded.transfer_syntax,
-                path = excluded.path, sha256 = excluded.sha256, size = excluded.size,
+                path = excluded.path, content_hash = excluded.content_hash, size = excluded.size,
                 received_ms = excluded.received_ms, calling_ae = excluded.calling_ae,
                 peer = excluded.peer",
         )?
@@ -325,7 +354,7 @@ impl State {
             r.modality,
             r.transfer_syntax,
             r.path.to_string_lossy(),
-            r.sha256,
+            r.content_hash,
             r.size as i64,
             now,
             r.calling_ae,
@@ -411,7 +440,7 @@ impl State {
     pub fn instances_of(&self, study_uid: &str) -> Result<Vec<StoredInstance>, StateError> {
         let c = self.c();
         let mut st = c.prepare(
-            "SELECT sop_uid, series_uid, sop_class_uid, modality, path, sha256
+            "SELECT sop_uid, series_uid, sop_class_uid, modality, path, content_hash
              FROM instances WHERE study_uid = ?1 ORDER BY sop_uid",
         )?;
         let rows = st
@@ -422,7 +451,7 @@ impl State {
                     sop_class_uid: r.get(2)?,
                     modality: r.get(3)?,
                     path: PathBuf::from(r.get::<_, String>(4)?),
-                    sha256: r.get(5)?,
+                    content_hash: r.get(5)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -849,7 +878,7 @@ mod tests {
             series_number: "1".into(),
             series_description: "T1".into(),
             path: "/x".into(),
-            sha256: sha.into(),
+            content_hash: format!("{}{sha}", crate::store::spool::CONTENT_HASH_PREFIX),
             size: 10,
             calling_ae: "SCU".into(),
             peer: "127.0.0.1".into(),
@@ -911,5 +940,75 @@ mod tests {
         let c = s.counts().unwrap();
         assert_eq!(c.instances, 2);
         assert_eq!(c.outbox_in(outbox_state::DONE), 1);
+    }
+
+    /// A Part-10 file holding `data_set`, as the spool writes it.
+    fn part10(dir: &Path, name: &str, data_set: &[u8]) -> PathBuf {
+        let meta = [
+            b"\x02\x00\x00\x00UL\x04\x00\x0a\x00\x00\x00".as_slice(),
+            b"\x02\x00\x10\x00UI\x02\x00\x31\x00",
+        ]
+        .concat();
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        f.extend_from_slice(&meta);
+        f.extend_from_slice(data_set);
+        let p = dir.join(name);
+        std::fs::write(&p, f).unwrap();
+        p
+    }
+
+    #[test]
+    fn upgrade_keeps_sha256_rows_and_recognises_identical_resends() {
+        let d = tempfile::tempdir().unwrap();
+        let first = part10(d.path(), "a.dcm", b"same bytes");
+        let ds = crate::store::spool::data_set_of(&std::fs::read(&first).unwrap())
+            .unwrap()
+            .to_vec();
+        assert_eq!(ds, b"same bytes");
+        {
+            // The schema before the column was renamed, with a row hashed by SHA-256.
+            let c = Connection::open(d.path().join("state.db")).unwrap();
+            c.execute_batch(&SCHEMA.replace("content_hash TEXT", "sha256 TEXT"))
+                .unwrap();
+            c.execute(
+                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, modality,
+                    transfer_syntax, path, sha256, size, received_ms, calling_ae, peer)
+                 VALUES ('1.2.3.1.1', '1.2.3', '1.2.3.1', '', 'MR', '', ?1, ?2, 10, 0, '', '')",
+                params![
+                    first.to_string_lossy(),
+                    crate::store::spool::sha256_hex(&ds)
+                ],
+            )
+            .unwrap();
+        }
+        let s = State::open(d.path()).unwrap();
+        let resend = |name: &str, bytes: &[u8]| {
+            let p = part10(d.path(), name, bytes);
+            let mut r = rec("1.2.3.1.1", "");
+            r.content_hash = crate::store::spool::content_hash(bytes);
+            r.path = p;
+            r
+        };
+        // The old row survives the migration with its value, and a byte-identical re-send
+        // is still recognised; different bytes are a replacement.
+        assert_eq!(s.instances_of("1.2.3").unwrap().len(), 1);
+        assert_eq!(
+            s.record_instance(&resend("b.dcm", b"same bytes")).unwrap(),
+            RecordOutcome::Unchanged
+        );
+        assert_eq!(
+            s.record_instance(&resend("c.dcm", b"other bytes")).unwrap(),
+            RecordOutcome::Replaced
+        );
+        let now = s.instances_of("1.2.3").unwrap();
+        assert_eq!(
+            now[0].content_hash,
+            crate::store::spool::content_hash(b"other bytes")
+        );
+        drop(s);
+        // Opening a migrated database again changes nothing.
+        let s = State::open(d.path()).unwrap();
+        assert_eq!(s.instances_of("1.2.3").unwrap().len(), 1);
     }
 }

@@ -33,11 +33,11 @@ pub fn eligible(instances: Vec<StoredInstance>, cfg: &Config) -> Vec<StoredInsta
         .collect()
 }
 
-/// SHA-256 over the sorted (SOP Instance UID, content SHA-256) pairs.
+/// SHA-256 over the sorted (SOP Instance UID, content hash) pairs.
 pub fn input_set_hash(instances: &[StoredInstance]) -> [u8; 32] {
     let mut pairs: Vec<(&str, &str)> = instances
         .iter()
-        .map(|i| (i.sop_uid.as_str(), i.sha256.as_str()))
+        .map(|i| (i.sop_uid.as_str(), i.content_hash.as_str()))
         .collect();
     pairs.sort();
     let mut h = Sha256::new();
@@ -144,7 +144,7 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
                     sop_instance_uid: i.sop_uid,
                     series_instance_uid: i.series_uid,
                     modality: i.modality,
-                    sha256: i.sha256,
+                    content_hash: i.content_hash,
                 })
                 .collect(),
             input_set_hash: hash,
@@ -208,7 +208,7 @@ mod tests {
             series_number: "1".into(),
             series_description: String::new(),
             path: "/x".into(),
-            sha256: format!("sha-{sop}"),
+            content_hash: format!("sha-{sop}"),
             size: 1,
             calling_ae: "A".into(),
             peer: "p".into(),
