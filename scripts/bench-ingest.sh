@@ -13,6 +13,8 @@
 #          end (needs N x 0.5 MB x 6 x ROUNDS of disk). On ext4 without a journal (this VM)
 #          creating files right after thousands were deleted costs extra CPU in the kernel
 #          (`recently_deleted`, skipping inodes freed in the last minute) for both receivers.
+#          This mode first waits SETTLE_S seconds (default 61) so that files deleted just
+#          before the benchmark (an earlier run's cleanup) no longer count as recent.
 #
 # storescp runs with --fork (one process per association, as a parallel SCP must) and
 # +B (bit-preserving: the received bytes are streamed to the file as they come, which is
@@ -162,6 +164,11 @@ results="$work/results.tsv"
 : >"$results"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -T "$work" | awk 'NR==2 {print $2}') at $work; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "data: $N instances, $bytes bytes, PDU $PDU, rounds $ROUNDS, associations: $ASSOCS" >&2
+if [ -n "${FRESH_DIRS:-}" ] && [ "${SETTLE_S:-61}" -gt 0 ]; then
+  echo "FRESH_DIRS: waiting ${SETTLE_S:-61} s for recently deleted inodes to age out" >&2
+  sync
+  sleep "${SETTLE_S:-61}"
+fi
 for r in $(seq "$ROUNDS"); do
   for k in $ASSOCS; do
     # A: storescp

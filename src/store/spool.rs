@@ -20,8 +20,8 @@
 //! batches: an instance arriving during a batch waited for that batch and then its own,
 //! ~1.5 batch latencies; here it waits for its own two fsyncs only. `syncfs` would also
 //! share flushes but writes out every other process's dirty data on the filesystem,
-//! which made latency depend on unrelated writers.) Write-back of each file starts as
-//! soon as its last byte arrives. The content is durable before the rename and the entry
+//! which made latency depend on unrelated writers.) Write-back of each file starts while
+//! it is still arriving (every 256 KiB) and for the rest at its last byte. The content is durable before the rename and the entry
 //! before Success.
 
 use std::fs::{self, File, OpenOptions};
@@ -771,6 +771,7 @@ impl Spool {
             root: self.root.clone(),
             floor_mb,
             next_space_check: SPACE_CHECK_EVERY,
+            next_writeback: WRITEBACK_EVERY,
         })
     }
 
@@ -829,6 +830,7 @@ impl Spool {
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.241977015870212377526425066146342712091";
 pub const IMPLEMENTATION_VERSION_NAME: &str = "PRIMA_NODE_01";
 const SPACE_CHECK_EVERY: u64 = 32 * 1024 * 1024;
+const WRITEBACK_EVERY: u64 = 256 * 1024;
 
 /// An instance being received. Dropping it without `finish` deletes the file.
 pub struct TempInstance {
@@ -840,6 +842,7 @@ pub struct TempInstance {
     root: PathBuf,
     floor_mb: u64,
     next_space_check: u64,
+    next_writeback: u64,
 }
 
 /// A fully written temporary instance, not yet durable (see [`Spool::commit`]).
@@ -881,7 +884,14 @@ impl TempInstance {
         }
         self.hasher.update(data);
         let f = self.file.as_mut().expect("open until finish");
-        f.write_all(data).map_err(io_err(&self.path))
+        f.write_all(data).map_err(io_err(&self.path))?;
+        // Start writing to disk while the rest is still arriving: the fdatasync before
+        // Success then waits only for the tail and the device flush.
+        if self.written >= self.next_writeback {
+            self.next_writeback = self.written + WRITEBACK_EVERY;
+            start_writeback(f.get_ref());
+        }
+        Ok(())
     }
 
     /// All bytes received: flush them to the kernel and start write-back (durability is
