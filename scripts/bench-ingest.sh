@@ -15,6 +15,9 @@
 #          (`recently_deleted`, skipping inodes freed in the last minute) for both receivers.
 #          This mode first waits SETTLE_S seconds (default 61) so that files deleted just
 #          before the benchmark (an earlier run's cleanup) no longer count as recent.
+#        PRIMA_NODE_BIN_B=<another prima-node binary>: A/B two builds. Each round also runs
+#          that binary right after the first, under the same conditions, and a second table
+#          compares them (run to run noise on a shared VM is larger than most changes).
 #
 # storescp runs with --fork (one process per association, as a parallel SCP must) and
 # +B (bit-preserving: the received bytes are streamed to the file as they come, which is
@@ -84,7 +87,8 @@ start_storescp() { # outdir port
   wait_echo STORESCP "$2"
 }
 
-start_node() { # statedir port
+start_node() { # statedir port [binary]
+  local node_bin=${3:-$bin}
   mkdir -p "$1"
   cat >"$1.toml" <<EOF
 [node]
@@ -111,7 +115,7 @@ min_free_mb = 64
 ae_title = "BENCHSCU"
 host = "127.0.0.1"
 EOF
-  PRIMA_NODE_FAKE_PROCESSOR=1 RUST_LOG=warn "$bin" serve --config "$1.toml" \
+  PRIMA_NODE_FAKE_PROCESSOR=1 RUST_LOG=warn "$node_bin" serve --config "$1.toml" \
     >>"$work/node.log" 2>&1 &
   target_pid=$!
   pids+=("$target_pid")
@@ -160,6 +164,26 @@ send() {
   python3 -c "print($t1 - $t0)"
 }
 
+run_node() { # label binary associations round
+  local label=$1 node_bin=$2 k=$3 r=$4 st s c got
+  if [ -n "${FRESH_DIRS:-}" ]; then
+    st="$work/runs/$label-$r-$k"
+  else
+    st="$work/node-state"
+    rm -rf "$st" "$work/storescp-out"
+  fi
+  sync
+  port=$(free_port)
+  start_node "$st" "$port" "$node_bin"
+  c0=$(cpu_of "$target_pid")
+  s=$(send "$k" PRIMA "$port")
+  c=$(python3 -c "print($(cpu_of "$target_pid") - $c0)")
+  stop_target
+  got=$(find "$st/spool/objects" -name '*.dcm' | wc -l)
+  [ "$got" -eq "$N" ] || { echo "$label stored $got of $N" >&2; tail -n 20 "$work/node.log" >&2; exit 1; }
+  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$k" "$r" "$s" "$c" >>"$results"
+}
+
 results="$work/results.tsv"
 : >"$results"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -T "$work" | awk 'NR==2 {print $2}') at $work; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -183,24 +207,10 @@ for r in $(seq "$ROUNDS"); do
     got=$(find "$out" -type f | wc -l)
     [ "$got" -eq "$N" ] || { echo "storescp stored $got of $N" >&2; exit 1; }
     printf 'storescp\t%s\t%s\t%s\t%s\n' "$k" "$r" "$s" "$c" >>"$results"
-    # B: prima-node
-    if [ -n "${FRESH_DIRS:-}" ]; then
-      st="$work/runs/node-$r-$k"
-    else
-      st="$work/node-state"
-      rm -rf "$st" "$out"
-    fi
-    sync
-    port=$(free_port)
-    start_node "$st" "$port"
-    c0=$(cpu_of "$target_pid")
-    s=$(send "$k" PRIMA "$port")
-    c=$(python3 -c "print($(cpu_of "$target_pid") - $c0)")
-    stop_target
-    got=$(find "$st/spool/objects" -name '*.dcm' | wc -l)
-    [ "$got" -eq "$N" ] || { echo "prima-node stored $got of $N" >&2; tail -n 20 "$work/node.log" >&2; exit 1; }
-    printf 'prima-node\t%s\t%s\t%s\t%s\n' "$k" "$r" "$s" "$c" >>"$results"
-    echo "round $r, $k assoc: storescp $(awk -v k="$k" -v r="$r" '$1=="storescp"&&$2==k&&$3==r {printf "%.2f", $4}' "$results") s, prima-node $s s" >&2
+    # B: prima-node (and the other build, with PRIMA_NODE_BIN_B)
+    run_node prima-node "$bin" "$k" "$r"
+    [ -z "${PRIMA_NODE_BIN_B:-}" ] || run_node prima-node-b "$PRIMA_NODE_BIN_B" "$k" "$r"
+    echo "round $r, $k assoc (s): $(awk -v k="$k" -v r="$r" '$2==k&&$3==r {printf "%s %.2f  ", $1, $4}' "$results")" >&2
   done
 done
 rm -rf "$work/node-state" "$work/storescp-out" "$work/runs"
@@ -223,5 +233,15 @@ for k in sorted({k for _, k in by}):
     ca = statistics.median(cpu[("storescp", k)]) * 1000 / n
     cb = statistics.median(cpu[("prima-node", k)]) * 1000 / n
     print(f"{k:>5} | {nbytes/a/1e6:>13.1f} {n/a:>7.0f} {ca:>11.2f} | {nbytes/b/1e6:>15.1f} {n/b:>7.0f} {cb:>11.2f} | {a/b:>13.2f}")
+if any(t == "prima-node-b" for t, _ in by):
+    print()
+    print("A/B: prima-node (PRIMA_NODE_BIN or the release build) vs B (PRIMA_NODE_BIN_B), same rounds")
+    print(f"{'assoc':>5} | {'A inst/s':>8} {'CPU ms/inst':>11} | {'B inst/s':>8} {'CPU ms/inst':>11} | {'B/A speed':>9}")
+    for k in sorted({k for _, k in by}):
+        a = statistics.median(by[("prima-node", k)])
+        b = statistics.median(by[("prima-node-b", k)])
+        ca = statistics.median(cpu[("prima-node", k)]) * 1000 / n
+        cb = statistics.median(cpu[("prima-node-b", k)]) * 1000 / n
+        print(f"{k:>5} | {n/a:>8.0f} {ca:>11.2f} | {n/b:>8.0f} {cb:>11.2f} | {a/b:>9.2f}")
 print("all runs (s): " + "; ".join(f"{t} {k}: " + " ".join(f"{x:.2f}" for x in v) for (t, k), v in sorted(by.items())))
 PY
