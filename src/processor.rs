@@ -235,7 +235,9 @@ pub fn build_reports(
 }
 
 /// SHA-256 over the sorted (SOP Instance UID, file SHA-256) pairs of a folder's files
-/// (`infer --dicom`; the node hashes the received data sets the same way).
+/// (`infer --dicom`). The node builds its input hash from what it received instead
+/// (`study::assembler::input_set_hash`: the data sets' content hashes), so the two need not
+/// give the same output UIDs for the same study.
 pub fn input_set_hash(files: &[(String, std::path::PathBuf)]) -> std::io::Result<[u8; 32]> {
     use sha2::Digest;
     let mut pairs = Vec::with_capacity(files.len());
