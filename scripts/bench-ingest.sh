@@ -227,21 +227,19 @@ print(f"C-STORE ingest, {n} instances ({nbytes/1e6:.0f} MB), max PDU {pdu}, medi
 print("storescp: --fork +B, no fsync. prima-node: file + directory entry fsynced before each Success.")
 print("CPU ms/inst: the receiver's user+system CPU per instance (median), a load-independent check.")
 print(f"{'assoc':>5} | {'storescp MB/s':>13} {'inst/s':>7} {'CPU ms/inst':>11} | {'prima-node MB/s':>15} {'inst/s':>7} {'CPU ms/inst':>11} | {'node/storescp':>13}")
-for k in sorted({k for _, k in by}):
-    a = statistics.median(by[("storescp", k)])
-    b = statistics.median(by[("prima-node", k)])
-    ca = statistics.median(cpu[("storescp", k)]) * 1000 / n
-    cb = statistics.median(cpu[("prima-node", k)]) * 1000 / n
+def med(tgt, k):
+    """Median seconds and CPU ms per instance of one receiver at k associations."""
+    return statistics.median(by[(tgt, k)]), statistics.median(cpu[(tgt, k)]) * 1000 / n
+ks = sorted({k for _, k in by})
+for k in ks:
+    (a, ca), (b, cb) = med("storescp", k), med("prima-node", k)
     print(f"{k:>5} | {nbytes/a/1e6:>13.1f} {n/a:>7.0f} {ca:>11.2f} | {nbytes/b/1e6:>15.1f} {n/b:>7.0f} {cb:>11.2f} | {a/b:>13.2f}")
 if any(t == "prima-node-b" for t, _ in by):
     print()
     print("A/B: prima-node (PRIMA_NODE_BIN or the release build) vs B (PRIMA_NODE_BIN_B), same rounds")
     print(f"{'assoc':>5} | {'A inst/s':>8} {'CPU ms/inst':>11} | {'B inst/s':>8} {'CPU ms/inst':>11} | {'B/A speed':>9}")
-    for k in sorted({k for _, k in by}):
-        a = statistics.median(by[("prima-node", k)])
-        b = statistics.median(by[("prima-node-b", k)])
-        ca = statistics.median(cpu[("prima-node", k)]) * 1000 / n
-        cb = statistics.median(cpu[("prima-node-b", k)]) * 1000 / n
+    for k in ks:
+        (a, ca), (b, cb) = med("prima-node", k), med("prima-node-b", k)
         print(f"{k:>5} | {n/a:>8.0f} {ca:>11.2f} | {n/b:>8.0f} {cb:>11.2f} | {a/b:>9.2f}")
 print("all runs (s): " + "; ".join(f"{t} {k}: " + " ".join(f"{x:.2f}" for x in v) for (t, k), v in sorted(by.items())))
 PY

@@ -21,8 +21,8 @@
 //! ~1.5 batch latencies; here it waits for its own two fsyncs only. `syncfs` would also
 //! share flushes but writes out every other process's dirty data on the filesystem,
 //! which made latency depend on unrelated writers.) Write-back of each file starts while
-//! it is still arriving (every 256 KiB) and for the rest at its last byte. The content is durable before the rename and the entry
-//! before Success.
+//! it is still arriving (every 256 KiB) and for the rest at its last byte. The content is
+//! durable before the rename and the entry before Success.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
