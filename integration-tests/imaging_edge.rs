@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use prima_node::imaging::series::{scan_study, SliceOrder};
-use prima_node::pipeline::{prepare_all, prepare_series, PreparedSeries};
+use prima_node::process::prepare::prepare_all;
+use prima_node::process::series::{prepare_series, PreparedSeries};
 use prima_node::synth::{write_study, Plane, SynthSeries, SynthStudy};
 
 fn study(series: Vec<SynthSeries>) -> SynthStudy {

@@ -9,7 +9,7 @@ use prima_node::imaging::otsu;
 use prima_node::imaging::series::{scan_study, SliceOrder};
 use prima_node::imaging::text::chartovec;
 use prima_node::imaging::tokens;
-use prima_node::pipeline::prepare_series;
+use prima_node::process::series::prepare_series;
 use serde_json::Value;
 
 fn as_usizes(v: &Value) -> Vec<usize> {

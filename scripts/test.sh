@@ -12,4 +12,4 @@ if [ -d scripts/tests ]; then
   .venv/bin/python -m unittest discover -s scripts/tests 2>&1 | tail -n 5
 fi
 echo "== rust: cargo test"
-cargo test --locked --all-targets -- --test-threads=2
+cargo test --locked --all-targets --features stand-in -- --test-threads=2

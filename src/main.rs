@@ -3,15 +3,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use prima_node::config::{Config, ConfigError};
-use prima_node::imaging::series::{scan_study, SliceOrder};
-use prima_node::infer::{predictions_json, run_model, RunContext, RunRecord};
+use prima_node::config::ConfigError;
+use prima_node::imaging::series::SliceOrder;
+use prima_node::job::ProcessorFactory;
 use prima_node::model::demo::{write_demo_model, DemoSize};
 use prima_node::model::prima::parse_device;
-use prima_node::model::{ModelOptions, PrimaModel};
-use prima_node::pipeline::prepare_all;
-use prima_node::worker::{FakeProcessor, ProcessError, StudyProcessor};
-use std::time::Instant;
+use prima_node::model::ModelOptions;
+use prima_node::process::{self, prepare::prepare_folder, InferOptions, PrepareCache};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -134,14 +133,26 @@ fn init_logging() {
 
 /// The study processor `serve` runs. `PRIMA_NODE_FAKE_PROCESSOR=1` selects the model-free
 /// stand-in used by the node's integration tests.
-fn make_processor(cfg: &Config) -> Result<Box<dyn StudyProcessor>, ProcessError> {
+/// The study processor `serve` runs, and the cache its background preparation fills.
+/// With the `stand-in` feature (tests, benchmarks), `PRIMA_NODE_FAKE_PROCESSOR=1` selects
+/// the model-free stand-in instead.
+fn processor() -> (ProcessorFactory, Option<Arc<PrepareCache>>) {
+    #[cfg(feature = "stand-in")]
     if std::env::var("PRIMA_NODE_FAKE_PROCESSOR").is_ok_and(|v| v == "1") {
         tracing::warn!(
             "using the FAKE study processor: outputs are placeholders, not model results"
         );
-        return Ok(Box::new(FakeProcessor));
+        return (
+            Box::new(|_| Ok(Box::new(prima_node::stand_in::FakeProcessor))),
+            None,
+        );
     }
-    Ok(Box::new(prima_node::processor::PrimaProcessor::new(cfg)?))
+    let cache = Arc::new(PrepareCache::new());
+    let for_worker = cache.clone();
+    (
+        Box::new(move |cfg| Ok(Box::new(process::PrimaProcessor::new(cfg, for_worker)?))),
+        Some(cache),
+    )
 }
 
 fn main() -> ExitCode {
@@ -149,7 +160,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => {
             init_logging();
-            match prima_node::node::serve(&config, Box::new(make_processor)) {
+            let (factory, cache) = processor();
+            match prima_node::node::serve(&config, factory, cache) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "prima-node failed");
@@ -225,18 +237,23 @@ fn run(command: Command) -> Result<()> {
             vqvae_chunk,
             dicom,
             study_dir,
-        } => infer(InferArgs {
-            dicom,
-            model,
-            out,
-            slice_order,
-            study_description,
-            device,
-            precision,
-            threads,
-            vqvae_chunk,
-            study_dir,
-        }),
+        } => Ok(process::infer_folder(
+            &InferOptions {
+                model_dir: model,
+                model: ModelOptions {
+                    device: parse_device(&device)?,
+                    precision: precision.parse()?,
+                    vqvae_chunk,
+                },
+                threads,
+                study_dir,
+                slice_order: slice_order.into(),
+                study_description,
+                out,
+                dicom,
+            },
+            |msg| eprintln!("[prima-node infer] {msg}"),
+        )?),
         Command::Model {
             command: ModelCommand::Demo { out, size, seed },
         } => {
@@ -256,11 +273,9 @@ fn run(command: Command) -> Result<()> {
             slice_order,
             study_dir,
         } => {
-            let t0 = Instant::now();
-            let scan = scan_study(&study_dir, slice_order.into())?;
-            let (prepared, skipped) = prepare_all(&scan);
-            let secs = t0.elapsed().as_secs_f64();
-            for p in &prepared {
+            let study = prepare_folder(&study_dir, slice_order.into())?;
+            let secs = study.scan_s + study.prepare_s;
+            for p in &study.prepared {
                 println!(
                     "series {:<50} images {:>4} patches {:>5} kept {:>5} at {}%",
                     p.name,
@@ -270,7 +285,7 @@ fn run(command: Command) -> Result<()> {
                     p.selection.percent
                 );
             }
-            for s in &skipped {
+            for s in &study.skipped {
                 println!("skipped {}: {}", s.key, s.reason);
             }
             println!("prepare_seconds {secs:.4}");
@@ -280,138 +295,4 @@ fn run(command: Command) -> Result<()> {
             unreachable!("handled in main")
         }
     }
-}
-
-struct InferArgs {
-    model: PathBuf,
-    out: PathBuf,
-    slice_order: SliceOrderArg,
-    study_description: Option<String>,
-    device: String,
-    precision: String,
-    threads: Option<i32>,
-    vqvae_chunk: usize,
-    dicom: bool,
-    study_dir: PathBuf,
-}
-
-fn infer(a: InferArgs) -> Result<()> {
-    let t_start = Instant::now();
-    if let Some(n) = a.threads {
-        tch::set_num_threads(n);
-    }
-    let opts = ModelOptions {
-        device: parse_device(&a.device)?,
-        precision: a.precision.parse()?,
-        vqvae_chunk: a.vqvae_chunk,
-    };
-    let progress = |msg: &str| eprintln!("[prima-node infer] {msg}");
-    let model = PrimaModel::load(&a.model, &opts)
-        .with_context(|| format!("loading model {}", a.model.display()))?;
-    let m = model.manifest();
-    progress(&format!(
-        "model {} {}{} on {:?}",
-        m.model_name,
-        m.model_version,
-        if m.demo {
-            " (DEMO MODEL — NOT FOR CLINICAL USE)"
-        } else {
-            ""
-        },
-        opts.device
-    ));
-    let t0 = Instant::now();
-    let scan = scan_study(&a.study_dir, a.slice_order.into())?;
-    let scan_s = t0.elapsed().as_secs_f64();
-    progress(&format!(
-        "scan: {} series candidates in {scan_s:.2}s",
-        scan.series.len()
-    ));
-    let t1 = Instant::now();
-    let (prepared, skipped) = prepare_all(&scan);
-    let prepare_s = t1.elapsed().as_secs_f64();
-    for p in &prepared {
-        progress(&format!(
-            "tokens: series {} {} -> {} tokens at {}%",
-            p.name,
-            p.tokenized.n_patches(),
-            p.selection.ids.len(),
-            p.selection.percent
-        ));
-    }
-    for s in &skipped {
-        progress(&format!("skipped series {}: {}", s.key, s.reason));
-    }
-    if prepared.is_empty() {
-        anyhow::bail!("no usable series in {}", a.study_dir.display());
-    }
-    let description = a
-        .study_description
-        .clone()
-        .or_else(|| scan.study_description.clone())
-        .unwrap_or_default();
-    let run = run_model(&model, &prepared, &description, progress)?;
-    let name = a
-        .study_dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "study".into());
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let pred_path = a.out.join(format!("{name}_predictions.json"));
-    std::fs::write(&pred_path, predictions_json(&run.output))?;
-    let record = RunRecord::new(RunContext {
-        study: name.clone(),
-        study_instance_uid: scan.study_instance_uid.clone(),
-        study_description: description,
-        slice_order: match a.slice_order {
-            SliceOrderArg::Position => "position",
-            SliceOrderArg::Filename => "filename",
-        },
-        model: &model,
-        prepared: &prepared,
-        skipped: &skipped,
-        run: &run,
-        scan_s,
-        prepare_s,
-        total_s: t_start.elapsed().as_secs_f64(),
-    });
-    std::fs::write(
-        a.out.join(format!("{name}_run.json")),
-        serde_json::to_string_pretty(&record)?,
-    )?;
-    progress(&format!("wrote {}", pred_path.display()));
-    if a.dicom {
-        let files: Vec<(String, PathBuf)> = prepared
-            .iter()
-            .flat_map(|p| {
-                p.slices
-                    .iter()
-                    .map(|s| (s.sop_instance_uid.clone(), s.path.clone()))
-            })
-            .collect();
-        let header = dicom_object::OpenFileOptions::new()
-            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-            .open_file(&files[0].1)?
-            .into_inner();
-        let node = prima_node::processor::node_identity("PRIMA", "infer");
-        let outputs = prima_node::processor::build_reports(&prima_node::processor::ReportArgs {
-            prepared: &prepared,
-            skipped: &skipped,
-            output: &run.output,
-            manifest: m,
-            header: &header,
-            input_set_hash: prima_node::processor::input_set_hash(&files)?,
-            predecessors: &[],
-            forced_complete: false,
-            node: &node,
-            config: &prima_node::report::ReportConfig::default(),
-        })?;
-        for o in outputs {
-            let path = a.out.join(format!("{name}_{}.dcm", o.kind.uid_kind()));
-            std::fs::write(&path, &o.bytes)?;
-            progress(&format!("wrote {}", path.display()));
-        }
-    }
-    Ok(())
 }

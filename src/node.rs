@@ -1,9 +1,10 @@
 //! `prima-node serve`: wires the pieces together and runs them until SIGTERM.
 //!
 //! Threads: a tokio multi-thread runtime for the DICOM service; one assembler thread
-//! (stability checks, job dispatch, systemd status and watchdog); the inference worker
-//! (owns the processor); background preparation of studies still arriving
-//! (`crate::speculate`, when the processor uses it); the sender; the config watcher. On start, state is rebuilt from
+//! (stability checks, job dispatch, systemd status and watchdog), woken by each recorded
+//! arrival and by the worker taking or finishing a job; the inference worker (owns the
+//! processor); background preparation of studies still arriving (`crate::process::background`,
+//! when the processor uses its cache); the sender; the config watcher. On start, state is rebuilt from
 //! SQLite and the spool: stale temporary files are removed, spool files the database does
 //! not know are indexed, unfinished jobs and outbox entries are queued again.
 
@@ -15,12 +16,15 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, SharedConfig};
+use crate::job::{ProcessError, ProcessorFactory, WorkItem};
 use crate::net::{scp, scu};
+use crate::process::background::{self, BackgroundCtx};
+use crate::process::PrepareCache;
 use crate::store::outbox::Outbox;
 use crate::store::spool::{create_private_dir, read_header, Spool, SpoolError};
 use crate::store::state::{self, InstanceRecord, State, StateError};
 use crate::study::assembler;
-use crate::worker::{self, ProcessError, ProcessorFactory, WorkerCtx};
+use crate::worker::{self, WorkerCtx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -46,13 +50,20 @@ pub enum NodeError {
 
 /// How long in-flight associations may take to finish after SIGTERM before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-const TICK: Duration = Duration::from_millis(200);
+/// Longest the assembler sleeps without being woken: for the watchdog, the status line, and
+/// changes nothing announces (a configuration reload).
+const MAX_NAP: Duration = Duration::from_secs(1);
 /// Jobs waiting in the channel in front of the worker (the rest wait in SQLite).
 const WORKER_QUEUE: usize = 2;
 
 /// Run the node until SIGTERM/SIGINT. `make_processor` is called once, on the worker
-/// thread, to load the model.
-pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), NodeError> {
+/// thread, to load the model; `prepare_cache`, when the processor takes prepared series
+/// from one, is filled by the background preparation thread.
+pub fn serve(
+    config_path: &Path,
+    make_processor: ProcessorFactory,
+    prepare_cache: Option<Arc<PrepareCache>>,
+) -> Result<(), NodeError> {
     let cfg = Config::load(config_path)?;
     let state_dir = cfg.node.state_dir.clone();
     create_private_dir(&state_dir).map_err(|source| NodeError::Io {
@@ -81,12 +92,15 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
 
     let shared = SharedConfig::new(cfg.clone());
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+    let (arrivals_tx, arrivals_rx) = crossbeam_channel::bounded::<()>(1);
+    let (room_tx, room_rx) = crossbeam_channel::bounded::<()>(1);
     let spawned = worker::spawn(
         WorkerCtx {
             state: state.clone(),
             outbox,
             config: shared.clone(),
             wake_sender: wake_tx.clone(),
+            wake_assembler: room_tx.clone(),
         },
         make_processor,
         WORKER_QUEUE,
@@ -95,10 +109,10 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
 
     let stop = Arc::new(AtomicBool::new(false));
     // Background preparation of studies still arriving, for processors that use it.
-    let speculator = match spawned.prepare_cache {
+    let speculator = match prepare_cache {
         Some(cache) => Some(
-            crate::speculate::spawn(
-                crate::speculate::SpeculatorCtx {
+            background::spawn(
+                BackgroundCtx {
                     state: state.clone(),
                     config: shared.clone(),
                     cache,
@@ -132,7 +146,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("prima-assembler".into())
-            .spawn(move || assembler_loop(&state, &shared, &job_tx, &stop))
+            .spawn(move || assembler_loop(&state, &shared, &job_tx, &arrivals_rx, &room_rx, &stop))
             .map_err(|source| NodeError::Io {
                 what: "cannot start the assembler thread".into(),
                 source,
@@ -174,6 +188,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
             limit: limit.clone(),
             transfer_syntaxes: scp::decodable_transfer_syntaxes(),
             tls: tls.clone(),
+            arrivals: arrivals_tx.clone(),
         });
         let (shut_tx, shut_rx) = tokio::sync::watch::channel(false);
         let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
@@ -211,6 +226,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     });
     stop.store(true, Ordering::SeqCst);
     let _ = wake_tx.try_send(());
+    let _ = room_tx.try_send(());
     let _ = assembler_thread.join();
     let _ = sender.join();
     // Not joined either: it stops between stages, but a stage of a large series can take
@@ -243,7 +259,9 @@ async fn wait_for_signal() {
 fn assembler_loop(
     state: &State,
     shared: &SharedConfig,
-    job_tx: &crossbeam_channel::Sender<worker::WorkItem>,
+    job_tx: &crossbeam_channel::Sender<WorkItem>,
+    arrivals: &crossbeam_channel::Receiver<()>,
+    room: &crossbeam_channel::Receiver<()>,
     stop: &AtomicBool,
 ) {
     let mut watchdog_usec = 0u64;
@@ -283,16 +301,45 @@ fn assembler_loop(
             }
             last_status = Instant::now();
         }
-        // Wake at the next quiet-period deadline if it comes before the next tick (a study
-        // arriving meanwhile only pushes its own deadline later).
         let now = state::now_ms();
         let nap = match assembler::next_due_ms(state, &cfg, now) {
             Ok(Some(due)) => {
-                Duration::from_millis((due - now).clamp(2, TICK.as_millis() as i64) as u64)
+                Duration::from_millis((due - now).clamp(2, MAX_NAP.as_millis() as i64) as u64)
             }
-            _ => TICK,
+            _ => MAX_NAP,
         };
-        std::thread::sleep(nap);
+        let soonest = Duration::from_secs_f64(
+            cfg.assembly
+                .quiet_period_s
+                .min(cfg.assembly.force_complete_s)
+                .max(0.0),
+        );
+        wait_for_work(arrivals, room, Instant::now() + nap, soonest);
+    }
+}
+
+/// Sleep until `deadline` (the next quiet-period end). An arrival never makes a study due
+/// sooner than `soonest` from now (a new study's quiet period), so it only brings the
+/// deadline forward to that; the worker taking or finishing a job ends the sleep (a queued
+/// job can be dispatched).
+fn wait_for_work(
+    arrivals: &crossbeam_channel::Receiver<()>,
+    room: &crossbeam_channel::Receiver<()>,
+    mut deadline: Instant,
+    soonest: Duration,
+) {
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        crossbeam_channel::select! {
+            recv(arrivals) -> r => match r {
+                Ok(()) => deadline = deadline.min(Instant::now() + soonest),
+                Err(_) => return,
+            },
+            recv(room) -> _ => return,
+            default(left) => return,
+        }
     }
 }
 

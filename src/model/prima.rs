@@ -249,8 +249,7 @@ impl PrimaModel {
     }
 
     /// Encodes only the tokens `ids` of a series whose tokens are all given in `tokens`
-    /// ((n, d0, d1, d2) row-major): each distinct id once (hole filling can select a patch
-    /// twice, spec §6.3), then gathered → (ids.len(), emb, a, b, c) in `ids` order.
+    /// ((n, d0, d1, d2) row-major): see [`Self::encode_gathered`].
     pub fn encode_selected(
         &self,
         tokens: &[f32],
@@ -264,18 +263,31 @@ impl PrimaModel {
                 "selected ids out of range for {n} tokens of shape {token_shape:?}"
             )));
         }
-        let mut uniq: Vec<usize> = ids.to_vec();
-        uniq.sort_unstable();
-        uniq.dedup();
-        let mut sub = Vec::with_capacity(uniq.len() * per);
-        for &i in &uniq {
+        let distinct = distinct_ids(ids);
+        let mut sub = Vec::with_capacity(distinct.len() * per);
+        for &i in &distinct {
             sub.extend_from_slice(&tokens[i * per..(i + 1) * per]);
         }
-        let enc = self.encode_tokens(&sub, uniq.len(), token_shape)?;
-        let pos: Vec<i64> = ids
+        self.encode_gathered(&sub, &distinct, token_shape, ids)
+    }
+
+    /// Encodes each distinct selected token once (hole filling can select a patch twice,
+    /// spec §6.3) and gathers the result back into `ids` order → (ids.len(), emb, a, b, c).
+    /// `tokens` holds the values of the `distinct` ids ([`distinct_ids`] of `ids`), in
+    /// that order.
+    pub fn encode_gathered(
+        &self,
+        tokens: &[f32],
+        distinct: &[usize],
+        token_shape: [usize; 3],
+        ids: &[usize],
+    ) -> Result<Tensor, ModelError> {
+        let pos = ids
             .iter()
-            .map(|i| uniq.binary_search(i).unwrap_or(0) as i64)
-            .collect();
+            .map(|i| distinct.binary_search(i).map(|p| p as i64))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(|_| ModelError::Input("a selected id has no encoded token".into()))?;
+        let enc = self.encode_tokens(tokens, distinct.len(), token_shape)?;
         Ok(enc.f_index_select(0, &Tensor::from_slice(&pos))?)
     }
 
@@ -315,6 +327,14 @@ impl PrimaModel {
             series_emb: to_cpu_f32(&h.series_emb)?,
         })
     }
+}
+
+/// The ids of a selection, sorted and each once.
+pub fn distinct_ids(ids: &[usize]) -> Vec<usize> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 #[allow(dead_code)]

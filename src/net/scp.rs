@@ -78,6 +78,9 @@ pub struct ScpCtx {
     pub transfer_syntaxes: Vec<&'static str>,
     /// DICOM TLS on every association when set (`[tls]`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Told after each instance is recorded, so the assembler re-plans at once instead of
+    /// polling the database (a full channel already carries the news).
+    pub arrivals: crossbeam_channel::Sender<()>,
 }
 
 /// Accept associations until `shutdown` turns true; `abort` makes live ones abort.
@@ -809,6 +812,7 @@ async fn record(
                 info!(study = %rec.study_uid, "instance with a known SOP Instance UID replaced");
             }
             debug!(study = %rec.study_uid, ?outcome, "instance stored");
+            let _ = ctx.arrivals.try_send(());
             (status::SUCCESS, None)
         }
         Err(e) => {

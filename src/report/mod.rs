@@ -50,6 +50,9 @@ use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
 use codes::Code;
 
+/// The job types the report builder reads and returns (one definition, in `crate::job`).
+pub use crate::job::{OutputKind, OutputObject, PredecessorRef};
+
 /// SOP Class UIDs of what we create.
 pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 pub const KEY_OBJECT_SELECTION: &str = "1.2.840.10008.5.1.4.1.1.88.59";
@@ -115,14 +118,6 @@ pub struct SkippedSeries {
     pub reason: String,
 }
 
-/// An earlier SR or KOS of the same study that this run supersedes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PredecessorRef {
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub series_instance_uid: String,
-}
-
 /// Who produced the result (General Equipment and the device observer context).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeIdentity {
@@ -181,35 +176,6 @@ impl Default for ReportConfig {
             summary_card: false,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
-    Sr,
-    Kos,
-    Card,
-}
-
-impl OutputKind {
-    /// The `kind` string hashed into the UIDs.
-    pub fn uid_kind(self) -> &'static str {
-        match self {
-            OutputKind::Sr => "sr",
-            OutputKind::Kos => "kos",
-            OutputKind::Card => "card",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputObject {
-    pub kind: OutputKind,
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub series_instance_uid: String,
-    pub study_instance_uid: String,
-    /// Complete Part-10 file: preamble, `DICM`, meta group, Explicit VR Little Endian dataset.
-    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,54 +12,11 @@
 use std::collections::BTreeSet;
 
 use crossbeam_channel::Sender;
-use sha2::{Digest, Sha256};
 use tracing::{info, info_span, warn};
 
-use crate::config::{Config, MODEL_SOP_CLASSES};
-use crate::store::state::{now_ms, study_state, State, StateError, StoredInstance};
-use crate::worker::{JobInstance, PredecessorRef, StudyJob, WorkItem};
-
-/// Instances the model may read.
-pub fn eligible(instances: Vec<StoredInstance>, cfg: &Config) -> Vec<StoredInstance> {
-    instances
-        .into_iter()
-        .filter(|i| MODEL_SOP_CLASSES.contains(&i.sop_class_uid.as_str()))
-        .filter(|i| {
-            cfg.assembly
-                .modalities
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(&i.modality))
-        })
-        .collect()
-}
-
-/// SHA-256 over the sorted (SOP Instance UID, content hash) pairs.
-pub fn input_set_hash(instances: &[StoredInstance]) -> [u8; 32] {
-    let mut pairs: Vec<(&str, &str)> = instances
-        .iter()
-        .map(|i| (i.sop_uid.as_str(), i.content_hash.as_str()))
-        .collect();
-    pairs.sort();
-    let mut h = Sha256::new();
-    for (uid, sha) in pairs {
-        h.update(uid.as_bytes());
-        h.update([0u8]);
-        h.update(sha.as_bytes());
-        h.update([b'\n']);
-    }
-    h.finalize().into()
-}
-
-/// The study's current model inputs and their hash.
-pub fn current_input(
-    state: &State,
-    study: &str,
-    cfg: &Config,
-) -> Result<(Vec<StoredInstance>, [u8; 32]), StateError> {
-    let inst = eligible(state.instances_of(study)?, cfg);
-    let h = input_set_hash(&inst);
-    Ok((inst, h))
-}
+use crate::config::Config;
+use crate::job::{JobInstance, PredecessorRef, StudyJob, WorkItem};
+use crate::store::state::{now_ms, study_state, State, StateError};
 
 /// One pass: settle or queue every stable study. Returns the number of jobs created.
 pub fn assemble(state: &State, cfg: &Config, now: i64) -> Result<usize, StateError> {
@@ -74,7 +31,7 @@ pub fn assemble(state: &State, cfg: &Config, now: i64) -> Result<usize, StateErr
         }
         let span = info_span!("study", study = %s.study_uid);
         let _g = span.enter();
-        let (inst, hash) = current_input(state, &s.study_uid, cfg)?;
+        let (inst, hash) = state.current_input(&s.study_uid, cfg)?;
         let series: BTreeSet<&str> = inst.iter().map(|i| i.series_uid.as_str()).collect();
         if series.len() < cfg.assembly.min_series {
             let reason = format!(
@@ -118,7 +75,7 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
         if tx.is_full() {
             break;
         }
-        let (inst, hash) = current_input(state, &j.study_uid, cfg)?;
+        let (inst, hash) = state.current_input(&j.study_uid, cfg)?;
         if inst.is_empty() {
             warn!(job = j.id, "queued job has no eligible instances left");
             state.finish_job_failed(j.id, &j.study_uid, "no eligible instances left")?;
@@ -160,10 +117,9 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
     Ok(n)
 }
 
-/// Convenience for tests and the node loop.
 /// When the next receiving study becomes stable (or is forced complete), if any is due
-/// later than `now`: the assembler sleeps until then rather than a whole polling tick, so
-/// a study starts within milliseconds of its quiet period ending.
+/// later than `now`: the assembler sleeps until then (or until an arrival or the worker
+/// wakes it), so a study starts within milliseconds of its quiet period ending.
 pub fn next_due_ms(state: &State, cfg: &Config, now: i64) -> Result<Option<i64>, StateError> {
     let quiet = (cfg.assembly.quiet_period_s * 1000.0) as i64;
     let force = (cfg.assembly.force_complete_s * 1000.0) as i64;
@@ -175,6 +131,7 @@ pub fn next_due_ms(state: &State, cfg: &Config, now: i64) -> Result<Option<i64>,
         .min())
 }
 
+/// One assembler pass: settle or queue stable studies, then dispatch.
 pub fn tick(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<(), StateError> {
     assemble(state, cfg, now_ms())?;
     dispatch(state, cfg, tx)?;

@@ -1,16 +1,18 @@
-//! Prepared series → Prima → predictions, and the two files `prima-node infer` writes:
-//! `<name>_predictions.json` (upstream's exact structure, spec §13.3) and `<name>_run.json`
-//! (what was used, skipped and how long each stage took).
+//! Prepared series → Prima → predictions ([`analyse`]), and what a run leaves behind:
+//! upstream's predictions JSON (spec §13.3) and the run record (what was used, skipped and
+//! how long each stage took).
 use std::time::Instant;
 
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use super::prepare::PreparedStudy;
+use super::series::PreparedSeries;
 use crate::imaging::otsu::Attempt;
 use crate::imaging::series::SeriesSkip;
 use crate::imaging::text::chartovec;
+use crate::model::prima::distinct_ids;
 use crate::model::{ModelError, PrimaModel, PrimaOutput};
-use crate::pipeline::PreparedSeries;
 use crate::pyjson::{dumps_indent2, PyValue};
 
 /// Seconds per stage of one study.
@@ -57,17 +59,10 @@ pub fn run_model(
     for p in prepared {
         let t0 = Instant::now();
         let ids = &p.selection.ids;
-        let mut uniq = ids.clone();
-        uniq.sort_unstable();
-        uniq.dedup();
+        let uniq = distinct_ids(ids);
         let tokens = p.tokenized.tokens(&uniq);
-        let enc = model.encode_tokens(&tokens, uniq.len(), p.tokenized.token_shape())?;
+        let enc = model.encode_gathered(&tokens, &uniq, p.tokenized.token_shape(), ids)?;
         drop(tokens);
-        let pos: Vec<i64> = ids
-            .iter()
-            .map(|i| uniq.binary_search(i).expect("id in uniq") as i64)
-            .collect();
-        let enc = enc.f_index_select(0, &Tensor::from_slice(&pos))?;
         tokens_encoded += uniq.len();
         vqvae_flops += uniq.len() as f64 * model.vqvae_flops_per_token(p.tokenized.token_shape());
         let t1 = Instant::now();
@@ -94,6 +89,63 @@ pub fn run_model(
         patchify_s,
         prima_s,
     })
+}
+
+/// One study through the model.
+pub struct Analysis {
+    pub input: PreparedStudy,
+    /// The study description given to the model.
+    pub description: String,
+    pub run: ModelRun,
+}
+
+/// Runs the model on a study's prepared series.
+pub fn analyse(
+    model: &PrimaModel,
+    input: PreparedStudy,
+    description: String,
+    progress: impl FnMut(&str),
+) -> Result<Analysis, ModelError> {
+    let run = run_model(model, &input.prepared, &description, progress)?;
+    Ok(Analysis {
+        input,
+        description,
+        run,
+    })
+}
+
+impl Analysis {
+    /// The run record; `study` names the study (its UID in the node, the folder in
+    /// `infer`), `total_s` the seconds from the start of its processing.
+    pub fn record(
+        &self,
+        model: &PrimaModel,
+        study: String,
+        slice_order: &str,
+        total_s: f64,
+    ) -> RunRecord {
+        let i = &self.input;
+        let mut record = RunRecord::new(RunContext {
+            study,
+            study_instance_uid: i.scan.study_instance_uid.clone(),
+            study_description: self.description.clone(),
+            slice_order,
+            model,
+            prepared: &i.prepared,
+            skipped: &i.skipped,
+            run: &self.run,
+            scan_s: i.scan_s,
+            prepare_s: i.prepare_s,
+            total_s,
+        });
+        if let Some(b) = i.background {
+            let t = &mut record.timings;
+            t.prepare_cached = Some(b.cached_series > 0 && b.cached_series == i.scan.series.len());
+            t.prepare_cached_series = Some(b.cached_series);
+            t.prepare_speculative_s = Some(b.speculative_s);
+        }
+        record
+    }
 }
 
 /// Upstream's predictions JSON (spec §13.3): `json.dump(indent=2)` of diagnosis,

@@ -1,7 +1,8 @@
-//! One study → Prima's inputs → predictions: the upstream pipeline's job, shared by
-//! `prima-node infer` and the node's inference worker.
+//! One series → Prima's inputs (spec §1–§7): decode, resample, orient, tokenise, select.
+//! Pure Rust, no model. Every preparation in the process, job, folder or background,
+//! draws on one memory budget for decoded volumes.
 use crate::imaging::otsu::{self, Attempt, Selection};
-use crate::imaging::series::{self, SeriesCandidate, SeriesSkip, SliceMeta};
+use crate::imaging::series::{self, SeriesCandidate, SliceMeta};
 use crate::imaging::tokens::{self, Tokenized};
 use crate::imaging::{orient, resample, text, Array3, PixelType};
 
@@ -168,61 +169,4 @@ impl Drop for BudgetShare<'_> {
         *m.lock().unwrap_or_else(|e| e.into_inner()) -= self.bytes;
         cv.notify_all();
     }
-}
-
-/// Prepare every series of a scan; failures become skips (they never abort the study).
-/// Series are independent, so they are prepared on up to `available_parallelism` threads
-/// (each holds one series' volume at a time, within a memory budget); results keep the
-/// scan's order.
-pub fn prepare_all(scan: &series::StudyScan) -> (Vec<PreparedSeries>, Vec<SeriesSkip>) {
-    prepare_all_with(scan, |_| None)
-}
-
-/// [`prepare_all`], taking a series' result from `cached` where it has one (prepared
-/// earlier from the same candidate and files); only the others are prepared here.
-pub fn prepare_all_with(
-    scan: &series::StudyScan,
-    mut cached: impl FnMut(&SeriesCandidate) -> Option<Result<PreparedSeries, String>>,
-) -> (Vec<PreparedSeries>, Vec<SeriesSkip>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let n = scan.series.len();
-    let mut results: Vec<Option<Result<PreparedSeries, String>>> =
-        scan.series.iter().map(&mut cached).collect();
-    let todo: Vec<usize> = (0..n).filter(|&i| results[i].is_none()).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1)
-        .min(todo.len().max(1));
-    let next = AtomicUsize::new(0);
-    let fresh: Mutex<Vec<(usize, Result<PreparedSeries, String>)>> = Mutex::new(Vec::new());
-    if !todo.is_empty() {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&i) = todo.get(k) else { break };
-                    let r = prepare_series_budgeted(&scan.series[i], &|| false)
-                        .unwrap_or_else(|| Err("series was not prepared".into()));
-                    fresh.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
-                });
-            }
-        });
-    }
-    for (i, r) in fresh.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        results[i] = Some(r);
-    }
-    let mut ok = Vec::new();
-    let mut skipped = scan.skipped.clone();
-    for (c, r) in scan.series.iter().zip(results) {
-        match r.unwrap_or_else(|| Err("series was not prepared".into())) {
-            Ok(p) => ok.push(p),
-            Err(reason) => skipped.push(SeriesSkip {
-                key: c.key.clone(),
-                series_instance_uid: Some(c.series_instance_uid.clone()),
-                reason,
-            }),
-        }
-    }
-    (ok, skipped)
 }

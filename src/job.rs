@@ -1,0 +1,116 @@
+//! The study job: what the assembler hands to the worker, what a processor gives back, and
+//! the contract between the two. Every stage after assembly speaks these types, so a job
+//! could as well cross a process or machine boundary: nothing here refers to the model,
+//! the database or the network.
+
+use std::path::PathBuf;
+
+/// One instance of a job, as the processor reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInstance {
+    /// Part-10 file in the spool.
+    pub path: PathBuf,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub modality: String,
+    /// Content hash of the data set as received, from the state database: with the file's
+    /// identity it keys background preparation (`crate::process::cache`).
+    pub content_hash: String,
+}
+
+/// An earlier SR or KOS of the same study that this run supersedes (Predecessor
+/// Documents).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PredecessorRef {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+}
+
+/// A stable study, ready for the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyJob {
+    pub study_instance_uid: String,
+    /// The instances the model may read (model SOP classes, configured modalities).
+    pub instances: Vec<JobInstance>,
+    /// SHA-256 over the sorted (SOP Instance UID, content hash) pairs: identifies the
+    /// input set, so output UIDs derived from it are stable across a crash and re-run.
+    pub input_set_hash: [u8; 32],
+    pub predecessors: Vec<PredecessorRef>,
+    /// The study was cut off by `force_complete_s` rather than a quiet period.
+    pub forced_complete: bool,
+    /// 1 for the first start of this job, more after restarts.
+    pub attempt: u32,
+}
+
+/// A job as it travels to the worker: the database's job id with the job.
+#[derive(Debug)]
+pub struct WorkItem {
+    pub job_id: i64,
+    pub job: StudyJob,
+}
+
+/// Which result object an output is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Sr,
+    Kos,
+    Card,
+}
+
+impl OutputKind {
+    /// The name recorded in the database and hashed into the output UIDs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::Sr => "sr",
+            OutputKind::Kos => "kos",
+            OutputKind::Card => "card",
+        }
+    }
+}
+
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One DICOM object to send back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputObject {
+    pub kind: OutputKind,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub study_instance_uid: String,
+    /// Complete Part-10 file: preamble, `DICM`, meta group, data set.
+    pub bytes: Vec<u8>,
+}
+
+/// What a processor returns for one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedStudy {
+    pub outputs: Vec<OutputObject>,
+    /// Kept beside the study for audit (upstream's predictions JSON for the model).
+    pub predictions_json: String,
+    /// The run record: what was used, skipped, and how long each stage took.
+    pub run_json: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("model could not be loaded: {0}")]
+    Load(String),
+    #[error("study could not be processed: {0}")]
+    Failed(String),
+}
+
+/// Runs the model (and builds the result objects) for one study.
+pub trait StudyProcessor: Send + 'static {
+    fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError>;
+}
+
+/// Builds the processor on the worker thread (where the model must live).
+pub type ProcessorFactory =
+    Box<dyn FnOnce(&crate::config::Config) -> Result<Box<dyn StudyProcessor>, ProcessError> + Send>;

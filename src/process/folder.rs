@@ -1,0 +1,180 @@
+//! `prima-node infer`: one study folder → `<name>_predictions.json` (upstream's exact
+//! structure, spec §13.3), `<name>_run.json`, and with `dicom` the SR and KOS beside them.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+
+use super::outputs::{build_reports, input_set_hash, node_identity, ReportArgs};
+use super::prepare::prepare_folder;
+use super::run::analyse;
+use super::run::predictions_json;
+use crate::imaging::series::{ImagingError, SliceOrder};
+use crate::model::{ModelError, ModelOptions, PrimaModel};
+use crate::report::{ReportConfig, ReportError};
+
+/// What `prima-node infer` was asked.
+pub struct InferOptions {
+    pub model_dir: PathBuf,
+    pub model: ModelOptions,
+    /// libtorch intra-op threads (`None`: libtorch's choice).
+    pub threads: Option<i32>,
+    pub study_dir: PathBuf,
+    pub slice_order: SliceOrder,
+    /// Instead of the DICOM StudyDescription.
+    pub study_description: Option<String>,
+    pub out: PathBuf,
+    /// Also write the findings SR and the priority KOS.
+    pub dicom: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("loading model {}: {source}", dir.display())]
+    Load { dir: PathBuf, source: ModelError },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Imaging(#[from] ImagingError),
+    #[error("no usable series in {}", .0.display())]
+    NoUsableSeries(PathBuf),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("source header: {0}")]
+    Header(String),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<(), InferError> {
+    std::fs::write(path, bytes).map_err(|source| InferError::Io {
+        what: "writing",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs one folder, reporting progress as lines for a person.
+pub fn infer_folder(a: &InferOptions, mut progress: impl FnMut(&str)) -> Result<(), InferError> {
+    let t_start = Instant::now();
+    if let Some(n) = a.threads {
+        tch::set_num_threads(n);
+    }
+    let model = PrimaModel::load(&a.model_dir, &a.model).map_err(|source| InferError::Load {
+        dir: a.model_dir.clone(),
+        source,
+    })?;
+    let m = model.manifest();
+    progress(&format!(
+        "model {} {}{} on {:?}",
+        m.model_name,
+        m.model_version,
+        if m.demo {
+            " (DEMO MODEL — NOT FOR CLINICAL USE)"
+        } else {
+            ""
+        },
+        a.model.device
+    ));
+    let input = prepare_folder(&a.study_dir, a.slice_order)?;
+    progress(&format!(
+        "scan: {} series candidates in {:.2}s",
+        input.scan.series.len(),
+        input.scan_s
+    ));
+    for p in &input.prepared {
+        progress(&format!(
+            "tokens: series {} {} -> {} tokens at {}%",
+            p.name,
+            p.tokenized.n_patches(),
+            p.selection.ids.len(),
+            p.selection.percent
+        ));
+    }
+    for s in &input.skipped {
+        progress(&format!("skipped series {}: {}", s.key, s.reason));
+    }
+    if input.prepared.is_empty() {
+        return Err(InferError::NoUsableSeries(a.study_dir.clone()));
+    }
+    let description = a
+        .study_description
+        .clone()
+        .or_else(|| input.scan.study_description.clone())
+        .unwrap_or_default();
+    let analysis = analyse(&model, input, description, &mut progress)?;
+    let name = a
+        .study_dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "study".into());
+    std::fs::create_dir_all(&a.out).map_err(|source| InferError::Io {
+        what: "creating",
+        path: a.out.clone(),
+        source,
+    })?;
+    let pred_path = a.out.join(format!("{name}_predictions.json"));
+    write(&pred_path, predictions_json(&analysis.run.output))?;
+    let slice_order = match a.slice_order {
+        SliceOrder::Position => "position",
+        SliceOrder::FileName => "filename",
+    };
+    let record = analysis.record(
+        &model,
+        name.clone(),
+        slice_order,
+        t_start.elapsed().as_secs_f64(),
+    );
+    write(
+        &a.out.join(format!("{name}_run.json")),
+        serde_json::to_string_pretty(&record)?,
+    )?;
+    progress(&format!("wrote {}", pred_path.display()));
+    if a.dicom {
+        let files: Vec<(String, PathBuf)> = analysis
+            .input
+            .prepared
+            .iter()
+            .flat_map(|p| {
+                p.slices
+                    .iter()
+                    .map(|s| (s.sop_instance_uid.clone(), s.path.clone()))
+            })
+            .collect();
+        let header = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(&files[0].1)
+            .map_err(|e| InferError::Header(e.to_string()))?
+            .into_inner();
+        let hash = input_set_hash(&files).map_err(|source| InferError::Io {
+            what: "reading",
+            path: a.study_dir.clone(),
+            source,
+        })?;
+        let outputs = build_reports(&ReportArgs {
+            analysis: &analysis,
+            manifest: m,
+            header: &header,
+            input_set_hash: hash,
+            predecessors: &[],
+            forced_complete: false,
+            node: &node_identity("PRIMA", "infer"),
+            config: &ReportConfig::default(),
+        })?;
+        for o in outputs {
+            let path = a.out.join(format!("{name}_{}.dcm", o.kind.as_str()));
+            write(&path, &o.bytes)?;
+            progress(&format!("wrote {}", path.display()));
+        }
+    }
+    Ok(())
+}

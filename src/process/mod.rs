@@ -1,0 +1,119 @@
+//! Processing a study: prepared series → Prima → the result objects. The node's worker
+//! ([`PrimaProcessor`]) and `prima-node infer` ([`infer_folder`]) both run a study through
+//! [`analyse`] and [`Analysis`] (in `run`); they differ only in where the instances come from (a job
+//! of spooled instances, a folder) and where the results go (the outbox, files).
+//!
+//! - [`series`]: one series → selected VQ-VAE input tokens (spec §1–§7), within one
+//!   process-wide memory budget.
+//! - [`prepare`]: a study's series, from a job (taking background results) or a folder.
+//! - [`cache`]: background results waiting for their jobs, keyed by the exact input files.
+//! - [`background`]: the low-priority thread that prepares series while a study arrives.
+//! - [`run`]: the model over prepared series, upstream's predictions JSON, the run record.
+//! - [`outputs`]: SR, KOS (and card) from one analysis.
+
+pub mod background;
+pub mod cache;
+mod folder;
+pub mod outputs;
+pub mod prepare;
+pub mod run;
+pub mod series;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+
+use crate::config::Config;
+use crate::job::{ProcessError, ProcessedStudy, StudyJob, StudyProcessor};
+use crate::model::{parse_device, ModelOptions, PrimaModel};
+use crate::report::{NodeIdentity, ReportConfig};
+pub use cache::PrepareCache;
+pub use folder::{infer_folder, InferError, InferOptions};
+use outputs::ReportArgs;
+use run::predictions_json;
+pub use run::{analyse, Analysis};
+
+/// The node's processor: the model, loaded once on the worker thread, and the background
+/// preparation results it takes its series from.
+pub struct PrimaProcessor {
+    model: PrimaModel,
+    report: ReportConfig,
+    node: NodeIdentity,
+    cache: Arc<PrepareCache>,
+}
+
+impl PrimaProcessor {
+    pub fn new(cfg: &Config, cache: Arc<PrepareCache>) -> Result<Self, ProcessError> {
+        let opts = ModelOptions {
+            device: parse_device(&cfg.model.device)
+                .map_err(|e| ProcessError::Load(e.to_string()))?,
+            ..ModelOptions::default()
+        };
+        let model = PrimaModel::load(&cfg.model.dir, &opts)
+            .map_err(|e| ProcessError::Load(e.to_string()))?;
+        Ok(PrimaProcessor {
+            model,
+            report: ReportConfig::default(),
+            node: outputs::node_identity(&cfg.node.ae_title, &cfg.node.state_dir.to_string_lossy()),
+            cache,
+        })
+    }
+}
+
+impl StudyProcessor for PrimaProcessor {
+    fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
+        let fail = |e: String| ProcessError::Failed(e);
+        let t_start = Instant::now();
+        // The cache is always there: `[assembly] speculative_prepare` is applied live, by
+        // the background thread, which leaves it empty when off.
+        let input = prepare::prepare_job(Some(&self.cache), job);
+        if let Some(b) = input.background.filter(|b| b.cached_series > 0) {
+            tracing::info!(
+                series = b.cached_series,
+                background_s = b.speculative_s,
+                "series prepared in the background used"
+            );
+        }
+        for s in &input.skipped {
+            tracing::info!(series = %s.key, reason = %s.reason, "series skipped");
+        }
+        if input.prepared.is_empty() {
+            return Err(fail("no usable series".into()));
+        }
+        let description = input.scan.study_description.clone().unwrap_or_default();
+        let analysis = analyse(&self.model, input, description, |m| tracing::info!("{m}"))
+            .map_err(|e| fail(format!("model: {e}")))?;
+        let header = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(&job.instances[0].path)
+            .map_err(|e| fail(format!("source header: {e}")))?
+            .into_inner();
+        let outputs = outputs::build_reports(&ReportArgs {
+            analysis: &analysis,
+            manifest: self.model.manifest(),
+            header: &header,
+            input_set_hash: job.input_set_hash,
+            predecessors: &job.predecessors,
+            forced_complete: job.forced_complete,
+            node: &self.node,
+            config: &self.report,
+        })
+        .map_err(|e| fail(format!("report: {e}")))?;
+        for o in &outputs {
+            tracing::info!(kind = o.kind.as_str(), sop = %o.sop_instance_uid, "output built");
+        }
+        let record = analysis.record(
+            &self.model,
+            job.study_instance_uid.clone(),
+            "position",
+            t_start.elapsed().as_secs_f64(),
+        );
+        Ok(ProcessedStudy {
+            outputs,
+            predictions_json: predictions_json(&analysis.run.output),
+            run_json: serde_json::to_string_pretty(&record).unwrap_or_default(),
+        })
+    }
+}

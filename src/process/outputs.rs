@@ -1,0 +1,156 @@
+//! One analysis → the result objects (SR, KOS, card): what the report builder needs,
+//! gathered from the prepared series, the model's output and its manifest.
+
+use crate::job::{OutputObject, PredecessorRef};
+use crate::model::Manifest;
+use crate::report::{
+    build_outputs, ModelIdentity, NodeIdentity, Predictions, ReportConfig, ReportError,
+    ReportInput, SkippedSeries, SourceInstance, UsedSeries,
+};
+
+use super::run::Analysis;
+
+/// What the report builder needs from one inference run.
+pub struct ReportArgs<'a> {
+    pub analysis: &'a Analysis,
+    pub manifest: &'a Manifest,
+    pub header: &'a dicom_object::InMemDicomObject,
+    pub input_set_hash: [u8; 32],
+    pub predecessors: &'a [PredecessorRef],
+    pub forced_complete: bool,
+    pub node: &'a NodeIdentity,
+    pub config: &'a ReportConfig,
+}
+
+/// SR + KOS (+ card) for one run; shared by the node and `prima-node infer --dicom`.
+pub fn build_reports(a: &ReportArgs) -> Result<Vec<OutputObject>, ReportError> {
+    let output = &a.analysis.run.output;
+    let used: Vec<UsedSeries> = a
+        .analysis
+        .input
+        .prepared
+        .iter()
+        .map(|p| UsedSeries {
+            series_instance_uid: p.series_instance_uid.clone(),
+            series_name: p.name.clone(),
+            instances: p
+                .slices
+                .iter()
+                .map(|s| SourceInstance {
+                    sop_class_uid: s.sop_class_uid.clone(),
+                    sop_instance_uid: s.sop_instance_uid.clone(),
+                    instance_number: s.instance_number.map(|n| n as i32),
+                    position_along_normal: s.position_along_normal(),
+                })
+                .collect(),
+            tokens_used: p.selection.ids.len(),
+        })
+        .collect();
+    let skipped: Vec<SkippedSeries> = a
+        .analysis
+        .input
+        .skipped
+        .iter()
+        .map(|s| SkippedSeries {
+            series_instance_uid: s
+                .series_instance_uid
+                .clone()
+                .unwrap_or_else(|| s.key.clone()),
+            reason: s.reason.clone(),
+        })
+        .collect();
+    let predictions = Predictions {
+        diagnosis: output.diagnosis.clone(),
+        referral: output.referral.clone(),
+        priority: output.priority.clone(),
+        clip_emb: output.clip_emb.clone(),
+    };
+    let m = a.manifest;
+    let model = ModelIdentity {
+        name: m.model_name.clone(),
+        version: m.model_version.clone(),
+        demo: m.demo,
+        diagnosis_thresholds: m
+            .diagnosis_heads
+            .iter()
+            .map(|h| (h.name.clone(), h.thresh as f32))
+            .collect(),
+        referral_thresholds: m
+            .referral_heads
+            .iter()
+            .map(|h| (h.name.clone(), h.thresh as f32))
+            .collect(),
+    };
+    let input = ReportInput {
+        source_header: a.header,
+        used: &used,
+        skipped: &skipped,
+        predictions: &predictions,
+        model: &model,
+        input_set_hash: a.input_set_hash,
+        predecessors: a.predecessors,
+        forced_complete: a.forced_complete,
+        failed: false,
+        node: a.node,
+        content_datetime: dicom_now(),
+    };
+    build_outputs(&input, a.config)
+}
+
+/// SHA-256 over the sorted (SOP Instance UID, file SHA-256) pairs of a folder's files
+/// (`infer --dicom`). The node builds its input hash from what it received instead
+/// (`study::assembler::input_set_hash`: the data sets' content hashes), so the two need not
+/// give the same output UIDs for the same study.
+pub fn input_set_hash(files: &[(String, std::path::PathBuf)]) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut pairs = Vec::with_capacity(files.len());
+    for (uid, path) in files {
+        let digest = sha2::Sha256::digest(std::fs::read(path)?);
+        pairs.push((uid.clone(), digest));
+    }
+    pairs.sort();
+    let mut h = sha2::Sha256::new();
+    for (uid, d) in pairs {
+        h.update(uid.as_bytes());
+        h.update([0u8]);
+        h.update(d);
+    }
+    Ok(h.finalize().into())
+}
+
+/// The node's identity in reports: AE title, a serial derived from where its state lives
+/// (stable across restarts, distinct between nodes on one host), and the software version.
+pub fn node_identity(ae_title: &str, instance: &str) -> NodeIdentity {
+    use sha2::Digest;
+    let serial = hex::encode(&sha2::Sha256::digest(instance.as_bytes())[..6]);
+    NodeIdentity::new(
+        ae_title,
+        &serial,
+        concat!("prima-node ", env!("CARGO_PKG_VERSION")),
+    )
+}
+
+/// Current UTC date and time as DICOM DA/TM strings.
+pub fn dicom_now() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // civil-from-days (Howard Hinnant)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (
+        format!("{y:04}{m:02}{d:02}"),
+        format!("{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60),
+    )
+}
