@@ -41,7 +41,8 @@ done
 
 bin=${PRIMA_NODE_BIN:-$CARGO_TARGET_DIR/release/prima-node}
 if [ -z "${PRIMA_NODE_BIN:-}" ]; then
-  cargo build --release --locked -q
+  # The stand-in processor (no model): this benchmark measures reception only.
+  cargo build --release --locked -q --features stand-in
 fi
 work=${BENCH_DIR:-$(mktemp -d /tmp/prima-bench-ingest.XXXXXX)}
 mkdir -p "$work"

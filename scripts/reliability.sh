@@ -41,14 +41,14 @@ field() {
 }
 
 echo "seed: $PRIMA_RELIABILITY_SEED; logs: $LOGDIR"
-cargo build --quiet --bins --test crash_consistency --test node_limits --test node_recovery \
+cargo build --quiet --features stand-in --bins --test crash_consistency --test node_limits --test node_recovery \
   --test node_storage --test hostile_input 2>&1 | tail -n 20
 
-part crash cargo test --quiet --test crash_consistency -- --nocapture
-part limits cargo test --quiet --test node_limits -- --nocapture --test-threads=1
-part faults cargo test --quiet --test node_recovery -- --test-threads=2
-part storage cargo test --quiet --test node_storage
-part hostile cargo test --quiet --test hostile_input -- --nocapture
+part crash cargo test --quiet --features stand-in --test crash_consistency -- --nocapture
+part limits cargo test --quiet --features stand-in --test node_limits -- --nocapture --test-threads=1
+part faults cargo test --quiet --features stand-in --test node_recovery -- --test-threads=2
+part storage cargo test --quiet --features stand-in --test node_storage
+part hostile cargo test --quiet --features stand-in --test hostile_input -- --nocapture
 
 fuzz_execs="n/a"
 fuzz_crashes="n/a"
