@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 
@@ -225,6 +226,7 @@ pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, String> {
         study_description: read_str(&obj, tags::STUDY_DESCRIPTION),
     };
     let frames = read_int(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    check_frames_fit(path, &obj, frames, &base)?;
     let per_frame_items = obj.get(PER_FRAME_FG).and_then(|e| e.value().items());
     if frames == 1 && per_frame_items.is_none() {
         return Ok(vec![base]);
@@ -260,6 +262,52 @@ pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, String> {
         out.push(m);
     }
     Ok(out)
+}
+
+/// Voxels of one decoded series (f64 each, for ITK parity): 4 GiB, eight times a large
+/// 512×512×256 brain series, so a header claiming more is refused, not allocated.
+pub const MAX_VOLUME_VALUES: usize = 1 << 29;
+
+/// Frames one instance may claim: far above any MR acquisition (a 4D series rarely has
+/// more than a few thousand), far below what would make the header loop a denial of service.
+pub const MAX_FRAMES: i64 = 16_384;
+
+/// A header value sizes the per-frame loop (and later the volume buffer): refuse a frame
+/// count the file's bytes cannot hold before anything is allocated from it. Native pixel
+/// data needs rows × columns × samples × bytes per frame; encapsulated needs at least one
+/// 8-byte item header per frame.
+fn check_frames_fit(
+    path: &Path,
+    obj: &dicom_object::DefaultDicomObject,
+    frames: i64,
+    m: &SliceMeta,
+) -> Result<(), String> {
+    if frames > MAX_FRAMES {
+        return Err(format!(
+            "NumberOfFrames {frames} is more than the {MAX_FRAMES} an instance may have"
+        ));
+    }
+    let encapsulated = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(obj.meta().transfer_syntax())
+        .is_none_or(|ts| ts.is_encapsulated_pixel_data());
+    let per_frame: u64 = if encapsulated {
+        8
+    } else {
+        (m.rows as u64 * m.cols as u64 * m.samples_per_pixel.max(1) as u64)
+            .saturating_mul(m.bits_allocated.max(1) as u64)
+            .div_ceil(8)
+            .max(1)
+    };
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot stat {}: {e}", file_name(path)))?
+        .len();
+    let needed = per_frame.saturating_mul(frames as u64);
+    if needed > file_len {
+        return Err(format!(
+            "NumberOfFrames {frames} needs at least {needed} bytes of pixel data; the file has {file_len}"
+        ));
+    }
+    Ok(())
 }
 
 /// Spec §1.8 `sanitize`.
@@ -558,7 +606,15 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
     );
     let (w, h) = (first.cols as usize, first.rows as usize);
     let plane = w * h;
-    let mut data = Vec::with_capacity(plane * n);
+    let values = plane
+        .checked_mul(n)
+        .filter(|&v| v <= MAX_VOLUME_VALUES)
+        .ok_or_else(|| {
+            format!("{w}×{h}×{n} voxels is more than a series may have ({MAX_VOLUME_VALUES})")
+        })?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(values)
+        .map_err(|_| format!("cannot allocate a {w}×{h}×{n} volume"))?;
     // Files are opened once even when several frames of a multi-frame file are used.
     let mut cache: Option<(PathBuf, dicom_object::DefaultDicomObject)> = None;
     for s in &c.slices {
@@ -678,6 +734,37 @@ fn push_stored_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One synthetic instance with `tag` set to `value`, written to a temporary folder.
+    fn instance_with(tag: Tag, vr: dicom_core::VR, value: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let files =
+            crate::synth::write_study(&crate::synth::SynthStudy::brain(1), d.path()).unwrap();
+        let mut obj = dicom_object::open_file(&files[0]).unwrap();
+        obj.put(dicom_core::DataElement::new(
+            tag,
+            vr,
+            dicom_core::PrimitiveValue::from(value),
+        ));
+        let p = d.path().join("changed.dcm");
+        obj.write_to_file(&p).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn a_frame_count_the_file_cannot_hold_is_refused_before_allocating() {
+        // Issue 14: this instance aborted the node (944 GB reserved for the frame headers).
+        let (_d, p) = instance_with(tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "2147483647");
+        let e = read_slice_headers(&p).unwrap_err();
+        assert!(e.contains("NumberOfFrames 2147483647"), "{e}");
+        // Within the limit but more than the pixel data holds.
+        let (_d, p) = instance_with(tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "64");
+        let e = read_slice_headers(&p).unwrap_err();
+        assert!(e.contains("needs at least"), "{e}");
+        // The count the file really has is accepted.
+        let (_d, p) = instance_with(tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "1");
+        assert_eq!(read_slice_headers(&p).unwrap().len(), 1);
+    }
 
     #[test]
     fn names_follow_spec_examples() {
