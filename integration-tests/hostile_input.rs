@@ -1,5 +1,6 @@
-//! Hostile and broken input against one running node: a table of cases, each talking raw
-//! TCP (PDU bytes written by hand) and each with its expected outcome written in the table.
+//! Hostile and broken input against one running node: the cases of `hostile/` (one file per
+//! thing they attack), each talking raw TCP (PDU bytes written by hand) and each with its
+//! expected outcome written next to it.
 //! After all of them the spool's tmp dir must be empty, the node alive with bounded memory,
 //! and a normal study (DCMTK storescu) still stored with Success.
 
