@@ -2,6 +2,7 @@
 //! a full study delivered exactly once, `status`, `check-config`, live config reload.
 
 mod common;
+mod fixtures;
 
 use common::*;
 use std::time::Duration;
@@ -109,7 +110,9 @@ fn check_config_reports_precise_problems() {
 
 #[test]
 fn study_a_is_delivered_exactly_once() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }
@@ -299,7 +302,9 @@ fn systemd_unit_verifies() {
 
 #[test]
 fn reopened_study_is_rerun_and_references_the_earlier_output() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }

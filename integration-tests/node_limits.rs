@@ -7,6 +7,7 @@
 //! `FLOOR-SUMMARY`) for `scripts/reliability.sh`.
 
 mod common;
+mod fixtures;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -166,7 +167,9 @@ fn seconds_until_closed(mut s: TcpStream, limit: Duration) -> Option<f64> {
 
 #[test]
 fn slow_loris_is_closed_by_the_timeout_and_blocks_no_one() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }
@@ -271,7 +274,9 @@ impl Drop for Tmpfs {
 
 #[test]
 fn disk_below_floor_on_tmpfs_refuses_then_recovers() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }
@@ -342,7 +347,9 @@ fn fill_completely(dir: &Path) -> PathBuf {
 
 #[test]
 fn disk_full_while_processing_recovers_when_space_returns() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }

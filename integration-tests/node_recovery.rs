@@ -2,6 +2,7 @@
 //! destination down at first and up later.
 
 mod common;
+mod fixtures;
 
 use common::*;
 use std::path::PathBuf;
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 #[test]
 fn sigkill_while_receiving_then_restart_delivers_once() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }
@@ -85,7 +88,9 @@ fn retry_delays_ms(log: &str) -> Vec<u64> {
 
 #[test]
 fn destination_down_then_up_gets_the_results() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }
@@ -145,7 +150,9 @@ fn destination_down_then_up_gets_the_results() {
 
 #[test]
 fn destination_answering_a700_fails_after_bounded_retries() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }
@@ -182,7 +189,9 @@ fn destination_answering_a700_fails_after_bounded_retries() {
 
 #[test]
 fn permanent_rejection_by_destination_is_bounded() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }
@@ -209,7 +218,9 @@ fn permanent_rejection_by_destination_is_bounded() {
 
 #[test]
 fn processing_failure_is_recorded_and_the_node_stays_up() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }

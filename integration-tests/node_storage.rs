@@ -1,12 +1,15 @@
 //! Free-space floor: C-STORE answered A700, nothing half-written left behind.
 
 mod common;
+mod fixtures;
 
 use common::*;
 
 #[test]
 fn below_free_space_floor_answers_a700() {
-    let Some(fx) = fixtures() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     if !have_dcmtk() {
         return;
     }

@@ -5,6 +5,7 @@
 //! Content Date/Time; a changed input set gives new UIDs and a Predecessor Documents Sequence.
 //!
 //! Set `PRIMA_REPORT_KEEP_DIR` to keep the written objects there.
+mod fixtures;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,27 +23,6 @@ use sha2::{Digest, Sha256};
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn fixture_dir() -> Option<PathBuf> {
-    let dir = std::env::var("PRIMA_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference")
-        });
-    if dir.join("studies/STUDY_A").is_dir() {
-        return Some(dir);
-    }
-    if ci() {
-        panic!("fixtures not found at {}", dir.display());
-    }
-    eprintln!("SKIPPED: fixtures not found at {}", dir.display());
-    None
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .unwrap()
 }
 
 fn header(p: &Path) -> InMemDicomObject {
@@ -76,7 +56,7 @@ struct Study {
 
 fn load_study(fx: &Path) -> Study {
     let study_dir = fx.join("studies/STUDY_A");
-    let record = read_json(&fx.join("expected/STUDY_A/run_record.json"));
+    let record = fixtures::json(&fx.join("expected/STUDY_A/run_record.json"));
     let mut used = Vec::new();
     let mut content = Vec::new();
     let mut source_header = None;
@@ -161,8 +141,8 @@ type Table = Vec<(String, f32)>;
 fn fixture_model(fx: &Path) -> (Predictions, ModelIdentity, PathBuf, PathBuf) {
     let pred_path = fx.join("expected/STUDY_A/STUDY_A_predictions.json");
     let manifest_path = fx.join("models/prima/primafullmodel_fixture.manifest.json");
-    let preds = read_json(&pred_path);
-    let manifest = read_json(&manifest_path);
+    let preds = fixtures::json(&pred_path);
+    let manifest = fixtures::json(&manifest_path);
     let heads = |key: &str, out: &str| -> (Table, Table) {
         let mut p = Vec::new();
         let mut t = Vec::new();
@@ -487,7 +467,9 @@ fn parse(bytes: &[u8]) -> dicom_object::DefaultDicomObject {
 
 #[test]
 fn study_a_fixture_model_passes_validators() {
-    let Some(fx) = fixture_dir() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     let study = load_study(&fx);
     let (preds, model, pred_path, manifest_path) = fixture_model(&fx);
     let r = Run {
@@ -556,7 +538,9 @@ fn study_a_fixture_model_passes_validators() {
 
 #[test]
 fn fullsize_demo_model_passes_validators() {
-    let Some(fx) = fixture_dir() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     let mut study = load_study(&fx);
     // The request this study fulfils, as a RIS-fed modality would record it: the SR and KOS
     // must carry it back as Referenced Request Sequence.
@@ -640,7 +624,9 @@ fn content_datetime_ranges(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
 
 #[test]
 fn regeneration_is_deterministic_and_new_input_supersedes() {
-    let Some(fx) = fixture_dir() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     let study = load_study(&fx);
     let (preds, model, _, _) = fixture_model(&fx);
     let hash = input_set_hash(&study.content);
@@ -760,7 +746,9 @@ fn base_clone<'a>(r: &Run<'a>) -> Run<'a> {
 
 #[test]
 fn summary_card_passes_iod_and_entity_checks() {
-    let Some(fx) = fixture_dir() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     let study = load_study(&fx);
     let (preds, model, _, _) = fixture_model(&fx);
     let node = node();
@@ -806,7 +794,9 @@ fn summary_card_passes_iod_and_entity_checks() {
 
 #[test]
 fn kos_threshold_and_failed_run() {
-    let Some(fx) = fixture_dir() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     let study = load_study(&fx);
     let (preds, model, _, _) = fixture_model(&fx);
     let node = node();
@@ -857,7 +847,9 @@ fn kos_threshold_and_failed_run() {
 
 #[test]
 fn non_ascii_names_are_written_as_utf8() {
-    let Some(fx) = fixture_dir() else { return };
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
     let mut study = load_study(&fx);
     // As decoded from an ISO_IR 100 source: the output must re-encode in UTF-8, not Latin-1.
     study.source_header.put(DataElement::new(

@@ -9,9 +9,9 @@
 #        WAIT_S=1800 (give up waiting for the SR after this long)
 #        NODE_LOG=info (the node's RUST_LOG, e.g. info,prima_node::speculate=debug)
 #        SPECULATIVE=true|false ([assembly] speculative_prepare; unset: the node's default)
-#   RSS mode:  MODE=rss scripts/bench-e2e.sh   a generated 3000-instance study
-#        (N=3000, SERIES=10 of 300 slices, ROWS=COLS=512; see scripts/bench/gen_study.py) goes through the
-#        node; prints the node's peak RSS (VmHWM) and the model's share of it.
+#   RSS mode:  MODE=rss scripts/bench-e2e.sh   a generated 3000-instance study (N=3000,
+#        SERIES=10 of 300 slices, ROWS=COLS=512; `prima-node synth-study --instances`) goes
+#        through the node; prints the node's peak RSS (VmHWM) and the model's share of it.
 #
 # Stages (seconds; node log timestamps and the run record's own timings):
 #   quiet     the configured quiet period (by design, not overhead)
@@ -28,46 +28,19 @@
 #   send      "study processed"     -> SR file written by the destination storescp
 # overhead = total - quiet - model.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. scripts/env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MODE=${MODE:-e2e}
 ROUNDS=${1:-${ROUNDS:-3}}
 QUIET=${QUIET:-1.0}
 SIZE=${SIZE:-small}
-for t in storescu storescp echoscu; do
-  command -v $t >/dev/null || { echo "bench-e2e: $t (DCMTK) not found; run scripts/setup.sh" >&2; exit 1; }
-done
-bin=${PRIMA_NODE_BIN:-$CARGO_TARGET_DIR/release/prima-node}
-if [ -z "${PRIMA_NODE_BIN:-}" ]; then
-  cargo build --release --locked -q
-fi
-work=${BENCH_DIR:-$(mktemp -d /tmp/prima-bench-e2e.XXXXXX)}
-mkdir -p "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "kept $work" >&2; fi
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_echo() { # ae port
-  for _ in $(seq 600); do
-    if echoscu -aet BENCHSCU -aec "$1" 127.0.0.1 "$2" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "bench-e2e: $1 on port $2 did not answer C-ECHO" >&2
-  return 1
-}
+need_dcmtk
+bin=$(release_bin)
+bench_workdir
 
 if [ "$MODE" = rss ]; then
   STUDY=${STUDY:-$work/rss-study}
-  if [ ! -f "$STUDY/.done" ]; then
-    echo "generating ${N:-3000} instances in $STUDY" >&2
-    python3 scripts/bench/gen_study.py --out "$STUDY" --instances "${N:-3000}" \
-      --series "${SERIES:-10}" --rows "${ROWS:-512}" --cols "${COLS:-512}" >&2
-    touch "$STUDY/.done"
-  fi
+  bench_study "$STUDY" "${N:-3000}" "${SERIES:-10}" "${ROWS:-512}" "${COLS:-512}"
   ROUNDS=1
 else
   STUDY=${STUDY:-$PRIMA_REFERENCE_DIR/studies/STUDY_A}
@@ -82,7 +55,7 @@ model="$work/model-$SIZE"
 
 results="$work/results.tsv"
 : >"$results"
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "machine: $(machine); load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for r in $(seq "$ROUNDS"); do
   run="$work/run$r"
   rm -rf "$run"; mkdir -p "$run/dest" "$run/state"

@@ -4,12 +4,11 @@
 # upstream reference cost recorded in the fixtures (models/fullsize_reference.json), and
 # the VQ-VAE's achieved GFLOP/s against this CPU's measured float32 GEMM rate (libtorch,
 # same threads): the floor = encoded tokens x FLOPs per token / that rate.
-# Env: THREADS (2), VQVAE_CHUNK (400), BENCH_DIR, MODEL_SIZE (full; small = smoke run).
+# Env: THREADS (2), VQVAE_CHUNK (400), BENCH_DIR, MODEL_SIZE (full; small = smoke run),
+# PRIMA_NODE_BIN (default: the release build).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. scripts/env.sh
-cargo build --release --locked -q
-bin="$CARGO_TARGET_DIR/release/prima-node"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bin=$(release_bin)
 ref="$PRIMA_REFERENCE_DIR"
 work="${BENCH_DIR:-$HOME/.cache/prima-node/bench}"
 threads="${THREADS:-2}"

@@ -25,8 +25,7 @@
 # Success means "in the page cache". prima-node answers Success only after the file and
 # its directory entry are durable (fsync), so the comparison is conservative for the node.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. scripts/env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N=${1:-${N:-1000}}
 ROUNDS=${2:-${ROUNDS:-5}}
@@ -35,57 +34,28 @@ PDU=${PDU:-65536}
 ROWS=${ROWS:-512}
 COLS=${COLS:-512}
 SERIES=${SERIES:-4}
-for t in storescu storescp echoscu; do
-  command -v $t >/dev/null || { echo "bench-ingest: $t (DCMTK) not found; run scripts/setup.sh" >&2; exit 1; }
-done
-
-bin=${PRIMA_NODE_BIN:-$CARGO_TARGET_DIR/release/prima-node}
-if [ -z "${PRIMA_NODE_BIN:-}" ]; then
-  # The stand-in processor (no model): this benchmark measures reception only.
-  cargo build --release --locked -q --features stand-in
-fi
-work=${BENCH_DIR:-$(mktemp -d /tmp/prima-bench-ingest.XXXXXX)}
-mkdir -p "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "kept $work" >&2; fi
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+need_dcmtk
+# The stand-in processor (no model): this benchmark measures reception only.
+bin=$(release_bin stand-in)
+bench_workdir
 
 # ---- data ------------------------------------------------------------------------
 data="$work/data"
-if [ ! -f "$data/.done" ]; then
-  echo "generating $N instances (${ROWS}x${COLS} int16, $SERIES series) in $data" >&2
-  rm -rf "$data"
-  python3 scripts/bench/gen_study.py --out "$data" --instances "$N" --series "$SERIES" \
-    --rows "$ROWS" --cols "$COLS" >"$work/gen.txt"
-  touch "$data/.done"
-fi
+[ -f "$data/.done" ] || rm -rf "$data" # a partial study from an interrupted run
+bench_study "$data" "$N" "$SERIES" "$ROWS" "$COLS"
 mapfile -t files < <(find "$data" -name '*.dcm' | sort)
 [ "${#files[@]}" -eq "$N" ] || { echo "expected $N files, found ${#files[@]}" >&2; exit 1; }
 bytes=$(cat "${files[@]}" | wc -c)
 cat "${files[@]}" >/dev/null # warm the page cache: the senders read from memory
 
 # ---- targets -----------------------------------------------------------------------
-wait_echo() { # ae port
-  for _ in $(seq 300); do
-    if echoscu -aet BENCHSCU -aec "$1" 127.0.0.1 "$2" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "bench-ingest: $1 on port $2 did not answer C-ECHO" >&2
-  return 1
-}
-
 start_storescp() { # outdir port
   mkdir -p "$1"
   TCP_NODELAY=1 storescp --fork -aet STORESCP -pdu "$PDU" +B -dhl -od "$1" "$2" \
     >"$work/storescp.log" 2>&1 &
   target_pid=$!
   pids+=("$target_pid")
-  wait_echo STORESCP "$2"
+  wait_echo STORESCP "$2" 300
 }
 
 start_node() { # statedir port [binary]
@@ -120,7 +90,7 @@ EOF
     >>"$work/node.log" 2>&1 &
   target_pid=$!
   pids+=("$target_pid")
-  wait_echo PRIMA "$2"
+  wait_echo PRIMA "$2" 300
 }
 
 # CPU seconds (user + system) used so far by the target and its children, reaped or not
@@ -187,7 +157,7 @@ run_node() { # label binary associations round
 
 results="$work/results.tsv"
 : >"$results"
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -T "$work" | awk 'NR==2 {print $2}') at $work; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "machine: $(machine), $(df -T "$work" | awk 'NR==2 {print $2}') at $work; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "data: $N instances, $bytes bytes, PDU $PDU, rounds $ROUNDS, associations: $ASSOCS" >&2
 if [ -n "${FRESH_DIRS:-}" ] && [ "${SETTLE_S:-61}" -gt 0 ]; then
   echo "FRESH_DIRS: waiting ${SETTLE_S:-61} s for recently deleted inodes to age out" >&2

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): DICOM → selected VQ-VAE input tokens for STUDY_A, median of 5,
 # against the upstream reference timings recorded in the fixtures (load + tokenize).
+# Env: RUNS (5), PRIMA_NODE_BIN (default: the release build).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. scripts/env.sh
-cargo build --release --locked -q
-bin="$CARGO_TARGET_DIR/release/prima-node"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bin=$(release_bin)
 ref="$PRIMA_REFERENCE_DIR"
 study="$ref/studies/STUDY_A"
 runs=${RUNS:-5}

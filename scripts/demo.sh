@@ -4,9 +4,9 @@
 # "PACS", sends the study with storescu, waits for the results, prints what came back,
 # and stops everything.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
-. scripts/env.sh
+# setup.sh first: env.sh resolves the .venv link that setup creates.
+bash "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="$CARGO_TARGET_DIR/release/prima-node"
 work="${PRIMA_DEMO_DIR:-$PWD/demo-out}"
 node_port="${PRIMA_DEMO_PORT:-11112}"

@@ -3,8 +3,7 @@
 # model on CPU and on CUDA (f32, then f16 and bf16), relative error of every output, and
 # the timing of the full-size demo model on the GPU.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. scripts/env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${PRIMA_BIN:-$CARGO_TARGET_DIR/release/prima-node}"
 [ -x "$bin" ] || cargo build --release --locked -q
 ref="$PRIMA_REFERENCE_DIR"

@@ -7,9 +7,7 @@
 #   scripts/reliability.sh [fuzz-minutes]        (default 3)
 #   PRIMA_RELIABILITY_SEED=<n>                    seed for the crash trials
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# shellcheck source=scripts/env.sh
-. scripts/env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export TCP_NODELAY=1
 export PRIMA_RELIABILITY_FULL=1
 export PRIMA_RELIABILITY_SEED="${PRIMA_RELIABILITY_SEED:-$(date +%s)}"

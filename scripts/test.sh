@@ -2,10 +2,9 @@
 # The whole test suite: Rust unit + integration tests (real binary, DCMTK, Orthanc) and
 # the Python converter tests. Installs what is missing first (idempotent).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh --deps
-# shellcheck source=scripts/env.sh
-. scripts/env.sh
+# setup.sh first: env.sh resolves the .venv link that setup creates.
+bash "$(dirname "${BASH_SOURCE[0]}")/setup.sh" --deps
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export TCP_NODELAY=1
 echo "== python: checkpoint converter tests"
 if [ -d scripts/tests ]; then

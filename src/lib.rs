@@ -47,3 +47,7 @@ pub mod store;
 pub mod study;
 pub mod synth;
 pub mod worker;
+
+#[cfg(test)]
+#[path = "../integration-tests/fixtures.rs"]
+mod test_fixtures;

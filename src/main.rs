@@ -43,6 +43,19 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Instead of the 4-series brain protocol: this many single-frame axial instances
+        /// (the benchmarks' study), shaped by --series, --rows and --cols.
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        instances: Option<usize>,
+        #[arg(long, default_value_t = 4, requires = "instances",
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        series: usize,
+        #[arg(long, default_value_t = 512, requires = "instances",
+              value_parser = clap::value_parser!(u16).range(1..))]
+        rows: u16,
+        #[arg(long, default_value_t = 512, requires = "instances",
+              value_parser = clap::value_parser!(u16).range(1..))]
+        cols: u16,
     },
     /// Run Prima on one study folder: writes `<name>_predictions.json` (upstream's format)
     /// and `<name>_run.json` (series used/skipped, timings) into `--out`.
@@ -219,10 +232,20 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::SynthStudy { out, seed } => {
-            let files =
-                prima_node::synth::write_study(&prima_node::synth::SynthStudy::brain(seed), &out)
-                    .with_context(|| format!("writing study to {}", out.display()))?;
+        Command::SynthStudy {
+            out,
+            seed,
+            instances,
+            series,
+            rows,
+            cols,
+        } => {
+            let study = match instances {
+                Some(n) => prima_node::synth::SynthStudy::bench(seed, n, series, rows, cols),
+                None => prima_node::synth::SynthStudy::brain(seed),
+            };
+            let files = prima_node::synth::write_study(&study, &out)
+                .with_context(|| format!("writing study to {}", out.display()))?;
             eprintln!("wrote {} instances under {}", files.len(), out.display());
             Ok(())
         }

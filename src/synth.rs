@@ -99,6 +99,29 @@ impl SynthStudy {
             ],
         }
     }
+
+    /// The benchmarks' study: `instances` single-frame axial instances of `rows`×`cols`
+    /// pixels over `series` series (the first `instances % series` get one more), in
+    /// folders `S1`, `S2`, … (what `scripts/bench-*.sh` send).
+    pub fn bench(seed: u64, instances: usize, series: usize, rows: u16, cols: u16) -> Self {
+        assert!(series > 0, "a study needs at least one series");
+        SynthStudy {
+            seed,
+            patient_name: "BENCH^PHANTOM".into(),
+            patient_id: format!("BENCH{seed:04}"),
+            study_description: "MRI BRAIN BENCH".into(),
+            accession_number: format!("BENCH{seed:04}"),
+            series: (0..series)
+                .map(|i| {
+                    let slices = instances / series + usize::from(i < instances % series);
+                    let number = i as i32 + 1;
+                    let name = format!("AX BENCH {number}");
+                    SynthSeries::new(number, &name, Plane::Axial, rows, cols, slices)
+                })
+                .filter(|s| s.slices > 0)
+                .collect(),
+        }
+    }
 }
 
 fn uid(seed: u64, parts: &[&str]) -> String {
@@ -210,8 +233,9 @@ fn write_series(
     } else {
         u16::MAX as f64
     };
-    let mut frames: Vec<(Vec<u8>, [f64; 3])> = Vec::with_capacity(s.slices);
-    for k in 0..s.slices {
+    // Slices are made in order k = 0, 1, … from one random stream; single-frame series write
+    // each as it is made, so a long series never has all its pixels in memory.
+    let mut frame = |k: usize| -> (Vec<u8>, [f64; 3]) {
         let off = k as f64 * s.slice_spacing - half_d;
         let ipp = [
             -half_w * r[0] - half_h * c[0] + off * n[0],
@@ -235,8 +259,8 @@ fn write_series(
                 }
             }
         }
-        frames.push((bytes, ipp));
-    }
+        (bytes, ipp)
+    };
     let base = |sop_class: &str, sop_uid: &str| {
         let mut o = InMemDicomObject::new_empty();
         put_str(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
@@ -366,6 +390,7 @@ fn write_series(
         put_str(&mut pv, tags::RESCALE_TYPE, VR::LO, "US");
         shared.put(seq(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![pv]));
         o.put(seq(Tag(0x5200, 0x9229), vec![shared]));
+        let frames: Vec<(Vec<u8>, [f64; 3])> = (0..s.slices).map(&mut frame).collect();
         let per_frame: Vec<InMemDicomObject> = frames
             .iter()
             .map(|(_, ipp)| {
@@ -389,7 +414,8 @@ fn write_series(
         written.push(path);
         return Ok(written);
     }
-    for (k, (bytes, ipp)) in frames.into_iter().enumerate() {
+    for k in 0..s.slices {
+        let (bytes, ipp) = frame(k);
         let number = if s.reversed_names {
             s.slices - k
         } else {

@@ -16,23 +16,6 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_prima-node"))
 }
 
-/// The fixture directory, or `None` (after a loud message) when absent outside CI.
-pub fn fixtures() -> Option<PathBuf> {
-    let dir = std::env::var_os("PRIMA_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/prima-reference")
-        });
-    if dir.join("studies/STUDY_A").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("fixtures not found at {}", dir.display());
-    }
-    eprintln!("SKIPPED: fixtures not found at {}", dir.display());
-    None
-}
-
 pub fn have_dcmtk() -> bool {
     let ok = ["echoscu", "storescu", "storescp"].iter().all(|t| {
         Command::new(t)

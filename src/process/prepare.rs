@@ -214,7 +214,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use crate::imaging::resample::test_support::fixture_dir;
+    use crate::test_fixtures::reference_dir as fixture_dir;
 
     fn sha_file(p: &Path) -> String {
         hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
