@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use dicom_dictionary_std::uids;
 use serde::Deserialize;
 
 /// MR Image Storage and Enhanced MR Image Storage: the classes Prima reads.
-pub const MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
-pub const ENHANCED_MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4.1";
+pub const MR_IMAGE_STORAGE: &str = uids::MR_IMAGE_STORAGE;
+pub const ENHANCED_MR_IMAGE_STORAGE: &str = uids::ENHANCED_MR_IMAGE_STORAGE;
 pub const MODEL_SOP_CLASSES: [&str; 2] = [MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE];
 
 #[derive(Debug, thiserror::Error)]
