@@ -10,12 +10,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use dicom_dictionary_std::uids;
 use serde::Deserialize;
 
 /// MR Image Storage and Enhanced MR Image Storage: the classes Prima reads.
-pub const MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
-pub const ENHANCED_MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4.1";
+pub const MR_IMAGE_STORAGE: &str = uids::MR_IMAGE_STORAGE;
+pub const ENHANCED_MR_IMAGE_STORAGE: &str = uids::ENHANCED_MR_IMAGE_STORAGE;
 pub const MODEL_SOP_CLASSES: [&str; 2] = [MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE];
+
+/// The checks that read the `[tls]` and `tls_ca` files and build TLS contexts from them.
+/// `net::tls` implements it; taking it as a parameter keeps this module free of the network
+/// layer while the problems still come out in one list, in key order. Each method returns
+/// the text of the problem when the context cannot be built.
+pub trait TlsCheck {
+    /// The listener's context from `[tls]`.
+    fn server(&self, tls: &TlsSection) -> Result<(), String>;
+    /// The sender's context for a destination whose certificate must chain to `ca`.
+    fn client(&self, ca: &Path, identity: Option<&TlsSection>) -> Result<(), String>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -269,20 +281,44 @@ fn finite_nonneg(v: f64) -> bool {
 }
 
 impl Config {
+    /// Load with every check but building the TLS contexts (see [`Config::load_with`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_checked(path, None)
+    }
+
+    /// Load and check everything, the TLS contexts with `tls`.
+    pub fn load_with(path: &Path, tls: &dyn TlsCheck) -> Result<Config, ConfigError> {
+        Self::load_checked(path, Some(tls))
+    }
+
+    fn load_checked(path: &Path, tls: Option<&dyn TlsCheck>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        Self::parse_checked(path, &text, tls)
     }
 
+    /// Parse with every check but building the TLS contexts (see [`Config::parse_with`]).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::parse_checked(path, text, None)
+    }
+
+    /// Parse and check everything, the TLS contexts with `tls`.
+    pub fn parse_with(path: &Path, text: &str, tls: &dyn TlsCheck) -> Result<Config, ConfigError> {
+        Self::parse_checked(path, text, Some(tls))
+    }
+
+    fn parse_checked(
+        path: &Path,
+        text: &str,
+        tls: Option<&dyn TlsCheck>,
+    ) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        let problems = cfg.problems();
+        let problems = cfg.problems(tls);
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -293,8 +329,9 @@ impl Config {
         }
     }
 
-    /// Every problem found, each naming the key it is about.
-    pub fn problems(&self) -> Vec<String> {
+    /// Every problem found, each naming the key it is about; the TLS contexts are built
+    /// only when `tls` is given.
+    pub fn problems(&self, tls_check: Option<&dyn TlsCheck>) -> Vec<String> {
         let mut p = Vec::new();
         if let Some(m) = ae_title_problem("[node] ae_title", &self.node.ae_title) {
             p.push(m);
@@ -418,7 +455,7 @@ impl Config {
                     }
                 }
             }
-            if let Err(e) = crate::net::tls::server_config(t) {
+            if let Some(Err(e)) = tls_check.map(|c| c.server(t)) {
                 p.push(format!("[tls]: {e}"));
             }
         }
@@ -437,7 +474,7 @@ impl Config {
                         "[[destinations]] #{} tls_ca: {ca:?} must be an absolute path",
                         i + 1
                     ));
-                } else if let Err(e) = crate::net::tls::client_config(ca, self.tls.as_ref()) {
+                } else if let Some(Err(e)) = tls_check.map(|c| c.client(ca, self.tls.as_ref())) {
                     p.push(format!("[[destinations]] #{} tls_ca: {e}", i + 1));
                 }
             }

@@ -64,7 +64,7 @@ pub fn serve(
     make_processor: ProcessorFactory,
     prepare_cache: Option<Arc<PrepareCache>>,
 ) -> Result<(), NodeError> {
-    let cfg = Config::load(config_path)?;
+    let cfg = Config::load_with(config_path, &crate::net::tls::ContextCheck)?;
     let state_dir = cfg.node.state_dir.clone();
     create_private_dir(&state_dir).map_err(|source| NodeError::Io {
         what: format!("cannot create state directory {}", state_dir.display()),
@@ -452,7 +452,7 @@ fn watch_config(path: &Path, shared: SharedConfig) -> Option<notify::Recommended
                     continue;
                 }
                 last_text = Some(text.clone());
-                match Config::parse(&path, &text) {
+                match Config::parse_with(&path, &text, &crate::net::tls::ContextCheck) {
                     Ok(new) => {
                         let ignored = shared.apply(new);
                         let c = shared.get();
@@ -477,7 +477,7 @@ fn watch_config(path: &Path, shared: SharedConfig) -> Option<notify::Recommended
 
 /// `prima-node check-config`: the parsed configuration or every problem found.
 pub fn check_config(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-    let cfg = Config::load(path)?;
+    let cfg = Config::load_with(path, &crate::net::tls::ContextCheck)?;
     let mut notes = Vec::new();
     if !cfg.model.dir.exists() {
         notes.push(format!(
@@ -495,7 +495,7 @@ pub fn check_config(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
 /// `prima-node status`: studies by state and the outbox, as text.
 pub fn status_report(config_path: &Path) -> Result<String, NodeError> {
     use std::fmt::Write;
-    let cfg = Config::load(config_path)?;
+    let cfg = Config::load_with(config_path, &crate::net::tls::ContextCheck)?;
     let state = State::open_read_only(&cfg.node.state_dir)?;
     let c = state.counts()?;
     let mut out = String::new();

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use dicom_core::Tag;
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
@@ -675,7 +675,7 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
 /// checking it (a 4-byte header asked for 17 GB; found by fuzzing). PS3.5 G.3.1 allows at
 /// most 15 segments.
 fn rle_segments_exceed_limit(obj: &dicom_object::DefaultDicomObject) -> bool {
-    if obj.meta().transfer_syntax().trim_end_matches('\0') != "1.2.840.10008.1.2.5" {
+    if obj.meta().transfer_syntax().trim_end_matches('\0') != uids::RLE_LOSSLESS {
         return false;
     }
     let Some(frags) = obj

@@ -4,7 +4,7 @@
 //! they are read and written by hand here: the decoder never allocates more than the
 //! bytes it was given and rejects anything that is not a well-formed flat command.
 
-pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+pub const VERIFICATION: &str = dicom_dictionary_std::uids::VERIFICATION;
 
 /// Command Field values.
 pub const C_STORE_RQ: u16 = 0x0001;

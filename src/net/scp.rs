@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dicom_dictionary_std::uids;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, AsyncServerAssociation};
@@ -42,14 +43,14 @@ use dicom_ul::association::AsyncAssociation;
 /// Deflated Explicit VR Little Endian is not offered: its claimed element lengths cannot
 /// be checked against the received bytes before parsing (see `check_element_lengths`).
 const CANDIDATE_TS: &[&str] = &[
-    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
-    "1.2.840.10008.1.2",      // Implicit VR Little Endian
-    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.57", // JPEG Lossless
-    "1.2.840.10008.1.2.4.50", // JPEG Baseline
-    "1.2.840.10008.1.2.5",    // RLE Lossless
-    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+    uids::JPEG_LOSSLESS_SV1,
+    uids::JPEG_LOSSLESS,
+    uids::JPEG_BASELINE8_BIT,
+    uids::RLE_LOSSLESS,
+    uids::JPEG2000_LOSSLESS,
+    uids::JPEG2000,
 ];
 
 /// The candidate transfer syntaxes this build can actually decode.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+use dicom_dictionary_std::uids::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::client::CloseSocket;
@@ -27,9 +28,6 @@ use tracing::{error, info, info_span, warn};
 use super::dimse::{self, classify_status, StatusClass};
 use crate::config::{Config, Destination, SharedConfig};
 use crate::store::state::{now_ms, OutboxRow, State};
-
-const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 
 pub struct SenderCtx {
     pub state: Arc<State>,
@@ -159,9 +157,9 @@ fn send_batch(
         }
         let native = fts
             .as_deref()
-            .is_none_or(|t| t == EXPLICIT_LE || t == IMPLICIT_LE);
+            .is_none_or(|t| t == EXPLICIT_VR_LITTLE_ENDIAN || t == IMPLICIT_VR_LITTLE_ENDIAN);
         if native {
-            for t in [EXPLICIT_LE, IMPLICIT_LE] {
+            for t in [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN] {
                 if !tss.iter().any(|x| x == t) {
                     tss.push(t.to_string());
                 }

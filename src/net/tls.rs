@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::TlsSection;
+use crate::config::{TlsCheck, TlsSection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -69,6 +69,22 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Configuration validation that builds the contexts: a file missing, unreadable or refused
+/// by rustls is a configuration problem (`Config::load_with(path, &ContextCheck)`).
+pub struct ContextCheck;
+
+impl TlsCheck for ContextCheck {
+    fn server(&self, tls: &TlsSection) -> Result<(), String> {
+        server_config(tls).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn client(&self, ca: &Path, identity: Option<&TlsSection>) -> Result<(), String> {
+        client_config(ca, identity)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The sender's TLS configuration for a destination whose certificate must chain to `ca`.
 pub fn client_config(
     ca: &Path,
@@ -114,4 +130,29 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Rustls(format!("certificate and key: {e}")))?;
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn config_problems_name_the_tls_files_only_when_contexts_are_built() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prima-node.toml");
+        let text = std::fs::read_to_string(&example).unwrap()
+            + "[tls]\ncertificate = \"/nonexistent/node.crt\"\n\
+               private_key = \"/nonexistent/node.key\"\n\
+               [[destinations]]\nae_title = \"TLSPACS\"\nhost = \"127.0.0.1\"\nport = 2762\n\
+               tls_ca = \"/nonexistent/ca.crt\"\n";
+        Config::parse(&example, &text).unwrap();
+        let e = Config::parse_with(&example, &text, &ContextCheck)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[tls]: /nonexistent/node.crt"), "{e}");
+        assert!(
+            e.contains("[[destinations]] #2 tls_ca: /nonexistent/ca.crt"),
+            "{e}"
+        );
+    }
 }

@@ -8,10 +8,9 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 
 use super::codes;
-use super::{
-    base_header, put_empty, put_str, put_strs, to_part10, Context, ReportError, CARD_SERIES_NUMBER,
-    SECONDARY_CAPTURE,
-};
+use super::header::{base_header, to_part10};
+use super::items::{put_empty, put_str, put_strs};
+use super::{Context, ReportError, CARD_SERIES_NUMBER, SECONDARY_CAPTURE};
 
 pub const CARD_SERIES_DESCRIPTION: &str = "Prima AI summary — NOT FOR DIAGNOSIS";
 

@@ -4,10 +4,14 @@ use dicom_core::VR;
 use dicom_dictionary_std::tags;
 
 use super::codes;
+use super::header::{base_header, observer_context, put_referenced_requests, to_part10};
+use super::items::{
+    code_item, hierarchical_refs, language_item, put_seq, put_str, reference_item, template_item,
+    text_item, Rel,
+};
 use super::{
-    base_header, code_item, hierarchical_refs, language_item, observer_context, put_seq, put_str,
-    reference_item, template_item, text_item, Context, Rel, ReportError, SourceInstance,
-    UsedSeries, COMPREHENSIVE_SR, KEY_OBJECT_SELECTION, KOS_SERIES_NUMBER,
+    Context, ReportError, SourceInstance, UsedSeries, COMPREHENSIVE_SR, KEY_OBJECT_SELECTION,
+    KOS_SERIES_NUMBER,
 };
 
 /// How many representative slices the KOS references at most.
@@ -33,7 +37,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     );
 
     let key = representative_slices(ctx.input.used);
-    super::put_referenced_requests(ctx, &mut o);
+    put_referenced_requests(ctx, &mut o);
 
     // Every object the content tree references must be in the evidence (PS3.3 C.17.6.2.1).
     let mut evidence: Vec<(String, Vec<(String, String)>)> = Vec::new();
@@ -88,7 +92,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     items.push(reference_item("COMPOSITE", COMPREHENSIVE_SR, &ctx.sr_uid));
     put_seq(&mut o, tags::CONTENT_SEQUENCE, items);
 
-    super::to_part10(o, KEY_OBJECT_SELECTION, &ctx.kos_uid)
+    to_part10(o, KEY_OBJECT_SELECTION, &ctx.kos_uid)
 }
 
 /// Up to three slices around the middle of the series with the most tokens used (the first
@@ -165,7 +169,7 @@ mod tests {
 
     fn inst(uid: &str, pos: Option<f64>) -> SourceInstance {
         SourceInstance {
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
+            sop_class_uid: dicom_dictionary_std::uids::MR_IMAGE_STORAGE.into(),
             sop_instance_uid: uid.into(),
             instance_number: None,
             position_along_normal: pos,

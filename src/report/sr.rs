@@ -4,11 +4,15 @@ use dicom_core::VR;
 use dicom_dictionary_std::tags;
 
 use super::codes;
+use super::header::{base_header, observer_context, put_referenced_requests, to_part10};
+use super::items::{
+    code_item, code_value_item, coding_scheme_identification, container_item, format_ds,
+    hierarchical_refs, language_item, num_item, put_seq, put_str, template_item, text_item,
+    uidref_item, Obj, Rel,
+};
 use super::{
-    base_header, code_value_item, coding_scheme_identification, container_item, hierarchical_refs,
-    is_sr_document, language_item, num_item, observer_context, put_seq, put_str, template_item,
-    text_item, to_part10, uid, uidref_item, Context, Finding, Obj, Rel, ReportError,
-    COMPREHENSIVE_SR, DEMO_COMMENT, NOT_VERIFIED_COMMENT, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER,
+    is_sr_document, uid, Context, Finding, ReportError, COMPREHENSIVE_SR, DEMO_COMMENT,
+    NOT_VERIFIED_COMMENT, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER,
 };
 
 pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
@@ -33,7 +37,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     put_str(&mut o, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
     put_str(&mut o, tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY");
     put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]);
-    super::put_referenced_requests(ctx, &mut o);
+    put_referenced_requests(ctx, &mut o);
 
     let evidence: Vec<(String, Vec<(String, String)>)> = input
         .used
@@ -94,7 +98,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     put_seq(
         &mut o,
         tags::CONCEPT_NAME_CODE_SEQUENCE,
-        vec![super::code_item(&codes::imaging_measurement_report())],
+        vec![code_item(&codes::imaging_measurement_report())],
     );
     put_str(&mut o, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
     put_seq(
@@ -218,7 +222,7 @@ fn measurement_group(ctx: &Context, f: &Finding) -> Obj {
         text_item(
             Rel::HasConceptMod,
             &codes::algorithm_parameters(),
-            &format!("threshold={}", super::format_ds(f.threshold)),
+            &format!("threshold={}", format_ds(f.threshold)),
         ),
         num_item(
             Rel::Contains,
