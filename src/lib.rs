@@ -28,4 +28,5 @@ pub mod speculate;
 pub mod store;
 pub mod study;
 pub mod synth;
+pub mod uid;
 pub mod worker;
