@@ -41,13 +41,13 @@ pub mod card;
 pub mod codes;
 pub mod kos;
 pub mod sr;
-pub mod uid;
 
 use dicom_core::value::{DataSetSequence, Value};
 use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
+use crate::uid;
 use codes::Code;
 
 /// SOP Class UIDs of what we create.
@@ -968,16 +968,12 @@ pub(crate) fn to_part10(
     sop_class: &str,
     sop_instance: &str,
 ) -> Result<Vec<u8>, ReportError> {
-    let version_name: String = format!("PRIMANODE_{}", env!("CARGO_PKG_VERSION"))
-        .chars()
-        .take(16)
-        .collect();
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_instance)
         .transfer_syntax(EXPLICIT_VR_LE)
-        .implementation_class_uid(uid::implementation_class_uid())
-        .implementation_version_name(version_name)
+        .implementation_class_uid(uid::OUTPUT_IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(uid::OUTPUT_IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(|e| ReportError::Encode(e.to_string()))?;
     let file = obj.with_exact_meta(meta);
