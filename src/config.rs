@@ -273,7 +273,7 @@ fn ae_title_problem(what: &str, ae: &str) -> Option<String> {
 }
 
 fn is_uid(s: &str) -> bool {
-    crate::store::spool::valid_uid(s)
+    crate::uid::is_valid(s)
 }
 
 fn finite_nonneg(v: f64) -> bool {

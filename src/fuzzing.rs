@@ -2,10 +2,10 @@
 //! cargo-fuzz target (`fuzz/fuzz_targets/`), also run over the committed corpus plus
 //! seeded mutations by `integration-tests/fuzz_corpus.rs`.
 //!
-//! The fuzz crate compiles this file and the modules it calls (`net::dimse`,
-//! `net::pdata`, `store::spool`, `imaging`) by path instead of depending on the library, so fuzz builds
-//! (whose coverage RUSTFLAGS rebuild every dependency) never build libtorch's bindings.
-//! Keep this file's imports to those modules.
+//! The fuzz crate compiles this file and the modules it calls (`net::dimse`, `net::pdata`,
+//! `store::header`, `store::length_guard`, `uid`, `imaging`) by path instead of depending
+//! on the library, so fuzz builds (whose coverage RUSTFLAGS rebuild every dependency) never
+//! build libtorch's bindings. Keep this file's imports to those modules.
 //!
 //! Input layout of the data-set targets: byte 0 picks the presentation context's transfer
 //! syntax (modulo [`TRANSFER_SYNTAXES`]), the rest is the data set exactly as it would
@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use crate::imaging::series;
 use crate::net::{dimse, pdata};
-use crate::store::spool;
+use crate::store::header::read_header;
+use crate::uid::{SPOOL_IMPLEMENTATION_CLASS_UID, SPOOL_IMPLEMENTATION_VERSION_NAME};
 
 /// The transfer syntaxes the SCP may negotiate (its candidate list).
 pub const TRANSFER_SYNTAXES: [&str; 9] = [
@@ -85,7 +86,7 @@ pub fn instance_header(data: &[u8]) {
     let Some(path) = spool_like_file(data) else {
         return;
     };
-    if let Ok(h) = spool::read_header(&path) {
+    if let Ok(h) = read_header(&path) {
         // The spool path and the state database rely on these being UIDs.
         for uid in [
             &h.sop_class_uid,
@@ -93,7 +94,7 @@ pub fn instance_header(data: &[u8]) {
             &h.study_instance_uid,
             &h.series_instance_uid,
         ] {
-            assert!(spool::valid_uid(uid), "read_header returned a non-UID");
+            assert!(crate::uid::is_valid(uid), "read_header returned a non-UID");
         }
     }
     let _ = std::fs::remove_file(&path);
@@ -105,7 +106,7 @@ pub fn imaging_slice(data: &[u8]) {
     let Some(path) = spool_like_file(data) else {
         return;
     };
-    if spool::read_header(&path).is_ok() {
+    if read_header(&path).is_ok() {
         if let Ok(slices) = series::read_slice_headers(&path) {
             let scan = series::group_by_series_uid(slices);
             for c in &scan.series {
@@ -144,8 +145,8 @@ pub fn write_part10(path: &Path, ts: &str, body: &[u8]) -> std::io::Result<()> {
         .media_storage_sop_instance_uid(SOP_INSTANCE)
         .transfer_syntax(ts)
         .source_application_entity_title("FUZZ")
-        .implementation_class_uid(spool::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(spool::IMPLEMENTATION_VERSION_NAME)
+        .implementation_class_uid(SPOOL_IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(SPOOL_IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(std::io::Error::other)?;
     let mut head = Vec::with_capacity(512 + body.len());

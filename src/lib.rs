@@ -46,6 +46,7 @@ pub mod stand_in;
 pub mod store;
 pub mod study;
 pub mod synth;
+pub mod uid;
 pub mod worker;
 
 #[cfg(test)]

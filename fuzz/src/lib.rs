@@ -6,8 +6,12 @@
 pub mod dimse_src;
 #[path = "../../src/net/pdata.rs"]
 pub mod pdata_src;
-#[path = "../../src/store/spool.rs"]
-pub mod spool_src;
+#[path = "../../src/store/header.rs"]
+pub mod header_src;
+#[path = "../../src/store/length_guard.rs"]
+pub mod length_guard_src;
+#[path = "../../src/uid.rs"]
+pub mod uid;
 
 pub mod net {
     pub use super::dimse_src as dimse;
@@ -15,7 +19,8 @@ pub mod net {
 }
 
 pub mod store {
-    pub use super::spool_src as spool;
+    pub use super::header_src as header;
+    pub use super::length_guard_src as length_guard;
 }
 
 #[path = "../../src/imaging/mod.rs"]

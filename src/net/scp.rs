@@ -31,10 +31,10 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use super::dimse::{self, status, Command};
 use super::pdata;
 use crate::config::{canonical_ip, Config, ResolvedSource, SharedConfig};
-use crate::store::spool::{
-    read_header, valid_uid, FinishedInstance, HeaderError, InstanceHeader, Spool, TempInstance,
-};
+use crate::store::header::{read_header, HeaderError, InstanceHeader};
+use crate::store::spool::{FinishedInstance, Spool, TempInstance};
 use crate::store::state::{InstanceRecord, RecordOutcome, State};
+use crate::uid;
 use bytes::Buf;
 use dicom_ul::association::AsyncAssociation;
 
@@ -655,7 +655,7 @@ fn on_command(
                     status: status::SOP_CLASS_NOT_SUPPORTED,
                     comment: "SOP class not supported on this context".into(),
                 }
-            } else if !valid_uid(&cmd.affected_sop_instance_uid) {
+            } else if !uid::is_valid(&cmd.affected_sop_instance_uid) {
                 warn!(calling_ae = %conn.calling_ae, len = cmd.affected_sop_instance_uid.len(), "C-STORE with a malformed Affected SOP Instance UID: refusing (C001)");
                 Sink::Discard {
                     status: status::BAD_UID,

@@ -10,7 +10,8 @@ use super::codes;
 use super::items::{
     code_value_item, put_empty, put_seq, put_str, put_strs, text_item, uidref_item, Obj, Rel,
 };
-use super::{uid, Context, ReportError, MODEL_NAME_EQUIPMENT};
+use super::{Context, ReportError, MODEL_NAME_EQUIPMENT};
+use crate::uid;
 
 /// Patient, Clinical Trial Subject, General Study and Patient Study attributes copied verbatim
 /// from the source, so that `dcentvfy` sees one patient and one study. The `bool` marks Type 2
@@ -299,16 +300,12 @@ pub(crate) fn to_part10(
     sop_class: &str,
     sop_instance: &str,
 ) -> Result<Vec<u8>, ReportError> {
-    let version_name: String = format!("PRIMANODE_{}", env!("CARGO_PKG_VERSION"))
-        .chars()
-        .take(16)
-        .collect();
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_instance)
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(uid::implementation_class_uid())
-        .implementation_version_name(version_name)
+        .implementation_class_uid(uid::OUTPUT_IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(uid::OUTPUT_IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(|e| ReportError::Encode(e.to_string()))?;
     let file = obj.with_exact_meta(meta);

@@ -43,11 +43,11 @@ mod header;
 mod items;
 pub mod kos;
 pub mod sr;
-pub mod uid;
 
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 
+use crate::uid;
 use items::get_str;
 
 /// The job types the report builder reads and returns (one definition, in `crate::job`).

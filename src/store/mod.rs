@@ -1,6 +1,16 @@
 //! Durable storage: received instances ([`spool`]), bookkeeping ([`state`]) and the
 //! queue of results to send ([`outbox`]); a study's model input as recorded ([`input`]).
+//!
+//! - [`header`] reads what the node needs from a received instance, after
+//!   [`length_guard`] made sure parsing it cannot allocate more than it holds.
+//! - [`hash`] is the content hash of a data set; [`durable`] the fsync and atomic-write
+//!   primitives the spool and the outbox share; [`error`] their error.
+pub mod durable;
+pub mod error;
+pub mod hash;
+pub mod header;
 pub mod input;
+pub mod length_guard;
 pub mod outbox;
 pub mod spool;
 pub mod state;

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spool::{
-    create_private_dir, sha256_hex, valid_uid, write_atomic, write_atomic_many, SpoolError,
-};
+use crate::store::durable::{create_private_dir, write_atomic, write_atomic_many};
+use crate::store::error::SpoolError;
+use crate::store::hash::sha256_hex;
+use crate::uid;
 
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -51,7 +52,7 @@ impl Outbox {
         sop_instance_uid: &str,
         bytes: &[u8],
     ) -> Result<PathBuf, SpoolError> {
-        debug_assert!(valid_uid(sop_instance_uid));
+        debug_assert!(uid::is_valid(sop_instance_uid));
         let name = format!("{}.dcm", sha256_hex(sop_instance_uid.as_bytes()));
         write_atomic(&self.objects, &name, bytes)
     }
@@ -61,9 +62,9 @@ impl Outbox {
     pub fn persist_objects(&self, objects: &[(&str, &[u8])]) -> Result<Vec<PathBuf>, SpoolError> {
         let names: Vec<String> = objects
             .iter()
-            .map(|(uid, _)| {
-                debug_assert!(valid_uid(uid));
-                format!("{}.dcm", sha256_hex(uid.as_bytes()))
+            .map(|(sop_instance_uid, _)| {
+                debug_assert!(uid::is_valid(sop_instance_uid));
+                format!("{}.dcm", sha256_hex(sop_instance_uid.as_bytes()))
             })
             .collect();
         let files: Vec<(&str, &[u8])> = names

@@ -1,0 +1,22 @@
+//! The node's durable bookkeeping in SQLite (WAL): studies, series, instances, jobs,
+//! outputs, outbox and an audit trail. Every statement is parameterised; no SQL text is
+//! ever built from values.
+//!
+//! One connection behind a mutex: the writers (associations, assembler, worker, sender) do
+//! small transactions, and a single writer is what SQLite serialises to anyway.
+
+mod db;
+mod instances;
+mod jobs;
+mod outbox;
+mod schema;
+mod studies;
+#[cfg(test)]
+mod tests;
+
+pub use db::{now_ms, Counts, State, StateError};
+pub use instances::{InstanceRecord, RecordOutcome, StoredInstance};
+pub use jobs::{JobRow, OutputRow};
+pub use outbox::OutboxRow;
+pub use schema::{job_state, outbox_state, study_state};
+pub use studies::StudyRow;
