@@ -57,7 +57,7 @@ fn run_one(target: &str, f: Target, name: &str, data: &[u8]) -> Duration {
     let took = t0.elapsed();
     let slow = took > Duration::from_secs(20);
     if r.is_err() || slow {
-        let hash = prima_node::store::spool::sha256_hex(data);
+        let hash = prima_node::store::hash::sha256_hex(data);
         let dir = std::env::temp_dir()
             .join("prima-fuzz-failures")
             .join(target);

@@ -20,7 +20,7 @@ fn cases() -> Vec<Case> {
         hostile::association::cases(),
         hostile::dataset::cases(),
         hostile::dimse::cases(),
-        hostile::uid::cases(),
+        hostile::uids::cases(),
         hostile::size::cases(),
         hostile::pdu::cases(),
     ]
@@ -121,7 +121,7 @@ fn length_guard_accepts_every_fixture() {
         if !is_dicom {
             continue;
         }
-        prima_node::store::spool::check_element_lengths(&p)
+        prima_node::store::length_guard::check_element_lengths(&p)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         n += 1;
     }

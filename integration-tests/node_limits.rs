@@ -302,7 +302,7 @@ fn disk_below_floor_on_tmpfs_refuses_then_recovers() {
 
     // Fill the filesystem until less than the floor is free.
     let ballast = mnt.join("ballast");
-    let free = prima_node::store::spool::free_mb(&mnt).unwrap();
+    let free = prima_node::store::durable::free_mb(&mnt).unwrap();
     let fill = (free.saturating_sub(floor_mb / 2)) * 1024 * 1024;
     {
         let mut f = std::fs::File::create(&ballast).unwrap();
@@ -315,7 +315,7 @@ fn disk_below_floor_on_tmpfs_refuses_then_recovers() {
         }
         f.sync_all().unwrap();
     }
-    let low = prima_node::store::spool::free_mb(&mnt).unwrap();
+    let low = prima_node::store::durable::free_mb(&mnt).unwrap();
     assert!(low < floor_mb, "free {low} MB");
     let out = storescu(port, SCU_AE, &series[0][..3]);
     let t = text(&out);
@@ -377,7 +377,7 @@ fn disk_full_while_processing_recovers_when_space_returns() {
         .log_text()
         .contains("processing study")));
     let ballast = fill_completely(&mnt);
-    assert_eq!(prima_node::store::spool::free_mb(&mnt).unwrap(), 0);
+    assert_eq!(prima_node::store::durable::free_mb(&mnt).unwrap(), 0);
     std::thread::sleep(Duration::from_secs(5));
     let during = node.status();
     std::fs::remove_file(&ballast).unwrap();

@@ -15,25 +15,27 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use dicom_dictionary_std::uids;
+
 use crate::imaging::series;
 use crate::net::{dimse, pdata};
 use crate::store::header::read_header;
-use crate::uid::{SPOOL_IMPLEMENTATION_CLASS_UID, SPOOL_IMPLEMENTATION_VERSION_NAME};
+use crate::uid::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// The transfer syntaxes the SCP may negotiate (its candidate list).
 pub const TRANSFER_SYNTAXES: [&str; 9] = [
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.5",
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
+    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+    uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::JPEG_LOSSLESS_SV1,
+    uids::JPEG_LOSSLESS,
+    uids::JPEG_BASELINE8_BIT,
+    uids::RLE_LOSSLESS,
+    uids::JPEG2000_LOSSLESS,
+    uids::JPEG2000,
 ];
 
-const SOP_CLASS: &str = "1.2.840.10008.5.1.4.1.1.4";
+const SOP_CLASS: &str = uids::MR_IMAGE_STORAGE;
 const SOP_INSTANCE: &str = "1.2.826.0.1.3680043.2.1143.1";
 
 /// A P-DATA-TF PDU as the SCP parses it in place: a parse never reads outside the PDU and
@@ -145,8 +147,8 @@ pub fn write_part10(path: &Path, ts: &str, body: &[u8]) -> std::io::Result<()> {
         .media_storage_sop_instance_uid(SOP_INSTANCE)
         .transfer_syntax(ts)
         .source_application_entity_title("FUZZ")
-        .implementation_class_uid(SPOOL_IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(SPOOL_IMPLEMENTATION_VERSION_NAME)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(std::io::Error::other)?;
     let mut head = Vec::with_capacity(512 + body.len());

@@ -9,11 +9,13 @@
 //! ```
 //!
 //! Layout, in flow order:
+//! - [`uid`] — what counts as a UID, the UIDs the node derives, its implementation identity.
 //! - [`config`] — the TOML schema, its validation and live reload.
 //! - [`net`] — DICOM networking: associations and C-STORE in (`scp`, `pdata`, `dimse`),
 //!   C-STORE out (`scu`), DICOM TLS (`tls`).
-//! - [`store`] — durable storage: received instances (`spool`), the SQLite bookkeeping
-//!   (`state`), a study's recorded model input (`input`), results to send (`outbox`).
+//! - [`store`] — durable storage: received instances (`spool`, with `header` reading and
+//!   `length_guard` vetting them, `hash`, `durable` files), the SQLite bookkeeping (`state`),
+//!   a study's recorded model input (`input`), results to send (`outbox`).
 //! - [`study`] — assembly: when a study is stable, whether Prima should run, the jobs.
 //! - [`job`] — the study job and the processor contract, shared by assembler, worker,
 //!   processor and report.
@@ -25,7 +27,8 @@
 //!   input tokens (pure Rust, no libtorch). Mirrors spec §1–§7 and §9.4.
 //! - [`model`] — the Prima network in libtorch (`tch`): VQ-VAE encoder, patchifier,
 //!   name encoders, HierViT, heads; weights looked up by upstream state-dict key paths.
-//! - [`report`] — the findings SR, the priority KOS and the summary card.
+//! - [`report`] — the findings SR, the priority KOS and the summary card (`header`, `items`:
+//!   the attributes and content items they share).
 //! - [`node`] — `serve`: wires the pieces into threads; `check-config`, `status`.
 //! - [`pyjson`] — Python `json.dumps` formatting, for upstream-identical JSON.
 //! - [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.

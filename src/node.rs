@@ -20,8 +20,11 @@ use crate::job::{ProcessError, ProcessorFactory, WorkItem};
 use crate::net::{scp, scu};
 use crate::process::background::{self, BackgroundCtx};
 use crate::process::PrepareCache;
+use crate::store::durable::create_private_dir;
+use crate::store::hash::content_hash;
+use crate::store::header::{data_set_of, read_header};
 use crate::store::outbox::Outbox;
-use crate::store::spool::{create_private_dir, read_header, Spool, SpoolError};
+use crate::store::spool::{Spool, SpoolError};
 use crate::store::state::{self, InstanceRecord, State, StateError};
 use crate::study::assembler;
 use crate::worker::{self, WorkerCtx};
@@ -383,7 +386,7 @@ fn recover_instance(spool: &Spool, path: &Path) -> Option<InstanceRecord> {
     }
     let bytes = std::fs::read(path).ok()?;
     // Hashed as the SCP hashes it: the data set, without the meta group.
-    let ds = crate::store::spool::data_set_of(&bytes)?;
+    let ds = data_set_of(&bytes)?;
     Some(InstanceRecord {
         sop_uid: h.sop_instance_uid,
         study_uid: h.study_instance_uid,
@@ -394,7 +397,7 @@ fn recover_instance(spool: &Spool, path: &Path) -> Option<InstanceRecord> {
         series_number: h.series_number,
         series_description: h.series_description,
         path: path.to_owned(),
-        content_hash: crate::store::spool::content_hash(ds),
+        content_hash: content_hash(ds),
         size: ds.len() as u64,
         calling_ae: "(recovered)".into(),
         peer: String::new(),

@@ -16,15 +16,11 @@ pub struct FakeProcessor;
 
 const UID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5a0c_31c6_6f0e_4f6e_9a53_7c1b_9d2e_0b41);
 
-/// `2.25.<uuid v5 as decimal>`: a deterministic UID from a name.
-pub fn uid_from_name(name: &str) -> String {
-    format!(
-        "2.25.{}",
-        uuid::Uuid::new_v5(&UID_NAMESPACE, name.as_bytes()).as_u128()
-    )
+fn uid_from_name(name: &str) -> String {
+    crate::uid::from_name(&UID_NAMESPACE, name)
 }
 
-pub const BASIC_TEXT_SR: &str = "1.2.840.10008.5.1.4.1.1.88.11";
+const BASIC_TEXT_SR: &str = dicom_dictionary_std::uids::BASIC_TEXT_SR_STORAGE;
 
 impl StudyProcessor for FakeProcessor {
     fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
@@ -177,9 +173,9 @@ fn fake_sr(
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(BASIC_TEXT_SR)
         .media_storage_sop_instance_uid(sop)
-        .transfer_syntax("1.2.840.10008.1.2.1")
-        .implementation_class_uid(crate::store::spool::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(crate::store::spool::IMPLEMENTATION_VERSION_NAME)
+        .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .implementation_class_uid(crate::uid::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(crate::uid::IMPLEMENTATION_VERSION_NAME)
         .build()?;
     let file = o.with_exact_meta(meta);
     let mut out = Vec::new();
@@ -190,7 +186,7 @@ fn fake_sr(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::spool::valid_uid;
+    use crate::uid::is_valid as valid_uid;
 
     #[test]
     fn fake_processor_is_deterministic() {

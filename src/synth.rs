@@ -126,11 +126,7 @@ impl SynthStudy {
 
 fn uid(seed: u64, parts: &[&str]) -> String {
     let ns = uuid::Uuid::from_u128(0x7072_696d_615f_6e6f_6465_5f73_796e_7468);
-    let name = format!("{seed}/{}", parts.join("/"));
-    format!(
-        "2.25.{}",
-        uuid::Uuid::new_v5(&ns, name.as_bytes()).as_u128()
-    )
+    crate::uid::from_name(&ns, &format!("{seed}/{}", parts.join("/")))
 }
 
 /// (row direction, column direction) for a plane, as DICOM IOP.

@@ -6,7 +6,7 @@ pub mod dataset;
 pub mod dimse;
 pub mod pdu;
 pub mod size;
-pub mod uid;
+pub mod uids;
 pub mod wire;
 
 use std::time::Duration;

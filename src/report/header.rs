@@ -304,8 +304,8 @@ pub(crate) fn to_part10(
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_instance)
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(uid::OUTPUT_IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(uid::OUTPUT_IMPLEMENTATION_VERSION_NAME)
+        .implementation_class_uid(uid::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(uid::IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(|e| ReportError::Encode(e.to_string()))?;
     let file = obj.with_exact_meta(meta);

@@ -35,19 +35,10 @@ use crate::store::durable::{commit_file, fsync_dir, run_on_pool, start_writeback
 use crate::store::error::io_err;
 pub use crate::store::error::SpoolError;
 use crate::store::hash::ContentHasher;
-use crate::uid::{SPOOL_IMPLEMENTATION_CLASS_UID, SPOOL_IMPLEMENTATION_VERSION_NAME};
+use crate::uid::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
-// Shims: the old paths of items that moved out of this file, for callers not switched yet
-// (node.rs, worker.rs, integration tests). This file uses `create_private_dir`, `free_mb`
-// and `sha256_hex` itself: import them privately when the shims go.
-pub use crate::store::durable::{create_private_dir, free_mb};
-pub use crate::store::hash::{content_hash, sha256_hex};
-pub use crate::store::header::{data_set_of, read_header};
-pub use crate::store::length_guard::check_element_lengths;
-pub use crate::uid::{
-    is_valid as valid_uid, SPOOL_IMPLEMENTATION_CLASS_UID as IMPLEMENTATION_CLASS_UID,
-    SPOOL_IMPLEMENTATION_VERSION_NAME as IMPLEMENTATION_VERSION_NAME,
-};
+use crate::store::durable::{create_private_dir, free_mb};
+use crate::store::hash::sha256_hex;
 
 /// The spool directory tree.
 #[derive(Debug, Clone)]
@@ -150,8 +141,8 @@ impl Spool {
             .media_storage_sop_instance_uid(sop_instance_uid)
             .transfer_syntax(transfer_syntax)
             .source_application_entity_title(calling_ae.trim())
-            .implementation_class_uid(SPOOL_IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(SPOOL_IMPLEMENTATION_VERSION_NAME)
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
             .build()
             .map_err(|e| SpoolError::Meta(e.to_string()))?;
         let path = self

@@ -161,7 +161,7 @@ mod tests {
             series_uid: series.into(),
             sop_class_uid: crate::config::MR_IMAGE_STORAGE.into(),
             modality: modality.into(),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            transfer_syntax: dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
             series_number: "1".into(),
             series_description: String::new(),
             path: "/x".into(),

@@ -6,8 +6,8 @@ use tracing::{info, warn};
 
 use super::WorkerCtx;
 use crate::job::{ProcessedStudy, WorkItem};
-use crate::store::spool::valid_uid;
 use crate::store::state::OutputRow;
+use crate::uid::is_valid as valid_uid;
 
 pub(super) enum FinishError {
     /// The outputs are unusable: the job fails.
