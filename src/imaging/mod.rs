@@ -3,14 +3,17 @@
 //!
 //! - [`natsort`]: natsort's default key (§1.2), for upstream's file-name slice order.
 //! - [`pixel`]: ITK pixel type chosen from rescale + bits stored (§1.6), cast-back (§3.5).
-//! - [`series`]: reading instances (files or frames), grouping, slice order, geometry
-//!   (§1.7), series names (§1.8), skip reasons.
+//! - [`header`]: one instance's header → one [`header::SliceMeta`] per image (file or
+//!   frame), with the header values that size buffers checked against the file.
+//! - [`series`]: grouping instances into series, slice order, geometry (§1.7), series
+//!   names (§1.8), pixel data → volume, skip reasons.
 //! - [`itk`]: LINPACK dsvdc-based 3×3 inverse as VXL computes it (§3.1).
 //! - [`resample`]: in-plane resample to 256×256 bit-exactly as ITK 5.4 (§2–§3).
 //! - [`orient`]: DICOMOrient('LPS') (§4).
 //! - [`tokens`]: padding, mask, scaling, patches, otsu values, 4→8 (§5, §7).
 //! - [`otsu`]: bins, hole filling, token selection with fallback (§6).
 //! - [`text`]: `chartovec` (§9.4).
+pub mod header;
 pub mod itk;
 pub mod natsort;
 pub mod orient;
