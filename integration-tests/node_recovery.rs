@@ -6,6 +6,7 @@ mod fixtures;
 
 use common::*;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -259,4 +260,110 @@ fn failed_after_three_attempts(node: &Node) -> (String, String) {
     assert!(line.contains(" failed "), "{status}");
     assert!(line.contains("attempts=3"), "{status}");
     (status, line)
+}
+
+/// Pids of the node's child processes (its worker).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            v.push(child);
+        }
+    }
+    v
+}
+
+/// Kills the node's worker process, as the OOM killer would, once it is running a job.
+fn kill_worker(node: &Node, ready_before: usize) {
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .log_text()
+            .matches("worker process ready")
+            .count()
+            > ready_before),
+        "{}",
+        node.log_text()
+    );
+    // The job reaches the worker right after it is ready (or right after dispatch).
+    std::thread::sleep(Duration::from_millis(500));
+    let kids = children_of(node.pid().unwrap());
+    assert_eq!(kids.len(), 1, "one worker process: {kids:?}");
+    let _ = Command::new("kill")
+        .args(["-9", &kids[0].to_string()])
+        .status();
+}
+
+#[test]
+fn a_study_that_keeps_killing_the_worker_fails_and_the_next_study_gets_its_results() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let o = NodeOpts {
+        // A window in which the job is inside the worker process.
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "3000".into())],
+        ..NodeOpts::default()
+    };
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let a = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &a[..2], 2);
+    assert!(wait_until(Duration::from_secs(30), || node
+        .log_text()
+        .contains("processing study")));
+    // Every try of the study dies in the worker (the default allows 2).
+    kill_worker(&node, 0);
+    kill_worker(&node, 1);
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .status()
+            .lines()
+            .any(|l| l.contains(" failed ") && l.contains("crashed 2 time(s)"))),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    assert!(echoscu(node.opts.port, SCU_AE, NODE_AE).status.success());
+    assert!(
+        dest.received().is_empty(),
+        "nothing sent for the failed study"
+    );
+    // The node goes on: a fresh worker takes the next study, whose results arrive.
+    let other = tempfile::tempdir().unwrap();
+    assert!(Command::new(bin())
+        .args(["synth-study", "--seed", "7", "--out"])
+        .arg(other.path())
+        .status()
+        .unwrap()
+        .success());
+    let files = walk_files(other.path());
+    send_study(node.opts.port, &[files.clone()], 1);
+    let c_uid = study_uid_of(&files[0]);
+    assert!(
+        wait_until(Duration::from_secs(60), || dest
+            .received_objects()
+            .iter()
+            .any(|(_, _, o)| o
+                .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .is_some_and(|s| s.trim_end_matches('\0') == c_uid))),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    assert_eq!(node.log_text().matches("worker process ready").count(), 3);
 }

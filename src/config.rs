@@ -103,6 +103,9 @@ pub struct ModelSection {
     pub dir: PathBuf,
     #[serde(default = "default_device")]
     pub device: String,
+    /// Crashes of the worker process on one study before the study is marked failed.
+    #[serde(default = "default_max_crashes")]
+    pub max_crashes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -223,6 +226,9 @@ fn default_max_pdu_length() -> u32 {
 }
 fn default_device() -> String {
     "cpu".into()
+}
+fn default_max_crashes() -> u32 {
+    2
 }
 fn default_quiet_period_s() -> f64 {
     30.0
@@ -364,6 +370,9 @@ impl Config {
         }
         if self.model.dir.as_os_str().is_empty() {
             p.push("[model] dir: empty path".into());
+        }
+        if self.model.max_crashes == 0 {
+            p.push("[model] max_crashes: must be at least 1".into());
         }
         let dev = self.model.device.as_str();
         let dev_ok = dev == "cpu"

@@ -1,12 +1,14 @@
 //! The study job: what the assembler hands to the worker, what a processor gives back, and
-//! the contract between the two. Every stage after assembly speaks these types, so a job
-//! could as well cross a process or machine boundary: nothing here refers to the model,
-//! the database or the network.
+//! the contract between the two. Every stage after assembly speaks these types, and a job
+//! crosses a process boundary as they are (`crate::worker::protocol`): nothing here refers
+//! to the model, the database or the network.
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 /// One instance of a job, as the processor reads it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInstance {
     /// Part-10 file in the spool.
     pub path: PathBuf,
@@ -21,7 +23,7 @@ pub struct JobInstance {
 
 /// An earlier SR or KOS of the same study that this run supersedes (Predecessor
 /// Documents).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PredecessorRef {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
@@ -29,7 +31,7 @@ pub struct PredecessorRef {
 }
 
 /// A stable study, ready for the model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudyJob {
     pub study_instance_uid: String,
     /// The instances the model may read (model SOP classes, configured modalities).
@@ -52,7 +54,8 @@ pub struct WorkItem {
 }
 
 /// Which result object an output is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputKind {
     Sr,
     Kos,
@@ -104,6 +107,10 @@ pub enum ProcessError {
     Load(String),
     #[error("study could not be processed: {0}")]
     Failed(String),
+    /// The process running the processor died (an abort, a stack overflow, the OOM
+    /// killer): worth trying again in a fresh one, a few times.
+    #[error("worker process crashed: {0}")]
+    Crashed(String),
 }
 
 /// Runs the model (and builds the result objects) for one study.

@@ -30,6 +30,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The worker process `serve` starts to run the model (not for use by hand).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
     /// Print studies by state and the outbox.
@@ -146,7 +152,8 @@ fn init_logging() {
 
 /// The study processor `serve` runs. `PRIMA_NODE_FAKE_PROCESSOR=1` selects the model-free
 /// stand-in used by the node's integration tests.
-/// The study processor `serve` runs, and the cache its background preparation fills.
+/// The study processor the worker process runs, and the cache its background preparation
+/// fills.
 /// With the `stand-in` feature (tests, benchmarks), `PRIMA_NODE_FAKE_PROCESSOR=1` selects
 /// the model-free stand-in instead.
 fn processor() -> (ProcessorFactory, Option<Arc<PrepareCache>>) {
@@ -173,12 +180,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => {
             init_logging();
-            let (factory, cache) = processor();
-            match prima_node::node::serve(&config, factory, cache) {
+            let factory = prima_node::worker::isolated::factory(&config);
+            match prima_node::node::serve(&config, factory) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "prima-node failed");
                     eprintln!("prima-node: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Worker { config } => {
+            init_logging();
+            let _span = tracing::info_span!("worker", pid = std::process::id()).entered();
+            let (factory, cache) = processor();
+            match prima_node::node::serve_worker(&config, factory, cache) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "prima-node worker failed");
                     ExitCode::FAILURE
                 }
             }
@@ -314,7 +333,10 @@ fn run(command: Command) -> Result<()> {
             println!("prepare_seconds {secs:.4}");
             Ok(())
         }
-        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Status { .. } => {
+        Command::Serve { .. }
+        | Command::Worker { .. }
+        | Command::CheckConfig { .. }
+        | Command::Status { .. } => {
             unreachable!("handled in main")
         }
     }

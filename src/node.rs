@@ -1,12 +1,18 @@
-//! `prima-node serve`: wires the pieces together and runs them until SIGTERM.
+//! `prima-node serve`: wires the pieces together and runs them until SIGTERM; and
+//! `prima-node worker`, the process that runs the model for it.
 //!
-//! Threads: a tokio multi-thread runtime for the DICOM service; one assembler thread
-//! (stability checks, job dispatch, systemd status and watchdog), woken by each recorded
-//! arrival and by the worker taking or finishing a job; the inference worker (owns the
-//! processor); background preparation of studies still arriving (`crate::process::background`,
-//! when the processor uses its cache); the sender; the config watcher. On start, state is rebuilt from
-//! SQLite and the spool: stale temporary files are removed, spool files the database does
-//! not know are indexed, unfinished jobs and outbox entries are queued again.
+//! Threads of `serve`: a tokio multi-thread runtime for the DICOM service; one assembler
+//! thread (stability checks, job dispatch, systemd status and watchdog), woken by each
+//! recorded arrival and by the worker taking or finishing a job; the inference worker
+//! (hands each job to the processor, in `prima-node` as the worker process); the sender;
+//! the config watcher. On start, state is rebuilt from SQLite and the spool: stale
+//! temporary files are removed, spool files the database does not know are indexed,
+//! unfinished jobs and outbox entries are queued again.
+//!
+//! The worker process ([`serve_worker`]) runs the processor and, when the processor takes
+//! prepared series from a cache, background preparation of studies still arriving
+//! (`crate::process::background`), reading the state database: everything that parses a
+//! peer's pixel data runs there, so nothing it does can end the node.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +59,47 @@ pub enum NodeError {
 
 /// How long in-flight associations may take to finish after SIGTERM before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// `prima-node worker`: the processor `make_processor` builds, serving the node that started
+/// this process over the socket on [`worker::isolated::WORKER_FD`]; with `prepare_cache`,
+/// background preparation fills it. Returns when the node is gone.
+pub fn serve_worker(
+    config_path: &Path,
+    make_processor: ProcessorFactory,
+    prepare_cache: Option<Arc<PrepareCache>>,
+) -> Result<(), NodeError> {
+    use std::os::fd::FromRawFd;
+    let cfg = Config::load(config_path)?;
+    // SAFETY: the node passes our end of the socket on this descriptor and nothing else in
+    // this process owns it.
+    let sock = unsafe { std::os::unix::net::UnixStream::from_raw_fd(worker::isolated::WORKER_FD) };
+    let shared = SharedConfig::new(cfg.clone());
+    let _watcher = watch_config(config_path, shared.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let _background = match prepare_cache {
+        Some(cache) => Some(
+            background::spawn(
+                BackgroundCtx {
+                    state: Arc::new(State::open_read_only(&cfg.node.state_dir)?),
+                    config: shared,
+                    cache,
+                },
+                stop.clone(),
+            )
+            .map_err(|source| NodeError::Io {
+                what: "cannot start the background preparation thread".into(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let served = worker::child::serve(sock, make_processor, &cfg);
+    stop.store(true, Ordering::SeqCst);
+    served.map_err(|source| NodeError::Io {
+        what: "worker connection to the node".into(),
+        source,
+    })
+}
+
 /// Longest the assembler sleeps without being woken: for the watchdog, the status line, and
 /// changes nothing announces (a configuration reload).
 const MAX_NAP: Duration = Duration::from_secs(1);
@@ -60,13 +107,8 @@ const MAX_NAP: Duration = Duration::from_secs(1);
 const WORKER_QUEUE: usize = 2;
 
 /// Run the node until SIGTERM/SIGINT. `make_processor` is called once, on the worker
-/// thread, to load the model; `prepare_cache`, when the processor takes prepared series
-/// from one, is filled by the background preparation thread.
-pub fn serve(
-    config_path: &Path,
-    make_processor: ProcessorFactory,
-    prepare_cache: Option<Arc<PrepareCache>>,
-) -> Result<(), NodeError> {
+/// thread, to build the processor (in `prima-node serve`: start the worker process).
+pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), NodeError> {
     let cfg = Config::load_with(config_path, &crate::net::tls::ContextCheck)?;
     let state_dir = cfg.node.state_dir.clone();
     create_private_dir(&state_dir).map_err(|source| NodeError::Io {
@@ -111,24 +153,6 @@ pub fn serve(
     let job_tx = spawned.sender;
 
     let stop = Arc::new(AtomicBool::new(false));
-    // Background preparation of studies still arriving, for processors that use it.
-    let speculator = match prepare_cache {
-        Some(cache) => Some(
-            background::spawn(
-                BackgroundCtx {
-                    state: state.clone(),
-                    config: shared.clone(),
-                    cache,
-                },
-                stop.clone(),
-            )
-            .map_err(|source| NodeError::Io {
-                what: "cannot start the background preparation thread".into(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
     let sender = {
         let ctx = scu::SenderCtx {
             state: state.clone(),
@@ -232,9 +256,6 @@ pub fn serve(
     let _ = room_tx.try_send(());
     let _ = assembler_thread.join();
     let _ = sender.join();
-    // Not joined either: it stops between stages, but a stage of a large series can take
-    // seconds and its result is not needed.
-    drop(speculator);
     // The worker is not joined: a study in progress is re-run after the restart (its job is
     // still `running` in the database), which is cheaper than delaying shutdown by minutes.
     rt.shutdown_timeout(Duration::from_secs(1));

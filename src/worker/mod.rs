@@ -2,10 +2,16 @@
 //! once, on that thread, by the factory given to [`crate::node::serve`]) and receives jobs
 //! over a bounded `crossbeam-channel`, so back-pressure is explicit.
 //!
-//! The worker does not know the model: it calls a [`StudyProcessor`]. A failure (an `Err`
-//! or a panic) marks the job failed with its reason; the node stays up. What a job
-//! produced is made durable and queued for sending by [`results`].
+//! The worker does not know the model: it calls a [`StudyProcessor`]; in `serve` that is
+//! [`isolated::ChildProcessor`], which runs the model in a child process, so that nothing
+//! a study does to the model's process takes the node down. A failure (an `Err` or a
+//! panic) marks the job failed with its reason; a crash of the child is tried again in a
+//! fresh one, up to `[model] max_crashes` times, then the job fails with the crash as its
+//! reason. What a job produced is made durable and queued for sending by [`results`].
 
+pub mod child;
+pub mod isolated;
+pub mod protocol;
 mod results;
 
 use std::panic::AssertUnwindSafe;
@@ -92,15 +98,8 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<Work
             "processing study"
         );
         let t0 = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| processor.process(&item.job)))
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(ProcessError::Failed(format!("processor panicked: {msg}")))
-            });
+        let max_crashes = ctx.config.get().model.max_crashes;
+        let result = run_job(processor.as_mut(), &item.job, max_crashes);
         let ms = t0.elapsed().as_millis() as u64;
         let outcome = result.and_then(|p| {
             // Storage errors are retried with the results kept in memory: found by the
@@ -129,6 +128,45 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<Work
         // A re-run may be due now (instances arrived while it ran).
         let _ = ctx.wake_assembler.try_send(());
     }
+}
+
+/// Runs one job, trying again after a crash of the processor's process until `max_crashes`
+/// crashes, when the job fails with the last crash as its reason.
+fn run_job(
+    processor: &mut dyn StudyProcessor,
+    job: &crate::job::StudyJob,
+    max_crashes: u32,
+) -> Result<crate::job::ProcessedStudy, ProcessError> {
+    let mut crashes = 0;
+    loop {
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| processor.process(job)))
+            .unwrap_or_else(|p| {
+                Err(ProcessError::Failed(format!(
+                    "processor panicked: {}",
+                    panic_message(p)
+                )))
+            });
+        match r {
+            Err(ProcessError::Crashed(why)) => {
+                crashes += 1;
+                error!(crashes, max_crashes, reason = %why, "worker process crashed on this study");
+                if crashes >= max_crashes.max(1) {
+                    return Err(ProcessError::Failed(format!(
+                        "the worker process crashed {crashes} time(s) on this study (last: {why})"
+                    )));
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Retry `f` with backoff (1 s doubling to 30 s) until it succeeds; for writes that fail

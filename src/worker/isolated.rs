@@ -1,0 +1,220 @@
+//! The processor in a child process: `prima-node worker`, re-executed from this binary,
+//! loads the model and runs each job; the node talks to it over a Unix socket
+//! ([`super::protocol`]). An abort, a stack overflow, the OOM killer or a libtorch crash
+//! ends the child only: the node sees the socket close, reaps the child, reports
+//! [`ProcessError::Crashed`] and starts a fresh one for the next try.
+//!
+//! The child dies with the node (`PR_SET_PDEATHSIG`), so a killed node never leaves a
+//! worker behind holding the GPU.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use super::protocol::{self, FromWorker, ToWorker};
+use crate::job::{ProcessError, ProcessedStudy, ProcessorFactory, StudyJob, StudyProcessor};
+
+/// The descriptor the child finds its end of the socket on.
+pub const WORKER_FD: i32 = 3;
+
+/// A factory for [`crate::node::serve`] that runs the processor in a child process started
+/// with `config_path`.
+pub fn factory(config_path: &Path) -> ProcessorFactory {
+    let config_path = config_path.to_owned();
+    Box::new(move |_| Ok(Box::new(ChildProcessor::start(config_path)?)))
+}
+
+pub struct ChildProcessor {
+    config_path: PathBuf,
+    running: Option<Running>,
+    /// The job sent to the child now, so a crash can be told from a protocol error.
+    next_job_id: i64,
+}
+
+struct Running {
+    child: Child,
+    sock: UnixStream,
+}
+
+impl ChildProcessor {
+    /// Starts the worker process and waits until it has loaded the model, so that a model
+    /// that cannot be loaded stops the node at start as it always did.
+    pub fn start(config_path: PathBuf) -> Result<Self, ProcessError> {
+        let running = spawn(&config_path).map_err(ProcessError::Load)?;
+        Ok(ChildProcessor {
+            config_path,
+            running: Some(running),
+            next_job_id: 0,
+        })
+    }
+
+    fn exchange(
+        r: &mut Running,
+        job_id: i64,
+        job: &StudyJob,
+    ) -> Result<Result<ProcessedStudy, ProcessError>, String> {
+        let t0 = Instant::now();
+        protocol::send(
+            &mut r.sock,
+            &ToWorker::Job {
+                job_id,
+                job: job.clone(),
+            },
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+        let (msg, blobs) =
+            protocol::receive::<FromWorker>(&mut r.sock).map_err(|e| e.to_string())?;
+        match msg {
+            FromWorker::Done {
+                job_id: id,
+                outputs,
+                predictions_json,
+                run_json,
+                seconds,
+            } if id == job_id => {
+                let boundary_ms = ((t0.elapsed().as_secs_f64() - seconds) * 1000.0).max(0.0);
+                debug!(boundary_ms, "job results received from the worker process");
+                Ok(
+                    protocol::processed(outputs, blobs, predictions_json, run_json)
+                        .map_err(|e| ProcessError::Failed(format!("worker results: {e}"))),
+                )
+            }
+            FromWorker::Failed { job_id: id, reason } if id == job_id => {
+                Ok(Err(ProcessError::Failed(reason)))
+            }
+            other => Err(format!("unexpected message from the worker: {other:?}")),
+        }
+    }
+}
+
+impl StudyProcessor for ChildProcessor {
+    fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
+        let mut r = match self.running.take() {
+            Some(r) => r,
+            None => spawn(&self.config_path).map_err(ProcessError::Crashed)?,
+        };
+        self.next_job_id += 1;
+        match Self::exchange(&mut r, self.next_job_id, job) {
+            Ok(result) => {
+                self.running = Some(r);
+                result
+            }
+            Err(io) => {
+                let status = reap(&mut r.child);
+                debug!(error = %io, "worker connection lost");
+                Err(ProcessError::Crashed(status))
+            }
+        }
+    }
+}
+
+/// Starts `prima-node worker` and waits for its `Ready`.
+fn spawn(config_path: &Path) -> Result<Running, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
+    let (mut ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("cannot create the worker socket: {e}"))?;
+    let fd = theirs.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    // Stray prints of native libraries go to the log, never into the protocol.
+    let stdout = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot share stderr with the worker: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker")
+        .arg("--config")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout));
+    // SAFETY: only async-signal-safe calls between fork and exec (dup2, fcntl, prctl,
+    // getppid, _exit), on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == WORKER_FD {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, WORKER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The node died between fork and prctl: nobody will ever talk to us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let t0 = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the worker process: {e}"))?;
+    drop(theirs);
+    match protocol::receive::<FromWorker>(&mut ours) {
+        Ok((FromWorker::Ready { model }, _)) => {
+            info!(
+                pid = child.id(),
+                ms = t0.elapsed().as_millis() as u64,
+                %model,
+                "worker process ready"
+            );
+            Ok(Running { child, sock: ours })
+        }
+        Ok((FromWorker::LoadFailed { reason }, _)) => {
+            let _ = child.wait();
+            Err(reason)
+        }
+        Ok((other, _)) => {
+            let status = reap(&mut child);
+            Err(format!(
+                "worker process said {other:?} before Ready ({status})"
+            ))
+        }
+        Err(_) => Err(format!(
+            "worker process died while loading the model: {}",
+            reap(&mut child)
+        )),
+    }
+}
+
+/// Ends the child (if it lingers) and says how it ended.
+fn reap(child: &mut Child) -> String {
+    let status = match child.try_wait() {
+        Ok(Some(s)) => Ok(s),
+        _ => {
+            let _ = child.kill();
+            child.wait()
+        }
+    };
+    match status {
+        Ok(s) => describe(s),
+        Err(e) => format!("cannot reap the worker process: {e}"),
+    }
+}
+
+fn describe(s: ExitStatus) -> String {
+    if let Some(sig) = s.signal() {
+        let name = match sig {
+            libc::SIGABRT => " (SIGABRT: abort, e.g. a failed allocation or a stack overflow)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGBUS => " (SIGBUS)",
+            libc::SIGILL => " (SIGILL)",
+            libc::SIGFPE => " (SIGFPE)",
+            libc::SIGKILL => " (SIGKILL: e.g. the OOM killer)",
+            libc::SIGTERM => " (SIGTERM)",
+            _ => "",
+        };
+        format!("killed by signal {sig}{name}")
+    } else {
+        format!("exited with {s}")
+    }
+}
