@@ -350,7 +350,7 @@ fn a_study_that_keeps_killing_the_worker_fails_and_the_next_study_gets_its_resul
         .unwrap()
         .success());
     let files = walk_files(other.path());
-    send_study(node.opts.port, &[files.clone()], 1);
+    send_study(node.opts.port, std::slice::from_ref(&files), 1);
     let c_uid = study_uid_of(&files[0]);
     assert!(
         wait_until(Duration::from_secs(60), || dest
