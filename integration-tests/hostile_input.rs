@@ -22,6 +22,7 @@ fn cases() -> Vec<Case> {
         hostile::dimse::cases(),
         hostile::uids::cases(),
         hostile::size::cases(),
+        hostile::structure::cases(),
         hostile::pdu::cases(),
     ]
     .into_iter()

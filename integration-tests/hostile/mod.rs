@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod dimse;
 pub mod pdu;
 pub mod size;
+pub mod structure;
 pub mod uids;
 pub mod wire;
 

@@ -8,6 +8,11 @@ use std::path::Path;
 
 use dicom_dictionary_std::uids;
 
+/// Sequences (and the items in them) open at once, at most: 32 nested sequences, far more
+/// than any IOD uses (Enhanced MR needs 2), far fewer than it takes to overflow the parser's
+/// stack (200,000 undefined-length levels in 4 MB did).
+pub const MAX_OPEN: usize = 64;
+
 /// Why a file is not safe to hand to the parser (or could not be read to find out).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -19,7 +24,10 @@ pub struct UnsafeToParse(pub String);
 /// it, so a 1 KiB instance whose element claims 4 GiB made the node touch 4 GiB of memory
 /// (found by the hostile-input suite). Bounding every length by the bytes actually received
 /// bounds what parsing (here and in imaging, which reads the pixel data) can allocate.
-/// Sequences and items are entered, not skipped, so nested lengths are checked too.
+/// Sequences and items are entered, not skipped, so nested lengths are checked too; their
+/// nesting is bounded ([`MAX_OPEN`]) and the data set must close every one it opens. The
+/// file meta group ends where its group length says: a group-0002 element after it (inside
+/// the received data set) is refused, so a data set cannot pose as meta information.
 /// Big-endian data sets are not scanned (the node does not offer big endian). Deflated
 /// ones are refused: a few bytes of deflate inflate to an element claiming 4 GiB, which
 /// the parser then allocated (found by fuzzing), and the node no longer offers deflate.
@@ -37,6 +45,8 @@ pub fn check_element_lengths(path: &Path) -> Result<(), UnsafeToParse> {
     }
     f.seek(SeekFrom::Start(132)).map_err(ioe)?;
     let mut pos: u64 = 132;
+    // Where the meta group ends, from (0002,0000) (the spool always writes it).
+    let mut meta_end: Option<u64> = None;
     let mut ts = String::new();
     let mut explicit = true;
     let mut in_meta = true;
@@ -63,7 +73,13 @@ pub fn check_element_lengths(path: &Path) -> Result<(), UnsafeToParse> {
         f.read_exact(&mut h).map_err(ioe)?;
         let g = u16::from_le_bytes([h[0], h[1]]);
         let e = u16::from_le_bytes([h[2], h[3]]);
-        if in_meta && g != 0x0002 {
+        let past_meta = !in_meta || meta_end.is_some_and(|end| pos >= end);
+        if past_meta && g == 0x0002 {
+            return Err(UnsafeToParse(format!(
+                "file meta element (0002,{e:04X}) inside the data set at byte {pos}"
+            )));
+        }
+        if in_meta && (g != 0x0002 || past_meta) {
             in_meta = false;
             match ts.trim_end_matches(['\0', ' ']) {
                 uids::IMPLICIT_VR_LITTLE_ENDIAN => explicit = false,
@@ -137,6 +153,9 @@ pub fn check_element_lengths(path: &Path) -> Result<(), UnsafeToParse> {
             if (g, e) == (0x7FE0, 0x0010) {
                 in_encap = true;
             } else if !in_encap {
+                if open.len() >= MAX_OPEN {
+                    return bad("sequences nested deeper than 32 levels");
+                }
                 open.push(u64::MAX);
             }
             continue;
@@ -202,7 +221,17 @@ pub fn check_element_lengths(path: &Path) -> Result<(), UnsafeToParse> {
             )));
         }
         if sq || ((g, e) == (0xFFFE, 0xE000) && !in_encap) {
+            if open.len() >= MAX_OPEN {
+                return bad("sequences nested deeper than 32 levels");
+            }
             open.push(end);
+            continue;
+        }
+        if pos == 140 && (g, e) == (0x0002, 0x0000) && len == 4 {
+            let mut v = [0u8; 4];
+            f.read_exact(&mut v).map_err(ioe)?;
+            meta_end = Some(pos + 4 + u64::from(u32::from_le_bytes(v)));
+            pos += 4;
             continue;
         }
         if in_meta && (g, e) == (0x0002, 0x0010) && len <= 128 {
@@ -214,7 +243,98 @@ pub fn check_element_lengths(path: &Path) -> Result<(), UnsafeToParse> {
         }
         pos += u64::from(len);
     }
+    while open.last() == Some(&pos) {
+        open.pop();
+    }
+    if !open.is_empty() {
+        return Err(UnsafeToParse(format!(
+            "data set ends inside {} open item(s) or sequence(s)",
+            open.len()
+        )));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dicom_dictionary_std::uids;
+
+    fn check(body: &[u8]) -> Result<(), super::UnsafeToParse> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.dcm");
+        crate::fuzzing::write_part10(&path, uids::EXPLICIT_VR_LITTLE_ENDIAN, body).unwrap();
+        super::check_element_lengths(&path)
+    }
+
+    /// (0008,1115) SQ of undefined length holding one undefined-length item: 20 bytes.
+    fn open_level(b: &mut Vec<u8>) {
+        b.extend([
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        b.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+
+    fn close_level(b: &mut Vec<u8>) {
+        b.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]); // item delimiter
+        b.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]); // sequence delimiter
+    }
+
+    fn element(b: &mut Vec<u8>, g: u16, e: u16, vr: &[u8; 2], v: &[u8]) {
+        b.extend(g.to_le_bytes());
+        b.extend(e.to_le_bytes());
+        b.extend(vr);
+        b.extend((v.len() as u16).to_le_bytes());
+        b.extend(v);
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_every_level_must_close() {
+        // Issue 14: 200,000 such levels in one 4 MB C-STORE overflowed the parser's stack.
+        let mut deep = Vec::new();
+        for _ in 0..200_000 {
+            open_level(&mut deep);
+        }
+        let e = check(&deep).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 32"), "{e}");
+        // 32 levels, closed: what any real IOD stays far below.
+        let mut ok = Vec::new();
+        element(&mut ok, 0x0008, 0x0060, b"CS", b"MR");
+        for _ in 0..32 {
+            open_level(&mut ok);
+        }
+        for _ in 0..32 {
+            close_level(&mut ok);
+        }
+        check(&ok).unwrap();
+        // The same levels left open: the data set ends inside them.
+        let mut unclosed = Vec::new();
+        for _ in 0..3 {
+            open_level(&mut unclosed);
+        }
+        let e = check(&unclosed).unwrap_err().to_string();
+        assert!(e.contains("ends inside 6 open"), "{e}");
+    }
+
+    #[test]
+    fn meta_elements_inside_the_data_set_are_refused() {
+        // Issue 14: a data set starting with (0002,0010) naming big endian made the guard
+        // take it for meta information and stop; the parser then reserved the 4 GiB that
+        // (0010,0010) claims.
+        let mut body = Vec::new();
+        element(&mut body, 0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2.2\0");
+        body.extend([
+            0x10, 0x00, 0x10, 0x00, b'U', b'N', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF,
+        ]);
+        let e = check(&body).unwrap_err().to_string();
+        assert!(
+            e.contains("file meta element (0002,0010) inside the data set"),
+            "{e}"
+        );
+        // An ordinary data set still passes.
+        let mut fine = Vec::new();
+        element(&mut fine, 0x0008, 0x0060, b"CS", b"MR");
+        check(&fine).unwrap();
+    }
 }
 
 #[cfg(test)]
