@@ -116,3 +116,96 @@ fn study_a_through_the_node_gives_sr_and_kos_equal_to_infer() {
         }
     }
 }
+
+/// `prima-node synth-study --seed <seed>` into `dir`: its files.
+fn synth(dir: &std::path::Path, seed: u64) -> Vec<PathBuf> {
+    let o = Command::new(common::bin())
+        .args(["synth-study", "--seed", &seed.to_string(), "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut f = common::walk_files(dir);
+    f.sort();
+    f
+}
+
+fn studies_at(pacs: &StoreScp) -> Vec<String> {
+    pacs.received_objects()
+        .into_iter()
+        .map(|(_, s, _)| s)
+        .collect()
+}
+
+/// Issue 14: one instance claiming 2,147,483,647 frames was accepted and then aborted the
+/// node on every start (944 GB reserved while reading its header). It must go through
+/// processing as a skipped series, and the next study must be processed as usual.
+#[test]
+fn an_absurd_frame_count_skips_its_series_and_the_node_goes_on() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let o = Command::new(common::bin())
+        .args(["model", "demo", "--size", "small", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    let node = Node::start(NodeOpts {
+        dest_port: pacs_port,
+        model_dir: Some(model),
+        ..NodeOpts::default()
+    });
+    let bad = synth(&tmp.path().join("bad"), 3);
+    let mut obj = dicom_object::open_file(&bad[0]).unwrap();
+    let bad_series = obj
+        .element(dicom_dictionary_std::tags::SERIES_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::NUMBER_OF_FRAMES,
+        dicom_core::VR::IS,
+        dicom_core::PrimitiveValue::from("2147483647"),
+    ));
+    obj.write_to_file(&bad[0]).unwrap();
+    let bad_study = common::study_uid_of(&bad[0]);
+    common::send_study(node.opts.port, &[bad], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(120), || studies_at(&pacs)
+            .contains(&bad_study)),
+        "no result for the study:\n{}",
+        node.log_text()
+    );
+    let run = fixtures::json(&find(&node.state_dir, "run.json").expect("run record kept"));
+    let skipped = run["skipped"].as_array().unwrap();
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s["series_instance_uid"] == bad_series.as_str()
+                && s["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("NumberOfFrames 2147483647"))),
+        "{skipped:?}"
+    );
+    let good = synth(&tmp.path().join("good"), 4);
+    let good_study = common::study_uid_of(&good[0]);
+    common::send_study(node.opts.port, &[good], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(120), || studies_at(&pacs)
+            .contains(&good_study)),
+        "no result for the next study:\n{}",
+        node.log_text()
+    );
+    assert_eq!(
+        node.log_text().matches("worker process ready").count(),
+        1,
+        "the worker never crashed"
+    );
+}

@@ -82,6 +82,7 @@ pub fn serve_worker(
                     state: Arc::new(State::open_read_only(&cfg.node.state_dir)?),
                     config: shared,
                     cache,
+                    marker: Some(worker::marker::Marker::in_state_dir(&cfg.node.state_dir)),
                 },
                 stop.clone(),
             )

@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::cache::{prepared_bytes, series_key, PrepareCache, Prepared};
 use super::series::prepare_series_budgeted;
 use crate::config::{Config, SharedConfig};
 use crate::imaging::series::{group_by_series_uid, read_slice_headers};
 use crate::store::state::{now_ms, study_state, State, StateError, StoredInstance, StudyRow};
+use crate::worker::marker::Marker;
 
 /// Nice value of the background thread (Linux nice is per thread): it should take the CPU
 /// that reception and the model leave idle, not compete with them.
@@ -36,6 +37,9 @@ pub struct BackgroundCtx {
     pub state: Arc<State>,
     pub config: SharedConfig,
     pub cache: Arc<PrepareCache>,
+    /// Names the series being prepared while it is ([`Marker`]), so that a crash it causes
+    /// is known for what it is after the process is gone.
+    pub marker: Option<Marker>,
 }
 
 /// Start the background thread; it returns when `stop` is set.
@@ -100,6 +104,15 @@ fn db_key(instances: &[StoredInstance]) -> [u8; 32] {
 fn run(ctx: BackgroundCtx, stop: Arc<AtomicBool>) {
     lower_priority();
     let mut tracks: HashMap<String, StudyTrack> = HashMap::new();
+    // A series whose background preparation ended the previous worker process.
+    let never = ctx.marker.as_ref().and_then(|m| {
+        let s = m.read();
+        m.clear();
+        s
+    });
+    if let Some((study, series)) = &never {
+        warn!(%study, %series, "background preparation of this series ended the previous worker process: left to its job");
+    }
     while !stop.load(Ordering::SeqCst) {
         let cfg = ctx.config.get();
         if !cfg.assembly.speculative_prepare {
@@ -109,7 +122,7 @@ fn run(ctx: BackgroundCtx, stop: Arc<AtomicBool>) {
             continue;
         }
         let (_, poll) = timing(&cfg);
-        let work = match plan(&ctx, &cfg, &mut tracks, now_ms()) {
+        let work = match plan(&ctx, &cfg, &mut tracks, now_ms(), never.as_ref()) {
             Ok(w) => w,
             Err(e) => {
                 debug!(error = %e, "background preparation: cannot read the state");
@@ -128,9 +141,15 @@ fn run(ctx: BackgroundCtx, stop: Arc<AtomicBool>) {
         }
         let flag = Arc::new(AtomicBool::new(false));
         ctx.cache.set_busy(Some((w.study.clone(), flag.clone())));
+        if let Some(m) = &ctx.marker {
+            m.set(&w.study, &w.series_uid);
+        }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             speculate(&ctx, &cfg, &w, &flag, &stop)
         }));
+        if let Some(m) = &ctx.marker {
+            m.clear();
+        }
         ctx.cache.set_busy(None);
         match outcome {
             Ok(Ok(Some(p))) => {
@@ -162,6 +181,7 @@ fn plan(
     cfg: &Config,
     tracks: &mut HashMap<String, StudyTrack>,
     now: i64,
+    never: Option<&(String, String)>,
 ) -> Result<Option<Work>, StateError> {
     let (idle_ms, _) = timing(cfg);
     let mut studies = ctx.state.studies_in_state(study_state::RECEIVING)?;
@@ -199,6 +219,7 @@ fn plan(
             let estimate = st.instances.len() * 256 * 256 * 4;
             if now - st.changed_ms >= idle_ms
                 && st.tried != Some(st.db_key)
+                && never.is_none_or(|(study, series)| *study != s.study_uid || series != uid)
                 && ctx.cache.has_room(estimate)
             {
                 return Ok(Some(Work {

@@ -152,6 +152,9 @@ pub fn prepare_job(cache: Option<&PrepareCache>, job: &StudyJob) -> PreparedStud
         None => Vec::new(),
     };
     let mut headers = Vec::new();
+    // Series with an instance whose header cannot be used: skipped whole (a series missing
+    // a slice is not the series that was acquired), with the first reason.
+    let mut unreadable: BTreeMap<&str, String> = BTreeMap::new();
     {
         let cached: HashMap<&Path, &Result<Vec<SliceMeta>, String>> = hits
             .iter()
@@ -165,12 +168,23 @@ pub fn prepare_job(cache: Option<&PrepareCache>, job: &StudyJob) -> PreparedStud
             match r {
                 Ok(h) => headers.extend(h),
                 Err(e) => {
-                    warn!(sop = %inst.sop_instance_uid, "instance not readable as an image: {e}")
+                    warn!(sop = %inst.sop_instance_uid, "instance not readable as an image: {e}");
+                    unreadable
+                        .entry(inst.series_instance_uid.as_str())
+                        .or_insert_with(|| format!("an instance is not readable as an image: {e}"));
                 }
             }
         }
     }
-    let scan = group_by_series_uid(headers);
+    let mut scan = group_by_series_uid(headers);
+    for (uid, reason) in unreadable {
+        scan.series.retain(|c| c.series_instance_uid != uid);
+        scan.skipped.push(SeriesSkip {
+            key: uid.to_string(),
+            series_instance_uid: Some(uid.to_string()),
+            reason,
+        });
+    }
     let scan_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut used = vec![false; hits.len()];

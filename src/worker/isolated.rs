@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use super::marker::Marker;
 use super::protocol::{self, FromWorker, ToWorker};
 use crate::job::{ProcessError, ProcessedStudy, ProcessorFactory, StudyJob, StudyProcessor};
 
@@ -26,11 +27,19 @@ pub const WORKER_FD: i32 = 3;
 /// with `config_path`.
 pub fn factory(config_path: &Path) -> ProcessorFactory {
     let config_path = config_path.to_owned();
-    Box::new(move |_| Ok(Box::new(ChildProcessor::start(config_path)?)))
+    Box::new(move |cfg| {
+        let marker = Marker::in_state_dir(&cfg.node.state_dir);
+        Ok(Box::new(ChildProcessor::start(config_path, marker)?))
+    })
 }
+
+/// Fresh workers a job is sent to again when the one before died in background preparation
+/// of another study (each leaves that series alone, so this is a bound, not a retry loop).
+const BACKGROUND_RESTARTS: u32 = 3;
 
 pub struct ChildProcessor {
     config_path: PathBuf,
+    marker: Marker,
     running: Option<Running>,
     /// The job sent to the child now, so a crash can be told from a protocol error.
     next_job_id: i64,
@@ -44,10 +53,11 @@ struct Running {
 impl ChildProcessor {
     /// Starts the worker process and waits until it has loaded the model, so that a model
     /// that cannot be loaded stops the node at start as it always did.
-    pub fn start(config_path: PathBuf) -> Result<Self, ProcessError> {
+    pub fn start(config_path: PathBuf, marker: Marker) -> Result<Self, ProcessError> {
         let running = spawn(&config_path).map_err(ProcessError::Load)?;
         Ok(ChildProcessor {
             config_path,
+            marker,
             running: Some(running),
             next_job_id: 0,
         })
@@ -95,20 +105,31 @@ impl ChildProcessor {
 
 impl StudyProcessor for ChildProcessor {
     fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
-        let mut r = match self.running.take() {
-            Some(r) => r,
-            None => spawn(&self.config_path).map_err(ProcessError::Crashed)?,
-        };
-        self.next_job_id += 1;
-        match Self::exchange(&mut r, self.next_job_id, job) {
-            Ok(result) => {
-                self.running = Some(r);
-                result
-            }
-            Err(io) => {
-                let status = reap(&mut r.child);
-                debug!(error = %io, "worker connection lost");
-                Err(ProcessError::Crashed(status))
+        let mut background_crashes = 0;
+        loop {
+            let mut r = match self.running.take() {
+                Some(r) => r,
+                None => spawn(&self.config_path).map_err(ProcessError::Crashed)?,
+            };
+            self.next_job_id += 1;
+            let io = match Self::exchange(&mut r, self.next_job_id, job) {
+                Ok(result) => {
+                    self.running = Some(r);
+                    return result;
+                }
+                Err(io) => io,
+            };
+            let status = reap(&mut r.child);
+            debug!(error = %io, "worker connection lost");
+            match self.marker.read() {
+                Some((study, series))
+                    if study != job.study_instance_uid
+                        && background_crashes < BACKGROUND_RESTARTS =>
+                {
+                    background_crashes += 1;
+                    warn!(%status, other_study = %study, %series, "worker process died preparing another study in the background: job sent to a fresh one");
+                }
+                _ => return Err(ProcessError::Crashed(status)),
             }
         }
     }

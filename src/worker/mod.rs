@@ -11,6 +11,7 @@
 
 pub mod child;
 pub mod isolated;
+pub mod marker;
 pub mod protocol;
 mod results;
 
