@@ -1,0 +1,218 @@
+//! Durability, not only crash safety: SIGKILL leaves the page cache intact, so the crash
+//! trials cannot see a missing fsync. This test records the node's system calls with
+//! `strace` while it receives a study and delivers its result, and checks the order that
+//! makes an acknowledged instance and a delivered output survive a power loss:
+//!
+//! - every instance: its data written to the temporary file, that file's fdatasync/fsync,
+//!   the rename onto its spool path, and the fsync of the directory it was renamed into,
+//!   all finished before the C-STORE response carrying its SOP Instance UID is written;
+//! - every output: written, synced, renamed into the outbox and its directory synced before
+//!   the first byte of its C-STORE to the destination.
+mod common;
+mod fixtures;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// One completed system call: who, when it started and ended, its name and arguments.
+#[derive(Debug, Clone)]
+struct Call {
+    start: f64,
+    end: f64,
+    name: String,
+    args: String,
+}
+
+/// `strace -f -ttt -yy` output → calls, with `<unfinished ...>`/`resumed` pairs joined.
+fn parse(trace: &str) -> Vec<Call> {
+    let mut open: HashMap<String, (f64, String, String)> = HashMap::new();
+    let mut calls = Vec::new();
+    for line in trace.lines() {
+        let mut it = line.splitn(3, ' ');
+        let (Some(pid), Some(t), Some(rest)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(t) = t.parse::<f64>() else { continue };
+        if let Some(r) = rest.strip_prefix("<... ") {
+            let Some((name, tail)) = r.split_once(" resumed>") else {
+                continue;
+            };
+            if let Some((start, n, args)) = open.remove(pid) {
+                if n == name {
+                    calls.push(Call {
+                        start,
+                        end: t,
+                        name: n,
+                        args: format!("{args}{tail}"),
+                    });
+                }
+            }
+        } else if let Some((name, args)) = rest.split_once('(') {
+            if let Some(a) = args.strip_suffix(" <unfinished ...>") {
+                open.insert(pid.to_string(), (t, name.to_string(), a.to_string()));
+            } else {
+                calls.push(Call {
+                    start: t,
+                    end: t,
+                    name: name.to_string(),
+                    args: args.to_string(),
+                });
+            }
+        }
+    }
+    calls
+}
+
+fn ok(c: &Call) -> bool {
+    !c.args.contains(") = -1")
+}
+
+/// The file descriptor argument's path as `strace -yy` prints it: `fd</path>`.
+fn fd_path(c: &Call) -> Option<&str> {
+    let a = c.args.split_once('<')?.1;
+    Some(a.split_once('>')?.0)
+}
+
+/// Checks that the file renamed onto `dst` was written and synced before the rename and
+/// its directory synced after it, all before `deadline` (the first call that publishes it);
+/// returns what is missing.
+fn durable_before(calls: &[Call], dst: &Path, deadline: &Call) -> Result<(), String> {
+    let dst = dst.to_string_lossy();
+    let rename = calls
+        .iter()
+        .find(|c| c.name.starts_with("rename") && ok(c) && c.args.contains(&format!("\"{dst}\"")))
+        .ok_or_else(|| format!("no rename onto {dst}"))?;
+    let tmp = rename
+        .args
+        .split('"')
+        .nth(1)
+        .ok_or("rename without a source path")?
+        .to_string();
+    let on_tmp = |names: &[&str]| {
+        calls
+            .iter()
+            .filter(|c| names.contains(&c.name.as_str()) && ok(c) && fd_path(c) == Some(&tmp))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let writes = on_tmp(&["write", "pwrite64", "writev"]);
+    let last_write = writes
+        .iter()
+        .filter(|c| c.end <= rename.start)
+        .map(|c| c.end)
+        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
+        .ok_or_else(|| format!("no data written to {tmp} before its rename"))?;
+    on_tmp(&["fdatasync", "fsync"])
+        .iter()
+        .find(|c| c.start >= last_write && c.end <= rename.start)
+        .ok_or_else(|| format!("no fdatasync of {tmp} between its last write and its rename"))?;
+    let dir = Path::new(dst.as_ref())
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    calls
+        .iter()
+        .find(|c| c.name == "fsync" && ok(c) && fd_path(c) == Some(&dir) && c.start >= rename.end)
+        .filter(|c| c.end <= deadline.start)
+        .ok_or_else(|| format!("no fsync of {dir} after the rename and before it was published"))?;
+    if rename.end > deadline.start {
+        return Err(format!("{dst} renamed after it was published"));
+    }
+    Ok(())
+}
+
+/// The first write of the node to a TCP socket whose bytes hold `uid`.
+fn first_send_with<'a>(calls: &'a [Call], uid: &str) -> Option<&'a Call> {
+    calls.iter().find(|c| {
+        matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg")
+            && fd_path(c).is_some_and(|p| p.starts_with("TCP:"))
+            && c.args.contains(uid)
+    })
+}
+
+#[test]
+fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "strace is missing (scripts/setup.sh installs it)"
+        );
+        eprintln!("strace not installed: skipped");
+        return;
+    }
+    let o = NodeOpts::default();
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let trace = node.state_dir.parent().unwrap().join("trace.txt");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-ttt", "-yy", "-s", "4096", "-o"])
+        .arg(&trace)
+        .args([
+            "-e",
+            "trace=write,writev,pwrite64,sendto,sendmsg,fdatasync,fsync,rename,renameat,renameat2",
+            "-p",
+        ])
+        .arg(node.pid().unwrap().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Attached when the first traced call (the assembler's own bookkeeping) shows up.
+    std::thread::sleep(Duration::from_secs(2));
+    let series = study_series(&fx, "STUDY_A");
+    let sent: Vec<_> = series[..2].to_vec();
+    send_study(node.opts.port, &sent, 1);
+    assert!(
+        wait_until(Duration::from_secs(60), || !dest.received().is_empty()),
+        "no output delivered:\n{}",
+        node.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: a signal to our own child; SIGINT makes strace detach and flush.
+    unsafe {
+        libc::kill(strace.id() as i32, libc::SIGINT);
+    }
+    let _ = strace.wait();
+    let calls = parse(&std::fs::read_to_string(&trace).unwrap());
+    assert!(calls.len() > 100, "trace too short: {} calls", calls.len());
+
+    let objects = node.state_dir.join("spool/objects");
+    let mut checked = 0;
+    for file in sent.iter().flatten() {
+        let uid = sop_uid_of(file);
+        let h = prima_node::store::hash::sha256_hex(uid.as_bytes());
+        let dst = objects.join(&h[0..2]).join(format!("{h}.dcm"));
+        let rsp = first_send_with(&calls, &uid)
+            .unwrap_or_else(|| panic!("no C-STORE response for {uid} in the trace"));
+        if let Err(e) = durable_before(&calls, &dst, rsp) {
+            panic!("instance {uid} acknowledged before it was durable: {e}");
+        }
+        checked += 1;
+    }
+    let outbox = node.state_dir.join("outbox");
+    for (uid, _) in dest.received() {
+        let h = prima_node::store::hash::sha256_hex(uid.as_bytes());
+        let dst = outbox.join(format!("{h}.dcm"));
+        let send = first_send_with(&calls, &uid)
+            .unwrap_or_else(|| panic!("no C-STORE of output {uid} in the trace"));
+        if let Err(e) = durable_before(&calls, &dst, send) {
+            panic!("output {uid} sent before it was durable: {e}");
+        }
+        checked += 1;
+    }
+    eprintln!(
+        "{checked} objects checked against {} traced calls",
+        calls.len()
+    );
+}
