@@ -16,12 +16,21 @@ use prima_node::fuzzing::{self, Mutator};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target, usize); 4] = [
+const TARGETS: [(&str, Target, usize); 5] = [
     ("dimse_command", fuzzing::dimse_command, 6000),
     ("pdata_pdu", fuzzing::pdata_pdu, 4000),
     ("instance_header", fuzzing::instance_header, 3000),
     ("imaging_slice", fuzzing::imaging_slice, 2000),
+    ("structured_dataset", fuzzing::structured_dataset, 2000),
 ];
+
+/// The entry of TARGETS named `name` (by name: the indices once ran the wrong targets).
+fn target(name: &str) -> (&'static str, Target, usize) {
+    *TARGETS
+        .iter()
+        .find(|t| t.0 == name)
+        .expect("a known target")
+}
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -117,19 +126,31 @@ fn run_target(target: &str, f: Target, mutations: usize) {
 
 #[test]
 fn dimse_command_corpus_and_mutations() {
-    let (t, f, n) = TARGETS[0];
+    let (t, f, n) = target("dimse_command");
+    run_target(t, f, n);
+}
+
+#[test]
+fn pdata_pdu_corpus_and_mutations() {
+    let (t, f, n) = target("pdata_pdu");
+    run_target(t, f, n);
+}
+
+#[test]
+fn structured_dataset_corpus_and_mutations() {
+    let (t, f, n) = target("structured_dataset");
     run_target(t, f, n);
 }
 
 #[test]
 fn instance_header_corpus_and_mutations() {
-    let (t, f, n) = TARGETS[1];
+    let (t, f, n) = target("instance_header");
     run_target(t, f, n);
 }
 
 #[test]
 fn imaging_slice_corpus_and_mutations() {
-    let (t, f, n) = TARGETS[2];
+    let (t, f, n) = target("imaging_slice");
     run_target(t, f, n);
 }
 

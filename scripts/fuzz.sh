@@ -25,7 +25,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # Same default target location as every other script (~/.cache/prima-node/...), so the
 # sanitizer build of the dependencies is made once per machine.
 . "$root/scripts/env.sh"
-targets=(dimse_command pdata_pdu instance_header imaging_slice)
+targets=(dimse_command pdata_pdu instance_header imaging_slice structured_dataset)
 sanitizer=${PRIMA_FUZZ_SANITIZER:-address}
 max_crashes=${PRIMA_FUZZ_MAX_CRASHES:-10}
 target_dir=${PRIMA_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$root/target}-fuzz}

@@ -108,8 +108,13 @@ pub fn imaging_slice(data: &[u8]) {
     let Some(path) = spool_like_file(data) else {
         return;
     };
-    if read_header(&path).is_ok() {
-        if let Ok(slices) = series::read_slice_headers(&path) {
+    receive_and_process(&path);
+}
+
+/// What the node does with a spooled file, reception to volume.
+fn receive_and_process(path: &Path) {
+    if read_header(path).is_ok() {
+        if let Ok(slices) = series::read_slice_headers(path) {
             let scan = series::group_by_series_uid(slices);
             for c in &scan.series {
                 let _ = c.name.len();
@@ -119,7 +124,148 @@ pub fn imaging_slice(data: &[u8]) {
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Structure-aware: the input is a small program that builds a data set, so the fuzzer
+/// reaches deep or unclosed nesting, group-0002 elements inside the data set, extreme
+/// lengths and extreme header values (frame counts, image sizes, bit depths) without having
+/// to discover the encoding byte by byte. Byte 0: bit 0 implicit VR, bit 1 no valid MR
+/// header first; then 4-byte operations. The data set goes through reception and imaging.
+pub fn structured_dataset(data: &[u8]) {
+    let Some((&sel, prog)) = data.split_first() else {
+        return;
+    };
+    let explicit = sel & 1 == 0;
+    let mut b = Vec::new();
+    if sel & 2 == 0 {
+        for (g, e, vr, v) in [
+            (0x0008, 0x0016, *b"UI", SOP_CLASS.as_bytes()),
+            (0x0008, 0x0018, *b"UI", b"1.2.3.4.5\0".as_slice()),
+            (0x0008, 0x0060, *b"CS", b"MR"),
+            (0x0020, 0x000D, *b"UI", b"1.2.3.4\0"),
+            (0x0020, 0x000E, *b"UI", b"1.2.3.6\0"),
+            (0x0028, 0x0002, *b"US", &1u16.to_le_bytes()),
+            (0x0028, 0x0010, *b"US", &4u16.to_le_bytes()),
+            (0x0028, 0x0011, *b"US", &4u16.to_le_bytes()),
+            (0x0028, 0x0100, *b"US", &16u16.to_le_bytes()),
+        ] {
+            put(&mut b, explicit, g, e, vr, v.len() as u32, v);
+        }
+    }
+    const SEQS: [u16; 4] = [0x1115, 0x9229, 0x9230, 0x1140];
+    const HEADER: [(u16, u16, [u8; 2], &[u8]); 12] = [
+        (0x0028, 0x0008, *b"IS", b"2147483647"),
+        (0x0028, 0x0008, *b"IS", b"-1"),
+        (0x0028, 0x0008, *b"IS", b"65536 "),
+        (0x0028, 0x0010, *b"US", &[0xFF, 0xFF]),
+        (0x0028, 0x0011, *b"US", &[0, 0]),
+        (0x0028, 0x0100, *b"US", &[64, 0]),
+        (0x0028, 0x0100, *b"US", &[1, 0]),
+        (0x0028, 0x0002, *b"US", &[3, 0]),
+        (0x0028, 0x1053, *b"DS", b"1e308 "),
+        (0x0028, 0x0030, *b"DS", b"0\\0 "),
+        (0x0020, 0x0037, *b"DS", b"0\\0\\0\\0\\0\\0 "),
+        (0x0002, 0x0010, *b"UI", b"1.2.840.10008.1.2.2\0"),
+    ];
+    const LENGTHS: [u32; 8] = [
+        0,
+        1,
+        7,
+        0xFFFF,
+        0x7FFF_FFFF,
+        0xFFFF_FFFE,
+        0xFFFF_FFFF,
+        1 << 20,
+    ];
+    for op in prog.chunks_exact(4) {
+        let (kind, x, y, z) = (op[0], op[1], op[2], op[3]);
+        let small = u32::from(y) * 16 + u32::from(z);
+        match kind % 8 {
+            0 => {
+                let e = SEQS[x as usize % SEQS.len()];
+                let g = if e >= 0x9000 { 0x5200 } else { 0x0008 };
+                let len = if y & 1 == 0 { u32::MAX } else { small };
+                put(&mut b, explicit, g, e, *b"SQ", len, &[]);
+            }
+            1 => put_raw(
+                &mut b,
+                0xFFFE,
+                0xE000,
+                if x & 1 == 0 { u32::MAX } else { small },
+            ),
+            2 => put_raw(&mut b, 0xFFFE, 0xE00D, 0),
+            3 => put_raw(&mut b, 0xFFFE, 0xE0DD, 0),
+            4 => {
+                let v = [b'1'; 8];
+                put(&mut b, explicit, 0x0002, u16::from(x), *b"UI", 8, &v);
+            }
+            5 => {
+                let (g, e, vr, v) = HEADER[x as usize % HEADER.len()];
+                put(&mut b, explicit, g, e, vr, v.len() as u32, v);
+            }
+            6 => {
+                let len = LENGTHS[x as usize % LENGTHS.len()];
+                let fill = vec![z; (len as usize).min(64)];
+                let vr = [*b"OB", *b"US", *b"UN", *b"LO"][y as usize % 4];
+                put(
+                    &mut b,
+                    explicit,
+                    0x0009 + u16::from(y & 0x10),
+                    0x1000,
+                    vr,
+                    len,
+                    &fill,
+                );
+            }
+            _ => {
+                if x & 1 == 0 {
+                    let v = vec![z; small as usize * 2];
+                    put(&mut b, explicit, 0x7FE0, 0x0010, *b"OW", v.len() as u32, &v);
+                } else {
+                    put(&mut b, explicit, 0x7FE0, 0x0010, *b"OB", u32::MAX, &[]);
+                    put_raw(&mut b, 0xFFFE, 0xE000, 0);
+                    put_raw(&mut b, 0xFFFE, 0xE000, LENGTHS[y as usize % LENGTHS.len()]);
+                    b.extend(std::iter::repeat_n(z, small as usize));
+                }
+            }
+        }
+    }
+    let ts = if explicit {
+        uids::EXPLICIT_VR_LITTLE_ENDIAN
+    } else {
+        uids::IMPLICIT_VR_LITTLE_ENDIAN
+    };
+    let path = scratch_path();
+    if write_part10(&path, ts, &b).is_ok() {
+        receive_and_process(&path);
+    }
+}
+
+/// One element as the data set encodes it; the value as given (it may be shorter than
+/// `len`: that is the point of some inputs).
+fn put(b: &mut Vec<u8>, explicit: bool, g: u16, e: u16, vr: [u8; 2], len: u32, v: &[u8]) {
+    b.extend(g.to_le_bytes());
+    b.extend(e.to_le_bytes());
+    if explicit {
+        b.extend(vr);
+        if matches!(&vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+            b.extend([0, 0]);
+            b.extend(len.to_le_bytes());
+        } else {
+            b.extend((len as u16).to_le_bytes());
+        }
+    } else {
+        b.extend(len.to_le_bytes());
+    }
+    b.extend(v);
+}
+
+/// An item or delimiter tag (no VR in either encoding).
+fn put_raw(b: &mut Vec<u8>, g: u16, e: u16, len: u32) {
+    b.extend(g.to_le_bytes());
+    b.extend(e.to_le_bytes());
+    b.extend(len.to_le_bytes());
 }
 
 /// The fuzz input as a data set received on a context with the selected transfer syntax.
