@@ -367,3 +367,176 @@ fn a_study_that_keeps_killing_the_worker_fails_and_the_next_study_gets_its_resul
     );
     assert_eq!(node.log_text().matches("worker process ready").count(), 3);
 }
+
+/// A destination that answers every C-STORE with Success but names another request
+/// (Message ID Being Responded To off by 100): raw PDUs, accepting every context proposed
+/// with its first transfer syntax. Returns the number of data sets it was sent.
+fn misanswering_destination(port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let read_pdu = |s: &mut std::net::TcpStream| -> Option<(u8, Vec<u8>)> {
+                    let mut h = [0u8; 6];
+                    s.read_exact(&mut h).ok()?;
+                    let mut b = vec![0; u32::from_be_bytes([h[2], h[3], h[4], h[5]]) as usize];
+                    s.read_exact(&mut b).ok()?;
+                    Some((h[0], b))
+                };
+                let pdu = |ty: u8, body: &[u8]| {
+                    let mut v = vec![ty, 0];
+                    v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                    v.extend_from_slice(body);
+                    v
+                };
+                let item = |ty: u8, body: &[u8]| {
+                    let mut v = vec![ty, 0];
+                    v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                    v.extend_from_slice(body);
+                    v
+                };
+                let Some((0x01, rq)) = read_pdu(&mut s) else {
+                    return;
+                };
+                let mut ac = rq[..68].to_vec();
+                ac.extend(item(0x10, b"1.2.840.10008.3.1.1.1"));
+                let mut i = 68;
+                while i + 4 <= rq.len() {
+                    let len = u16::from_be_bytes([rq[i + 2], rq[i + 3]]) as usize;
+                    if rq[i] == 0x20 {
+                        let pc = &rq[i + 4..i + 4 + len];
+                        // Sub-items after the 4-byte head: abstract syntax, then syntaxes.
+                        let mut j = 4;
+                        let mut ts = None;
+                        while j + 4 <= pc.len() {
+                            let l = u16::from_be_bytes([pc[j + 2], pc[j + 3]]) as usize;
+                            if pc[j] == 0x40 && ts.is_none() {
+                                ts = Some(pc[j + 4..j + 4 + l].to_vec());
+                            }
+                            j += 4 + l;
+                        }
+                        let mut body = vec![pc[0], 0, 0, 0];
+                        body.extend(item(0x40, &ts.unwrap_or_default()));
+                        ac.extend(item(0x21, &body));
+                    }
+                    i += 4 + len;
+                }
+                ac.extend(item(0x50, &item(0x51, &65536u32.to_be_bytes())));
+                if s.write_all(&pdu(0x02, &ac)).is_err() {
+                    return;
+                }
+                let mut cmd = Vec::new();
+                let mut msg_id = 0u16;
+                let mut class = Vec::new();
+                let mut inst = Vec::new();
+                while let Some((ty, body)) = read_pdu(&mut s) {
+                    if ty != 0x04 {
+                        let _ = s.write_all(&pdu(0x06, &[0; 4]));
+                        return;
+                    }
+                    let mut i = 0;
+                    while i + 6 <= body.len() {
+                        let len =
+                            u32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]])
+                                as usize;
+                        let (pc, hdr) = (body[i + 4], body[i + 5]);
+                        let v = &body[i + 6..i + 4 + len];
+                        i += 4 + len;
+                        if hdr & 1 == 1 {
+                            cmd.extend_from_slice(v);
+                            if hdr & 2 == 2 {
+                                let mut k = 0;
+                                while k + 8 <= cmd.len() {
+                                    let e = u16::from_le_bytes([cmd[k + 2], cmd[k + 3]]);
+                                    let l = u32::from_le_bytes([
+                                        cmd[k + 4],
+                                        cmd[k + 5],
+                                        cmd[k + 6],
+                                        cmd[k + 7],
+                                    ]) as usize;
+                                    let val = &cmd[k + 8..k + 8 + l];
+                                    match e {
+                                        0x0002 => class = val.to_vec(),
+                                        0x0110 => msg_id = u16::from_le_bytes([val[0], val[1]]),
+                                        0x1000 => inst = val.to_vec(),
+                                        _ => {}
+                                    }
+                                    k += 8 + l;
+                                }
+                                cmd.clear();
+                            }
+                        } else if hdr & 2 == 2 {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let el = |out: &mut Vec<u8>, e: u16, v: &[u8]| {
+                                out.extend_from_slice(&0u16.to_le_bytes());
+                                out.extend_from_slice(&e.to_le_bytes());
+                                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                                out.extend_from_slice(v);
+                            };
+                            let mut b = Vec::new();
+                            el(&mut b, 0x0002, &class);
+                            el(&mut b, 0x0100, &0x8001u16.to_le_bytes());
+                            el(&mut b, 0x0120, &msg_id.wrapping_add(100).to_le_bytes());
+                            el(&mut b, 0x0800, &0x0101u16.to_le_bytes());
+                            el(&mut b, 0x0900, &0u16.to_le_bytes());
+                            el(&mut b, 0x1000, &inst);
+                            let mut rsp = Vec::new();
+                            el(&mut rsp, 0x0000, &(b.len() as u32).to_le_bytes());
+                            rsp.extend(b);
+                            let mut pdv = ((rsp.len() + 2) as u32).to_be_bytes().to_vec();
+                            pdv.extend_from_slice(&[pc, 0x03]);
+                            pdv.extend(rsp);
+                            if s.write_all(&pdu(0x04, &pdv)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+#[test]
+fn success_naming_another_request_is_not_a_delivery() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let opts = NodeOpts {
+        max_attempts: 3,
+        retry_initial_s: 0.2,
+        retry_max_s: 0.5,
+        ..NodeOpts::default()
+    };
+    let seen = misanswering_destination(opts.dest_port);
+    let node = Node::start(opts);
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    let (status, line) = failed_after_three_attempts(&node);
+    assert!(
+        line.contains(
+            "C-STORE response does not match the request: Message ID Being Responded To is 101, the request was 1"
+        ),
+        "{status}"
+    );
+    assert!(
+        seen.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "{status}"
+    );
+    assert!(
+        !status
+            .lines()
+            .any(|l| l.contains(" -> ") && l.contains(" done attempts=")),
+        "an output counted as delivered:\n{status}"
+    );
+}

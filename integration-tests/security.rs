@@ -385,3 +385,33 @@ fn no_phi_in_logs_and_private_state() {
         "state tree checked ({checked} entries)"
     );
 }
+
+#[test]
+fn address_no_source_allows_is_closed_at_accept() {
+    // The only source may connect from 192.0.2.7 (TEST-NET-1), so 127.0.0.1 is no one's.
+    let mut node = Node::start(NodeOpts {
+        sources: vec![(SCU_AE.into(), Some("192.0.2.7".into()))],
+        ..NodeOpts::default()
+    });
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", node.opts.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t0 = std::time::Instant::now();
+    // Nothing sent: the node must not wait for a request to decide.
+    let mut b = [0u8; 16];
+    let r = s.read(&mut b);
+    assert!(
+        matches!(r, Ok(0))
+            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected the connection closed with no PDU, got {r:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(
+        wait_until(Duration::from_secs(3), || node.log_text().contains(
+            "connection refused: address not allowed by any [[sources]] entry"
+        )),
+        "{}",
+        node.log_text()
+    );
+    assert!(node.is_running());
+}

@@ -77,9 +77,9 @@ pub struct TlsSection {
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: refuse clients without a certificate (false = verify one when
-    /// presented, accept none).
-    #[serde(default = "default_true")]
-    pub require_client_certificate: bool,
+    /// presented, accept none); absent = true. Given without `client_ca`: an error.
+    #[serde(default)]
+    pub require_client_certificate: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -449,9 +449,12 @@ impl Config {
             }
         }
         if let Some(t) = &self.tls {
-            if t.client_ca.is_none() && !t.require_client_certificate {
-                // Harmless, but says the writer expected verification to be configured.
-                p.push("[tls] require_client_certificate = false needs client_ca".into());
+            if let (None, Some(v)) = (&t.client_ca, t.require_client_certificate) {
+                // Either way the writer expected client verification, which without a CA
+                // is silently off: no certificate would be requested.
+                p.push(format!(
+                    "[tls] require_client_certificate = {v} needs client_ca (without it no client certificate is requested)"
+                ));
             }
             for (k, path) in [
                 ("certificate", Some(&t.certificate)),

@@ -51,8 +51,8 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "oversize_associate_rq",
-            expect: Obs::Closed,
-            why: "A-ASSOCIATE-RQ claiming 0xFFFFFFF0 bytes → closed by dicom-ul before association, no allocation",
+            expect: Obs::Rj(1, 3, 2),
+            why: "A-ASSOCIATE-RQ claiming 0xFFFFFFF0 bytes → A-ASSOCIATE-RJ permanent, local limit exceeded, no allocation",
             run: |env| {
                 let before = env.hwm_kb();
                 let mut s = connect(env.port);

@@ -40,8 +40,8 @@ pub enum Next {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PDataError {
-    #[error("P-DATA-TF PDU of {len} bytes exceeds the negotiated maximum of {max}")]
-    TooLarge { len: u32, max: u32 },
+    #[error("PDU of type {ty:#04x} and {len} bytes exceeds the negotiated maximum of {max}")]
+    TooLarge { ty: u8, len: u32, max: u32 },
     #[error("malformed P-DATA-TF PDU: {0}")]
     Malformed(&'static str),
     #[error("connection closed")]
@@ -52,21 +52,27 @@ pub enum PDataError {
     Io(String),
 }
 
-/// Read until the buffer holds a whole P-DATA-TF PDU, or the start of any other PDU.
+/// Read until the buffer holds a whole P-DATA-TF PDU, or the header of any other PDU.
 /// `max_pdu` is the length we announced (the PDU's variable part; dicom-ul's strict check).
+/// It bounds every PDU type: dicom-ul runs non-strict here and would buffer whatever
+/// length another PDU announces (release and abort PDUs have 4 bytes).
 pub async fn fill<R: AsyncRead + Unpin>(
     sock: &mut R,
     buf: &mut BytesMut,
     max_pdu: u32,
 ) -> Result<Next, PDataError> {
     loop {
-        if !buf.is_empty() && buf[0] != P_DATA_TF {
-            return Ok(Next::Other);
-        }
         if buf.len() >= HEADER {
             let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]);
             if len > max_pdu {
-                return Err(PDataError::TooLarge { len, max: max_pdu });
+                return Err(PDataError::TooLarge {
+                    ty: buf[0],
+                    len,
+                    max: max_pdu,
+                });
+            }
+            if buf[0] != P_DATA_TF {
+                return Ok(Next::Other);
             }
             let total = HEADER + len as usize;
             if buf.len() >= total {
@@ -211,6 +217,17 @@ mod tests {
         assert_eq!(parse(&buf[..a.len()]).unwrap()[0].data, &[1u8; 300][..]);
         buf.advance(a.len());
         assert_eq!(fill(&mut sock, &mut buf, 16384).await.unwrap(), Next::Other);
+        // So are other PDU types, before dicom-ul would buffer them.
+        let mut sock = tokio_test_reader(vec![0x05, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0], 3);
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            fill(&mut sock, &mut buf, 16384).await,
+            Err(PDataError::TooLarge {
+                ty: 0x05,
+                len: u32::MAX,
+                max: 16384
+            })
+        );
         // Oversized PDUs are refused before they are read.
         let mut sock = tokio_test_reader(a.clone(), 64);
         let mut buf = BytesMut::new();

@@ -2,35 +2,33 @@
 //!
 //! Each accepted TCP connection gets TCP_NODELAY, a per-PDU read timeout and a task of its
 //! own (bounded by `node.max_associations`; beyond that the association is rejected as
-//! transient "local limit exceeded"). Called AE, calling AE and peer address are checked
-//! against `[[sources]]` with the standard rejection reasons. Commands are reassembled
+//! transient "local limit exceeded"). What an unauthenticated connection may cost (address
+//! at accept, size of the request, time to negotiate) is bounded in [`super::admission`];
+//! called AE, calling AE and peer address are checked against `[[sources]]` with the
+//! standard rejection reasons. Commands are reassembled
 //! across PDVs; data PDVs stream into a spool temporary file, never a whole instance in
 //! memory. The C-STORE response is Success only after the spool made the instance durable;
 //! otherwise it carries a precise failure status (see [`super::dimse::status`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_dictionary_std::uids;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::association::server::{AccessControl, AsyncServerAssociation};
-use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType,
-    PresentationContextResultReason, UserIdentity,
-};
+use dicom_ul::association::server::AsyncServerAssociation;
+use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{Pdu, ServerAssociationOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use super::admission::{self, SourceAcl};
 use super::dimse::{self, status, Command};
 use super::pdata;
-use crate::config::{canonical_ip, Config, ResolvedSource, SharedConfig};
+use crate::config::{canonical_ip, Config, SharedConfig};
 use crate::store::header::{read_header, HeaderError, InstanceHeader};
 use crate::store::spool::{FinishedInstance, Spool, TempInstance};
 use crate::store::state::{InstanceRecord, RecordOutcome, State};
@@ -108,6 +106,14 @@ pub async fn run(
         };
         next_id += 1;
         let id = next_id;
+        let live = ctx.config.snapshot();
+        if !admission::address_allowed(&live.sources, peer.ip()) {
+            // Before reading a byte: an address no source may use costs nothing more.
+            warn!(id, peer = %peer, "connection refused: address not allowed by any [[sources]] entry");
+            drop(sock);
+            continue;
+        }
+        let deadline = admission::negotiation_deadline(live.config.read_timeout());
         let _ = sock.set_nodelay(true);
         match ctx.limit.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -124,88 +130,11 @@ pub async fn run(
             }
             Err(_) => {
                 warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded)");
-                tokio::spawn(reject_busy(sock));
+                tokio::spawn(admission::reject_busy(sock, deadline));
             }
         }
     }
     info!("listener closed");
-}
-
-async fn reject_busy(mut sock: TcpStream) {
-    let task = async {
-        let mut hdr = [0u8; 6];
-        sock.read_exact(&mut hdr).await?;
-        let len = u32::from_be_bytes([hdr[2], hdr[3], hdr[4], hdr[5]]) as u64;
-        if hdr[0] != 0x01 || len > 1024 * 1024 {
-            return Ok::<_, std::io::Error>(());
-        }
-        let mut sink = tokio::io::sink();
-        tokio::io::copy(&mut (&mut sock).take(len), &mut sink).await?;
-        let mut buf = Vec::new();
-        let rj = Pdu::AssociationRJ(AssociationRJ {
-            result: AssociationRJResult::Transient,
-            source: AssociationRJSource::ServiceProviderPresentation(
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-            ),
-        });
-        if dicom_ul::write_pdu(&mut buf, &rj).is_ok() {
-            sock.write_all(&buf).await?;
-        }
-        sock.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-}
-
-/// Called AE must be ours; calling AE must be a `[[sources]]` entry whose host (if any)
-/// matches the peer address.
-struct SourceAcl {
-    sources: Arc<Vec<ResolvedSource>>,
-    peer: IpAddr,
-}
-
-impl AccessControl for SourceAcl {
-    fn check_access(
-        &self,
-        this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        let calling = calling_ae_title.trim();
-        let called = called_ae_title.trim();
-        if called != this_ae_title.trim() {
-            warn!(
-                calling,
-                called, "association rejected: called AE title not recognized"
-            );
-            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        let known: Vec<&ResolvedSource> = self
-            .sources
-            .iter()
-            .filter(|s| s.ae_title.trim() == calling)
-            .collect();
-        if known.is_empty() {
-            warn!(
-                calling,
-                "association rejected: calling AE title not in [[sources]]"
-            );
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        let from_allowed_host = known.iter().any(|s| {
-            s.addrs
-                .as_ref()
-                .is_none_or(|a| a.iter().any(|ip| canonical_ip(*ip) == self.peer))
-        });
-        if !from_allowed_host {
-            warn!(
-                calling,
-                "association rejected: calling AE title known but not from this address"
-            );
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        Ok(())
-    }
 }
 
 enum Sink {
@@ -242,7 +171,12 @@ enum Event {
     Abort,
 }
 
-async fn handle(sock: TcpStream, peer: SocketAddr, ctx: Arc<ScpCtx>, abort: watch::Receiver<bool>) {
+async fn handle(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ScpCtx>,
+    abort: watch::Receiver<bool>,
+) {
     let live = ctx.config.snapshot();
     let cfg = live.config.clone();
     let acl = SourceAcl {
@@ -259,28 +193,45 @@ async fn handle(sock: TcpStream, peer: SocketAddr, ctx: Arc<ScpCtx>, abort: watc
     for ts in &ctx.transfer_syntaxes {
         opts = opts.with_transfer_syntax(*ts);
     }
+    // Non-strict: dicom-ul's strict mode would hold the A-ASSOCIATE-RQ to max_pdu_length,
+    // which PS3.8 defines for P-DATA only; the request is bounded by the precheck instead,
+    // and later PDUs by `pdata::fill`.
     let opts = opts
         .max_pdu_length(cfg.node.max_pdu_length)
         .strict(false)
         .read_timeout(cfg.read_timeout())
         .write_timeout(cfg.read_timeout());
+    let deadline = admission::negotiation_deadline(cfg.read_timeout());
     let Some(tls) = ctx.tls.clone() else {
-        match opts.establish_async(sock).await {
-            Ok(a) => serve(a, peer, ctx, cfg, abort).await,
-            // Rejections were logged with their reason by the access check.
-            Err(e) => debug!(error = %e, "association not established"),
+        let negotiation = async {
+            admission::precheck(&mut sock).await.ok()?;
+            Some(opts.establish_async(sock).await)
+        };
+        match tokio::time::timeout(deadline, negotiation).await {
+            Ok(Some(Ok(a))) => serve(a, peer, ctx, cfg, abort).await,
+            // Refused by the precheck or the access check, which logged why.
+            Ok(Some(Err(e))) => debug!(error = %e, "association not established"),
+            Ok(None) => {}
+            Err(_) => warn!(
+                deadline_s = deadline.as_secs(),
+                "association request not complete by the deadline: closing"
+            ),
         }
         return;
     };
-    // dicom-ul bounds the A-ASSOCIATE exchange by the read timeout but not the TLS
-    // handshake before it: a peer that connects and stays silent would hold a slot.
-    let opts = opts.tls_config(tls);
-    match tokio::time::timeout(cfg.read_timeout(), opts.establish_tls_async(sock)).await {
+    // The TLS stream cannot be peeked before dicom-ul reads it: strict mode bounds the
+    // request by max_pdu_length instead (64 KiB by default). The deadline also covers the
+    // handshake, which dicom-ul does not bound.
+    let opts = opts.strict(true).tls_config(tls);
+    match tokio::time::timeout(deadline, opts.establish_tls_async(sock)).await {
         Ok(Ok(a)) => serve(a, peer, ctx, cfg, abort).await,
         Ok(Err(e)) => {
-            warn!(error = %e, "TLS association not established (handshake, certificate or association refused)")
+            warn!(error = %e, "TLS association not established (handshake, certificate, oversized or refused request)")
         }
-        Err(_) => warn!("TLS handshake timed out: closing"),
+        Err(_) => warn!(
+            deadline_s = deadline.as_secs(),
+            "TLS handshake and association request not complete by the deadline: closing"
+        ),
     }
 }
 

@@ -315,7 +315,21 @@ fn deliver<S>(
             broken = true;
             continue;
         }
+        let ours = (r.sop_class_uid.as_str(), r.sop_uid.as_str());
         match read_response(&mut assoc) {
+            Ok(rsp) if response_mismatch(&rsp, message_id, ours).is_some() => {
+                // Not the answer to this request: its status proves nothing about this
+                // output, and the responses after it cannot be paired either.
+                let m = response_mismatch(&rsp, message_id, ours).unwrap_or_default();
+                failed(
+                    ctx,
+                    cfg,
+                    r,
+                    &format!("C-STORE response does not match the request: {m}"),
+                    true,
+                );
+                broken = true;
+            }
             Ok(rsp) => {
                 let st = rsp.status.unwrap_or(0xFFFF);
                 match classify_status(st) {
@@ -361,6 +375,32 @@ fn deliver<S>(
     }
 }
 
+/// Why a C-STORE-RSP is not the answer to our request (message `message_id`, storing the
+/// instance `inst` of `class`), if it
+/// is not. PS3.7 9.3.1.2: Message ID Being Responded To is mandatory; the Affected SOP
+/// Class and Instance UIDs are optional, and must be ours when present.
+fn response_mismatch(
+    rsp: &dimse::Command,
+    message_id: u16,
+    (class, inst): (&str, &str),
+) -> Option<String> {
+    match rsp.message_id_responded {
+        None => return Some("no Message ID Being Responded To".into()),
+        Some(id) if id != message_id => {
+            return Some(format!(
+                "Message ID Being Responded To is {id}, the request was {message_id}"
+            ))
+        }
+        Some(_) => {}
+    }
+    let uid = |name: &str, got: &str, want: &str| {
+        (!got.is_empty() && got != want)
+            .then(|| format!("Affected SOP {name} UID is {got}, the request's is {want}"))
+    };
+    uid("Instance", &rsp.affected_sop_instance_uid, inst)
+        .or_else(|| uid("Class", &rsp.affected_sop_class_uid, class))
+}
+
 fn read_response<S>(assoc: &mut dicom_ul::ClientAssociation<S>) -> Result<dimse::Command, String>
 where
     S: CloseSocket + Read + Write,
@@ -395,6 +435,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_must_name_our_request() {
+        let class = "1.2.840.10008.5.1.4.1.1.88.11";
+        let r = (class, "1.2.3.4");
+        let rsp = |id: Option<u16>, class: &str, inst: &str| dimse::Command {
+            command_field: dimse::C_STORE_RSP,
+            message_id_responded: id,
+            affected_sop_class_uid: class.into(),
+            affected_sop_instance_uid: inst.into(),
+            status: Some(0),
+            ..dimse::Command::default()
+        };
+        assert_eq!(
+            response_mismatch(&rsp(Some(7), class, "1.2.3.4"), 7, r),
+            None
+        );
+        // The UIDs are optional in a response.
+        assert_eq!(response_mismatch(&rsp(Some(7), "", ""), 7, r), None);
+        assert_eq!(
+            response_mismatch(&rsp(Some(8), class, "1.2.3.4"), 7, r).as_deref(),
+            Some("Message ID Being Responded To is 8, the request was 7")
+        );
+        assert_eq!(
+            response_mismatch(&rsp(None, class, "1.2.3.4"), 7, r).as_deref(),
+            Some("no Message ID Being Responded To")
+        );
+        assert_eq!(
+            response_mismatch(&rsp(Some(7), class, "1.2.3.5"), 7, r).as_deref(),
+            Some("Affected SOP Instance UID is 1.2.3.5, the request's is 1.2.3.4")
+        );
+        assert_eq!(
+            response_mismatch(&rsp(Some(7), "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4"), 7, r)
+                .as_deref(),
+            Some("Affected SOP Class UID is 1.2.840.10008.5.1.4.1.1.4, the request's is 1.2.840.10008.5.1.4.1.1.88.11")
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

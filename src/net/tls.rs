@@ -113,7 +113,7 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = match &t.client_ca {
         Some(ca) => {
             let v = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
-            let v = if t.require_client_certificate {
+            let v = if t.require_client_certificate.unwrap_or(true) {
                 v
             } else {
                 v.allow_unauthenticated()
@@ -136,6 +136,25 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn client_certificate_settings_without_client_ca_are_errors() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prima-node.toml");
+        let base = std::fs::read_to_string(&example).unwrap()
+            + "[tls]\ncertificate = \"/etc/n.crt\"\nprivate_key = \"/etc/n.key\"\n";
+        // Server-only TLS stays valid.
+        Config::parse(&example, &base).unwrap();
+        for v in [true, false] {
+            let text = format!("{base}require_client_certificate = {v}\n");
+            let e = Config::parse(&example, &text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "[tls] require_client_certificate = {v} needs client_ca (without it no client certificate is requested)"
+                )),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn config_problems_name_the_tls_files_only_when_contexts_are_built() {
