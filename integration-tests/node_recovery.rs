@@ -367,3 +367,63 @@ fn a_study_that_keeps_killing_the_worker_fails_and_the_next_study_gets_its_resul
     );
     assert_eq!(node.log_text().matches("worker process ready").count(), 3);
 }
+
+#[test]
+fn unreadable_spool_files_are_quarantined_at_restart_not_deleted() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut node = Node::start(NodeOpts::default());
+    node.sigkill();
+    let series = study_series(&fx, "STUDY_A");
+    // A torn copy of a real instance at its own path, and garbage under a plausible name.
+    let real = std::fs::read(&series[0][0]).unwrap();
+    let torn = node.spool_path(&sop_uid_of(&series[0][0]));
+    std::fs::write(&torn, &real[..300]).unwrap();
+    let garbage = node
+        .state_dir
+        .join("spool/objects/00")
+        .join(format!("{}.dcm", "0".repeat(64)));
+    std::fs::write(&garbage, b"\x00garbage, not DICOM").unwrap();
+    for p in [&torn, &garbage] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    node.restart();
+    assert!(
+        !torn.exists() && !garbage.exists(),
+        "moved out of the spool"
+    );
+    let q = node.state_dir.join("quarantine");
+    let kept = walk_files(&q);
+    assert_eq!(kept.len(), 2, "{kept:?}\n{}", node.log_text());
+    let mut contents: Vec<Vec<u8>> = kept.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    contents.sort();
+    let mut want = vec![b"\x00garbage, not DICOM".to_vec(), real[..300].to_vec()];
+    want.sort();
+    assert_eq!(contents, want, "bytes kept as they were");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&q), 0o700);
+    assert!(kept.iter().all(|p| mode(p) == 0o600));
+    let log = node.log_text();
+    assert_eq!(
+        log.matches("spool file cannot be indexed: moved to quarantine")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("unreadable_files_quarantined=2"), "{log}");
+    assert!(
+        node.status().contains("quarantined files: 2"),
+        "{}",
+        node.status()
+    );
+    // The node serves: an echo, and the real instance stored again.
+    assert!(echoscu(node.opts.port, SCU_AE, NODE_AE).status.success());
+    let out = storescu(node.opts.port, SCU_AE, &series[0][..1]);
+    assert!(text(&out).contains("(Success)"), "{}", text(&out));
+    assert!(torn.exists());
+}
