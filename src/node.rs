@@ -27,7 +27,7 @@ use crate::job::{ProcessError, ProcessorFactory, WorkItem};
 use crate::net::{scp, scu};
 use crate::process::background::{self, BackgroundCtx};
 use crate::process::PrepareCache;
-use crate::store::durable::create_private_dir;
+use crate::store::durable::create_durable_dir;
 use crate::store::outbox::Outbox;
 use crate::store::spool::{Spool, SpoolError};
 use crate::store::state::{self, State, StateError};
@@ -110,7 +110,7 @@ const WORKER_QUEUE: usize = 2;
 pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), NodeError> {
     let cfg = Config::load_with(config_path, &crate::net::tls::ContextCheck)?;
     let state_dir = cfg.node.state_dir.clone();
-    create_private_dir(&state_dir).map_err(|source| NodeError::Io {
+    create_durable_dir(&state_dir).map_err(|source| NodeError::Io {
         what: format!("cannot create state directory {}", state_dir.display()),
         source,
     })?;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use crate::store::durable::{create_private_dir, fsync_dir};
+use crate::store::durable::{create_durable_dir, fsync_dir};
 use crate::store::hash::content_hash;
 use crate::store::header::{data_set_of, read_header};
 use crate::store::spool::Spool;
@@ -123,12 +123,7 @@ fn recover_instance(spool: &Spool, path: &Path) -> Result<InstanceRecord, String
 /// entry is made durable before the spool entry's removal is, so a crash in between leaves
 /// the file in one place or the other, never in none.
 fn move_to_quarantine(path: &Path, quarantine: &Path) -> std::io::Result<PathBuf> {
-    if !quarantine.is_dir() {
-        create_private_dir(quarantine)?;
-        if let Some(parent) = quarantine.parent() {
-            fsync_dir(parent)?;
-        }
-    }
+    create_durable_dir(quarantine)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -46,6 +46,9 @@ impl State {
             p.push(suffix);
             restrict_perms(Path::new(&p));
         }
+        // SQLite fsyncs the database and WAL files, not the directory entries it created
+        // for them: a power loss right after the first start could take the files away.
+        crate::store::durable::fsync_dir(state_dir)?;
         Ok(State {
             conn: Mutex::new(conn),
             path,
