@@ -427,3 +427,93 @@ fn unreadable_spool_files_are_quarantined_at_restart_not_deleted() {
     assert!(text(&out).contains("(Success)"), "{}", text(&out));
     assert!(torn.exists());
 }
+
+/// The `attempts=` of the only outbox line of `status`, and the line.
+fn outbox_attempts(status: &str) -> (u32, String) {
+    let line = status
+        .lines()
+        .find(|l| l.contains(" -> "))
+        .unwrap_or_else(|| panic!("no outbox entry:\n{status}"))
+        .to_string();
+    let n = line
+        .split("attempts=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    (n, line)
+}
+
+#[test]
+fn a_pending_delivery_survives_a_destination_edit_and_reaches_it_when_restored() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let node = Node::start(NodeOpts {
+        retry_initial_s: 0.3,
+        // Parked entries wait this long: delivery after the restore within the test's
+        // wait needs the restored destination's entries retried at once.
+        retry_max_s: 30.0,
+        // A restored destination that had counted the unconfigured time would give up at
+        // its first failure.
+        max_attempts: 2,
+        ..NodeOpts::default()
+    });
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    // The destination is down: the delivery is pending, tried and counted.
+    assert!(
+        wait_until(Duration::from_secs(40), || node
+            .status()
+            .contains("last_error: cannot associate")),
+        "{}",
+        node.status()
+    );
+    // Edit the destination (another port) while the delivery is pending.
+    let edited = NodeOpts {
+        dest_port: free_port(),
+        ..node.opts.clone()
+    };
+    node.rewrite_config(&config_text(&edited, &node.state_dir));
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .status()
+            .contains("is not configured: kept until it is again")),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    let (parked, line) = outbox_attempts(&node.status());
+    assert!(line.contains(" pending "), "{line}");
+    // Exactly the connection attempts made, each logged as a failed try.
+    let tries = node
+        .log_text()
+        .matches("delivery failed; will retry")
+        .count() as u32;
+    assert_eq!(parked, tries, "{line}");
+    // The sender keeps looking at the outbox: the count stays put.
+    std::thread::sleep(Duration::from_secs(3));
+    let (still, line) = outbox_attempts(&node.status());
+    assert_eq!(still, parked, "attempts counted while unconfigured: {line}");
+    assert!(line.contains(" pending "), "{line}");
+
+    // Restore the destination, and bring it up: the object is delivered.
+    let dest = StoreScp::start(node.opts.dest_port);
+    node.rewrite_config(&config_text(&node.opts, &node.state_dir));
+    assert!(
+        wait_until(Duration::from_secs(20), || !dest.received().is_empty()),
+        "not delivered after the destination was restored:\n{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dest.received().len(), 1);
+    let (done, line) = outbox_attempts(&node.status());
+    assert!(line.contains(" done "), "{line}");
+    assert_eq!(done, parked + 1, "{line}");
+    assert!(node
+        .log_text()
+        .contains("destination configured: its pending deliveries are retried now"));
+}
