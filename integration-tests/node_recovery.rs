@@ -517,3 +517,58 @@ fn a_pending_delivery_survives_a_destination_edit_and_reaches_it_when_restored()
         .log_text()
         .contains("destination configured: its pending deliveries are retried now"));
 }
+
+/// What the rescan sees after a power loss took the record of a replacement (same SOP
+/// Instance UID, new content, acknowledged): the spool file is newer than its database
+/// row. The study must be processed again with the new content.
+#[test]
+fn a_replacement_whose_record_was_lost_is_reindexed_and_its_study_processed_again() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let mut node = Node::start(NodeOpts::default());
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    let study = study_uid_of(&series[0][0]);
+    let runs = |node: &Node, n: &str| {
+        node.status()
+            .lines()
+            .any(|l| l.contains(&study) && l.contains(" done ") && l.contains(n))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || runs(&node, "runs=1")),
+        "{}",
+        node.status()
+    );
+    node.sigkill();
+    // The replacement, as the SCP would have left it: new content under the same path.
+    let spooled = node.spool_path(&sop_uid_of(&series[0][0]));
+    let mut obj = dicom_object::open_file(&spooled).unwrap();
+    obj.put(dicom_object::mem::InMemElement::new(
+        dicom_dictionary_std::tags::IMAGE_COMMENTS,
+        dicom_core::VR::LT,
+        dicom_core::PrimitiveValue::from("replaced"),
+    ));
+    std::thread::sleep(Duration::from_millis(20));
+    let tmp = node.state_dir.join("spool/tmp/replacement.part");
+    obj.write_to_file(&tmp).unwrap();
+    std::fs::rename(&tmp, &spooled).unwrap();
+    node.restart();
+    assert!(
+        node.log_text().contains("replaced_instances_reindexed=1"),
+        "{}",
+        node.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || runs(&node, "runs=2")),
+        "{}",
+        node.status()
+    );
+    // A second restart finds the record as recent as the file: nothing to redo.
+    node.sigkill();
+    node.restart();
+    assert!(node.log_text().contains("replaced_instances_reindexed=0"));
+}

@@ -42,6 +42,8 @@ pub struct Rescan {
     pub forgotten: usize,
     /// Spool files the database did not know, indexed again.
     pub indexed: usize,
+    /// Known spool files newer than their record, indexed again.
+    pub reindexed: usize,
     /// Spool files that could not be indexed, moved to quarantine.
     pub quarantined: usize,
     /// Spool files that could not be indexed nor moved (left where they are).
@@ -52,13 +54,26 @@ pub struct Rescan {
 pub fn rescan(spool: &Spool, state: &State, state_dir: &Path) -> Result<Rescan, StateError> {
     let mut out = Rescan::default();
     let mut known_paths = std::collections::HashSet::new();
-    for (sop, path) in state.instance_paths()? {
-        if path.exists() {
-            known_paths.insert(path);
-        } else {
-            warn!(path = %path.display(), "instance in the database but not in the spool: forgotten");
-            state.forget_instance(&sop)?;
-            out.forgotten += 1;
+    // Known instances whose file is newer than their record: a replacement (same SOP
+    // Instance UID, new content) whose record a power loss took (see docs/durability.md).
+    let mut stale = std::collections::HashMap::new();
+    for (sop, path, recorded_ms) in state.instance_paths()? {
+        match fs::metadata(&path) {
+            Ok(m) if modified_ms(&m).is_some_and(|t| t > recorded_ms) => {
+                stale.insert(path, sop);
+            }
+            Ok(_) => {
+                known_paths.insert(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warn!(path = %path.display(), "instance in the database but not in the spool: forgotten");
+                state.forget_instance(&sop)?;
+                out.forgotten += 1;
+            }
+            // Unreadable now is not gone: the record stays.
+            Err(_) => {
+                known_paths.insert(path);
+            }
         }
     }
     let quarantine = quarantine_dir(state_dir);
@@ -69,10 +84,17 @@ pub fn rescan(spool: &Spool, state: &State, state_dir: &Path) -> Result<Rescan, 
         match recover_instance(spool, &path) {
             Ok(rec) => {
                 state.record_instance(&rec)?;
-                out.indexed += 1;
+                if stale.contains_key(&path) {
+                    out.reindexed += 1;
+                } else {
+                    out.indexed += 1;
+                }
             }
             Err(reason) => match move_to_quarantine(&path, &quarantine) {
                 Ok(to) => {
+                    if let Some(sop) = stale.get(&path) {
+                        state.forget_instance(sop)?;
+                    }
                     // The path names a hash of the UID, never the UID: no PHI here.
                     warn!(
                         path = %path.display(), quarantined_as = %to.display(), %reason,
@@ -91,6 +113,15 @@ pub fn rescan(spool: &Spool, state: &State, state_dir: &Path) -> Result<Rescan, 
         }
     }
     Ok(out)
+}
+
+fn modified_ms(m: &fs::Metadata) -> Option<i64> {
+    let d = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    i64::try_from(d.as_millis()).ok()
 }
 
 /// The record of a spool file the database does not know, or why there is none.
