@@ -377,3 +377,40 @@ fn full_demo_model_timing() {
         enc.size()
     );
 }
+
+#[test]
+fn a_damaged_model_file_is_refused_naming_the_file_and_both_hashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    write_demo_model(&dir, DemoSize::Small, 7).unwrap();
+    // The demo writer records what the loader checks.
+    load_model(&dir);
+    for file in ["prima.safetensors", "tokenizer.safetensors"] {
+        let path = dir.join(file);
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        // A byte in the tensor data, past the header: the header still parses.
+        let at = bad.len() - 5;
+        bad[at] ^= 0x01;
+        std::fs::write(&path, &bad).unwrap();
+        let hex = |b: &[u8]| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b))
+        };
+        let err = match PrimaModel::load(&dir, &ModelOptions::default()) {
+            Ok(_) => panic!("{file}: a damaged model loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            err,
+            format!(
+                "model file {} is damaged or altered: its SHA-256 is {}, the manifest records {}",
+                path.display(),
+                hex(&bad),
+                hex(&good)
+            )
+        );
+        std::fs::write(&path, &good).unwrap();
+    }
+    load_model(&dir);
+}

@@ -540,3 +540,208 @@ fn success_naming_another_request_is_not_a_delivery() {
         "an output counted as delivered:\n{status}"
     );
 }
+
+#[test]
+fn unreadable_spool_files_are_quarantined_at_restart_not_deleted() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut node = Node::start(NodeOpts::default());
+    node.sigkill();
+    let series = study_series(&fx, "STUDY_A");
+    // A torn copy of a real instance at its own path, and garbage under a plausible name.
+    let real = std::fs::read(&series[0][0]).unwrap();
+    let torn = node.spool_path(&sop_uid_of(&series[0][0]));
+    std::fs::write(&torn, &real[..300]).unwrap();
+    let garbage = node
+        .state_dir
+        .join("spool/objects/00")
+        .join(format!("{}.dcm", "0".repeat(64)));
+    std::fs::write(&garbage, b"\x00garbage, not DICOM").unwrap();
+    for p in [&torn, &garbage] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    node.restart();
+    assert!(
+        !torn.exists() && !garbage.exists(),
+        "moved out of the spool"
+    );
+    let q = node.state_dir.join("quarantine");
+    let kept = walk_files(&q);
+    assert_eq!(kept.len(), 2, "{kept:?}\n{}", node.log_text());
+    let mut contents: Vec<Vec<u8>> = kept.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    contents.sort();
+    let mut want = vec![b"\x00garbage, not DICOM".to_vec(), real[..300].to_vec()];
+    want.sort();
+    assert_eq!(contents, want, "bytes kept as they were");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&q), 0o700);
+    assert!(kept.iter().all(|p| mode(p) == 0o600));
+    let log = node.log_text();
+    assert_eq!(
+        log.matches("spool file cannot be indexed: moved to quarantine")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("unreadable_files_quarantined=2"), "{log}");
+    assert!(
+        node.status().contains("quarantined files: 2"),
+        "{}",
+        node.status()
+    );
+    // The node serves: an echo, and the real instance stored again.
+    assert!(echoscu(node.opts.port, SCU_AE, NODE_AE).status.success());
+    let out = storescu(node.opts.port, SCU_AE, &series[0][..1]);
+    assert!(text(&out).contains("(Success)"), "{}", text(&out));
+    assert!(torn.exists());
+}
+
+/// The `attempts=` of the only outbox line of `status`, and the line.
+fn outbox_attempts(status: &str) -> (u32, String) {
+    let line = status
+        .lines()
+        .find(|l| l.contains(" -> "))
+        .unwrap_or_else(|| panic!("no outbox entry:\n{status}"))
+        .to_string();
+    let n = line
+        .split("attempts=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    (n, line)
+}
+
+#[test]
+fn a_pending_delivery_survives_a_destination_edit_and_reaches_it_when_restored() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let node = Node::start(NodeOpts {
+        retry_initial_s: 0.3,
+        // Parked entries wait this long: delivery after the restore within the test's
+        // wait needs the restored destination's entries retried at once.
+        retry_max_s: 30.0,
+        // A restored destination that had counted the unconfigured time would give up at
+        // its first failure.
+        max_attempts: 2,
+        ..NodeOpts::default()
+    });
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    // The destination is down: the delivery is pending, tried and counted.
+    assert!(
+        wait_until(Duration::from_secs(40), || node
+            .status()
+            .contains("last_error: cannot associate")),
+        "{}",
+        node.status()
+    );
+    // Edit the destination (another port) while the delivery is pending.
+    let edited = NodeOpts {
+        dest_port: free_port(),
+        ..node.opts.clone()
+    };
+    node.rewrite_config(&config_text(&edited, &node.state_dir));
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .status()
+            .contains("is not configured: kept until it is again")),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    let (parked, line) = outbox_attempts(&node.status());
+    assert!(line.contains(" pending "), "{line}");
+    // Exactly the connection attempts made, each logged as a failed try.
+    let tries = node
+        .log_text()
+        .matches("delivery failed; will retry")
+        .count() as u32;
+    assert_eq!(parked, tries, "{line}");
+    // The sender keeps looking at the outbox: the count stays put.
+    std::thread::sleep(Duration::from_secs(3));
+    let (still, line) = outbox_attempts(&node.status());
+    assert_eq!(still, parked, "attempts counted while unconfigured: {line}");
+    assert!(line.contains(" pending "), "{line}");
+
+    // Restore the destination, and bring it up: the object is delivered.
+    let dest = StoreScp::start(node.opts.dest_port);
+    node.rewrite_config(&config_text(&node.opts, &node.state_dir));
+    assert!(
+        wait_until(Duration::from_secs(20), || !dest.received().is_empty()),
+        "not delivered after the destination was restored:\n{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dest.received().len(), 1);
+    let (done, line) = outbox_attempts(&node.status());
+    assert!(line.contains(" done "), "{line}");
+    assert_eq!(done, parked + 1, "{line}");
+    assert!(node
+        .log_text()
+        .contains("destination configured: its pending deliveries are retried now"));
+}
+
+/// What the rescan sees after a power loss took the record of a replacement (same SOP
+/// Instance UID, new content, acknowledged): the spool file is newer than its database
+/// row. The study must be processed again with the new content.
+#[test]
+fn a_replacement_whose_record_was_lost_is_reindexed_and_its_study_processed_again() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let mut node = Node::start(NodeOpts::default());
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    let study = study_uid_of(&series[0][0]);
+    let runs = |node: &Node, n: &str| {
+        node.status()
+            .lines()
+            .any(|l| l.contains(&study) && l.contains(" done ") && l.contains(n))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || runs(&node, "runs=1")),
+        "{}",
+        node.status()
+    );
+    node.sigkill();
+    // The replacement, as the SCP would have left it: new content under the same path.
+    let spooled = node.spool_path(&sop_uid_of(&series[0][0]));
+    let mut obj = dicom_object::open_file(&spooled).unwrap();
+    obj.put(dicom_object::mem::InMemElement::new(
+        dicom_dictionary_std::tags::IMAGE_COMMENTS,
+        dicom_core::VR::LT,
+        dicom_core::PrimitiveValue::from("replaced"),
+    ));
+    std::thread::sleep(Duration::from_millis(20));
+    let tmp = node.state_dir.join("spool/tmp/replacement.part");
+    obj.write_to_file(&tmp).unwrap();
+    std::fs::rename(&tmp, &spooled).unwrap();
+    node.restart();
+    assert!(
+        node.log_text().contains("replaced_instances_reindexed=1"),
+        "{}",
+        node.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || runs(&node, "runs=2")),
+        "{}",
+        node.status()
+    );
+    // A second restart finds the record as recent as the file: nothing to redo.
+    node.sigkill();
+    node.restart();
+    assert!(node.log_text().contains("replaced_instances_reindexed=0"));
+}

@@ -598,6 +598,7 @@ def write_safetensors(path: str, tensors: Sequence[Tuple[str, LazyTensor]],
                 raise ConversionError(f"{name}: {a.nbytes} bytes, expected {n}")
             if n:
                 f.write(a.data)
+        _fsync_file(f)
     return off
 
 
@@ -823,6 +824,41 @@ def load_tokenizer_config(path: str) -> dict:
         raise ConversionError(f"cannot read tokenizer config {path}: {e}") from None
 
 
+def _fsync_file(f):
+    """Flush ``f`` and make its content durable before anyone renames it into place: a
+    crash or power loss must leave the old file or the complete new one, never a torn one
+    under the final name (the loader refuses a file whose sha256 is not the manifest's)."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str):
+    """Make the entries of directory ``path`` (new names, renames) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: str):
+    """``os.makedirs``, with every directory it creates and the parent of each fsynced."""
+    path = os.path.abspath(path)
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    os.makedirs(path, exist_ok=True)
+    for d in missing:
+        _fsync_dir(d)
+    if missing:
+        _fsync_dir(os.path.dirname(missing[-1]))
+
+
 def _atomic_replace(tmp: str, final: str):
     os.replace(tmp, final)
 
@@ -874,7 +910,7 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
         stem = os.path.splitext(os.path.basename(prima_path))[0]
         model_version = f"{stem}-{prima_sha[:12]}"
 
-    os.makedirs(out_dir, exist_ok=True)
+    _makedirs_durable(out_dir)
     meta = {"format": "pt", "model_name": model_name, "model_version": model_version}
     tmp_prima = os.path.join(out_dir, ".prima.safetensors.tmp")
     tmp_tok = os.path.join(out_dir, ".tokenizer.safetensors.tmp")
@@ -889,6 +925,7 @@ def convert(prima_path: str, tokenizer_path: str, tokenizer_config_path: str, ou
         _atomic_replace(tmp_prima, os.path.join(out_dir, "prima.safetensors"))
         _atomic_replace(tmp_tok, os.path.join(out_dir, "tokenizer.safetensors"))
         _atomic_replace(tmp_man, os.path.join(out_dir, "manifest.json"))
+        _fsync_dir(out_dir)
     finally:
         for t in (tmp_prima, tmp_tok, tmp_man):
             if os.path.exists(t):
@@ -955,6 +992,7 @@ def write_json(path: str, obj):
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
+        _fsync_file(f)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 

@@ -6,7 +6,8 @@
 //! recorded arrival and by the worker taking or finishing a job; the inference worker
 //! (hands each job to the processor, in `prima-node` as the worker process); the sender;
 //! the config watcher. On start, state is rebuilt from SQLite and the spool: stale
-//! temporary files are removed, spool files the database does not know are indexed,
+//! temporary files are removed, spool files the database does not know are indexed (or
+//! quarantined when they cannot be: `crate::store::recover`),
 //! unfinished jobs and outbox entries are queued again.
 //!
 //! The worker process ([`serve_worker`]) runs the processor and, when the processor takes
@@ -26,12 +27,10 @@ use crate::job::{ProcessError, ProcessorFactory, WorkItem};
 use crate::net::{scp, scu};
 use crate::process::background::{self, BackgroundCtx};
 use crate::process::PrepareCache;
-use crate::store::durable::create_private_dir;
-use crate::store::hash::content_hash;
-use crate::store::header::{data_set_of, read_header};
+use crate::store::durable::create_durable_dir;
 use crate::store::outbox::Outbox;
 use crate::store::spool::{Spool, SpoolError};
-use crate::store::state::{self, InstanceRecord, State, StateError};
+use crate::store::state::{self, State, StateError};
 use crate::study::assembler;
 use crate::worker::{self, WorkerCtx};
 
@@ -112,7 +111,7 @@ const WORKER_QUEUE: usize = 2;
 pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), NodeError> {
     let cfg = Config::load_with(config_path, &crate::net::tls::ContextCheck)?;
     let state_dir = cfg.node.state_dir.clone();
-    create_private_dir(&state_dir).map_err(|source| NodeError::Io {
+    create_durable_dir(&state_dir).map_err(|source| NodeError::Io {
         what: format!("cannot create state directory {}", state_dir.display()),
         source,
     })?;
@@ -124,13 +123,16 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     let state = Arc::new(State::open(&state_dir)?);
     let outbox = Outbox::open(&state_dir)?;
     let stale = spool.clean_tmp() + outbox.clean_tmp();
-    let (forgotten, indexed) = rescan(&spool, &state)?;
+    let rescan = crate::store::recover::rescan(&spool, &state, &state_dir)?;
     let (jobs, pending) = state.requeue_unfinished()?;
     info!(
         state_dir = %state_dir.display(),
         stale_temp_files_removed = stale,
-        missing_instances_forgotten = forgotten,
-        unindexed_instances_recovered = indexed,
+        missing_instances_forgotten = rescan.forgotten,
+        unindexed_instances_recovered = rescan.indexed,
+        replaced_instances_reindexed = rescan.reindexed,
+        unreadable_files_quarantined = rescan.quarantined,
+        unreadable_files_left_in_place = rescan.left_in_place,
         jobs_requeued = jobs,
         outbox_pending = pending,
         "state rebuilt"
@@ -368,64 +370,6 @@ fn wait_for_work(
     }
 }
 
-/// Reconcile the database with the spool after a crash.
-fn rescan(spool: &Spool, state: &State) -> Result<(usize, usize), NodeError> {
-    let known = state.instance_paths()?;
-    let mut forgotten = 0;
-    let mut known_paths = std::collections::HashSet::new();
-    for (sop, path) in known {
-        if path.exists() {
-            known_paths.insert(path);
-        } else {
-            warn!(path = %path.display(), "instance in the database but not in the spool: forgotten");
-            state.forget_instance(&sop)?;
-            forgotten += 1;
-        }
-    }
-    let mut indexed = 0;
-    for path in spool.all_objects() {
-        if known_paths.contains(&path) {
-            continue;
-        }
-        match recover_instance(spool, &path) {
-            Some(rec) => {
-                state.record_instance(&rec)?;
-                indexed += 1;
-            }
-            None => {
-                warn!(path = %path.display(), "unreadable or misplaced spool file removed");
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-    Ok((forgotten, indexed))
-}
-
-fn recover_instance(spool: &Spool, path: &Path) -> Option<InstanceRecord> {
-    let h = read_header(path).ok()?;
-    if spool.path_for(&h.sop_instance_uid) != path {
-        return None;
-    }
-    let bytes = std::fs::read(path).ok()?;
-    // Hashed as the SCP hashes it: the data set, without the meta group.
-    let ds = data_set_of(&bytes)?;
-    Some(InstanceRecord {
-        sop_uid: h.sop_instance_uid,
-        study_uid: h.study_instance_uid,
-        series_uid: h.series_instance_uid,
-        sop_class_uid: h.sop_class_uid,
-        modality: h.modality,
-        transfer_syntax: h.transfer_syntax,
-        series_number: h.series_number,
-        series_description: h.series_description,
-        path: path.to_owned(),
-        content_hash: content_hash(ds),
-        size: ds.len() as u64,
-        calling_ae: "(recovered)".into(),
-        peer: String::new(),
-    })
-}
-
 /// Watch the config file; apply valid changes, refuse invalid ones (the old stays).
 fn watch_config(path: &Path, shared: SharedConfig) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
@@ -526,6 +470,12 @@ pub fn status_report(config_path: &Path) -> Result<String, NodeError> {
     let mut out = String::new();
     let _ = writeln!(out, "state: {}", cfg.node.state_dir.display());
     let _ = writeln!(out, "instances: {}", c.instances);
+    let _ = writeln!(
+        out,
+        "quarantined files: {} (in {})",
+        crate::store::recover::quarantined_count(&cfg.node.state_dir),
+        crate::store::recover::quarantine_dir(&cfg.node.state_dir).display()
+    );
     let _ = writeln!(out, "studies by state:");
     if c.studies.is_empty() {
         let _ = writeln!(out, "  (none)");

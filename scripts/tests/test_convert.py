@@ -559,6 +559,41 @@ class SyntheticForms(unittest.TestCase):
         m = pc.convert(ck, self.tok, self.cfg, out, model_version="test-1")
         return model, m, out
 
+    def test_outputs_are_fsynced_before_rename_and_the_directory_after(self):
+        from unittest import mock
+        events = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd):
+            events.append(("fsync", os.path.realpath(os.readlink(f"/proc/self/fd/{fd}"))))
+            return real_fsync(fd)
+
+        def replace(src, dst):
+            events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+            return real_replace(src, dst)
+
+        with mock.patch.object(os, "fsync", fsync), mock.patch.object(os, "replace", replace):
+            _, _, out = self._convert("plain", 3)
+        out = os.path.realpath(out)
+        finals = [os.path.join(out, n) for n in
+                  ("prima.safetensors", "tokenizer.safetensors", "manifest.json")]
+        moves = {e[2]: (i, e[1]) for i, e in enumerate(events) if e[0] == "replace"}
+        for final in finals:
+            self.assertIn(final, moves, events)
+            at, tmp = moves[final]
+            # The content that lands under the final name was fsynced under a temporary
+            # name (for the manifest, before its first rename) before it got there.
+            chain = {tmp}
+            for e in events[:at]:
+                if e[0] == "replace" and e[2] in chain:
+                    chain.add(e[1])
+            synced = [i for i, e in enumerate(events[:at]) if e[0] == "fsync" and e[1] in chain]
+            self.assertTrue(synced, f"{final}: not fsynced before its rename: {events}")
+        last_move = max(at for at, _ in moves.values())
+        self.assertIn(("fsync", out), events[last_move + 1:], events)
+        # The new output directory's entry in its parent, too.
+        self.assertIn(("fsync", os.path.dirname(out)), events, events)
+
     def test_plain_form_three_class_priority(self):
         model, m, out = self._convert("plain", 3)
         a = m["architecture"]

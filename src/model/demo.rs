@@ -25,8 +25,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::manifest::{
-    Architecture, Extra, FormKind, HeadEntry, Manifest, NameEncoderConfig, PatchifierConfig,
-    PriorityHead, TokenizerConfig, VitConfig,
+    sha256_file, Architecture, Extra, FormKind, HeadEntry, Manifest, NameEncoderConfig,
+    PatchifierConfig, PriorityHead, TokenizerConfig, VitConfig,
 };
 use super::patchify::sincos_table;
 use super::prima::{MANIFEST_FILE, PRIMA_WEIGHTS_FILE, TOKENIZER_WEIGHTS_FILE};
@@ -687,14 +687,6 @@ pub fn write_demo_model(out: &Path, size: DemoSize, seed: u64) -> Result<(), Mod
     let mp = out.join(MANIFEST_FILE);
     std::fs::write(&mp, text + "\n").map_err(|e| ModelError::io(&mp, e))?;
     Ok(())
-}
-
-fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| ModelError::io(path, e))?;
-    Ok(hex::encode(h.finalize()))
 }
 
 /// The converter's descriptive `tokenizer.blocks` list for a config.

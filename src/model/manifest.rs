@@ -211,6 +211,42 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Check that the weights file the manifest lists under `files.<key>` is, byte for
+    /// byte, the one it recorded: its name is `file` and its content has the recorded
+    /// SHA-256. A copy torn by a crash or a full disk, or altered since the conversion,
+    /// would otherwise load as long as its header parses, and the model would answer with
+    /// wrong weights.
+    pub fn verify_file(&self, dir: &Path, key: &str, file: &str) -> Result<(), ModelError> {
+        let manifest = dir.join(super::prima::MANIFEST_FILE);
+        let entry = self.extra.get("files").and_then(|f| f.get(key));
+        let recorded = entry.and_then(|e| e.get("sha256")).and_then(Value::as_str);
+        let Some(expected) = recorded else {
+            return Err(ModelError::Manifest {
+                path: manifest,
+                msg: format!(
+                    "no files.{key}.sha256 for {file}: the weights cannot be verified (convert the model again)"
+                ),
+            });
+        };
+        let named = entry.and_then(|e| e.get("file")).and_then(Value::as_str);
+        if named.is_some_and(|n| n != file) {
+            return Err(ModelError::Manifest {
+                path: manifest,
+                msg: format!("files.{key}.file is {named:?}, expected {file:?}"),
+            });
+        }
+        let path = dir.join(file);
+        let actual = sha256_file(&path)?;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(ModelError::Checksum {
+                path,
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
     /// Consistency checks that do not need the tensors.
     pub fn validate(&self) -> Result<(), String> {
         let a = &self.architecture;
@@ -257,4 +293,13 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// SHA-256 of a file's content, lowercase hex.
+pub(crate) fn sha256_file(path: &Path) -> Result<String, ModelError> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| ModelError::io(path, e))?;
+    Ok(hex::encode(h.finalize()))
 }

@@ -53,6 +53,12 @@ pub enum ModelError {
         path: std::path::PathBuf,
         msg: String,
     },
+    #[error("model file {path} is damaged or altered: its SHA-256 is {actual}, the manifest records {expected}")]
+    Checksum {
+        path: std::path::PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("missing tensor `{key}` in {path}")]
     MissingTensor {
         path: std::path::PathBuf,

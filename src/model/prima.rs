@@ -147,6 +147,8 @@ impl PrimaModel {
             return Err(ModelError::Input("vqvae_chunk must be > 0".into()));
         }
         let manifest = Manifest::read(&dir.join(MANIFEST_FILE))?;
+        manifest.verify_file(dir, "prima", PRIMA_WEIGHTS_FILE)?;
+        manifest.verify_file(dir, "tokenizer", TOKENIZER_WEIGHTS_FILE)?;
         let kind = opts.precision.kind();
         let head_prefixes: Vec<String> = Heads::weight_prefixes(&manifest)
             .into_iter()

@@ -6,9 +6,12 @@
 //! SQLite (so it survives restarts). A destination that answers — a permanent association
 //! rejection or a failure status — gets `outbox.max_attempts` tries, then the entry is
 //! marked `failed` with the reason and a loud log line; an unreachable destination is
-//! retried without limit (a PACS down for a weekend must still get its results).
+//! retried without limit (a PACS down for a weekend must still get its results). Only a
+//! connection attempt counts as an attempt: an entry whose destination was removed or
+//! edited in a reload, or whose TLS setup is unusable, stays pending with its count as it
+//! was, and a restored destination's entries are retried at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,8 +39,10 @@ pub struct SenderCtx {
 
 /// The sender loop; returns when `stop` is set.
 pub fn run(ctx: SenderCtx, wake: Receiver<()>, stop: Arc<AtomicBool>) {
+    let mut configured = destination_keys(&ctx.config.get());
     while !stop.load(Ordering::SeqCst) {
         let cfg = ctx.config.get();
+        configured = retry_returned_destinations(&ctx, &cfg, configured);
         match ctx.state.due_outbox(now_ms()) {
             Ok(due) => {
                 let mut by_dest: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
@@ -50,24 +55,58 @@ pub fn run(ctx: SenderCtx, wake: Receiver<()>, stop: Arc<AtomicBool>) {
                     }
                     match cfg.destinations.iter().find(|d| d.key() == key) {
                         Some(d) => send_batch(&ctx, &cfg, d, rows, &stop),
-                        None => {
-                            // Removed from the configuration: keep the entries, try later.
-                            for r in rows {
-                                let next = now_ms() + 60_000;
-                                let _ = ctx.state.outbox_failed(
-                                    r.id,
-                                    "destination no longer configured",
-                                    next,
-                                    false,
-                                );
-                            }
-                        }
+                        None => park_unconfigured(&ctx, &cfg, &key, rows),
                     }
                 }
             }
             Err(e) => error!(error = %e, "cannot read the outbox"),
         }
         let _ = wake.recv_timeout(Duration::from_millis(500));
+    }
+}
+
+fn destination_keys(cfg: &Config) -> BTreeSet<String> {
+    cfg.destinations.iter().map(Destination::key).collect()
+}
+
+/// Entries of a destination that is configured again (a reload restored it) are due now,
+/// not after the wait they were parked for; returns the keys configured now.
+fn retry_returned_destinations(
+    ctx: &SenderCtx,
+    cfg: &Config,
+    before: BTreeSet<String>,
+) -> BTreeSet<String> {
+    let now = destination_keys(cfg);
+    for key in now.difference(&before) {
+        match ctx.state.outbox_retry_now(key) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(destination = %key, pending = n, "destination configured: its pending deliveries are retried now")
+            }
+            Err(e) => error!(error = %e, "cannot reschedule the outbox"),
+        }
+    }
+    now
+}
+
+/// The destination of `rows` is not in the configuration (removed or edited in a reload):
+/// the entries stay pending, uncounted (nothing was tried), until a destination with
+/// their key is configured again. They are never re-addressed to another destination:
+/// an edited host or port may well be a different PACS.
+fn park_unconfigured(ctx: &SenderCtx, cfg: &Config, key: &str, rows: Vec<OutboxRow>) {
+    let reason = format!("destination {key} is not configured: kept until it is again");
+    warn!(destination = %key, pending = rows.len(), "destination no longer configured: deliveries kept pending, attempts not counted");
+    park(ctx, cfg, &rows, &reason);
+}
+
+/// Keep `rows` pending without counting an attempt; looked at again after the longest
+/// backoff (or sooner, when their destination is configured again).
+fn park(ctx: &SenderCtx, cfg: &Config, rows: &[OutboxRow], reason: &str) {
+    let next = now_ms() + (cfg.outbox.retry_max_s * 1000.0) as i64;
+    for r in rows {
+        if let Err(e) = ctx.state.outbox_parked(r.id, reason, next) {
+            error!(error = %e, "cannot reschedule the outbox entry");
+        }
     }
 }
 
@@ -201,10 +240,10 @@ fn send_batch(
                     deliver(ctx, cfg, &rows, &file_ts, stop, a)
                 }),
             Err(e) => {
+                // Nothing was sent: not an attempt. Tried again after the longest backoff
+                // (the files or the configuration may be fixed meanwhile).
                 error!(error = %e, "destination TLS configuration unusable");
-                for r in &rows {
-                    failed(ctx, cfg, r, &format!("TLS configuration: {e}"), true);
-                }
+                park(ctx, cfg, &rows, &format!("TLS configuration: {e}"));
                 return;
             }
         },

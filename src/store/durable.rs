@@ -17,9 +17,34 @@ pub fn fsync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
 }
 
+/// [`create_private_dir`], durably: every directory it creates is fsynced, and so is the
+/// parent each one's entry was added to, so a power loss cannot take away a directory
+/// (and with it the files later made durable inside it). A directory that already exists
+/// costs one `stat`.
+pub fn create_durable_dir(p: &Path) -> io::Result<()> {
+    if p.is_dir() {
+        return Ok(());
+    }
+    // Deepest first: `p`, then each missing ancestor.
+    let missing: Vec<&Path> = p
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.is_dir())
+        .collect();
+    create_private_dir(p)?;
+    for d in &missing {
+        fsync_dir(d)?;
+    }
+    let top_parent = missing
+        .last()
+        .and_then(|d| d.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fsync_dir(top_parent)
+}
+
 /// Write `bytes` to `dir/name` atomically and durably (temp, fsync, rename, fsync dir).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
-    create_private_dir(dir).map_err(io_err(dir))?;
+    create_durable_dir(dir).map_err(io_err(dir))?;
     let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
     let dst = dir.join(name);
     let r = (|| {
@@ -49,7 +74,9 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Spo
 /// then the directory is fsynced once. Either all names are in place and
 /// durable on Ok, or an error is returned (some may be in place; each is complete).
 pub fn write_atomic_many(dir: &Path, files: &[(&str, &[u8])]) -> Result<Vec<PathBuf>, SpoolError> {
-    create_private_dir(dir).map_err(io_err(dir))?;
+    // A study's first results create `results/<hash>`: its entry in `results/` must be
+    // durable too, or the files in it could vanish with it.
+    create_durable_dir(dir).map_err(io_err(dir))?;
     let mut tmps: Vec<(PathBuf, PathBuf, std::sync::Arc<File>)> = Vec::with_capacity(files.len());
     let cleanup = |tmps: &[(PathBuf, PathBuf, std::sync::Arc<File>)]| {
         for (t, _, _) in tmps {
@@ -130,7 +157,7 @@ pub fn free_mb(p: &Path) -> io::Result<u64> {
 const SYNC_THREADS: usize = 16;
 
 /// A job for the sync pool: one fsync-like call.
-type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
+pub(crate) type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
 /// Persistent threads for fsyncs: [`in_parallel`] batches and instance commits. Each
 /// fsync ends in a device cache flush; issued from several threads at once, the block
@@ -217,6 +244,7 @@ pub(crate) fn commit_file(file: &File, tmp: &Path, dst: &Path, objects: &Path) -
         // Shards exist since `open`; recreate one removed behind our back.
         if !shard.is_dir() {
             create_private_dir(shard)?;
+            fsync_dir(shard)?;
             fsync_dir(objects)?;
         }
         fs::rename(tmp, dst)?;
@@ -231,6 +259,21 @@ pub(crate) fn commit_file(file: &File, tmp: &Path, dst: &Path, objects: &Path) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_durable_dir_makes_private_nested_dirs() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        create_durable_dir(&deep).unwrap();
+        for p in [d.path().join("a"), d.path().join("a/b"), deep.clone()] {
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+        create_durable_dir(&deep).unwrap();
+    }
 
     #[test]
     fn write_atomic_many_writes_all() {

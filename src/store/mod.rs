@@ -5,6 +5,8 @@
 //!   [`length_guard`] made sure parsing it cannot allocate more than it holds.
 //! - [`hash`] is the content hash of a data set; [`durable`] the fsync and atomic-write
 //!   primitives the spool and the outbox share; [`error`] their error.
+//! - [`recover`] reconciles the database with the spool at start (quarantining, never
+//!   deleting, what it cannot index).
 pub mod durable;
 pub mod error;
 pub mod hash;
@@ -12,5 +14,6 @@ pub mod header;
 pub mod input;
 pub mod length_guard;
 pub mod outbox;
+pub mod recover;
 pub mod spool;
 pub mod state;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::store::durable::{create_private_dir, write_atomic, write_atomic_many};
+use crate::store::durable::{create_durable_dir, write_atomic, write_atomic_many};
 use crate::store::error::SpoolError;
 use crate::store::hash::sha256_hex;
 use crate::uid;
@@ -20,7 +20,7 @@ impl Outbox {
         let objects = state_dir.join("outbox");
         let results = state_dir.join("results");
         for d in [&objects, &results] {
-            create_private_dir(d).map_err(|source| SpoolError::Io {
+            create_durable_dir(d).map_err(|source| SpoolError::Io {
                 path: d.clone(),
                 source,
             })?;

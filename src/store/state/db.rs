@@ -36,8 +36,13 @@ impl State {
         restrict_perms(&path);
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL in WAL survives a process crash; a power loss can lose the last commits,
-        // which the spool rescan at start repairs (the files are fsynced before Success).
+        // NORMAL in WAL survives a process crash; a power loss can lose the last commits
+        // (always a suffix of them). Success promises the spool file (fsynced with its
+        // directory entry), not this row: the rescan at start indexes files the database
+        // lost and re-indexes files newer than their row (a lost replacement), so every
+        // acknowledged instance and its study's state come back. FULL would add a
+        // serialized fsync per instance for bookkeeping the rescan rebuilds. See
+        // docs/durability.md.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
@@ -46,6 +51,9 @@ impl State {
             p.push(suffix);
             restrict_perms(Path::new(&p));
         }
+        // SQLite fsyncs the database and WAL files, not the directory entries it created
+        // for them: a power loss right after the first start could take the files away.
+        crate::store::durable::fsync_dir(state_dir)?;
         Ok(State {
             conn: Mutex::new(conn),
             path,

@@ -89,6 +89,11 @@ impl State {
             format!("{:?} {} bytes", outcome, r.size)
         ])?;
         if outcome == RecordOutcome::Unchanged {
+            // The re-sent copy replaced the file (a rename): its record is as recent as
+            // the file, or the rescan would take it for a replacement whose record was
+            // lost and hash it again at every start.
+            tx.prepare_cached("UPDATE instances SET received_ms = ?2 WHERE sop_uid = ?1")?
+                .execute(params![r.sop_uid, now])?;
             tx.commit()?;
             return Ok(outcome);
         }
@@ -190,13 +195,14 @@ impl State {
         Ok(rows)
     }
 
-    /// All instance paths known, for the spool rescan.
-    pub fn instance_paths(&self) -> Result<Vec<(String, PathBuf)>, StateError> {
+    /// Every instance known (SOP Instance UID, path, when it was last recorded), for the
+    /// spool rescan.
+    pub fn instance_paths(&self) -> Result<Vec<(String, PathBuf, i64)>, StateError> {
         let c = self.c();
-        let mut st = c.prepare("SELECT sop_uid, path FROM instances")?;
+        let mut st = c.prepare("SELECT sop_uid, path, received_ms FROM instances")?;
         let rows = st
             .query_map([], |r| {
-                Ok((r.get(0)?, PathBuf::from(r.get::<_, String>(1)?)))
+                Ok((r.get(0)?, PathBuf::from(r.get::<_, String>(1)?), r.get(2)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)

@@ -61,6 +61,32 @@ impl State {
         Ok(())
     }
 
+    /// Keep a pending entry for later without counting an attempt: nothing was tried (its
+    /// destination is not configured, or cannot be connected to as configured).
+    pub fn outbox_parked(
+        &self,
+        id: i64,
+        reason: &str,
+        next_attempt_ms: i64,
+    ) -> Result<(), StateError> {
+        self.c().execute(
+            "UPDATE outbox SET last_error = ?2, next_attempt_ms = ?3 WHERE id = ?1 AND state = ?4",
+            params![id, reason, next_attempt_ms, outbox_state::PENDING],
+        )?;
+        Ok(())
+    }
+
+    /// Make the pending entries of `destination` due now (it was configured again);
+    /// returns how many.
+    pub fn outbox_retry_now(&self, destination: &str) -> Result<usize, StateError> {
+        let now = now_ms();
+        Ok(self.c().execute(
+            "UPDATE outbox SET next_attempt_ms = ?2
+             WHERE destination = ?1 AND state = ?3 AND next_attempt_ms > ?2",
+            params![destination, now, outbox_state::PENDING],
+        )?)
+    }
+
     /// Record a failed attempt; `give_up` makes it final.
     pub fn outbox_failed(
         &self,
