@@ -32,8 +32,11 @@ fn parse(trace: &str) -> Vec<Call> {
     let mut open: HashMap<String, (f64, String, String)> = HashMap::new();
     let mut calls = Vec::new();
     for line in trace.lines() {
-        let mut it = line.splitn(3, ' ');
-        let (Some(pid), Some(t), Some(rest)) = (it.next(), it.next(), it.next()) else {
+        // "PID TIME call(...)": strace pads PID to a common width.
+        let Some((pid, rest)) = line.trim_start().split_once(char::is_whitespace) else {
+            continue;
+        };
+        let Some((t, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(t) = t.parse::<f64>() else { continue };
@@ -155,8 +158,9 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
     let dest = StoreScp::start(o.dest_port);
     let node = Node::start(o);
     let trace = node.state_dir.parent().unwrap().join("trace.txt");
+    let strace_log = node.state_dir.parent().unwrap().join("strace.log");
     let mut strace = Command::new("strace")
-        .args(["-f", "-qq", "-ttt", "-yy", "-s", "4096", "-o"])
+        .args(["-f", "-ttt", "-yy", "-s", "4096", "-o"])
         .arg(&trace)
         .args([
             "-e",
@@ -165,11 +169,19 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
         ])
         .arg(node.pid().unwrap().to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&strace_log).unwrap())
         .spawn()
         .unwrap();
-    // Attached when the first traced call (the assembler's own bookkeeping) shows up.
-    std::thread::sleep(Duration::from_secs(2));
+    // strace says "Process N attached" for each thread it attaches to.
+    let attached = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&strace_log).is_ok_and(|l| l.contains("attached"))
+    });
+    assert!(
+        attached,
+        "strace did not attach: {}",
+        std::fs::read_to_string(&strace_log).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_millis(500));
     let series = study_series(&fx, "STUDY_A");
     let sent: Vec<_> = series[..2].to_vec();
     send_study(node.opts.port, &sent, 1);
@@ -185,7 +197,12 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
     }
     let _ = strace.wait();
     let calls = parse(&std::fs::read_to_string(&trace).unwrap());
-    assert!(calls.len() > 100, "trace too short: {} calls", calls.len());
+    assert!(
+        calls.len() > 100,
+        "trace too short: {} calls; strace said: {}",
+        calls.len(),
+        std::fs::read_to_string(&strace_log).unwrap_or_default()
+    );
 
     let objects = node.state_dir.join("spool/objects");
     let mut checked = 0;

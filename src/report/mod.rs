@@ -187,16 +187,6 @@ pub enum ReportError {
     Encode(String),
 }
 
-/// UID of an output object: `2.25.` + decimal u128 of a UUIDv5 over the four inputs.
-pub fn output_uid(
-    study_uid: &str,
-    input_set_hash: &[u8; 32],
-    model_version: &str,
-    kind: &str,
-) -> String {
-    uid::output_uid(study_uid, input_set_hash, model_version, kind)
-}
-
 /// Build the SR, and the KOS when the priority reaches `cfg.kos_min_priority`.
 pub fn build_outputs(
     input: &ReportInput,
