@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::ModelError;
 
+/// The manifest's file name inside a model directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// Extra fields this crate does not interpret.
 pub type Extra = BTreeMap<String, Value>;
 
@@ -217,7 +220,7 @@ impl Manifest {
     /// would otherwise load as long as its header parses, and the model would answer with
     /// wrong weights.
     pub fn verify_file(&self, dir: &Path, key: &str, file: &str) -> Result<(), ModelError> {
-        let manifest = dir.join(super::prima::MANIFEST_FILE);
+        let manifest = dir.join(MANIFEST_FILE);
         let entry = self.extra.get("files").and_then(|f| f.get(key));
         let recorded = entry.and_then(|e| e.get("sha256")).and_then(Value::as_str);
         let Some(expected) = recorded else {

@@ -14,8 +14,8 @@ use super::vqvae::VqvaeEncoder;
 use super::weights::Weights;
 use super::ModelError;
 
-/// File names inside a model directory.
-pub const MANIFEST_FILE: &str = "manifest.json";
+/// File names inside a model directory (the manifest's own is `manifest::MANIFEST_FILE`).
+pub use super::manifest::MANIFEST_FILE;
 pub const PRIMA_WEIGHTS_FILE: &str = "prima.safetensors";
 pub const TOKENIZER_WEIGHTS_FILE: &str = "tokenizer.safetensors";
 
