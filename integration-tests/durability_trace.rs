@@ -7,7 +7,9 @@
 //!   the rename onto its spool path, and the fsync of the directory it was renamed into,
 //!   all finished before the C-STORE response carrying its SOP Instance UID is written;
 //! - every output: written, synced, renamed into the outbox and its directory synced before
-//!   the first byte of its C-STORE to the destination.
+//!   the first byte of its C-STORE to the destination; the study's predictions and run
+//!   record the same way, in a `results/<hash>` directory that was itself synced into
+//!   `results/` after it was created.
 mod common;
 mod fixtures;
 
@@ -164,7 +166,7 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
         .arg(&trace)
         .args([
             "-e",
-            "trace=write,writev,pwrite64,sendto,sendmsg,fdatasync,fsync,rename,renameat,renameat2",
+            "trace=write,writev,pwrite64,sendto,sendmsg,fdatasync,fsync,rename,renameat,renameat2,mkdir,mkdirat",
             "-p",
         ])
         .arg(node.pid().unwrap().to_string())
@@ -228,6 +230,31 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
         }
         checked += 1;
     }
+    // The predictions and run record kept for audit, before the first output is sent.
+    let (first_uid, study) = dest.received()[0].clone();
+    let first_send = first_send_with(&calls, &first_uid).unwrap();
+    let results = node.state_dir.join("results");
+    let dir = results.join(prima_node::store::hash::sha256_hex(study.as_bytes()));
+    for name in ["predictions.json", "run.json"] {
+        if let Err(e) = durable_before(&calls, &dir.join(name), first_send) {
+            panic!("{name} not durable before the first output was sent: {e}");
+        }
+        checked += 1;
+    }
+    let d = dir.to_string_lossy();
+    let made = calls
+        .iter()
+        .find(|c| c.name.starts_with("mkdir") && ok(c) && c.args.contains(&format!("\"{d}\"")))
+        .unwrap_or_else(|| panic!("no mkdir of {d}"));
+    let r = results.to_string_lossy();
+    assert!(
+        calls.iter().any(|c| c.name == "fsync"
+            && ok(c)
+            && fd_path(c) == Some(r.as_ref())
+            && c.start >= made.end
+            && c.end <= first_send.start),
+        "results/ not synced after {d} was created and before the first send"
+    );
     eprintln!(
         "{checked} objects checked against {} traced calls",
         calls.len()

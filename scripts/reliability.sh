@@ -40,13 +40,19 @@ field() {
 
 echo "seed: $PRIMA_RELIABILITY_SEED; logs: $LOGDIR"
 cargo build --quiet --features stand-in --bins --test crash_consistency --test node_limits --test node_recovery \
-  --test node_storage --test hostile_input 2>&1 | tail -n 20
+  --test node_storage --test hostile_input --test durability_trace --test node_e2e 2>&1 | tail -n 20
 
 part crash cargo test --quiet --features stand-in --test crash_consistency -- --nocapture
 part limits cargo test --quiet --features stand-in --test node_limits -- --nocapture --test-threads=1
 part faults cargo test --quiet --features stand-in --test node_recovery -- --test-threads=2
 part storage cargo test --quiet --features stand-in --test node_storage
 part hostile cargo test --quiet --features stand-in --test hostile_input -- --nocapture
+# Durability as system calls: data, fdatasync, rename, directory fsync before each answer.
+part durability cargo test --quiet --features stand-in --test durability_trace -- --nocapture
+# A header value that used to abort the worker, through processing with a model.
+part poison cargo test --quiet --features stand-in --test node_e2e an_absurd_frame_count
+# The worker killed on every try of a study: failed after [model] max_crashes, next study ok.
+part crashloop cargo test --quiet --features stand-in --test node_recovery a_study_that_keeps_killing_the_worker
 
 fuzz_execs="n/a"
 fuzz_crashes="n/a"
@@ -87,6 +93,10 @@ printf '%-34s %s\n' "slow-loris closed after (s)" "$(field limits LORIS-SUMMARY 
 printf '%-34s %s\n' "disk floor (tmpfs)" "$(grep -ho 'FLOOR-SUMMARY .*' "$LOGDIR/limits.log" | head -n 1 | cut -d' ' -f2-)"
 printf '%-34s %s\n' "disk full while processing" "delivered after space returned: $(field limits DISKFULL-SUMMARY delivered_after_space_returned)"
 printf '%-34s %s\n' "hostile cases passed" "${hostile_passed:-?}"
+passed() { [[ " ${failed_parts[*]} " == *" $1 "* ]] && echo "FAILED" || echo "$2"; }
+printf '%-34s %s\n' "crash loop" "$(passed crashloop "study failed after 2 worker crashes, next study ok")"
+printf '%-34s %s\n' "durability trace (objects checked)" "$(grep -ho '[0-9]* objects checked' "$LOGDIR/durability.log" | head -n 1 | cut -d' ' -f1)"
+printf '%-34s %s\n' "poison header through processing" "$(passed poison "series skipped with its reason, next study ok")"
 printf '%-34s %s\n' "fuzz executions" "$fuzz_execs"
 printf '%-34s %s\n' "fuzz crashes" "$fuzz_crashes"
 printf '%-34s %s\n' "parts failed" "${failed_parts[*]:-none}"
