@@ -209,3 +209,108 @@ fn an_absurd_frame_count_skips_its_series_and_the_node_goes_on() {
         "the worker never crashed"
     );
 }
+
+/// The worker's data memory (kB, VmData) as the kernel counts it for RLIMIT_DATA.
+fn worker_vmdata_kb(node: &Node) -> u64 {
+    let kids = common::children_of(node.pid().unwrap());
+    assert_eq!(kids.len(), 1, "one worker process: {kids:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", kids[0])).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmData:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmData in /proc/<pid>/status")
+}
+
+/// Crash-loop: a study whose processing ends the worker process every time (here: series
+/// of 300 slices, whose resampled volumes need more memory than `[model] worker_memory_mb`
+/// leaves, as a study bigger than the host would meet the OOM killer) is marked failed
+/// after `max_crashes` tries, and the study sent after it gets its SR and KOS.
+#[test]
+fn a_study_that_crashes_the_worker_every_time_fails_and_the_next_one_is_reported() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let o = Command::new(common::bin())
+        .args(["model", "demo", "--size", "small", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    let mut node = Node::start(NodeOpts {
+        dest_port: pacs_port,
+        model_dir: Some(model),
+        ..NodeOpts::default()
+    });
+    // What the loaded model takes, plus room for a normal small study (4 series of 256×256
+    // ×24: ~13 MB per resampled volume) but not for two 300-slice ones (~160 MB each, twice).
+    let limit_mb = worker_vmdata_kb(&node) / 1024 + 150;
+    node.sigterm();
+    node.opts.worker_memory_mb = Some(limit_mb);
+    std::fs::write(
+        &node.config,
+        common::config_text(&node.opts, &node.state_dir),
+    )
+    .unwrap();
+    node.restart();
+
+    let big = tmp.path().join("big");
+    let o = Command::new(common::bin())
+        .args([
+            "synth-study",
+            "--seed",
+            "5",
+            "--instances",
+            "600",
+            "--series",
+            "2",
+            "--rows",
+            "16",
+            "--cols",
+            "16",
+            "--out",
+        ])
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut files = common::walk_files(&big);
+    files.sort();
+    let big_study = common::study_uid_of(&files[0]);
+    common::send_study(node.opts.port, &[files], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(120), || node.status().lines().any(
+            |l| l.contains(&big_study) && l.contains(" failed ") && l.contains("crashed 2 time(s)")
+        )),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    assert!(
+        !studies_at(&pacs).contains(&big_study),
+        "nothing sent for it"
+    );
+    assert!(
+        node.log_text().contains("memory allocation of"),
+        "the worker ended on an allocation beyond its limit:\n{}",
+        node.log_text()
+    );
+
+    let good = synth(&tmp.path().join("good"), 4);
+    let good_study = common::study_uid_of(&good[0]);
+    common::send_study(node.opts.port, &[good], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(120), || studies_at(&pacs)
+            .iter()
+            .filter(|s| **s == good_study)
+            .count()
+            >= 2),
+        "no SR and KOS for the next study:\n{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+}

@@ -262,28 +262,6 @@ fn failed_after_three_attempts(node: &Node) -> (String, String) {
     (status, line)
 }
 
-/// Pids of the node's child processes (its worker).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces, so split after the ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            v.push(child);
-        }
-    }
-    v
-}
-
 /// Kills the node's worker process, as the OOM killer would, once it is running a job.
 fn kill_worker(node: &Node, ready_before: usize) {
     assert!(

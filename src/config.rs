@@ -106,6 +106,11 @@ pub struct ModelSection {
     /// Crashes of the worker process on one study before the study is marked failed.
     #[serde(default = "default_max_crashes")]
     pub max_crashes: u32,
+    /// Data memory the worker process may use (RLIMIT_DATA), so that one study cannot
+    /// take the host's memory: beyond it the worker fails its allocation and ends, as under
+    /// the OOM killer, and the node carries on. None: no limit of ours.
+    #[serde(default)]
+    pub worker_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -373,6 +378,11 @@ impl Config {
         }
         if self.model.max_crashes == 0 {
             p.push("[model] max_crashes: must be at least 1".into());
+        }
+        if self.model.worker_memory_mb.is_some_and(|m| m < 256) {
+            p.push(
+                "[model] worker_memory_mb: at least 256 (the model and libtorch need it)".into(),
+            );
         }
         let dev = self.model.device.as_str();
         let dev_ok = dev == "cpu"

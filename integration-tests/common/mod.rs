@@ -77,6 +77,8 @@ pub struct NodeOpts {
     pub read_timeout_s: u64,
     /// State directory; default `<temp dir>/state`.
     pub state_dir: Option<PathBuf>,
+    /// `[model] worker_memory_mb`.
+    pub worker_memory_mb: Option<u64>,
 }
 
 impl Default for NodeOpts {
@@ -98,6 +100,7 @@ impl Default for NodeOpts {
             extra_sop_classes: Vec::new(),
             read_timeout_s: 20,
             state_dir: None,
+            worker_memory_mb: None,
         }
     }
 }
@@ -114,6 +117,7 @@ max_associations = {maxa}
 [model]
 dir = "{model}"
 device = "cpu"
+{memory}
 
 [assembly]
 quiet_period_s = {quiet}
@@ -158,6 +162,10 @@ port = {dport}
             .as_deref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "/nonexistent/model".into()),
+        memory = o
+            .worker_memory_mb
+            .map(|m| format!("worker_memory_mb = {m}"))
+            .unwrap_or_default(),
     );
     for (ae, host) in &o.sources {
         s.push_str(&format!("\n[[sources]]\nae_title = \"{ae}\"\n"));
@@ -525,4 +533,26 @@ pub fn send_study(port: u16, series: &[Vec<PathBuf>], parallel: usize) {
             assert!(o.status.success(), "storescu failed:\n{}", text(&o));
         }
     }
+}
+
+/// Pids of the processes whose parent is `pid` (the node's worker).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            v.push(child);
+        }
+    }
+    v
 }

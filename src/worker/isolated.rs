@@ -28,8 +28,15 @@ pub const WORKER_FD: i32 = 3;
 pub fn factory(config_path: &Path) -> ProcessorFactory {
     let config_path = config_path.to_owned();
     Box::new(move |cfg| {
+        let limits = Limits {
+            data_mb: cfg.model.worker_memory_mb,
+        };
         let marker = Marker::in_state_dir(&cfg.node.state_dir);
-        Ok(Box::new(ChildProcessor::start(config_path, marker)?))
+        Ok(Box::new(ChildProcessor::start(
+            config_path,
+            limits,
+            marker,
+        )?))
     })
 }
 
@@ -37,8 +44,16 @@ pub fn factory(config_path: &Path) -> ProcessorFactory {
 /// of another study (each leaves that series alone, so this is a bound, not a retry loop).
 const BACKGROUND_RESTARTS: u32 = 3;
 
+/// Resource limits of the worker process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// RLIMIT_DATA in MB.
+    pub data_mb: Option<u64>,
+}
+
 pub struct ChildProcessor {
     config_path: PathBuf,
+    limits: Limits,
     marker: Marker,
     running: Option<Running>,
     /// The job sent to the child now, so a crash can be told from a protocol error.
@@ -53,10 +68,15 @@ struct Running {
 impl ChildProcessor {
     /// Starts the worker process and waits until it has loaded the model, so that a model
     /// that cannot be loaded stops the node at start as it always did.
-    pub fn start(config_path: PathBuf, marker: Marker) -> Result<Self, ProcessError> {
-        let running = spawn(&config_path).map_err(ProcessError::Load)?;
+    pub fn start(
+        config_path: PathBuf,
+        limits: Limits,
+        marker: Marker,
+    ) -> Result<Self, ProcessError> {
+        let running = spawn(&config_path, limits).map_err(ProcessError::Load)?;
         Ok(ChildProcessor {
             config_path,
+            limits,
             marker,
             running: Some(running),
             next_job_id: 0,
@@ -109,7 +129,7 @@ impl StudyProcessor for ChildProcessor {
         loop {
             let mut r = match self.running.take() {
                 Some(r) => r,
-                None => spawn(&self.config_path).map_err(ProcessError::Crashed)?,
+                None => spawn(&self.config_path, self.limits).map_err(ProcessError::Crashed)?,
             };
             self.next_job_id += 1;
             let io = match Self::exchange(&mut r, self.next_job_id, job) {
@@ -136,12 +156,16 @@ impl StudyProcessor for ChildProcessor {
 }
 
 /// Starts `prima-node worker` and waits for its `Ready`.
-fn spawn(config_path: &Path) -> Result<Running, String> {
+fn spawn(config_path: &Path, limits: Limits) -> Result<Running, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
     let (mut ours, theirs) =
         UnixStream::pair().map_err(|e| format!("cannot create the worker socket: {e}"))?;
     let fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
+    let data = limits.data_mb.map(|mb| libc::rlimit {
+        rlim_cur: (mb << 20) as libc::rlim_t,
+        rlim_max: (mb << 20) as libc::rlim_t,
+    });
     // Stray prints of native libraries go to the log, never into the protocol.
     let stdout = std::io::stderr()
         .as_fd()
@@ -154,7 +178,7 @@ fn spawn(config_path: &Path) -> Result<Running, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout));
     // SAFETY: only async-signal-safe calls between fork and exec (dup2, fcntl, prctl,
-    // getppid, _exit), on descriptors this process owns.
+    // setrlimit, getppid, _exit), on descriptors this process owns.
     unsafe {
         cmd.pre_exec(move || {
             if fd == WORKER_FD {
@@ -167,6 +191,11 @@ fn spawn(config_path: &Path) -> Result<Running, String> {
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(l) = &data {
+                if libc::setrlimit(libc::RLIMIT_DATA, l) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // The node died between fork and prctl: nobody will ever talk to us.
             if libc::getppid() != parent {
