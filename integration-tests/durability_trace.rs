@@ -260,3 +260,91 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
         calls.len()
     );
 }
+
+/// The directories the node creates at its first start (state, spool, outbox, results and
+/// the spool's shards) are each synced, and so is the directory that gained them, before
+/// the node says it is ready: after a power loss the tree the first instance is renamed
+/// into still exists.
+#[test]
+fn directories_created_at_first_start_are_synced_into_their_parents() {
+    if !have_dcmtk() {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "strace is missing (scripts/setup.sh installs it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("prima-node.toml");
+    std::fs::write(&config, config_text(&NodeOpts::default(), &state)).unwrap();
+    let trace = dir.path().join("trace.txt");
+    let log = dir.path().join("node.log");
+    let mut node = Command::new("strace")
+        .args(["-f", "-qq", "-ttt", "-yy", "-o"])
+        .arg(&trace)
+        .args(["-e", "trace=mkdir,mkdirat,fsync", "--"])
+        .arg(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("PRIMA_NODE_FAKE_PROCESSOR", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = wait_until(Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("prima-node ready"))
+    });
+    // SIGTERM to strace's tracee: the node stops as usual, then strace exits.
+    let pid = children_of(node.id());
+    for p in &pid {
+        // SAFETY: a signal to a process this test started (through strace).
+        unsafe {
+            libc::kill(*p as i32, libc::SIGTERM);
+        }
+    }
+    let _ = node.wait();
+    assert!(
+        ready,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let calls = parse(&std::fs::read_to_string(&trace).unwrap());
+    let synced_after = |path: &Path, after: f64| {
+        let p = path.to_string_lossy();
+        calls
+            .iter()
+            .any(|c| c.name == "fsync" && ok(c) && fd_path(c) == Some(&p) && c.start >= after)
+    };
+    let shard = state.join("spool/objects/00");
+    for d in [
+        state.clone(),
+        state.join("spool"),
+        state.join("spool/tmp"),
+        state.join("spool/objects"),
+        shard,
+        state.join("outbox"),
+        state.join("results"),
+    ] {
+        let p = d.to_string_lossy();
+        let made = calls
+            .iter()
+            .find(|c| c.name.starts_with("mkdir") && ok(c) && c.args.contains(&format!("\"{p}\"")))
+            .unwrap_or_else(|| panic!("no mkdir of {p}"));
+        assert!(
+            synced_after(&d, made.end),
+            "{p} not synced after it was made"
+        );
+        let parent = d.parent().unwrap();
+        assert!(
+            synced_after(parent, made.end),
+            "{} not synced after {p} was added to it",
+            parent.display()
+        );
+    }
+}
