@@ -140,6 +140,19 @@ fn first_send_with<'a>(calls: &'a [Call], uid: &str) -> Option<&'a Call> {
     })
 }
 
+/// strace is there; without it the test is skipped, except under CI, where it fails.
+fn have_strace() -> bool {
+    if Command::new("strace").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "strace is missing (scripts/setup.sh installs it)"
+    );
+    eprintln!("strace not installed: skipped");
+    false
+}
+
 #[test]
 fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
     let Some(fx) = fixtures::reference_dir() else {
@@ -148,12 +161,7 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
     if !have_dcmtk() {
         return;
     }
-    if Command::new("strace").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "strace is missing (scripts/setup.sh installs it)"
-        );
-        eprintln!("strace not installed: skipped");
+    if !have_strace() {
         return;
     }
     let o = NodeOpts::default();
@@ -270,11 +278,7 @@ fn directories_created_at_first_start_are_synced_into_their_parents() {
     if !have_dcmtk() {
         return;
     }
-    if Command::new("strace").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "strace is missing (scripts/setup.sh installs it)"
-        );
+    if !have_strace() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -137,14 +137,9 @@ fn studies_at(pacs: &StoreScp) -> Vec<String> {
         .collect()
 }
 
-/// Issue 14: one instance claiming 2,147,483,647 frames was accepted and then aborted the
-/// node on every start (944 GB reserved while reading its header). It must go through
-/// processing as a skipped series, and the next study must be processed as usual.
-#[test]
-fn an_absurd_frame_count_skips_its_series_and_the_node_goes_on() {
-    if !common::have_dcmtk() {
-        return;
-    }
+/// A small demo model in a temporary folder and a storescp "PACS":
+/// (folder, model dir, PACS port, PACS).
+fn demo_model_and_pacs() -> (tempfile::TempDir, PathBuf, u16, StoreScp) {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     let o = Command::new(common::bin())
@@ -155,26 +150,50 @@ fn an_absurd_frame_count_skips_its_series_and_the_node_goes_on() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let pacs_port = common::free_port();
     let pacs = StoreScp::start(pacs_port);
+    (tmp, model, pacs_port, pacs)
+}
+
+/// Issue 14: one instance claiming 2,147,483,647 frames was accepted and then aborted the
+/// node on every start (944 GB reserved while reading its header). It must go through
+/// processing as a skipped series, and the next study must be processed as usual.
+#[test]
+fn an_absurd_frame_count_skips_its_series_and_the_node_goes_on() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    let (tmp, model, pacs_port, pacs) = demo_model_and_pacs();
     let node = Node::start(NodeOpts {
         dest_port: pacs_port,
         model_dir: Some(model),
         ..NodeOpts::default()
     });
     let bad = synth(&tmp.path().join("bad"), 3);
-    let mut obj = dicom_object::open_file(&bad[0]).unwrap();
-    let bad_series = obj
-        .element(dicom_dictionary_std::tags::SERIES_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string();
-    obj.put(dicom_core::DataElement::new(
-        dicom_dictionary_std::tags::NUMBER_OF_FRAMES,
-        dicom_core::VR::IS,
-        dicom_core::PrimitiveValue::from("2147483647"),
-    ));
-    obj.write_to_file(&bad[0]).unwrap();
+    // Sets `values` in one instance; returns its series.
+    let poison =
+        |path: &std::path::Path,
+         values: &[(dicom_core::Tag, dicom_core::VR, dicom_core::PrimitiveValue)]| {
+            let mut obj = dicom_object::open_file(path).unwrap();
+            for (tag, vr, v) in values {
+                obj.put(dicom_core::DataElement::new(*tag, *vr, v.clone()));
+            }
+            obj.write_to_file(path).unwrap();
+            common::series_uid_of(path)
+        };
+    use dicom_core::{PrimitiveValue as V, VR};
+    use dicom_dictionary_std::tags;
+    let bad_series = poison(
+        &bad[0],
+        &[(tags::NUMBER_OF_FRAMES, VR::IS, V::from("2147483647"))],
+    );
+    // Rows × Columns that its pixel data cannot hold (the volume buffer's shape).
+    let big_series = poison(
+        bad.last().unwrap(),
+        &[
+            (tags::ROWS, VR::US, V::from(65535u16)),
+            (tags::COLUMNS, VR::US, V::from(65535u16)),
+        ],
+    );
+    assert_ne!(bad_series, big_series);
     let bad_study = common::study_uid_of(&bad[0]);
     common::send_study(node.opts.port, &[bad], 1);
     assert!(
@@ -192,6 +211,15 @@ fn an_absurd_frame_count_skips_its_series_and_the_node_goes_on() {
                 && s["reason"]
                     .as_str()
                     .is_some_and(|r| r.contains("NumberOfFrames 2147483647"))),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s["series_instance_uid"] == big_series.as_str()
+                && s["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("needs at least"))),
         "{skipped:?}"
     );
     let good = synth(&tmp.path().join("good"), 4);
@@ -231,16 +259,7 @@ fn a_study_that_crashes_the_worker_every_time_fails_and_the_next_one_is_reported
     if !common::have_dcmtk() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    let o = Command::new(common::bin())
-        .args(["model", "demo", "--size", "small", "--out"])
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let pacs_port = common::free_port();
-    let pacs = StoreScp::start(pacs_port);
+    let (tmp, model, pacs_port, pacs) = demo_model_and_pacs();
     let mut node = Node::start(NodeOpts {
         dest_port: pacs_port,
         model_dir: Some(model),

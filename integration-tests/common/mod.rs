@@ -494,12 +494,13 @@ pub fn study_series(fixtures: &Path, study: &str) -> Vec<Vec<PathBuf>> {
         .collect()
 }
 
-pub fn sop_uid_of(path: &Path) -> String {
+/// A UI attribute of a file's header, without padding.
+pub fn uid_of(path: &Path, tag: dicom_core::Tag) -> String {
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
         .open_file(path)
         .unwrap();
-    obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+    obj.element(tag)
         .unwrap()
         .to_str()
         .unwrap()
@@ -507,17 +508,16 @@ pub fn sop_uid_of(path: &Path) -> String {
         .to_string()
 }
 
+pub fn sop_uid_of(path: &Path) -> String {
+    uid_of(path, dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+}
+
 pub fn study_uid_of(path: &Path) -> String {
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-        .open_file(path)
-        .unwrap();
-    obj.element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string()
+    uid_of(path, dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+}
+
+pub fn series_uid_of(path: &Path) -> String {
+    uid_of(path, dicom_dictionary_std::tags::SERIES_INSTANCE_UID)
 }
 
 /// Send each series in its own association, `parallel` at a time; panics if any failed.
