@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Node, NodeOpts, StoreScp};
 
-const SR_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.33";
+const SR_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 const KOS_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.59";
 
 fn find(dir: &std::path::Path, name: &str) -> Option<PathBuf> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 const ORTHANC_BIN: &str = "/usr/sbin/Orthanc";
 const ORTHANC_AE: &str = "ORTHANC";
-const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
+const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 const KEY_OBJECT_SELECTION: &str = "1.2.840.10008.5.1.4.1.1.88.59";
 
 fn ci() -> bool {
@@ -356,7 +356,10 @@ fn study_round_trips_through_orthanc() {
     let sr_id = one_instance(&sr_meta, "SR");
     let ko_id = one_instance(&ko_meta, "KO");
 
-    for (id, class) in [(&sr_id, COMPREHENSIVE_SR), (&ko_id, KEY_OBJECT_SELECTION)] {
+    for (id, class) in [
+        (&sr_id, COMPREHENSIVE_3D_SR),
+        (&ko_id, KEY_OBJECT_SELECTION),
+    ] {
         let tags = orthanc.get_json(&format!("/instances/{id}/simplified-tags"));
         assert_eq!(str_of(&tags["SOPClassUID"]), class, "{tags:#}");
         assert_eq!(str_of(&tags["PatientID"]), patient_id);

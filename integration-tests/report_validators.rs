@@ -64,10 +64,20 @@ fn load_study(fx: &Path) -> Study {
         let folder = series["folder"].as_str().unwrap();
         let mut instances = Vec::new();
         let mut series_uid = String::new();
+        let mut modality = None;
+        let mut frame_of_reference = None;
+        let mut size = None;
         for f in series["files_used_in_order"].as_array().unwrap() {
             let path = study_dir.join(folder).join(f.as_str().unwrap());
             let h = header(&path);
             series_uid = s(&h, tags::SERIES_INSTANCE_UID);
+            modality = Some(s(&h, tags::MODALITY)).filter(|m| !m.is_empty());
+            frame_of_reference =
+                Some(s(&h, tags::FRAME_OF_REFERENCE_UID)).filter(|f| !f.is_empty());
+            size = Some((
+                s(&h, tags::ROWS).parse().unwrap(),
+                s(&h, tags::COLUMNS).parse().unwrap(),
+            ));
             let pos = match (
                 floats(&h, tags::IMAGE_POSITION_PATIENT),
                 floats(&h, tags::IMAGE_ORIENTATION_PATIENT),
@@ -100,6 +110,9 @@ fn load_study(fx: &Path) -> Study {
         used.push(UsedSeries {
             series_instance_uid: series_uid,
             series_name: series["series_name"].as_str().unwrap().to_string(),
+            modality,
+            frame_of_reference_uid: frame_of_reference,
+            image_size: size,
             instances,
             tokens_used: series["tokens_after_filter"].as_u64().unwrap() as usize,
         });
@@ -206,10 +219,10 @@ fn demo_model(dir: &Path, fixture: &Predictions) -> (Predictions, ModelIdentity,
         .iter()
         .map(|(n, _)| (n.clone(), 0.25))
         .collect::<Vec<_>>();
+    // The current release's 3-class head (none/low/high).
     let priority = vec![
         ("none".to_string(), -1.0),
         ("low".to_string(), 0.5),
-        ("medium".to_string(), 0.25),
         ("high".to_string(), 2.5),
     ];
     let preds = Predictions {
@@ -342,8 +355,17 @@ fn print_section(title: &str, text: &str) {
     eprintln!("----- {title} -----\n{}", text.trim_end());
 }
 
-/// Run every validator on one SR + KOS pair; panics with the offending output.
-fn validate(label: &str, study: &Study, sr: &Path, kos: &Path, preds: &Path, thresholds: &Path) {
+/// Run every validator on one SR + KOS pair made from the series `used`; panics with the
+/// offending output.
+fn validate(
+    label: &str,
+    study: &Study,
+    used: &[UsedSeries],
+    outputs: (&Path, &Path),
+    preds: &Path,
+    thresholds: &Path,
+) {
+    let (sr, kos) = outputs;
     if have("dciodvfy") {
         for f in [sr, kos] {
             let (_, out) = run("dciodvfy", &[f]);
@@ -381,14 +403,12 @@ fn validate(label: &str, study: &Study, sr: &Path, kos: &Path, preds: &Path, thr
         // dcentvfy is silent when consistent; it reports "Error - … has different value" and
         // "Warning - Attribute present in one instance but not the other". Both count. One
         // warning is tolerated: dicom3tools 20220618 files AccessionNumber under the Series IE
-        // for the KO IOD only ("Different information entities for attribute"), while Type 2
-        // General Study rules make it mandatory; the values are identical.
+        // for the KO and Comprehensive 3D SR IODs ("Different information entities for
+        // attribute"), while General Study makes it Type 2 there; the values are identical.
         let quirk = "Different information entities for attribute - Element=<AccessionNumber>";
         let tolerated = out.lines().filter(|l| l.contains(quirk)).count();
         if tolerated > 0 {
-            eprintln!(
-                "dcentvfy: {tolerated} KO AccessionNumber IE-classification warnings tolerated"
-            );
+            eprintln!("dcentvfy: {tolerated} AccessionNumber IE-classification warnings tolerated");
         }
         let bad: Vec<_> = out
             .lines()
@@ -445,7 +465,33 @@ fn validate(label: &str, study: &Study, sr: &Path, kos: &Path, preds: &Path, thr
             .output()
             .is_ok_and(|o| o.status.success());
     if have_hd {
-        let (ok, out) = run(py.to_str().unwrap(), &[&script, sr, preds, thresholds]);
+        // The images the model used, for the Image Library and Source of Measurement checks.
+        let sources: serde_json::Map<String, Value> = used
+            .iter()
+            .map(|u| {
+                let instances: Vec<&str> = u
+                    .instances
+                    .iter()
+                    .map(|i| i.sop_instance_uid.as_str())
+                    .collect();
+                let v = serde_json::json!({
+                    "instances": instances,
+                    "frame_of_reference": u.frame_of_reference_uid,
+                });
+                (u.series_instance_uid.clone(), v)
+            })
+            .collect();
+        let sources_path = sr.with_file_name(format!("{}-sources.json", label.replace(' ', "_")));
+        std::fs::write(&sources_path, Value::Object(sources).to_string()).unwrap();
+        let args: [&Path; 6] = [
+            &script,
+            Path::new("--sources"),
+            &sources_path,
+            sr,
+            preds,
+            thresholds,
+        ];
+        let (ok, out) = run(py.to_str().unwrap(), &args);
         print_section(&format!("{label}: highdicom read-back"), &out);
         assert!(ok, "highdicom check failed:\n{out}");
     } else if ci() {
@@ -486,7 +532,14 @@ fn study_a_fixture_model_passes_validators() {
     assert_eq!(outs.len(), 2);
     let (dir, _tmp) = out_dir("study_a");
     let (sr, kos) = write(&dir, &outs);
-    validate("STUDY_A", &study, &sr, &kos, &pred_path, &manifest_path);
+    validate(
+        "STUDY_A",
+        &study,
+        &study.used,
+        (&sr, &kos),
+        &pred_path,
+        &manifest_path,
+    );
 
     // Header copied from the source; the KOS names the priority.
     let sr_obj = parse(&sr_of(&outs).bytes);
@@ -578,7 +631,14 @@ fn fullsize_demo_model_passes_validators() {
     };
     let outs = r.build(("20261129", "120000"));
     let (sr, kos) = write(&dir, &outs);
-    validate("demo 52", &study, &sr, &kos, &pred_path, &thr_path);
+    validate(
+        "demo 52",
+        &study,
+        &r.used,
+        (&sr, &kos),
+        &pred_path,
+        &thr_path,
+    );
     let sr_obj = parse(&sr_of(&outs).bytes);
     assert_eq!(s(&sr_obj, tags::COMPLETION_FLAG), "PARTIAL");
     let kos_obj = parse(&outs[1].bytes);

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Read a prima-node findings SR back with highdicom and compare it with a predictions JSON.
 
-usage: highdicom_check.py <sr.dcm> <predictions.json> [<thresholds.json>]
+usage: highdicom_check.py [--sources <sources.json>] <sr.dcm> <predictions.json> [<thresholds.json>]
 
 predictions.json is upstream's format ({"diagnosis": {name: [v]}, "referral": {...},
 "priority": {...}}). thresholds.json is {"diagnosis": {name: t}, "referral": {name: t}}, or a
 converter manifest (diagnosis_heads / referral_heads with name + thresh). Exit 0 when every
 diagnosis margin, threshold and present/absent decision, the priority and the referral
 recommendations match; prints one line per mismatch otherwise.
+
+sources.json is {series_uid: {"instances": [sop_uid, ...], "frame_of_reference": uid|null}}:
+the images the model used. With it, the Image Library (TID 1600) must hold exactly one group
+per series with exactly those images and that frame of reference, and every measurement
+group must reference (121112 "Source of Measurement") one image of each series.
 """
 import hashlib
 import json
@@ -17,6 +22,8 @@ import numpy as np
 import pydicom
 import highdicom as hd
 from highdicom.sr import MeasurementReport
+from highdicom.sr.utils import find_content_items
+from pydicom.sr.codedict import codes
 
 
 def code_value(prefix, label):
@@ -38,18 +45,68 @@ def name_of(item):
     return (c.CodeValue, c.CodingSchemeDesignator)
 
 
+def image_uid(item):
+    return hd.sr.ImageContentItem.from_dataset(item).referenced_sop_instance_uid
+
+
+def check_library(ds, sources, errors):
+    """The Image Library, read with highdicom.sr's content-item API."""
+    libs = find_content_items(ds, name=codes.DCM.ImageLibrary, value_type="CONTAINER")
+    if len(libs) != 1:
+        errors.append(f"{len(libs)} Image Library containers")
+        return {}
+    groups = find_content_items(libs[0], name=codes.DCM.ImageLibraryGroup, value_type="CONTAINER")
+    series_of = {}
+    for series_uid, want in sources.items():
+        for uid in want["instances"]:
+            series_of[uid] = series_uid
+    found = {}
+    for g in groups:
+        images = [image_uid(i) for i in find_content_items(g, value_type="IMAGE", relationship_type="CONTAINS")]
+        owners = {series_of.get(u) for u in images}
+        if len(owners) != 1 or None in owners:
+            errors.append(f"library group mixes or invents series: {sorted(map(str, owners))}")
+            continue
+        series_uid = owners.pop()
+        if series_uid in found:
+            errors.append(f"series {series_uid} has two library groups")
+        found[series_uid] = images
+        want = sources[series_uid]
+        if sorted(images) != sorted(set(want["instances"])) or len(images) != len(set(images)):
+            errors.append(f"library group of {series_uid}: {len(images)} images, expected {len(set(want['instances']))}")
+        fors = [
+            hd.sr.UIDRefContentItem.from_dataset(i).value
+            for i in find_content_items(g, name=codes.DCM.FrameOfReferenceUID, relationship_type="HAS ACQ CONTEXT")
+        ]
+        if fors != ([want["frame_of_reference"]] if want["frame_of_reference"] else []):
+            errors.append(f"library group of {series_uid}: frame of reference {fors}")
+        mods = find_content_items(g, name=codes.DCM.Modality, relationship_type="HAS ACQ CONTEXT")
+        if len(mods) != 1:
+            errors.append(f"library group of {series_uid}: {len(mods)} modality descriptors")
+    missing = set(sources) - set(found)
+    if missing:
+        errors.append(f"series missing from the Image Library: {sorted(missing)}")
+    return series_of
+
+
 def main():
-    sr_path, pred_path = sys.argv[1], sys.argv[2]
-    thresholds = load_thresholds(sys.argv[3]) if len(sys.argv) > 3 else None
+    args = sys.argv[1:]
+    sources = None
+    if args[:1] == ["--sources"]:
+        sources = json.load(open(args[1]))
+        args = args[2:]
+    sr_path, pred_path = args[0], args[1]
+    thresholds = load_thresholds(args[2]) if len(args) > 2 else None
     preds = json.load(open(pred_path))
     errors = []
 
     sr = hd.sr.srread(sr_path)  # must parse as a highdicom SR object
-    if not isinstance(sr, hd.sr.ComprehensiveSR):
-        errors.append(f"srread gave {type(sr).__name__}, expected ComprehensiveSR")
+    if not isinstance(sr, hd.sr.Comprehensive3DSR):
+        errors.append(f"srread gave {type(sr).__name__}, expected Comprehensive3DSR")
     ds = pydicom.dcmread(sr_path)
     report = MeasurementReport.from_sequence([ds])
     groups = report.get_image_measurement_groups()
+    series_of = check_library(ds, sources, errors) if sources is not None else None
 
     seen = set()
     for g in groups:
@@ -87,6 +144,11 @@ def main():
             t = np.float32(thresholds[0][label])
             if len(params) != 1 or not params[0].startswith("threshold=") or np.float32(params[0][10:]) != t:
                 errors.append(f"{label}: algorithm parameters {params} != threshold={t}")
+        if series_of is not None:
+            refs = [i.referenced_sop_instance_uid for i in g.source_images]
+            named = sorted(str(series_of.get(u)) for u in refs)
+            if named != sorted(sources):
+                errors.append(f"{label}: source images name series {named}, expected {sorted(sources)}")
         sites = [(s.value.value, s.value.scheme_designator) for s in g.finding_sites]
         if sites != [("12738006", "SCT")]:
             errors.append(f"{label}: finding sites {sites}")
@@ -122,7 +184,8 @@ def main():
 
     for e in errors:
         print("MISMATCH", e)
-    print(f"highdicom: {len(groups)} measurement groups checked, {len(errors)} mismatches")
+    lib = "" if sources is None else f", image library of {len(sources)} series"
+    print(f"highdicom: {len(groups)} measurement groups checked{lib}, {len(errors)} mismatches")
     return 1 if errors else 0
 
 

@@ -23,7 +23,7 @@ for f in "$@"; do
 done
 echo "===== dcentvfy (source + outputs)"
 out=$(find "$src" -type f -print0 | sort -z | xargs -0 dcentvfy "$@" 2>&1); echo "$out"
-# Tolerated: dicom3tools files AccessionNumber under the Series IE for KO only.
+# Tolerated: dicom3tools files AccessionNumber under the Series IE for KO and 3D SR.
 grep -v 'Different information entities for attribute - Element=<AccessionNumber>' <<<"$out" | grep -q . && fail=1
 echo "result: $([ $fail = 0 ] && echo PASS || echo FAIL)"
 exit $fail

@@ -24,6 +24,8 @@ pub struct SliceMeta {
     pub sop_class_uid: String,
     pub series_instance_uid: String,
     pub study_instance_uid: String,
+    /// Frame of Reference UID: the patient coordinate system the geometry is given in.
+    pub frame_of_reference_uid: Option<String>,
     pub modality: Option<String>,
     pub series_number: Option<i64>,
     pub instance_number: Option<i64>,
@@ -138,6 +140,7 @@ pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, String> {
         sop_class_uid: read_str(&obj, tags::SOP_CLASS_UID).unwrap_or_default(),
         series_instance_uid: read_str(&obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
         study_instance_uid: read_str(&obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+        frame_of_reference_uid: read_str(&obj, tags::FRAME_OF_REFERENCE_UID),
         modality: read_str(&obj, tags::MODALITY),
         series_number: read_int(&obj, tags::SERIES_NUMBER),
         instance_number: read_int(&obj, tags::INSTANCE_NUMBER),

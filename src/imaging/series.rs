@@ -503,6 +503,7 @@ mod tests {
             sop_class_uid: String::new(),
             series_instance_uid: "1.2.3".into(),
             study_instance_uid: String::new(),
+            frame_of_reference_uid: None,
             modality: None,
             series_number: None,
             instance_number: None,

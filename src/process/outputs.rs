@@ -22,6 +22,17 @@ pub struct ReportArgs<'a> {
     pub config: &'a ReportConfig,
 }
 
+/// The value every slice of a series gives, or `None` when one lacks it or they differ: a
+/// descriptor written once for the whole series must hold for each of its images.
+fn shared<T: PartialEq>(
+    slices: &[crate::imaging::header::SliceMeta],
+    get: impl Fn(&crate::imaging::header::SliceMeta) -> Option<T>,
+) -> Option<T> {
+    let mut it = slices.iter().map(get);
+    let first = it.next()??;
+    it.all(|v| v.as_ref() == Some(&first)).then_some(first)
+}
+
 /// SR + KOS (+ card) for one run; shared by the node and `prima-node infer --dicom`.
 pub fn build_reports(a: &ReportArgs) -> Result<Vec<OutputObject>, ReportError> {
     let output = &a.analysis.run.output;
@@ -33,6 +44,9 @@ pub fn build_reports(a: &ReportArgs) -> Result<Vec<OutputObject>, ReportError> {
         .map(|p| UsedSeries {
             series_instance_uid: p.series_instance_uid.clone(),
             series_name: p.name.clone(),
+            modality: shared(&p.slices, |s| s.modality.clone()),
+            frame_of_reference_uid: shared(&p.slices, |s| s.frame_of_reference_uid.clone()),
+            image_size: shared(&p.slices, |s| Some((s.rows, s.cols))),
             instances: p
                 .slices
                 .iter()

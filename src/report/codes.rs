@@ -84,6 +84,48 @@ pub fn procedure_reported() -> Code {
 pub fn mri_unspecified_body_region() -> Code {
     Code::new("25056-3", "LN", "MRI unspecified body region")
 }
+pub fn image_library() -> Code {
+    dcm("111028", "Image Library")
+}
+pub fn image_library_group() -> Code {
+    dcm("126200", "Image Library Group")
+}
+pub fn modality() -> Code {
+    dcm("121139", "Modality")
+}
+/// CID 29 code of an acquisition modality, for the few a brain study can carry; `None` for
+/// values outside that list (the descriptor is then left out rather than invented).
+pub fn acquisition_modality(modality: &str) -> Option<Code> {
+    let meaning = match modality {
+        "MR" => "Magnetic Resonance",
+        "CT" => "Computed Tomography",
+        "PT" => "Positron emission tomography",
+        "NM" => "Nuclear Medicine",
+        "US" => "Ultrasound",
+        _ => return None,
+    };
+    Some(dcm(modality, meaning))
+}
+pub fn frame_of_reference_uid() -> Code {
+    dcm("112227", "Frame of Reference UID")
+}
+pub fn pixel_data_rows() -> Code {
+    dcm("110910", "Pixel Data Rows")
+}
+pub fn pixel_data_columns() -> Code {
+    dcm("110911", "Pixel Data Columns")
+}
+pub fn pixels() -> Code {
+    Code::new("{pixels}", "UCUM", "pixels")
+}
+/// Concept name of an Image Library entry (TID 1601): highdicom writes it and its readers
+/// expect every content item to have one.
+pub fn source() -> Code {
+    sct("260753009", "Source")
+}
+pub fn source_of_measurement() -> Code {
+    dcm("121112", "Source of Measurement")
+}
 pub fn tracking_identifier() -> Code {
     dcm("112039", "Tracking Identifier")
 }

@@ -51,6 +51,7 @@ pub(crate) enum Rel {
     Contains,
     HasObsContext,
     HasConceptMod,
+    HasAcqContext,
 }
 
 impl Rel {
@@ -59,6 +60,7 @@ impl Rel {
             Rel::Contains => "CONTAINS",
             Rel::HasObsContext => "HAS OBS CONTEXT",
             Rel::HasConceptMod => "HAS CONCEPT MOD",
+            Rel::HasAcqContext => "HAS ACQ CONTEXT",
         }
     }
 }
@@ -144,9 +146,20 @@ pub(crate) fn template_item(id: &str) -> Obj {
     t
 }
 
-/// IMAGE or COMPOSITE reference item without concept name (as TID 2010 wants).
+/// IMAGE or COMPOSITE reference item without concept name (as TID 2010 and TID 1601 want).
 pub(crate) fn reference_item(value_type: &str, sop_class: &str, sop_instance: &str) -> Obj {
-    let mut o = item(Rel::Contains, value_type, None);
+    named_reference_item(value_type, None, sop_class, sop_instance)
+}
+
+/// IMAGE or COMPOSITE reference item (Rel CONTAINS), with a concept name when the template
+/// gives one (TID 1501 "Source of Measurement").
+pub(crate) fn named_reference_item(
+    value_type: &str,
+    name: Option<&Code>,
+    sop_class: &str,
+    sop_instance: &str,
+) -> Obj {
+    let mut o = item(Rel::Contains, value_type, name);
     put_seq(
         &mut o,
         tags::REFERENCED_SOP_SEQUENCE,

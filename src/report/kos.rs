@@ -9,8 +9,9 @@ use super::items::{
     code_item, hierarchical_refs, language_item, put_seq, put_str, reference_item, template_item,
     text_item, Rel,
 };
+use super::library::in_slice_order;
 use super::{
-    Context, ReportError, SourceInstance, UsedSeries, COMPREHENSIVE_SR, KEY_OBJECT_SELECTION,
+    Context, ReportError, SourceInstance, UsedSeries, COMPREHENSIVE_3D_SR, KEY_OBJECT_SELECTION,
     KOS_SERIES_NUMBER,
 };
 
@@ -52,7 +53,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     }
     evidence.push((
         ctx.sr_series_uid.clone(),
-        vec![(COMPREHENSIVE_SR.to_string(), ctx.sr_uid.clone())],
+        vec![(COMPREHENSIVE_3D_SR.to_string(), ctx.sr_uid.clone())],
     ));
     put_seq(
         &mut o,
@@ -89,7 +90,11 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
             ));
         }
     }
-    items.push(reference_item("COMPOSITE", COMPREHENSIVE_SR, &ctx.sr_uid));
+    items.push(reference_item(
+        "COMPOSITE",
+        COMPREHENSIVE_3D_SR,
+        &ctx.sr_uid,
+    ));
     put_seq(&mut o, tags::CONTENT_SEQUENCE, items);
 
     to_part10(o, KEY_OBJECT_SELECTION, &ctx.kos_uid)
@@ -107,14 +112,7 @@ pub(crate) fn representative_slices(
         }
     }
     let series = best?;
-    let mut slices: Vec<&SourceInstance> = series.instances.iter().collect();
-    if slices.iter().all(|i| i.position_along_normal.is_some()) {
-        slices.sort_by(|a, b| {
-            a.position_along_normal
-                .unwrap_or_default()
-                .total_cmp(&b.position_along_normal.unwrap_or_default())
-        });
-    }
+    let slices = in_slice_order(series);
     let n = slices.len();
     let start = (n / 2).saturating_sub(1);
     let end = (start + MAX_KEY_IMAGES).min(n);
@@ -180,6 +178,9 @@ mod tests {
         UsedSeries {
             series_instance_uid: uid.into(),
             series_name: uid.into(),
+            modality: None,
+            frame_of_reference_uid: None,
+            image_size: None,
             instances: (0..n)
                 .map(|i| inst(&format!("{uid}.{i}"), Some(-(i as f64))))
                 .collect(),

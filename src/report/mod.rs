@@ -1,4 +1,4 @@
-//! Study results as DICOM: a findings SR (Comprehensive SR, TID 1500) and a worklist-priority
+//! Study results as DICOM: a findings SR (Comprehensive 3D SR, TID 1500) and a worklist-priority
 //! Key Object Selection document, built from one study's predictions and a source header.
 //!
 //! The contract is `../shared/docs/dicom-outputs.md`; what follows records the decisions that
@@ -22,6 +22,17 @@
 //!   references up to three slices around the middle of the series with the most tokens used
 //!   (the first such series on a tie). Slices are ordered by position along the slice normal
 //!   when the caller gives it for every instance, else in the order given.
+//! - **Image Library** (TID 1600): one Image Library Group per used series, with the
+//!   descriptors all its images share (modality, frame of reference, rows and columns) at
+//!   group level and one IMAGE entry per source instance; see [`library`].
+//! - **Source of Measurement.** Every measurement group references, per used series, the
+//!   series' middle slice: the model reads all series and, until an explanation exists, gives
+//!   no per-series attribution, so each finding names every series once (a viewer opens the
+//!   series at that image); listing all images in all 52 groups would multiply the SR's size
+//!   by 52 for no information the Image Library does not already hold.
+//! - **Priority classes** are the checkpoint's: none/low/high in the current release,
+//!   none/low/medium/high in the earlier one. Nothing here assumes "medium" exists;
+//!   [`PRIORITY_LEVELS`] only orders the classes for `kos_min_priority`.
 //! - **Predecessors.** Only the SR carries Predecessor Documents Sequence (the KOS IOD has no
 //!   such attribute); it lists the SR-class predecessors passed in, never the document itself.
 //! - **Codes.** Model labels become `99PRIMA` codes whose value is a short hash of the label
@@ -42,6 +53,7 @@ pub mod codes;
 mod header;
 mod items;
 pub mod kos;
+mod library;
 pub mod sr;
 
 use dicom_dictionary_std::{tags, uids};
@@ -54,7 +66,9 @@ use items::get_str;
 pub use crate::job::{OutputKind, OutputObject, PredecessorRef};
 
 /// SOP Class UIDs of what we create.
-pub const COMPREHENSIVE_SR: &str = uids::COMPREHENSIVE_SR_STORAGE;
+/// The findings SR: Comprehensive 3D SR, what IHE AIR's Evidence Creator produces and what
+/// spatial coordinates in the frame of reference (SCOORD3D) need.
+pub const COMPREHENSIVE_3D_SR: &str = uids::COMPREHENSIVE3_DSR_STORAGE;
 pub const KEY_OBJECT_SELECTION: &str = uids::KEY_OBJECT_SELECTION_DOCUMENT_STORAGE;
 pub const SECONDARY_CAPTURE: &str = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
 /// Prefix shared by every SR Storage SOP class (KOS included, filtered separately).
@@ -68,7 +82,8 @@ pub const MODEL_NAME_EQUIPMENT: &str = "prima-node";
 pub const NOT_VERIFIED_COMMENT: &str = "AI-generated, not verified by a physician";
 pub const DEMO_COMMENT: &str = "DEMO MODEL — NOT FOR CLINICAL USE";
 
-/// Canonical order of priority classes, lowest first. A 3-class head uses a subset.
+/// Canonical order of priority classes, lowest first. The current release's 3-class head
+/// (none/low/high) uses a subset; the earlier 4-class one uses all of them.
 pub const PRIORITY_LEVELS: [&str; 4] = ["none", "low", "medium", "high"];
 
 /// One study's model outputs. Values are in the model's head order.
@@ -106,6 +121,12 @@ pub struct SourceInstance {
 pub struct UsedSeries {
     pub series_instance_uid: String,
     pub series_name: String,
+    /// Modality (0008,0060) of the series' images, e.g. `MR`.
+    pub modality: Option<String>,
+    /// Frame of Reference UID, when every image of the series gives the same one.
+    pub frame_of_reference_uid: Option<String>,
+    /// (Rows, Columns) of the source images, when the same for the whole series.
+    pub image_size: Option<(u32, u32)>,
     /// Instances the model used, in slice order.
     pub instances: Vec<SourceInstance>,
     pub tokens_used: usize,
@@ -204,7 +225,7 @@ pub fn build_outputs(
     let sr_bytes = sr::build(&ctx)?;
     out.push(OutputObject {
         kind: OutputKind::Sr,
-        sop_class_uid: COMPREHENSIVE_SR.to_string(),
+        sop_class_uid: COMPREHENSIVE_3D_SR.to_string(),
         sop_instance_uid: ctx.sr_uid.clone(),
         series_instance_uid: ctx.sr_series_uid.clone(),
         study_instance_uid: ctx.study_uid.clone(),

@@ -1,4 +1,6 @@
-//! The findings SR: Comprehensive SR with a TID 1500 "Imaging Measurement Report" tree.
+//! The findings SR: Comprehensive 3D SR with a TID 1500 "Imaging Measurement Report" tree,
+//! as IHE AI Results (AIR) expects of an Evidence Creator: the Image Library (TID 1600) lists
+//! the source images, every measurement group references the images behind its finding.
 
 use dicom_core::VR;
 use dicom_dictionary_std::tags;
@@ -10,8 +12,9 @@ use super::items::{
     hierarchical_refs, language_item, num_item, put_seq, put_str, template_item, text_item,
     uidref_item, Obj, Rel,
 };
+use super::library;
 use super::{
-    is_sr_document, uid, Context, Finding, ReportError, COMPREHENSIVE_SR, DEMO_COMMENT,
+    is_sr_document, uid, Context, Finding, ReportError, COMPREHENSIVE_3D_SR, DEMO_COMMENT,
     NOT_VERIFIED_COMMENT, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER,
 };
 
@@ -19,7 +22,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     let input = ctx.input;
     let mut o = base_header(
         ctx,
-        COMPREHENSIVE_SR,
+        COMPREHENSIVE_3D_SR,
         &ctx.sr_uid,
         "SR",
         &ctx.sr_series_uid,
@@ -108,7 +111,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     );
     put_seq(&mut o, tags::CONTENT_SEQUENCE, content(ctx));
 
-    to_part10(o, COMPREHENSIVE_SR, &ctx.sr_uid)
+    to_part10(o, COMPREHENSIVE_3D_SR, &ctx.sr_uid)
 }
 
 /// Root children in TID 1500 row order.
@@ -121,13 +124,15 @@ fn content(ctx: &Context) -> Vec<Obj> {
         &codes::procedure_reported(),
         &codes::mri_unspecified_body_region(),
     ));
+    items.extend(library::image_library(input.used));
 
     if !ctx.summary.findings.is_empty() {
+        let sources = library::source_of_measurement(input.used);
         let groups = ctx
             .summary
             .findings
             .iter()
-            .map(|f| measurement_group(ctx, f))
+            .map(|f| measurement_group(ctx, f, &sources))
             .collect();
         items.push(container_item(
             Some(Rel::Contains),
@@ -201,10 +206,10 @@ fn content(ctx: &Context) -> Vec<Obj> {
 }
 
 /// TID 1501 group for one diagnosis head, in highdicom's item order.
-fn measurement_group(ctx: &Context, f: &Finding) -> Obj {
+fn measurement_group(ctx: &Context, f: &Finding, sources: &[Obj]) -> Obj {
     let model = ctx.input.model;
     let dx = codes::diagnosis_code(&f.label);
-    let children = vec![
+    let mut children = vec![
         text_item(Rel::HasObsContext, &codes::tracking_identifier(), &f.label),
         uidref_item(
             Rel::HasObsContext,
@@ -224,6 +229,9 @@ fn measurement_group(ctx: &Context, f: &Finding) -> Obj {
             &codes::algorithm_parameters(),
             &format!("threshold={}", format_ds(f.threshold)),
         ),
+    ];
+    children.extend(sources.iter().cloned());
+    children.extend([
         num_item(
             Rel::Contains,
             &codes::decision_margin(),
@@ -239,7 +247,7 @@ fn measurement_group(ctx: &Context, f: &Finding) -> Obj {
                 codes::absent()
             },
         ),
-    ];
+    ]);
     container_item(
         Some(Rel::Contains),
         &codes::measurement_group(),
