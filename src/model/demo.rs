@@ -13,10 +13,13 @@
 //!   pre-trained (`Sequential`) serie encoder; one 52-output diagnosis head
 //!   (10240 → 4000 → 1000 → 52) shared by all 52 names of upstream's
 //!   `config-classification-head-train.yaml` (`idx` = position in that list), one
-//!   referral head, 4-class priority.
+//!   referral head, and the current release's 3-class priority (none/low/high: upstream
+//!   moved to 3 classes on 2026-02-19, when its README says the released priority model was
+//!   corrected; earlier downloads have 4, which the converter reads too).
 //! - `small`: tiny sizes (a study runs in well under a second on a CPU), exercising the
 //!   other code paths: per-stage channel counts, one residual layer per stage, the plain
-//!   serie-encoder form, 3-class priority.
+//!   serie-encoder form, and the earlier release's 4-class priority (none/low/medium/high),
+//!   so that both head sizes run end to end.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -537,9 +540,9 @@ pub fn demo_manifest(size: DemoSize, seed: u64) -> Manifest {
     let diagnosis_heads = table("m1", &DIAGNOSIS_NAMES);
     let referral_heads = table("m2", &REFERRAL_NAMES);
     let classes: Vec<String> = if full {
-        vec!["none", "low", "medium", "high"]
-    } else {
         vec!["none", "low", "high"]
+    } else {
+        vec!["none", "low", "medium", "high"]
     }
     .into_iter()
     .map(String::from)
@@ -745,7 +748,9 @@ mod tests {
         assert_eq!(full.diagnosis_heads.len(), 52);
         assert_eq!(full.diagnosis_heads[32].name, "tumor_adult_meningioma");
         assert_eq!(full.embedding_dim, 10240);
-        assert_eq!(full.priority_classes.len(), 4);
+        assert_eq!(full.priority_classes, ["none", "low", "high"]);
+        let small = demo_manifest(DemoSize::Small, 3);
+        assert_eq!(small.priority_classes, ["none", "low", "medium", "high"]);
     }
 
     #[test]

@@ -178,12 +178,26 @@ impl PrimaModel {
         let encoder = VqvaeEncoder::new(&wt, ENCODER_PREFIX, &manifest.tokenizer)?;
         drop(wt);
         let patchifier = Patchifier::new(&manifest.architecture.pipeline_patchifier)?;
+        // Which checkpoint answers, and with which priority head: the official release
+        // changed the head from 4 to 3 classes, and an administrator must be able to tell
+        // from the log which one a node runs.
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(serde_json::Value::as_str)
+                .unwrap_or("none")
+                .to_string()
+        };
         tracing::info!(
             model = %manifest.model_name,
             version = %manifest.model_version,
             demo = manifest.demo,
             device = ?opts.device,
             precision = opts.precision.as_str(),
+            priority_classes = manifest.priority_classes.len(),
+            priority = %manifest.priority_classes.join("/"),
+            checkpoint_sha256 = %text(manifest.extra.get("source_sha256")),
+            weights_sha256 = %text(
+                manifest.extra.get("files").and_then(|f| f.get("prima")).and_then(|p| p.get("sha256"))
+            ),
             "model loaded"
         );
         Ok(PrimaModel {
