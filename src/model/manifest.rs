@@ -250,6 +250,21 @@ impl Manifest {
         Ok(())
     }
 
+    /// SHA-256 of the upstream checkpoint this model was converted from (`None` for a demo
+    /// model, which has no upstream checkpoint).
+    pub fn checkpoint_sha256(&self) -> Option<&str> {
+        self.extra.get("source_sha256").and_then(Value::as_str)
+    }
+
+    /// SHA-256 of the converted Prima weights file, as recorded at conversion.
+    pub fn weights_sha256(&self) -> Option<&str> {
+        self.extra
+            .get("files")
+            .and_then(|f| f.get("prima"))
+            .and_then(|p| p.get("sha256"))
+            .and_then(Value::as_str)
+    }
+
     /// Consistency checks that do not need the tensors.
     pub fn validate(&self) -> Result<(), String> {
         let a = &self.architecture;

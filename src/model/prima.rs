@@ -181,11 +181,6 @@ impl PrimaModel {
         // Which checkpoint answers, and with which priority head: the official release
         // changed the head from 4 to 3 classes, and an administrator must be able to tell
         // from the log which one a node runs.
-        let text = |v: Option<&serde_json::Value>| {
-            v.and_then(serde_json::Value::as_str)
-                .unwrap_or("none")
-                .to_string()
-        };
         tracing::info!(
             model = %manifest.model_name,
             version = %manifest.model_version,
@@ -194,10 +189,8 @@ impl PrimaModel {
             precision = opts.precision.as_str(),
             priority_classes = manifest.priority_classes.len(),
             priority = %manifest.priority_classes.join("/"),
-            checkpoint_sha256 = %text(manifest.extra.get("source_sha256")),
-            weights_sha256 = %text(
-                manifest.extra.get("files").and_then(|f| f.get("prima")).and_then(|p| p.get("sha256"))
-            ),
+            checkpoint_sha256 = manifest.checkpoint_sha256().unwrap_or("none"),
+            weights_sha256 = manifest.weights_sha256().unwrap_or("none"),
             "model loaded"
         );
         Ok(PrimaModel {

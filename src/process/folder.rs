@@ -84,6 +84,13 @@ pub fn infer_folder(a: &InferOptions, mut progress: impl FnMut(&str)) -> Result<
         },
         a.model.device
     ));
+    progress(&format!(
+        "model: priority head of {} classes ({}), checkpoint sha256 {}, weights sha256 {}",
+        m.priority_classes.len(),
+        m.priority_classes.join("/"),
+        m.checkpoint_sha256().unwrap_or("none (demo model)"),
+        m.weights_sha256().unwrap_or("none"),
+    ));
     let input = prepare_folder(&a.study_dir, a.slice_order)?;
     progress(&format!(
         "scan: {} series candidates in {:.2}s",
