@@ -2,7 +2,8 @@
 //!
 //! `conf/prima-node.toml` is the documented example. Only `[[sources]]`, `[[destinations]]`,
 //! `[assembly]` and `[outbox]` are applied live; the rest needs a restart (the listener and
-//! its TLS, the state directory and the loaded model cannot change under a running node).
+//! its TLS, the state directory, the loaded model and the `[http]` status server cannot
+//! change under a running node).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -63,6 +64,24 @@ pub struct Config {
     /// DICOM TLS on the listener; absent = plain TCP.
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// The web status page, JSON API, /metrics and health endpoints; absent = off.
+    #[serde(default)]
+    pub http: Option<HttpSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// address:port of the HTTP listener, e.g. "127.0.0.1:8080".
+    pub listen: String,
+    /// File holding the bearer token the actions (retry a delivery, re-run a study) need;
+    /// without it the actions are refused and the pages stay read-only.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Show patient name and ID on the pages and in the API (default: accession number
+    /// and study date only).
+    #[serde(default)]
+    pub show_patient_identifiers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -208,6 +227,40 @@ pub struct Destination {
     /// certificate as its client certificate when that section exists.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+}
+
+impl HttpSection {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "[http] listen: {:?} is not an address:port such as \"127.0.0.1:8080\"",
+                self.listen
+            ));
+        }
+        if let Some(f) = &self.token_file {
+            match std::fs::read_to_string(f) {
+                Ok(t) if t.trim().len() >= 16 => {}
+                Ok(_) => p.push(format!(
+                    "[http] token_file: {} holds fewer than 16 characters",
+                    f.display()
+                )),
+                Err(e) => p.push(format!(
+                    "[http] token_file: cannot read {}: {e}",
+                    f.display()
+                )),
+            }
+        }
+        p
+    }
+
+    /// The bearer token, trimmed; `None` without a token file.
+    pub fn token(&self) -> Option<String> {
+        let f = self.token_file.as_ref()?;
+        std::fs::read_to_string(f)
+            .ok()
+            .map(|t| t.trim().to_string())
+    }
 }
 
 impl Destination {
@@ -372,6 +425,9 @@ impl Config {
                 "[node] max_pdu_length: {} is outside 4096..=16777216",
                 self.node.max_pdu_length
             ));
+        }
+        if let Some(h) = &self.http {
+            p.extend(h.problems());
         }
         if self.model.dir.as_os_str().is_empty() {
             p.push("[model] dir: empty path".into());
@@ -623,11 +679,15 @@ impl SharedConfig {
         if new.tls != old.tls {
             ignored.push("[tls]".to_string());
         }
+        if new.http != old.http {
+            ignored.push("[http]".to_string());
+        }
         let merged = Config {
             node: old.node.clone(),
             model: old.model.clone(),
             storage: old.storage.clone(),
             tls: old.tls.clone(),
+            http: old.http.clone(),
             assembly: new.assembly,
             outbox: new.outbox,
             sources: new.sources,

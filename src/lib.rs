@@ -29,6 +29,9 @@
 //!   name encoders, HierViT, heads; weights looked up by upstream state-dict key paths.
 //! - [`report`] — the findings SR, the priority KOS and the summary card (`header`, `items`:
 //!   the attributes and content items they share).
+//! - [`metrics`] — the process's counters and histograms (Prometheus text format).
+//! - [`http`] — the status page, its JSON API, `/metrics` and the health endpoints
+//!   (`[http]`): reads the state, never writes it except for the two audited actions.
 //! - [`node`] — `serve`: wires the pieces into threads; `check-config`, `status`.
 //! - [`pyjson`] — Python `json.dumps` formatting, for upstream-identical JSON.
 //! - [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.
@@ -36,8 +39,10 @@
 //! - `stand_in` — a model-free processor for tests (feature `stand-in` only).
 pub mod config;
 pub mod fuzzing;
+pub mod http;
 pub mod imaging;
 pub mod job;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;

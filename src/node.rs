@@ -222,7 +222,22 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
         });
         let (shut_tx, shut_rx) = tokio::sync::watch::channel(false);
         let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(scp::run(listener, ctx, shut_rx, abort_rx));
+        let server = tokio::spawn(scp::run(listener, ctx, shut_rx.clone(), abort_rx));
+        let http = match &cfg.http {
+            Some(h) => Some(
+                start_http(
+                    h,
+                    &state,
+                    &shared,
+                    &state_dir,
+                    wake_tx.clone(),
+                    arrivals_tx.clone(),
+                    shut_rx,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         info!(
             ae_title = %cfg.node.ae_title,
             listen = %cfg.node.listen,
@@ -237,6 +252,9 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let _ = shut_tx.send(true);
         let _ = server.await;
+        if let Some(h) = http {
+            let _ = h.await;
+        }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while limit.available_permits() < max_assoc && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -265,6 +283,42 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     result?;
     info!("prima-node stopped");
     Ok(())
+}
+
+/// Bind `[http]`'s listener and serve the status pages on the node's runtime.
+async fn start_http(
+    h: &crate::config::HttpSection,
+    state: &Arc<State>,
+    shared: &SharedConfig,
+    state_dir: &Path,
+    wake_sender: crossbeam_channel::Sender<()>,
+    wake_assembler: crossbeam_channel::Sender<()>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    let listener = tokio::net::TcpListener::bind(&h.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: h.listen.clone(),
+            source,
+        })?;
+    let ctx = std::sync::Arc::new(crate::http::HttpCtx {
+        state: state.clone(),
+        view: Arc::new(State::open_read_only(state_dir)?),
+        config: shared.clone(),
+        state_dir: state_dir.to_path_buf(),
+        started: Instant::now(),
+        token: h.token(),
+        show_patient_identifiers: h.show_patient_identifiers,
+        wake_assembler,
+        wake_sender,
+    });
+    info!(
+        listen = %h.listen,
+        actions = ctx.token.is_some(),
+        "status page on http://{}/",
+        h.listen
+    );
+    Ok(tokio::spawn(crate::http::serve(listener, ctx, shutdown)))
 }
 
 async fn wait_for_signal() {

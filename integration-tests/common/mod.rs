@@ -79,6 +79,8 @@ pub struct NodeOpts {
     pub state_dir: Option<PathBuf>,
     /// `[model] worker_memory_mb`.
     pub worker_memory_mb: Option<u64>,
+    /// More TOML appended to the configuration (e.g. an `[http]` section).
+    pub extra_toml: String,
 }
 
 impl Default for NodeOpts {
@@ -101,6 +103,7 @@ impl Default for NodeOpts {
             read_timeout_s: 20,
             state_dir: None,
             worker_memory_mb: None,
+            extra_toml: String::new(),
         }
     }
 }
@@ -173,6 +176,7 @@ port = {dport}
             s.push_str(&format!("host = \"{h}\"\n"));
         }
     }
+    s.push_str(&o.extra_toml);
     s
 }
 

@@ -151,6 +151,17 @@ pub async fn reject_busy(mut sock: TcpStream, deadline: Duration) {
 pub struct SourceAcl {
     pub sources: Arc<Vec<ResolvedSource>>,
     pub peer: IpAddr,
+    /// Where a rejection is recorded for the audit trail.
+    pub state: Arc<crate::store::state::State>,
+}
+
+impl SourceAcl {
+    fn rejected(&self, calling: &str, reason: &str, detail: &str) {
+        crate::metrics::get().association("rejected", reason);
+        let peer = self.peer.to_string();
+        self.state
+            .audit("association_rejected", Some(calling), Some(&peer), detail);
+    }
 }
 
 impl AccessControl for SourceAcl {
@@ -168,6 +179,11 @@ impl AccessControl for SourceAcl {
                 calling,
                 called, "association rejected: called AE title not recognized"
             );
+            self.rejected(
+                calling,
+                "called_ae",
+                &format!("called AE title {called:?} not recognized"),
+            );
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         let known: Vec<ResolvedSource> = self
@@ -181,12 +197,18 @@ impl AccessControl for SourceAcl {
                 calling,
                 "association rejected: calling AE title not in [[sources]]"
             );
+            self.rejected(calling, "calling_ae", "calling AE title not in [[sources]]");
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         if !address_allowed(&known, self.peer) {
             warn!(
                 calling,
                 "association rejected: calling AE title known but not from this address"
+            );
+            self.rejected(
+                calling,
+                "address",
+                "calling AE title known but not from this address",
             );
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }

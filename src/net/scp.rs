@@ -111,6 +111,12 @@ pub async fn run(
             // Before reading a byte: an address no source may use costs nothing more.
             warn!(id, peer = %peer, "connection refused: address not allowed by any [[sources]] entry");
             drop(sock);
+            refused(
+                &ctx,
+                &peer,
+                "address",
+                "address not allowed by any [[sources]] entry",
+            );
             continue;
         }
         let deadline = admission::negotiation_deadline(live.config.read_timeout());
@@ -130,11 +136,24 @@ pub async fn run(
             }
             Err(_) => {
                 warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded)");
+                refused(&ctx, &peer, "limit", "association limit reached");
                 tokio::spawn(admission::reject_busy(sock, deadline));
             }
         }
     }
     info!("listener closed");
+}
+
+/// A connection or association refused before its calling AE title is known: counted and
+/// written to the audit trail.
+fn refused(ctx: &ScpCtx, peer: &SocketAddr, reason: &str, detail: &str) {
+    crate::metrics::get().association("rejected", reason);
+    ctx.state.audit(
+        "association_rejected",
+        None,
+        Some(&peer.ip().to_string()),
+        detail,
+    );
 }
 
 enum Sink {
@@ -148,6 +167,8 @@ struct PendingStore {
     sink: Sink,
     /// Not a C-STORE: the data set is drained and answered "unrecognized operation".
     unrecognized: bool,
+    /// When the command arrived: C-STORE handling time runs from here to the response.
+    started: std::time::Instant,
 }
 
 struct Conn {
@@ -182,6 +203,7 @@ async fn handle(
     let acl = SourceAcl {
         sources: live.sources.clone(),
         peer: canonical_ip(peer.ip()),
+        state: ctx.state.clone(),
     };
     let mut opts = ServerAssociationOptions::new()
         .ae_access_control(acl)
@@ -204,7 +226,12 @@ async fn handle(
     let deadline = admission::negotiation_deadline(cfg.read_timeout());
     let Some(tls) = ctx.tls.clone() else {
         let negotiation = async {
-            admission::precheck(&mut sock).await.ok()?;
+            if let Err(r) = admission::precheck(&mut sock).await {
+                if !matches!(r, admission::Refusal::NoHeader) {
+                    refused(&ctx, &peer, "request", &format!("{r:?}"));
+                }
+                return None;
+            }
             Some(opts.establish_async(sock).await)
         };
         match tokio::time::timeout(deadline, negotiation).await {
@@ -272,6 +299,13 @@ async fn serve<S>(
         refused: 0,
     };
     info!(calling_ae = %calling_ae, contexts = conn.pcs.len(), "association accepted");
+    crate::metrics::get().association("accepted", "");
+    ctx.state.audit(
+        "association_accepted",
+        Some(&calling_ae),
+        Some(&conn.peer),
+        &format!("{} presentation contexts", conn.pcs.len()),
+    );
     let storage_classes = cfg.storage_sop_classes();
     let floor = cfg.storage.min_free_mb;
     let max_pdu = assoc.acceptor_max_pdu_length();
@@ -442,6 +476,7 @@ struct Committing {
     cmd: Command,
     header: InstanceHeader,
     done: FinishedInstance,
+    started: std::time::Instant,
 }
 
 /// Handle one PDV; returns what to answer, or an abort reason.
@@ -537,6 +572,7 @@ fn on_pdv(
                             cmd: p.cmd,
                             header,
                             done,
+                            started: p.started,
                         }))))
                     }
                     Err(refusal) => refusal,
@@ -549,10 +585,13 @@ fn on_pdv(
 
 /// The C-STORE response, counted for the association's summary line.
 fn store_rsp(conn: &mut Conn, cmd: &Command, st: u16, comment: Option<String>) -> Vec<u8> {
+    let m = crate::metrics::get();
     if st == status::SUCCESS {
         conn.stored += 1;
+        m.instances_received.inc();
     } else {
         conn.refused += 1;
+        m.refused(&format!("{st:04X}"));
     }
     dimse::c_store_rsp(
         cmd.message_id,
@@ -638,6 +677,7 @@ fn on_command(
                 pc,
                 sink,
                 unrecognized: false,
+                started: std::time::Instant::now(),
             });
             Ok(None)
         }
@@ -656,6 +696,7 @@ fn on_command(
                         comment: String::new(),
                     },
                     unrecognized: true,
+                    started: std::time::Instant::now(),
                 });
                 Ok(None)
             } else {
@@ -723,9 +764,14 @@ async fn complete(ctx: &ScpCtx, conn: &mut Conn, c: Committing) -> (u8, Vec<u8>)
         cmd,
         header,
         done,
+        started,
     } = c;
     let (st, comment) = record(ctx, conn, header, done).await;
-    (pc, store_rsp(conn, &cmd, st, comment))
+    let rsp = store_rsp(conn, &cmd, st, comment);
+    crate::metrics::get()
+        .cstore_seconds
+        .observe(started.elapsed().as_secs_f64());
+    (pc, rsp)
 }
 
 async fn record(

@@ -132,6 +132,16 @@ fn failed(ctx: &SenderCtx, cfg: &Config, r: &OutboxRow, reason: &str, bounded: b
             retry_in_ms = next - now_ms(), "delivery failed; will retry"
         );
     }
+    crate::metrics::get().output(
+        &r.destination,
+        if give_up { "failed" } else { "attempt_failed" },
+    );
+    ctx.state.audit_action(
+        "delivery_attempt",
+        &r.destination,
+        Some(&r.study_uid),
+        &format!("{} attempt {}: {reason}", r.sop_uid, r.attempts + 1),
+    );
     if let Err(e) = ctx.state.outbox_failed(r.id, reason, next, give_up) {
         error!(error = %e, "cannot record the failed attempt");
     }
@@ -374,6 +384,13 @@ fn deliver<S>(
                 match classify_status(st) {
                     StatusClass::Success => {
                         info!(sop = %r.sop_uid, study = %r.study_uid, "output delivered");
+                        crate::metrics::get().output(&r.destination, "delivered");
+                        ctx.state.audit_action(
+                            "delivery_attempt",
+                            &r.destination,
+                            Some(&r.study_uid),
+                            &format!("{} attempt {}: delivered", r.sop_uid, r.attempts + 1),
+                        );
                         if let Err(e) = ctx.state.outbox_delivered(r.id, None) {
                             error!(error = %e, "delivered but not recorded: may be sent again");
                         }
@@ -386,6 +403,7 @@ fn deliver<S>(
                                 .unwrap_or_default()
                         );
                         warn!(sop = %r.sop_uid, status = %w, "output delivered with a warning");
+                        crate::metrics::get().output(&r.destination, "delivered");
                         if let Err(e) = ctx.state.outbox_delivered(r.id, Some(&w)) {
                             error!(error = %e, "delivered but not recorded: may be sent again");
                         }

@@ -79,7 +79,17 @@ impl Outbox {
     pub fn results_dir(&self, study_instance_uid: &str) -> PathBuf {
         self.results.join(sha256_hex(study_instance_uid.as_bytes()))
     }
+}
 
+/// Where a study's predictions and run records are kept, for readers that do not write
+/// (the status page).
+pub fn results_dir_in(state_dir: &Path, study_instance_uid: &str) -> PathBuf {
+    state_dir
+        .join("results")
+        .join(sha256_hex(study_instance_uid.as_bytes()))
+}
+
+impl Outbox {
     /// Keep the predictions JSON and run record beside the study for audit: one pair per
     /// job, plus `predictions.json`/`run.json` for the latest run.
     pub fn persist_results(

@@ -41,6 +41,7 @@ pub fn assemble(state: &State, cfg: &Config, now: i64) -> Result<usize, StateErr
                 cfg.assembly.min_series
             );
             info!(%reason, "study does not qualify for the model");
+            crate::metrics::get().study("skipped");
             state.settle_study(&s.study_uid, study_state::NOT_QUALIFIED, &reason)?;
             continue;
         }

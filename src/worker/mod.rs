@@ -117,9 +117,13 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<Work
             })
         });
         match outcome {
-            Ok(n) => info!(ms, outputs = n, "study processed"),
+            Ok(n) => {
+                info!(ms, outputs = n, "study processed");
+                crate::metrics::get().study("processed");
+            }
             Err(e) => {
                 error!(ms, error = %e, "study failed");
+                crate::metrics::get().study("failed");
                 retry_storage("record the failure", || {
                     ctx.state
                         .finish_job_failed(item.job_id, &study, &e.to_string())

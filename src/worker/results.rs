@@ -97,5 +97,27 @@ pub(super) fn finish(
         )
         .map_err(|e| io(e.to_string()))?;
     let _ = ctx.wake_sender.try_send(());
+    observe(ctx, study, &p.run_json);
     Ok(rows.len())
+}
+
+/// Stage seconds from the run record, and the time from the study's last instance to its
+/// results being queued, into the metrics.
+fn observe(ctx: &WorkerCtx, study: &str, run_json: &str) {
+    let m = crate::metrics::get();
+    if let Ok(run) = serde_json::from_str::<serde_json::Value>(run_json) {
+        if let Some(t) = run.get("timings").and_then(|t| t.as_object()) {
+            for (k, v) in t {
+                if let (Some(stage), Some(s)) = (k.strip_suffix("_s"), v.as_f64()) {
+                    if k != "prepare_speculative_s" {
+                        m.stage(stage, s);
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(Some(row)) = ctx.state.study(study) {
+        let s = (crate::store::state::now_ms() - row.last_received_ms) as f64 / 1000.0;
+        m.result_latency_seconds.observe(s.max(0.0));
+    }
 }

@@ -13,6 +13,7 @@ mod schema;
 mod studies;
 #[cfg(test)]
 mod tests;
+mod views;
 
 pub use db::{now_ms, Counts, State, StateError};
 pub use instances::{InstanceRecord, RecordOutcome, StoredInstance};
@@ -20,3 +21,4 @@ pub use jobs::{JobRow, OutputRow};
 pub use outbox::OutboxRow;
 pub use schema::{job_state, outbox_state, study_state};
 pub use studies::StudyRow;
+pub use views::{AuditView, DeliveryView, JobView, SeriesView};

@@ -78,7 +78,7 @@ impl State {
     }
 }
 
-fn study_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRow> {
+pub(super) fn study_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRow> {
     Ok(StudyRow {
         study_uid: r.get(0)?,
         state: r.get(1)?,

@@ -1,0 +1,276 @@
+//! What the pages and the JSON API show, gathered from the state database, the spooled
+//! headers and the run records. One set of types serves both: a page renders exactly what
+//! `/api/…` returns.
+
+use std::path::Path;
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::store::state::{
+    AuditView, DeliveryView, JobView, SeriesView, State, StateError, StudyRow,
+};
+
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub demo: bool,
+    pub device: String,
+    pub precision: String,
+    pub priority_classes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Overview {
+    pub version: &'static str,
+    pub ae_title: String,
+    pub listen: String,
+    pub uptime_s: u64,
+    pub model: Option<ModelInfo>,
+    pub studies_by_state: Vec<(String, i64)>,
+    pub instances: i64,
+    pub queue_depth: i64,
+    pub outbox_by_state: Vec<(String, i64)>,
+    pub free_disk_mb: Option<u64>,
+    pub min_free_mb: u64,
+    pub last_error: Option<(i64, String)>,
+}
+
+/// Who and what a study is, from one of its instances' headers. Patient name and ID only
+/// when `[http] show_patient_identifiers` is on.
+#[derive(Debug, Default, Serialize)]
+pub struct StudyHeader {
+    pub accession_number: String,
+    pub study_date: String,
+    pub study_description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StudySummary {
+    pub study_uid: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub header: StudyHeader,
+    pub series: usize,
+    pub instances: i64,
+    pub first_instance_ms: i64,
+    pub last_instance_ms: i64,
+    pub runs: i64,
+    pub priority: Option<String>,
+    /// Highest positive decision margin among the diagnoses, with its label.
+    pub top_finding: Option<(String, f64)>,
+    /// Last instance to the first result delivered (or, before that, queued), in seconds.
+    pub time_to_result_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StudyDetail {
+    pub summary: StudySummary,
+    pub series: Vec<SeriesView>,
+    pub jobs: Vec<JobView>,
+    pub deliveries: Vec<DeliveryView>,
+    /// Delivery attempts and operator actions, oldest first.
+    pub events: Vec<AuditView>,
+    /// The latest run record (stage seconds, series used and skipped with reasons).
+    pub run: Option<Value>,
+    pub has_predictions: bool,
+}
+
+pub fn model_info(cfg: &Config) -> Option<ModelInfo> {
+    let m = crate::model::Manifest::read(&cfg.model.dir.join(crate::model::prima::MANIFEST_FILE))
+        .ok()?;
+    Some(ModelInfo {
+        name: m.model_name,
+        version: m.model_version,
+        demo: m.demo,
+        device: cfg.model.device.clone(),
+        // The node runs the model at the default precision.
+        precision: crate::model::ModelOptions::default()
+            .precision
+            .as_str()
+            .to_string(),
+        priority_classes: m.priority_classes,
+    })
+}
+
+pub fn overview(
+    state: &State,
+    cfg: &Config,
+    model: Option<ModelInfo>,
+    uptime_s: u64,
+) -> Result<Overview, StateError> {
+    let c = state.counts()?;
+    Ok(Overview {
+        version: env!("CARGO_PKG_VERSION"),
+        ae_title: cfg.node.ae_title.clone(),
+        listen: cfg.node.listen.clone(),
+        uptime_s,
+        model,
+        studies_by_state: c.studies,
+        instances: c.instances,
+        queue_depth: state.queue_depth()?,
+        outbox_by_state: c.outbox,
+        free_disk_mb: crate::store::durable::free_mb(&cfg.node.state_dir).ok(),
+        min_free_mb: cfg.storage.min_free_mb,
+        last_error: state.last_error()?,
+    })
+}
+
+fn header_of(state: &State, study_uid: &str, show_ids: bool) -> (StudyHeader, i64) {
+    let instances = state.instances_of(study_uid).unwrap_or_default();
+    let n = instances.len() as i64;
+    let Some(first) = instances.first() else {
+        return (StudyHeader::default(), 0);
+    };
+    let Ok(obj) = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(&first.path)
+    else {
+        return (StudyHeader::default(), n);
+    };
+    let get = |t| {
+        obj.element(t)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    let h = StudyHeader {
+        accession_number: get(tags::ACCESSION_NUMBER),
+        study_date: get(tags::STUDY_DATE),
+        study_description: get(tags::STUDY_DESCRIPTION),
+        patient_name: show_ids.then(|| get(tags::PATIENT_NAME)),
+        patient_id: show_ids.then(|| get(tags::PATIENT_ID)),
+    };
+    (h, n)
+}
+
+fn read_json(p: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// Priority (argmax) and top positive finding from upstream-format predictions.
+fn interpret(pred: &Value) -> (Option<String>, Option<(String, f64)>) {
+    let first = |v: &Value| v.as_array().and_then(|a| a.first()).and_then(Value::as_f64);
+    let best = |section: &str| -> Option<(String, f64)> {
+        pred.get(section)?
+            .as_object()?
+            .iter()
+            .filter_map(|(k, v)| first(v).map(|x| (k.clone(), x)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let priority = best("priority").map(|(c, _)| c);
+    let top = best("diagnosis").filter(|(_, m)| *m > 0.0);
+    (priority, top)
+}
+
+fn summary(state: &State, row: StudyRow, state_dir: &Path, show_ids: bool) -> StudySummary {
+    let (header, instances) = header_of(state, &row.study_uid, show_ids);
+    let series = state
+        .series_view(&row.study_uid)
+        .map(|s| s.len())
+        .unwrap_or(0);
+    let dir = crate::store::outbox::results_dir_in(state_dir, &row.study_uid);
+    let (priority, top_finding) = read_json(&dir.join("predictions.json"))
+        .map(|p| interpret(&p))
+        .unwrap_or((None, None));
+    let deliveries = state.deliveries_of(&row.study_uid).unwrap_or_default();
+    let delivered = deliveries.iter().filter_map(|d| d.delivered_ms).min();
+    let finished = state
+        .jobs_view(&row.study_uid)
+        .unwrap_or_default()
+        .iter()
+        .filter(|j| j.error.is_none())
+        .filter_map(|j| j.finished_ms)
+        .max();
+    let time_to_result_s = delivered
+        .or(finished)
+        .map(|t| (t - row.last_received_ms).max(0) as f64 / 1000.0);
+    StudySummary {
+        study_uid: row.study_uid,
+        state: row.state,
+        reason: row.reason,
+        header,
+        series,
+        instances,
+        first_instance_ms: row.first_received_ms,
+        last_instance_ms: row.last_received_ms,
+        runs: row.runs,
+        priority,
+        top_finding,
+        time_to_result_s,
+    }
+}
+
+pub fn studies(
+    state: &State,
+    state_dir: &Path,
+    filter: Option<&str>,
+    page: i64,
+    per_page: i64,
+    show_ids: bool,
+) -> Result<Vec<StudySummary>, StateError> {
+    let rows = state.studies_page(filter, per_page, page * per_page)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| summary(state, r, state_dir, show_ids))
+        .collect())
+}
+
+pub fn study(
+    state: &State,
+    state_dir: &Path,
+    study_uid: &str,
+    show_ids: bool,
+) -> Result<Option<StudyDetail>, StateError> {
+    let Some(row) = state.study(study_uid)? else {
+        return Ok(None);
+    };
+    let dir = crate::store::outbox::results_dir_in(state_dir, study_uid);
+    Ok(Some(StudyDetail {
+        summary: summary(state, row, state_dir, show_ids),
+        series: state.series_view(study_uid)?,
+        jobs: state.jobs_view(study_uid)?,
+        deliveries: state.deliveries_of(study_uid)?,
+        events: state.audit_of_study(study_uid)?,
+        run: read_json(&dir.join("run.json")),
+        has_predictions: dir.join("predictions.json").is_file(),
+    }))
+}
+
+pub fn outbox(state: &State) -> Result<Vec<DeliveryView>, StateError> {
+    state.open_deliveries(500)
+}
+
+pub fn associations(state: &State) -> Result<Vec<AuditView>, StateError> {
+    state.audit_view(None, 200)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_is_the_argmax_and_only_positive_findings_count() {
+        let p: Value = serde_json::from_str(
+            r#"{"diagnosis":{"a":[-0.5],"b":[0.25],"c":[0.75]},"priority":{"none":[0.1],"low":[0.9],"high":[0.3]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            interpret(&p),
+            (Some("low".into()), Some(("c".into(), 0.75)))
+        );
+        let p: Value =
+            serde_json::from_str(r#"{"diagnosis":{"a":[-0.5]},"priority":{"none":[1.0]}}"#)
+                .unwrap();
+        assert_eq!(interpret(&p), (Some("none".into()), None));
+    }
+}

@@ -1,0 +1,468 @@
+//! The pages: each renders one `data` value with the escaping builder.
+
+use serde_json::Value;
+
+use super::data::{Overview, StudyDetail, StudySummary};
+use super::html::{page, Cell, Html};
+use crate::store::state::{AuditView, DeliveryView};
+
+/// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn when(ms: i64) -> String {
+    if ms <= 0 {
+        return "—".into();
+    }
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_default()
+}
+
+fn study_link(uid: &str) -> String {
+    format!("/studies/{uid}")
+}
+
+pub fn overview(o: &Overview) -> String {
+    page("Overview", |h| {
+        let model = match &o.model {
+            Some(m) => format!(
+                "{} {}{} — device {}, {}, priority classes {}",
+                m.name,
+                m.version,
+                if m.demo {
+                    " (DEMO MODEL — NOT FOR CLINICAL USE)"
+                } else {
+                    ""
+                },
+                m.device,
+                m.precision,
+                m.priority_classes.join("/")
+            ),
+            None => "manifest not readable".into(),
+        };
+        let disk = match o.free_disk_mb {
+            Some(f) => format!("{f} MB free (floor {} MB)", o.min_free_mb),
+            None => "unknown".into(),
+        };
+        let rows = vec![
+            vec!["version".into(), format!("prima-node {}", o.version).into()],
+            vec!["model".into(), model.into()],
+            vec![
+                "listener".into(),
+                format!("{} on {}", o.ae_title, o.listen).into(),
+            ],
+            vec!["uptime".into(), format!("{} s", o.uptime_s).into()],
+            vec!["instances".into(), o.instances.to_string().into()],
+            vec!["job queue".into(), o.queue_depth.to_string().into()],
+            vec!["disk".into(), disk.into()],
+            vec![
+                "last error".into(),
+                o.last_error
+                    .as_ref()
+                    .map(|(t, e)| format!("{} — {e}", when(*t)))
+                    .unwrap_or_else(|| "none".into())
+                    .into(),
+            ],
+        ];
+        h.table(&["", ""], &rows);
+        h.text_el("h2", &[], "Studies by state");
+        let rows: Vec<Vec<Cell>> = o
+            .studies_by_state
+            .iter()
+            .map(|(s, n)| {
+                vec![
+                    Cell::Link(format!("/studies?state={s}"), s.clone()),
+                    n.to_string().into(),
+                ]
+            })
+            .collect();
+        h.table(&["state", "studies"], &rows);
+        h.text_el("h2", &[], "Outbox");
+        let rows: Vec<Vec<Cell>> = o
+            .outbox_by_state
+            .iter()
+            .map(|(s, n)| vec![s.as_str().into(), n.to_string().into()])
+            .collect();
+        h.table(&["state", "deliveries"], &rows);
+    })
+}
+
+fn summary_row(s: &StudySummary) -> Vec<Cell> {
+    let who = match (&s.header.patient_name, &s.header.patient_id) {
+        (Some(n), Some(i)) => format!("{n} ({i}) "),
+        _ => String::new(),
+    };
+    vec![
+        Cell::Link(
+            study_link(&s.study_uid),
+            format!(
+                "{who}acc. {} — {}",
+                if s.header.accession_number.is_empty() {
+                    "none"
+                } else {
+                    &s.header.accession_number
+                },
+                s.header.study_date
+            ),
+        ),
+        s.header.study_description.as_str().into(),
+        s.state.as_str().into(),
+        format!("{} / {}", s.series, s.instances).into(),
+        when(s.first_instance_ms).into(),
+        when(s.last_instance_ms).into(),
+        opt(&s.priority).into(),
+        s.top_finding
+            .as_ref()
+            .map(|(l, m)| format!("{l} ({m:.3})"))
+            .unwrap_or_default()
+            .into(),
+        s.time_to_result_s
+            .map(|t| format!("{t:.1} s"))
+            .unwrap_or_default()
+            .into(),
+    ]
+}
+
+const SUMMARY_HEAD: [&str; 9] = [
+    "study",
+    "description",
+    "state",
+    "series / instances",
+    "first instance",
+    "last instance",
+    "priority",
+    "top finding (margin)",
+    "time to result",
+];
+
+pub fn studies(list: &[StudySummary], filter: Option<&str>, page_no: i64, per: i64) -> String {
+    page("Studies", |h| {
+        h.el("form", &[("method", "get"), ("action", "/studies")], |f| {
+            f.text("State: ");
+            f.el("select", &[("name", "state")], |s| {
+                for st in [
+                    "",
+                    "receiving",
+                    "queued",
+                    "processing",
+                    "done",
+                    "failed",
+                    "not_qualified",
+                ] {
+                    let label = if st.is_empty() { "all" } else { st };
+                    if filter == Some(st) {
+                        s.text_el("option", &[("value", st), ("selected", "selected")], label);
+                    } else {
+                        s.text_el("option", &[("value", st)], label);
+                    }
+                }
+            });
+            f.void("input", &[("type", "submit"), ("value", "Filter")]);
+        });
+        let rows: Vec<Vec<Cell>> = list.iter().map(summary_row).collect();
+        h.table(&SUMMARY_HEAD, &rows);
+        let q = filter.map(|f| format!("state={f}&")).unwrap_or_default();
+        if page_no > 0 {
+            h.text_el(
+                "a",
+                &[("href", &format!("/studies?{q}page={}", page_no - 1))],
+                "newer",
+            );
+            h.text(" ");
+        }
+        if list.len() as i64 == per {
+            h.text_el(
+                "a",
+                &[("href", &format!("/studies?{q}page={}", page_no + 1))],
+                "older",
+            );
+        }
+    })
+}
+
+fn action_form(h: &mut Html, action: &str, fields: &[(&'static str, &str)], label: &str) {
+    h.el("form", &[("method", "post"), ("action", action)], |f| {
+        for (k, v) in fields {
+            f.void("input", &[("type", "hidden"), ("name", k), ("value", v)]);
+        }
+        f.void(
+            "input",
+            &[
+                ("type", "password"),
+                ("name", "token"),
+                ("placeholder", "token"),
+                ("autocomplete", "off"),
+            ],
+        );
+        f.void("input", &[("type", "submit"), ("value", label)]);
+    });
+}
+
+/// Seconds per stage from a run record's `timings`.
+fn stages(run: &Value) -> Vec<Vec<Cell>> {
+    run.get("timings")
+        .and_then(Value::as_object)
+        .map(|t| {
+            t.iter()
+                .filter_map(|(k, v)| {
+                    let s = v.as_f64()?;
+                    Some(vec![
+                        k.trim_end_matches("_s").into(),
+                        format!("{s:.3} s").into(),
+                    ])
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn skipped(run: &Value) -> Vec<Vec<Cell>> {
+    run.get("skipped")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let f = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    vec![f("series_instance_uid").into(), f("reason").into()]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn study(d: &StudyDetail, actions: bool) -> String {
+    let s = &d.summary;
+    page("Study", |h| {
+        h.table(&SUMMARY_HEAD, &[summary_row(s)]);
+        h.text_el("p", &[], &format!("Study Instance UID {}", s.study_uid));
+        if let Some(r) = &s.reason {
+            h.text_el("p", &[("class", "warn")], &format!("Reason: {r}"));
+        }
+        h.text_el("h2", &[], "Timeline");
+        let mut rows: Vec<Vec<Cell>> = vec![
+            vec![
+                "first instance received".into(),
+                when(s.first_instance_ms).into(),
+            ],
+            vec![
+                "last instance received".into(),
+                when(s.last_instance_ms).into(),
+            ],
+        ];
+        for j in &d.jobs {
+            rows.push(vec![
+                format!(
+                    "job {} queued (quiet period over{})",
+                    j.id,
+                    if j.forced { ", forced" } else { "" }
+                )
+                .into(),
+                when(j.created_ms).into(),
+            ]);
+            if let Some(t) = j.started_ms {
+                rows.push(vec![
+                    format!("job {} started (try {})", j.id, j.attempt).into(),
+                    when(t).into(),
+                ]);
+            }
+            if let Some(t) = j.finished_ms {
+                let what = match &j.error {
+                    Some(e) => format!("job {} failed: {e}", j.id),
+                    None => format!("job {} done, outputs built ({})", j.id, j.state),
+                };
+                rows.push(vec![what.into(), when(t).into()]);
+            }
+        }
+        for o in &d.deliveries {
+            let what = format!(
+                "{} to {}: {}, {} attempt(s){}",
+                o.kind,
+                o.destination,
+                o.state,
+                o.attempts,
+                o.last_error
+                    .as_ref()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
+            );
+            let t = o.delivered_ms.unwrap_or(o.next_attempt_ms);
+            rows.push(vec![what.into(), when(t).into()]);
+        }
+        for e in &d.events {
+            rows.push(vec![
+                format!("{} ({}): {}", e.event, opt(&e.peer), opt(&e.detail)).into(),
+                when(e.at_ms).into(),
+            ]);
+        }
+        h.table(&["event", "time (UTC)"], &rows);
+        if let Some(run) = &d.run {
+            h.text_el("h2", &[], "Stages of the latest run");
+            h.table(&["stage", "seconds"], &stages(run));
+            let sk = skipped(run);
+            if !sk.is_empty() {
+                h.text_el("h2", &[], "Series skipped");
+                h.table(&["series", "reason"], &sk);
+            }
+        }
+        h.text_el("h2", &[], "Series received");
+        let rows: Vec<Vec<Cell>> = d
+            .series
+            .iter()
+            .map(|x| {
+                vec![
+                    x.series_number.as_str().into(),
+                    x.modality.as_str().into(),
+                    x.description.as_str().into(),
+                    x.instances.to_string().into(),
+                    x.series_uid.as_str().into(),
+                ]
+            })
+            .collect();
+        h.table(
+            &["number", "modality", "description", "instances", "UID"],
+            &rows,
+        );
+        h.el("p", &[], |p| {
+            if d.has_predictions {
+                p.text_el(
+                    "a",
+                    &[(
+                        "href",
+                        &format!("{}/predictions.json", study_link(&s.study_uid)),
+                    )],
+                    "predictions (JSON)",
+                );
+                p.text(" · ");
+            }
+            if d.run.is_some() {
+                p.text_el(
+                    "a",
+                    &[("href", &format!("{}/run.json", study_link(&s.study_uid)))],
+                    "run record (JSON)",
+                );
+                p.text(" · ");
+            }
+            p.text_el(
+                "a",
+                &[("href", &format!("/api{}", study_link(&s.study_uid)))],
+                "this page as JSON",
+            );
+        });
+        if actions {
+            action_form(
+                h,
+                "/actions/rerun-study",
+                &[("study_uid", &s.study_uid)],
+                "Re-run this study",
+            );
+        }
+    })
+}
+
+fn delivery_rows(list: &[DeliveryView]) -> Vec<Vec<Cell>> {
+    list.iter()
+        .map(|o| {
+            vec![
+                o.id.to_string().into(),
+                Cell::Link(study_link(&o.study_uid), o.study_uid.clone()),
+                o.kind.as_str().into(),
+                o.destination.as_str().into(),
+                o.state.as_str().into(),
+                o.attempts.to_string().into(),
+                when(o.next_attempt_ms).into(),
+                opt(&o.last_error).into(),
+            ]
+        })
+        .collect()
+}
+
+pub fn outbox(list: &[DeliveryView], actions: bool) -> String {
+    page("Outbox", |h| {
+        h.text_el(
+            "p",
+            &[],
+            &format!("{} deliveries pending or failed", list.len()),
+        );
+        h.table(
+            &[
+                "id",
+                "study",
+                "object",
+                "destination",
+                "state",
+                "attempts",
+                "next attempt",
+                "last error",
+            ],
+            &delivery_rows(list),
+        );
+        if actions {
+            for o in list {
+                action_form(
+                    h,
+                    "/actions/retry-delivery",
+                    &[("id", &o.id.to_string())],
+                    &format!("Retry {} now", o.id),
+                );
+            }
+        }
+    })
+}
+
+pub fn associations(list: &[AuditView]) -> String {
+    page("Associations and actions (audit trail)", |h| {
+        let rows: Vec<Vec<Cell>> = list
+            .iter()
+            .map(|a| {
+                vec![
+                    when(a.at_ms).into(),
+                    a.event.as_str().into(),
+                    opt(&a.calling_ae).into(),
+                    opt(&a.peer).into(),
+                    opt(&a.study_uid).into(),
+                    opt(&a.detail).into(),
+                ]
+            })
+            .collect();
+        h.table(
+            &[
+                "time (UTC)",
+                "event",
+                "calling AE",
+                "peer",
+                "study",
+                "detail",
+            ],
+            &rows,
+        );
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(when(0), "—");
+        assert_eq!(when(1_796_342_400_000), "2026-12-04 00:00:00");
+        assert_eq!(when(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03");
+    }
+}
