@@ -105,6 +105,81 @@ fn hostile_copy(series: &[Vec<PathBuf>], dir: &Path) -> Vec<Vec<PathBuf>> {
     out
 }
 
+/// Headless Chromium (Debian's package, installed by scripts/setup.sh) renders the overview
+/// and the study page: the DOM it built has the tables, the hostile strings as text, and no
+/// script element. Screenshots go to `PRIMA_SCREENSHOT_DIR` (docs/examples/ when they are
+/// refreshed), else a temporary directory.
+fn browser_check(base: &str, study_uid: &str) {
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "chromium not installed (scripts/setup.sh installs it)"
+        );
+        eprintln!("SKIPPED: chromium not installed");
+        return;
+    }
+    let shots = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("PRIMA_SCREENSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shots.path().to_path_buf());
+    let profile = tempfile::tempdir().unwrap();
+    let run = |args: &[String]| {
+        let o = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .expect("run chromium");
+        assert!(o.status.success(), "chromium {args:?} failed");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    for (url, name, want) in [
+        (
+            format!("{base}/"),
+            "status-overview.png",
+            "Studies by state",
+        ),
+        (
+            format!("{base}/studies/{study_uid}"),
+            "status-study.png",
+            "Stages of the latest run",
+        ),
+    ] {
+        let dom = run(&["--dump-dom".to_string(), url.clone()]);
+        assert!(dom.contains(want), "{url}: {want:?} not in the DOM:\n{dom}");
+        assert!(dom.contains("<table>"), "{url}: no table in the DOM");
+        assert!(
+            !dom.contains("<script"),
+            "{url}: a script element in the DOM"
+        );
+        if url.contains("/studies/") {
+            assert!(
+                dom.contains("&lt;script&gt;alert('pwn')&lt;/script&gt;"),
+                "the hostile name is not text in the DOM"
+            );
+        }
+        let shot = dir.join(name);
+        run(&[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,1000".to_string(),
+            url,
+        ]);
+        let png = std::fs::read(&shot).expect("screenshot written");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{}",
+            shot.display()
+        );
+    }
+}
+
 #[test]
 fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     let Some(root) = fixtures::reference_dir() else {
@@ -190,7 +265,7 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     assert!(!page.contains("<script"), "unescaped script in the page");
     assert!(page.contains("&lt;script&gt;alert(&#39;pwn&#39;)&lt;/script&gt;"));
     assert!(page.contains("run.json") && page.contains("predictions.json"));
-    assert!(page.contains("vqvae"), "stage seconds on the page");
+    assert!(page.contains("VQ-VAE"), "stage seconds on the page");
     for path in ["/", "/studies", "/outbox", "/associations"] {
         let (code, body) = curl(&format!("{base}{path}"), &[]);
         assert_eq!(code, 200, "{path}");
@@ -199,6 +274,8 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     let (code, run) = curl(&format!("{base}/studies/{study_uid}/run.json"), &[]);
     assert_eq!(code, 200);
     assert!(serde_json::from_str::<Value>(&run).is_ok());
+
+    browser_check(&base, &study_uid);
 
     // Metrics moved by what happened.
     let after = parse_metrics(&curl(&format!("{base}/metrics"), &[]).1);

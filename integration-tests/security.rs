@@ -353,7 +353,12 @@ fn no_phi_in_logs_and_private_state() {
     }
     let data = tempfile::tempdir().unwrap();
     let files = synthetic_study(data.path());
-    let opts = NodeOpts::default();
+    // The status page is on, with its default: no patient identifiers.
+    let http_port = common::free_port();
+    let opts = NodeOpts {
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
+        ..NodeOpts::default()
+    };
     let dest = StoreScp::start(opts.dest_port);
     let mut node = Node::start(opts);
     let o = storescu(node.opts.port, SCU_AE, &files);
@@ -361,6 +366,23 @@ fn no_phi_in_logs_and_private_state() {
     // Wait for the study to be processed and its outputs delivered.
     let delivered = wait_until(Duration::from_secs(60), || !dest.received().is_empty());
     assert!(delivered, "no output delivered:\n{}", node.log_text());
+    let base = format!("http://127.0.0.1:{http_port}");
+    let studies = curl(&format!("{base}/api/studies"), &[]);
+    assert!(studies.contains("accession_number"), "{studies}");
+    let uid = common::study_uid_of(&files[0]);
+    for page in [
+        curl(&format!("{base}/studies"), &[]),
+        studies,
+        curl(&format!("{base}/studies/{uid}"), &[]),
+        curl(&format!("{base}/api/studies/{uid}"), &[]),
+    ] {
+        for secret in [SECRET_NAME, SECRET_ID] {
+            assert!(
+                !page.contains(secret),
+                "{secret:?} on the status page:\n{page}"
+            );
+        }
+    }
     assert_eq!(node.sigterm(), Some(0));
 
     let log = node.log_text();
@@ -384,6 +406,57 @@ fn no_phi_in_logs_and_private_state() {
         checked > files.len(),
         "state tree checked ({checked} entries)"
     );
+}
+
+/// Body of a GET with curl (empty when the request fails).
+fn curl(url: &str, args: &[&str]) -> String {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn status_page_over_https_with_the_tls_certificate() {
+    if !have_dcmtk() || !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let http_port = common::free_port();
+    let listen = format!("listen = \"127.0.0.1:{http_port}\"\n");
+    let mut node = Node::start(NodeOpts {
+        extra_toml: format!("\n[http]\n{listen}"),
+        ..NodeOpts::default()
+    });
+    // `[http] tls` needs `[tls]`: both come in with the restart.
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace(&listen, &format!("{listen}tls = true\n")),
+    )
+    .unwrap();
+    enable_tls(&mut node, &pki.tls_section(true), None);
+    let ok = wait_until(Duration::from_secs(10), || {
+        curl(
+            &format!("https://localhost:{http_port}/healthz"),
+            &["--cacert", &pki.s("ca.crt")],
+        ) == "ok\n"
+    });
+    assert!(ok, "no /healthz over HTTPS:\n{}", node.log_text());
+    // Plain HTTP to the HTTPS port gets nothing, and the page is still served after it.
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{http_port}/healthz"), &[]),
+        ""
+    );
+    let page = curl(
+        &format!("https://localhost:{http_port}/"),
+        &["--cacert", &pki.s("ca.crt")],
+    );
+    assert!(page.contains("Overview"), "{page}");
+    assert!(node.log_text().contains("status page on https://"));
 }
 
 #[test]

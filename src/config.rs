@@ -82,6 +82,9 @@ pub struct HttpSection {
     /// and study date only).
     #[serde(default)]
     pub show_patient_identifiers: bool,
+    /// HTTPS with `[tls]`'s certificate and key (no client certificate is asked for).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -428,6 +431,9 @@ impl Config {
         }
         if let Some(h) = &self.http {
             p.extend(h.problems());
+            if h.tls && self.tls.is_none() {
+                p.push("[http] tls: true needs the [tls] section's certificate and key".into());
+            }
         }
         if self.model.dir.as_os_str().is_empty() {
             p.push("[model] dir: empty path".into());

@@ -301,6 +301,18 @@ async fn start_http(
             addr: h.listen.clone(),
             source,
         })?;
+    let cfg = shared.get();
+    let tls = match (h.tls, &cfg.tls) {
+        (true, Some(t)) => {
+            Some(
+                crate::net::tls::web_server_config(t).map_err(|e| NodeError::Io {
+                    what: "cannot set up HTTPS for the status page".into(),
+                    source: std::io::Error::other(e),
+                })?,
+            )
+        }
+        _ => None,
+    };
     let ctx = std::sync::Arc::new(crate::http::HttpCtx {
         state: state.clone(),
         view: Arc::new(State::open_read_only(state_dir)?),
@@ -312,13 +324,16 @@ async fn start_http(
         wake_assembler,
         wake_sender,
     });
+    let scheme = if tls.is_some() { "https" } else { "http" };
     info!(
         listen = %h.listen,
         actions = ctx.token.is_some(),
-        "status page on http://{}/",
+        "status page on {scheme}://{}/",
         h.listen
     );
-    Ok(tokio::spawn(crate::http::serve(listener, ctx, shutdown)))
+    Ok(tokio::spawn(crate::http::serve(
+        listener, tls, ctx, shutdown,
+    )))
 }
 
 async fn wait_for_signal() {

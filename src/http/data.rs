@@ -251,7 +251,7 @@ pub fn outbox(state: &State) -> Result<Vec<DeliveryView>, StateError> {
 }
 
 pub fn associations(state: &State) -> Result<Vec<AuditView>, StateError> {
-    state.audit_view(None, 200)
+    state.audit_view(200)
 }
 
 #[cfg(test)]

@@ -78,15 +78,17 @@ impl Html {
         self.0.push('>');
     }
 
-    /// A table: a header row, then one row per item of text cells (a cell may be a link:
+    /// A table: a header row (none when `head` is empty), then one row per item of text cells (a cell may be a link:
     /// `Cell::Link`).
     pub fn table(&mut self, head: &[&str], rows: &[Vec<Cell>]) -> &mut Self {
         self.el("table", &[], |t| {
-            t.el("tr", &[], |r| {
-                for h in head {
-                    r.text_el("th", &[], h);
-                }
-            });
+            if !head.is_empty() {
+                t.el("tr", &[], |r| {
+                    for h in head {
+                        r.text_el("th", &[], h);
+                    }
+                });
+            }
             for row in rows {
                 t.el("tr", &[], |r| {
                     for c in row {

@@ -12,8 +12,8 @@
 pub mod data;
 pub mod html;
 mod pages;
+mod tls;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::SharedConfig;
 use crate::store::state::{State, StateError};
+use tls::Peer;
 
 /// What the handlers share.
 pub struct HttpCtx {
@@ -69,20 +70,29 @@ pub fn router(ctx: Ctx) -> Router {
         .with_state(ctx)
 }
 
-/// Serve until `shutdown` turns true.
+/// Serve until `shutdown` turns true; HTTPS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ctx: Ctx,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let app = router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(ctx).into_make_service_with_connect_info::<Peer>();
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(cfg) => match tls::TlsListener::new(listener, cfg) {
+            Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
         warn!(error = %e, "HTTP server stopped");
     }
 }
@@ -298,7 +308,7 @@ struct RetryForm {
 
 async fn retry_delivery(
     AxState(ctx): AxState<Ctx>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     Form(f): Form<RetryForm>,
 ) -> Result<Response, WebError> {
@@ -334,7 +344,7 @@ struct RerunForm {
 
 async fn rerun_study(
     AxState(ctx): AxState<Ctx>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     Form(f): Form<RerunForm>,
 ) -> Result<Response, WebError> {

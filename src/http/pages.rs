@@ -81,7 +81,7 @@ pub fn overview(o: &Overview) -> String {
                     .into(),
             ],
         ];
-        h.table(&["", ""], &rows);
+        h.table(&[], &rows);
         h.text_el("h2", &[], "Studies by state");
         let rows: Vec<Vec<Cell>> = o
             .studies_by_state
@@ -215,22 +215,28 @@ fn action_form(h: &mut Html, action: &str, fields: &[(&'static str, &str)], labe
     });
 }
 
-/// Seconds per stage from a run record's `timings`.
+/// Seconds per stage from a run record's `timings`, in pipeline order.
 fn stages(run: &Value) -> Vec<Vec<Cell>> {
-    run.get("timings")
-        .and_then(Value::as_object)
-        .map(|t| {
-            t.iter()
-                .filter_map(|(k, v)| {
-                    let s = v.as_f64()?;
-                    Some(vec![
-                        k.trim_end_matches("_s").into(),
-                        format!("{s:.3} s").into(),
-                    ])
-                })
-                .collect()
+    const ORDER: [(&str, &str); 7] = [
+        ("scan_s", "scan"),
+        (
+            "prepare_speculative_s",
+            "prepare (in the background, while receiving)",
+        ),
+        ("prepare_s", "prepare"),
+        ("vqvae_s", "VQ-VAE"),
+        ("patchify_s", "patchify"),
+        ("prima_s", "HierViT + heads"),
+        ("total_s", "total"),
+    ];
+    let t = run.get("timings");
+    ORDER
+        .iter()
+        .filter_map(|(k, label)| {
+            let s = t?.get(*k)?.as_f64()?;
+            Some(vec![(*label).into(), format!("{s:.3} s").into()])
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 fn skipped(run: &Value) -> Vec<Vec<Cell>> {
@@ -256,61 +262,56 @@ pub fn study(d: &StudyDetail, actions: bool) -> String {
             h.text_el("p", &[("class", "warn")], &format!("Reason: {r}"));
         }
         h.text_el("h2", &[], "Timeline");
-        let mut rows: Vec<Vec<Cell>> = vec![
-            vec![
-                "first instance received".into(),
-                when(s.first_instance_ms).into(),
-            ],
-            vec![
-                "last instance received".into(),
-                when(s.last_instance_ms).into(),
-            ],
+        let mut events: Vec<(i64, String)> = vec![
+            (s.first_instance_ms, "first instance received".into()),
+            (s.last_instance_ms, "last instance received".into()),
         ];
         for j in &d.jobs {
-            rows.push(vec![
-                format!(
-                    "job {} queued (quiet period over{})",
-                    j.id,
-                    if j.forced { ", forced" } else { "" }
-                )
-                .into(),
-                when(j.created_ms).into(),
-            ]);
+            let forced = if j.forced { ", forced" } else { "" };
+            events.push((
+                j.created_ms,
+                format!("job {} queued (quiet period over{forced})", j.id),
+            ));
             if let Some(t) = j.started_ms {
-                rows.push(vec![
-                    format!("job {} started (try {})", j.id, j.attempt).into(),
-                    when(t).into(),
-                ]);
+                events.push((t, format!("job {} started (try {})", j.id, j.attempt)));
             }
             if let Some(t) = j.finished_ms {
                 let what = match &j.error {
                     Some(e) => format!("job {} failed: {e}", j.id),
                     None => format!("job {} done, outputs built ({})", j.id, j.state),
                 };
-                rows.push(vec![what.into(), when(t).into()]);
+                events.push((t, what));
             }
         }
-        for o in &d.deliveries {
-            let what = format!(
-                "{} to {}: {}, {} attempt(s){}",
-                o.kind,
-                o.destination,
-                o.state,
-                o.attempts,
-                o.last_error
-                    .as_ref()
-                    .map(|e| format!(", last error: {e}"))
-                    .unwrap_or_default()
-            );
-            let t = o.delivered_ms.unwrap_or(o.next_attempt_ms);
-            rows.push(vec![what.into(), when(t).into()]);
-        }
         for e in &d.events {
-            rows.push(vec![
-                format!("{} ({}): {}", e.event, opt(&e.peer), opt(&e.detail)).into(),
-                when(e.at_ms).into(),
-            ]);
+            events.push((
+                e.at_ms,
+                match &e.peer {
+                    Some(p) => format!("{} ({p}): {}", e.event, opt(&e.detail)),
+                    None => format!("{}: {}", e.event, opt(&e.detail)),
+                },
+            ));
         }
+        for o in d.deliveries.iter().filter(|o| o.state != "done") {
+            let error = o
+                .last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default();
+            events.push((
+                o.next_attempt_ms,
+                format!(
+                    "{} to {}: {} after {} attempt(s){error}, next attempt",
+                    o.kind, o.destination, o.state, o.attempts
+                ),
+            ));
+        }
+        // Stable: events of the same millisecond keep the order they happen in.
+        events.sort_by_key(|(t, _)| *t);
+        let rows: Vec<Vec<Cell>> = events
+            .into_iter()
+            .map(|(t, what)| vec![what.into(), when(t).into()])
+            .collect();
         h.table(&["event", "time (UTC)"], &rows);
         if let Some(run) = &d.run {
             h.text_el("h2", &[], "Stages of the latest run");

@@ -132,6 +132,19 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// The same certificate for the HTTPS status page: no client certificate (browsers), and
+/// HTTP/1.1 announced by ALPN.
+pub fn web_server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&t.certificate)?, load_key(&t.private_key)?)
+        .map_err(|e| TlsError::Rustls(format!("certificate and key: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

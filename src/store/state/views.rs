@@ -172,30 +172,27 @@ impl State {
         Ok(rows)
     }
 
-    /// The newest audit records, optionally only events starting with `prefix`.
-    pub fn audit_view(
-        &self,
-        prefix: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<AuditView>, StateError> {
+    /// The newest audit records but the per-instance `c-store` ones (associations,
+    /// deliveries, operator actions).
+    pub fn audit_view(&self, limit: i64) -> Result<Vec<AuditView>, StateError> {
         let c = self.c();
         let mut st = c.prepare(
             "SELECT at_ms, event, calling_ae, peer, study_uid, detail FROM audit
-             WHERE (?1 IS NULL OR substr(event, 1, length(?1)) = ?1)
-             ORDER BY id DESC LIMIT ?2",
+             WHERE event != 'c-store' ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = st
-            .query_map(params![prefix, limit], audit_row)?
+            .query_map(params![limit], audit_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    /// The audit records about one study (delivery attempts, operator actions), oldest first.
+    /// The audit records about one study but its per-instance `c-store` ones (delivery
+    /// attempts, operator actions), oldest first.
     pub fn audit_of_study(&self, study_uid: &str) -> Result<Vec<AuditView>, StateError> {
         let c = self.c();
         let mut st = c.prepare(
             "SELECT at_ms, event, calling_ae, peer, study_uid, detail FROM audit
-             WHERE study_uid = ?1 ORDER BY id LIMIT 1000",
+             WHERE study_uid = ?1 AND event != 'c-store' ORDER BY id LIMIT 1000",
         )?;
         let rows = st
             .query_map(params![study_uid], audit_row)?
