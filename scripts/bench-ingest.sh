@@ -18,6 +18,10 @@
 #        PRIMA_NODE_BIN_B=<another prima-node binary>: A/B two builds. Each round also runs
 #          that binary right after the first, under the same conditions, and a second table
 #          compares them (run to run noise on a shared VM is larger than most changes).
+#        HTTP_B=1: the B run is the same binary with [http] on and a client fetching the
+#          overview, the studies page and /metrics every HTTP_POLL_S seconds (default 0.5,
+#          far more often than a Prometheus scrape) while the study arrives: what the
+#          status page costs ingest.
 #
 # storescp runs with --fork (one process per association, as a parallel SCP must) and
 # +B (bit-preserving: the received bytes are streamed to the file as they come, which is
@@ -58,7 +62,7 @@ start_storescp() { # outdir port
   wait_echo STORESCP "$2" 300
 }
 
-start_node() { # statedir port [binary]
+start_node() { # statedir port [binary] [http port]
   local node_bin=${3:-$bin}
   mkdir -p "$1"
   cat >"$1.toml" <<EOF
@@ -86,6 +90,7 @@ min_free_mb = 64
 ae_title = "BENCHSCU"
 host = "127.0.0.1"
 EOF
+  [ -z "${4:-}" ] || printf '\n[http]\nlisten = "127.0.0.1:%s"\n' "$4" >>"$1.toml"
   PRIMA_NODE_FAKE_PROCESSOR=1 RUST_LOG=warn "$node_bin" serve --config "$1.toml" \
     >>"$work/node.log" 2>&1 &
   target_pid=$!
@@ -135,8 +140,8 @@ send() {
   python3 -c "print($t1 - $t0)"
 }
 
-run_node() { # label binary associations round
-  local label=$1 node_bin=$2 k=$3 r=$4 st s c got
+run_node() { # label binary associations round [http]
+  local label=$1 node_bin=$2 k=$3 r=$4 st s c got http_port="" poller=""
   if [ -n "${FRESH_DIRS:-}" ]; then
     st="$work/runs/$label-$r-$k"
   else
@@ -145,10 +150,19 @@ run_node() { # label binary associations round
   fi
   sync
   port=$(free_port)
-  start_node "$st" "$port" "$node_bin"
+  [ -z "${5:-}" ] || http_port=$(free_port)
+  start_node "$st" "$port" "$node_bin" "$http_port"
+  if [ -n "$http_port" ]; then
+    (while :; do
+      for u in / /studies /metrics; do curl -s -o /dev/null "http://127.0.0.1:$http_port$u" || true; done
+      sleep "${HTTP_POLL_S:-0.5}"
+    done) &
+    poller=$!
+  fi
   c0=$(cpu_of "$target_pid")
   s=$(send "$k" PRIMA "$port")
   c=$(python3 -c "print($(cpu_of "$target_pid") - $c0)")
+  [ -z "$poller" ] || { kill "$poller"; wait "$poller" 2>/dev/null || true; }
   stop_target
   got=$(find "$st/spool/objects" -name '*.dcm' | wc -l)
   [ "$got" -eq "$N" ] || { echo "$label stored $got of $N" >&2; tail -n 20 "$work/node.log" >&2; exit 1; }
@@ -181,6 +195,7 @@ for r in $(seq "$ROUNDS"); do
     # B: prima-node (and the other build, with PRIMA_NODE_BIN_B)
     run_node prima-node "$bin" "$k" "$r"
     [ -z "${PRIMA_NODE_BIN_B:-}" ] || run_node prima-node-b "$PRIMA_NODE_BIN_B" "$k" "$r"
+    [ -z "${HTTP_B:-}" ] || run_node prima-node-b "$bin" "$k" "$r" http
     echo "round $r, $k assoc (s): $(awk -v k="$k" -v r="$r" '$2==k&&$3==r {printf "%s %.2f  ", $1, $4}' "$results")" >&2
   done
 done
@@ -207,7 +222,7 @@ for k in ks:
     print(f"{k:>5} | {nbytes/a/1e6:>13.1f} {n/a:>7.0f} {ca:>11.2f} | {nbytes/b/1e6:>15.1f} {n/b:>7.0f} {cb:>11.2f} | {a/b:>13.2f}")
 if any(t == "prima-node-b" for t, _ in by):
     print()
-    print("A/B: prima-node (PRIMA_NODE_BIN or the release build) vs B (PRIMA_NODE_BIN_B), same rounds")
+    print("A/B: prima-node vs B (PRIMA_NODE_BIN_B, or with HTTP_B=1 the same build with [http] on and polled), same rounds")
     print(f"{'assoc':>5} | {'A inst/s':>8} {'CPU ms/inst':>11} | {'B inst/s':>8} {'CPU ms/inst':>11} | {'B/A speed':>9}")
     for k in ks:
         (a, ca), (b, cb) = med("prima-node", k), med("prima-node-b", k)

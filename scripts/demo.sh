@@ -11,6 +11,7 @@ bin="$CARGO_TARGET_DIR/release/prima-node"
 work="${PRIMA_DEMO_DIR:-$PWD/demo-out}"
 node_port="${PRIMA_DEMO_PORT:-11112}"
 pacs_port="${PRIMA_DEMO_PACS_PORT:-11113}"
+http_port="${PRIMA_DEMO_HTTP_PORT:-8080}"
 export TCP_NODELAY=1   # DCMTK only disables Nagle with this set
 
 pids=()
@@ -51,6 +52,9 @@ host = "127.0.0.1"
 ae_title = "PACS"
 host = "127.0.0.1"
 port = $pacs_port
+
+[http]
+listen = "127.0.0.1:$http_port"
 TOML
 "$bin" check-config "$work/prima-node.toml"
 RUST_LOG=info "$bin" serve --config "$work/prima-node.toml" >"$work/node.log" 2>&1 &
@@ -80,4 +84,14 @@ dsrdump +Pl "$ko" 2>/dev/null | awk '/Key Object Description/ && !done { print; 
 
 echo "== findings SR (dsrdump, first lines)"
 dsrdump "$sr" 2>/dev/null | awk 'NR <= 40'
+echo "== status page (what the node did, study by study)"
+curl -s "http://127.0.0.1:$http_port/api/overview" | python3 -c 'import json,sys; o=json.load(sys.stdin); print("overview:", {k: o[k] for k in ("studies_by_state", "outbox_by_state", "queue_depth")})'
+echo "status page: http://127.0.0.1:$http_port/  (metrics: /metrics)"
 echo "== files: $work/pacs ; node log: $work/node.log"
+if [ -n "${PRIMA_DEMO_STAY:-}" ]; then
+  echo "PRIMA_DEMO_STAY: the node keeps running for the browser; Ctrl-C stops it"
+  wait
+else
+  echo "to browse the demo state later: $bin serve --config $work/prima-node.toml"
+  echo "  (then open http://127.0.0.1:$http_port/; PRIMA_DEMO_STAY=1 scripts/demo.sh keeps it up)"
+fi

@@ -125,14 +125,13 @@ pub fn overview(
 }
 
 fn header_of(state: &State, study_uid: &str, show_ids: bool) -> (StudyHeader, i64) {
-    let instances = state.instances_of(study_uid).unwrap_or_default();
-    let n = instances.len() as i64;
-    let Some(first) = instances.first() else {
-        return (StudyHeader::default(), 0);
+    let (n, first) = state.study_files(study_uid).unwrap_or((0, None));
+    let Some(first) = first else {
+        return (StudyHeader::default(), n);
     };
     let Ok(obj) = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
-        .open_file(&first.path)
+        .open_file(&first)
     else {
         return (StudyHeader::default(), n);
     };

@@ -105,6 +105,27 @@ impl State {
         Ok(rows)
     }
 
+    /// How many instances a study has, and the spool path of one of them (for its header).
+    pub fn study_files(
+        &self,
+        study_uid: &str,
+    ) -> Result<(i64, Option<std::path::PathBuf>), StateError> {
+        let c = self.c();
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM instances WHERE study_uid = ?1",
+            params![study_uid],
+            |r| r.get(0),
+        )?;
+        let path: Option<String> = c
+            .query_row(
+                "SELECT path FROM instances WHERE study_uid = ?1 LIMIT 1",
+                params![study_uid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((n, path.map(std::path::PathBuf::from)))
+    }
+
     pub fn series_view(&self, study_uid: &str) -> Result<Vec<SeriesView>, StateError> {
         let c = self.c();
         let mut st = c.prepare(
