@@ -153,6 +153,49 @@ fn demo_model_and_pacs() -> (tempfile::TempDir, PathBuf, u16, StoreScp) {
     (tmp, model, pacs_port, pacs)
 }
 
+/// A node with the small demo model on `device`, sending to a storescp "PACS".
+fn demo_node(device: &str) -> (tempfile::TempDir, StoreScp, Node) {
+    let (tmp, model, pacs_port, pacs) = demo_model_and_pacs();
+    let node = Node::start(NodeOpts {
+        dest_port: pacs_port,
+        model_dir: Some(model),
+        device: device.into(),
+        ..NodeOpts::default()
+    });
+    (tmp, pacs, node)
+}
+
+/// Issue 17: a node configured for the GPU on a machine without one (or whose GPU is gone)
+/// says so and answers its studies on the CPU, instead of failing every study.
+#[test]
+fn a_node_configured_for_cuda_without_one_runs_on_the_cpu_and_says_so() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    let (tmp, pacs, node) = demo_node("cuda");
+    let files = synth(&tmp.path().join("study"), 5);
+    let study = common::study_uid_of(&files[0]);
+    common::send_study(node.opts.port, &[files], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(120), || studies_at(&pacs).len() >= 2),
+        "no SR and KOS for the study:\n{}",
+        node.log_text()
+    );
+    assert!(studies_at(&pacs).iter().all(|s| *s == study));
+    let run = fixtures::json(&find(&node.state_dir, "run.json").expect("run record kept"));
+    let log = node.log_text();
+    let fell_back = log.contains("CUDA not available: the model runs on the CPU");
+    if tch::Cuda::device_count() == 0 {
+        assert!(fell_back, "no fallback line in the log:\n{log}");
+        assert!(log.contains("libtorch sees no CUDA device"), "{log}");
+        assert_eq!(run["device"], "Cpu", "{run}");
+    } else {
+        // On a GPU machine the same configuration runs on the GPU.
+        assert!(!fell_back, "{log}");
+        assert_eq!(run["device"], "Cuda(0)", "{run}");
+    }
+}
+
 /// Issue 14: one instance claiming 2,147,483,647 frames was accepted and then aborted the
 /// node on every start (944 GB reserved while reading its header). It must go through
 /// processing as a skipped series, and the next study must be processed as usual.
@@ -161,12 +204,7 @@ fn an_absurd_frame_count_skips_its_series_and_the_node_goes_on() {
     if !common::have_dcmtk() {
         return;
     }
-    let (tmp, model, pacs_port, pacs) = demo_model_and_pacs();
-    let node = Node::start(NodeOpts {
-        dest_port: pacs_port,
-        model_dir: Some(model),
-        ..NodeOpts::default()
-    });
+    let (tmp, pacs, node) = demo_node("cpu");
     let bad = synth(&tmp.path().join("bad"), 3);
     // Sets `values` in one instance; returns its series.
     let poison =

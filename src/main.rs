@@ -279,23 +279,31 @@ fn run(command: Command) -> Result<()> {
             vqvae_chunk,
             dicom,
             study_dir,
-        } => Ok(process::infer_folder(
-            &InferOptions {
-                model_dir: model,
-                model: ModelOptions {
-                    device: parse_device(&device)?,
-                    precision: precision.parse()?,
-                    vqvae_chunk,
+        } => {
+            // A measurement asked for on the GPU must not quietly run on the CPU (the node
+            // falls back; `infer` is the tool that measures).
+            let requested = parse_device(&device)?;
+            if let (_, Some(why)) = prima_node::model::usable_device(requested) {
+                anyhow::bail!("--device {device}: {why}");
+            }
+            Ok(process::infer_folder(
+                &InferOptions {
+                    model_dir: model,
+                    model: ModelOptions {
+                        device: requested,
+                        precision: precision.parse()?,
+                        vqvae_chunk,
+                    },
+                    threads,
+                    study_dir,
+                    slice_order: slice_order.into(),
+                    study_description,
+                    out,
+                    dicom,
                 },
-                threads,
-                study_dir,
-                slice_order: slice_order.into(),
-                study_description,
-                out,
-                dicom,
-            },
-            |msg| eprintln!("[prima-node infer] {msg}"),
-        )?),
+                |msg| eprintln!("[prima-node infer] {msg}"),
+            )?)
+        }
         Command::Model {
             command: ModelCommand::Demo { out, size, seed },
         } => {

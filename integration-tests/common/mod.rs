@@ -81,6 +81,8 @@ pub struct NodeOpts {
     pub worker_memory_mb: Option<u64>,
     /// More TOML appended to the configuration (e.g. an `[http]` section).
     pub extra_toml: String,
+    /// `[model] device`.
+    pub device: String,
 }
 
 impl Default for NodeOpts {
@@ -104,6 +106,7 @@ impl Default for NodeOpts {
             state_dir: None,
             worker_memory_mb: None,
             extra_toml: String::new(),
+            device: "cpu".into(),
         }
     }
 }
@@ -119,7 +122,7 @@ max_associations = {maxa}
 
 [model]
 dir = "{model}"
-device = "cpu"
+device = "{device}"
 {memory}
 
 [assembly]
@@ -160,6 +163,7 @@ port = {dport}
         dae = o.dest_ae,
         maxa = o.max_associations,
         maxatt = o.max_attempts,
+        device = o.device,
         model = o
             .model_dir
             .as_deref()

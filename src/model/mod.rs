@@ -32,7 +32,10 @@ mod weights;
 
 pub use demo::{write_demo_model, DemoSize};
 pub use manifest::Manifest;
-pub use prima::{parse_device, ModelOptions, Precision, PrimaModel, PrimaOutput};
+pub use prima::{
+    is_gpu_out_of_memory, parse_device, usable_device, ModelOptions, Precision, PrimaModel,
+    PrimaOutput,
+};
 
 /// Errors of the model module.
 #[derive(Debug, thiserror::Error)]

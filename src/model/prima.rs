@@ -84,6 +84,43 @@ pub fn parse_device(s: &str) -> Result<Device, ModelError> {
     }
 }
 
+/// The device a node runs on, given the one configured: a CUDA device that libtorch cannot
+/// see (no GPU, no driver, a CPU-only libtorch, an index past the last GPU) becomes the CPU,
+/// with the reason, so that a node configured for a GPU still answers its studies.
+pub fn usable_device(requested: Device) -> (Device, Option<String>) {
+    match requested {
+        Device::Cuda(i) => {
+            let n = tch::Cuda::device_count().max(0) as usize;
+            if n == 0 {
+                (
+                    Device::Cpu,
+                    Some(
+                        "libtorch sees no CUDA device (no GPU or driver, or a CPU-only libtorch)"
+                            .into(),
+                    ),
+                )
+            } else if i >= n {
+                (
+                    Device::Cpu,
+                    Some(format!(
+                        "cuda:{i} asked for, libtorch sees {n} CUDA device(s)"
+                    )),
+                )
+            } else {
+                (requested, None)
+            }
+        }
+        d => (d, None),
+    }
+}
+
+/// Whether a model error is the GPU running out of memory (worth a retry on the CPU)
+/// rather than something the input or the model is to blame for.
+pub fn is_gpu_out_of_memory(e: &ModelError) -> bool {
+    let m = e.to_string();
+    m.contains("CUDA out of memory") || m.contains("CUDA error: out of memory")
+}
+
 /// How to load and run the model.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {

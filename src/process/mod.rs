@@ -27,18 +27,22 @@ use dicom_object::OpenFileOptions;
 
 use crate::config::Config;
 use crate::job::{ProcessError, ProcessedStudy, StudyJob, StudyProcessor};
-use crate::model::{parse_device, ModelOptions, PrimaModel};
+use crate::model::{is_gpu_out_of_memory, parse_device, usable_device, ModelOptions, PrimaModel};
 use crate::report::{NodeIdentity, ReportConfig};
 pub use cache::PrepareCache;
 pub use folder::{infer_folder, InferError, InferOptions};
 use outputs::ReportArgs;
 use run::predictions_json;
+use run::run_model;
 pub use run::{analyse, Analysis};
 
 /// The node's processor: the model, loaded once on the worker thread, and the background
 /// preparation results it takes its series from.
 pub struct PrimaProcessor {
     model: PrimaModel,
+    /// A CPU copy of the model, loaded the first time a study does not fit on the GPU.
+    cpu_model: Option<PrimaModel>,
+    model_dir: std::path::PathBuf,
     report: ReportConfig,
     node: NodeIdentity,
     cache: Arc<PrepareCache>,
@@ -46,19 +50,48 @@ pub struct PrimaProcessor {
 
 impl PrimaProcessor {
     pub fn new(cfg: &Config, cache: Arc<PrepareCache>) -> Result<Self, ProcessError> {
+        let load_err = |e: crate::model::ModelError| ProcessError::Load(e.to_string());
+        let requested = parse_device(&cfg.model.device).map_err(load_err)?;
+        // A node configured for a GPU still answers its studies when the GPU is gone (a
+        // driver update, a failed card, a CPU-only libtorch): slower, and said so.
+        let (device, why) = usable_device(requested);
+        if let Some(why) = why {
+            tracing::warn!(
+                requested = %cfg.model.device,
+                reason = %why,
+                "CUDA not available: the model runs on the CPU"
+            );
+        }
         let opts = ModelOptions {
-            device: parse_device(&cfg.model.device)
-                .map_err(|e| ProcessError::Load(e.to_string()))?,
+            device,
             ..ModelOptions::default()
         };
-        let model = PrimaModel::load(&cfg.model.dir, &opts)
-            .map_err(|e| ProcessError::Load(e.to_string()))?;
+        let model = match PrimaModel::load(&cfg.model.dir, &opts) {
+            Err(e) if device != tch::Device::Cpu && is_gpu_out_of_memory(&e) => {
+                tracing::warn!(
+                    requested = %cfg.model.device,
+                    error = %e,
+                    "the model does not fit on the GPU: it runs on the CPU"
+                );
+                PrimaModel::load(&cfg.model.dir, &cpu_options()).map_err(load_err)?
+            }
+            r => r.map_err(load_err)?,
+        };
         Ok(PrimaProcessor {
             model,
+            cpu_model: None,
+            model_dir: cfg.model.dir.clone(),
             report: ReportConfig::default(),
             node: outputs::node_identity(&cfg.node.ae_title, &cfg.node.state_dir.to_string_lossy()),
             cache,
         })
+    }
+}
+
+fn cpu_options() -> ModelOptions {
+    ModelOptions {
+        device: tch::Device::Cpu,
+        ..ModelOptions::default()
     }
 }
 
@@ -83,8 +116,34 @@ impl StudyProcessor for PrimaProcessor {
             return Err(fail("no usable series".into()));
         }
         let description = input.scan.study_description.clone().unwrap_or_default();
-        let analysis = analyse(&self.model, input, description, |m| tracing::info!("{m}"))
-            .map_err(|e| fail(format!("model: {e}")))?;
+        let log = |m: &str| tracing::info!("{m}");
+        let (run, on_cpu) = match run_model(&self.model, &input.prepared, &description, log) {
+            Err(e)
+                if self.model.options().device != tch::Device::Cpu && is_gpu_out_of_memory(&e) =>
+            {
+                // One large study must not fail for want of GPU memory: it runs on the CPU,
+                // and the GPU model stays for the studies after it.
+                tracing::warn!(error = %e, "GPU out of memory: this study runs on the CPU");
+                if self.cpu_model.is_none() {
+                    let m = PrimaModel::load(&self.model_dir, &cpu_options())
+                        .map_err(|e| fail(format!("model on the CPU: {e}")))?;
+                    self.cpu_model = Some(m);
+                }
+                let cpu = self.cpu_model.as_ref().expect("loaded above");
+                (run_model(cpu, &input.prepared, &description, log), true)
+            }
+            r => (r, false),
+        };
+        let run = run.map_err(|e| fail(format!("model: {e}")))?;
+        let used = match (&self.cpu_model, on_cpu) {
+            (Some(cpu), true) => cpu,
+            _ => &self.model,
+        };
+        let analysis = Analysis {
+            input,
+            description,
+            run,
+        };
         let header = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
             .open_file(&job.instances[0].path)
@@ -105,7 +164,7 @@ impl StudyProcessor for PrimaProcessor {
             tracing::info!(kind = o.kind.as_str(), sop = %o.sop_instance_uid, "output built");
         }
         let record = analysis.record(
-            &self.model,
+            used,
             job.study_instance_uid.clone(),
             "position",
             t_start.elapsed().as_secs_f64(),
