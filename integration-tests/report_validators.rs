@@ -289,6 +289,7 @@ impl Run<'_> {
             model: self.model,
             input_set_hash: self.hash,
             predecessors: &self.predecessors,
+            evidence: &[],
             forced_complete: self.forced_complete,
             failed: false,
             node: &node,
@@ -364,6 +365,7 @@ fn validate(
     outputs: (&Path, &Path),
     preds: &Path,
     thresholds: &Path,
+    evidence: Option<&Path>,
 ) {
     let (sr, kos) = outputs;
     if have("dciodvfy") {
@@ -483,14 +485,11 @@ fn validate(
             .collect();
         let sources_path = sr.with_file_name(format!("{}-sources.json", label.replace(' ', "_")));
         std::fs::write(&sources_path, Value::Object(sources).to_string()).unwrap();
-        let args: [&Path; 6] = [
-            &script,
-            Path::new("--sources"),
-            &sources_path,
-            sr,
-            preds,
-            thresholds,
-        ];
+        let mut args: Vec<&Path> = vec![&script, Path::new("--sources"), &sources_path];
+        if let Some(e) = evidence {
+            args.extend([Path::new("--evidence"), e]);
+        }
+        args.extend([sr, preds, thresholds]);
         let (ok, out) = run(py.to_str().unwrap(), &args);
         print_section(&format!("{label}: highdicom read-back"), &out);
         assert!(ok, "highdicom check failed:\n{out}");
@@ -539,6 +538,7 @@ fn study_a_fixture_model_passes_validators() {
         (&sr, &kos),
         &pred_path,
         &manifest_path,
+        None,
     );
 
     // Header copied from the source; the KOS names the priority.
@@ -638,6 +638,7 @@ fn fullsize_demo_model_passes_validators() {
         (&sr, &kos),
         &pred_path,
         &thr_path,
+        None,
     );
     let sr_obj = parse(&sr_of(&outs).bytes);
     assert_eq!(s(&sr_obj, tags::COMPLETION_FLAG), "PARTIAL");
@@ -820,6 +821,7 @@ fn summary_card_passes_iod_and_entity_checks() {
         model: &model,
         input_set_hash: input_set_hash(&study.content),
         predecessors: &[],
+        evidence: &[],
         forced_complete: false,
         failed: false,
         node: &node,
@@ -868,6 +870,7 @@ fn kos_threshold_and_failed_run() {
         model: &model,
         input_set_hash: input_set_hash(&study.content),
         predecessors: &[],
+        evidence: &[],
         forced_complete: false,
         failed: false,
         node: &node,
@@ -938,4 +941,277 @@ fn non_ascii_names_are_written_as_utf8() {
             "UTF-8 bytes present"
         );
     }
+}
+
+/// The SR's content items under `item`, depth first.
+fn walk<'a>(item: &'a InMemDicomObject, out: &mut Vec<&'a InMemDicomObject>) {
+    out.push(item);
+    if let Some(children) = item.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()) {
+        for c in children {
+            walk(c, out);
+        }
+    }
+}
+
+fn concept(item: &InMemDicomObject) -> String {
+    item.get(tags::CONCEPT_NAME_CODE_SEQUENCE)
+        .and_then(|e| e.items())
+        .map(|i| s(&i[0], tags::CODE_VALUE))
+        .unwrap_or_default()
+}
+
+fn referenced_uid(item: &InMemDicomObject) -> String {
+    let r = item
+        .get(tags::REFERENCED_SOP_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    s(&r[0], tags::REFERENCED_SOP_INSTANCE_UID)
+}
+
+/// A synthetic study whose bright lesion is in one series only, through `infer --dicom
+/// --explain` with the fixture model: the explanation lands in the run record, the KOS
+/// references exactly the instances the selected tokens cover, every SR region lies inside
+/// the image it is drawn on and matches the run record, and the validators pass on both.
+#[test]
+fn explained_lesion_study_passes_validators() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    let (dir, _tmp) = out_dir("explained");
+    let model = fixtures::convert_fixture_model(&fx, &dir.join("model"));
+    let mut synth = prima_node::synth::SynthStudy::brain(11);
+    for s in &mut synth.series[1..] {
+        s.lesion = false;
+    }
+    let study_dir = dir.join("study");
+    let _ = std::fs::remove_dir_all(&study_dir);
+    let files = prima_node::synth::write_study(&synth, &study_dir).unwrap();
+    let out = dir.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_prima-node"))
+        .args(["infer", "--dicom", "--device", "cpu", "--explain"])
+        .args(["--explain-samples", "64", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .arg(&study_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "infer failed: {stderr}");
+    assert!(
+        stderr.contains("explain: "),
+        "no explain progress: {stderr}"
+    );
+
+    let record = fixtures::json(&out.join("study_run.json"));
+    let ex = &record["explanation"];
+    assert!(ex["error"].is_null(), "explanation failed: {ex}");
+    let finding = &ex["findings"][0];
+    let label = finding["finding"].as_str().unwrap().to_string();
+    let tokens = finding["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 3, "top 3 tokens: {finding}");
+    assert_eq!(finding["samples"], 64);
+    let series_uid = finding["series_instance_uid"].as_str().unwrap();
+
+    // Headers of the source images by SOP Instance UID.
+    let headers: std::collections::HashMap<String, InMemDicomObject> = files
+        .iter()
+        .map(|f| {
+            let h = header(f);
+            (s(&h, tags::SOP_INSTANCE_UID), h)
+        })
+        .collect();
+    let mut covered: Vec<String> = Vec::new();
+    let mut regions = Vec::new();
+    for t in tokens {
+        let place = &t["place"];
+        let image = place["image_sop_instance_uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let instances: Vec<String> = place["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert!(instances.contains(&image), "region image among the covered");
+        for u in &instances {
+            assert_eq!(s(&headers[u], tags::SERIES_INSTANCE_UID), series_uid);
+        }
+        covered.extend(instances);
+        let rect: Vec<f64> = place["rect"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        regions.push(serde_json::json!({
+            "image": image, "rect": rect, "coefficient": t["coefficient"],
+        }));
+        let c = place["centre_mm"].as_array().unwrap();
+        let d: f64 = (0..3)
+            .map(|k| (c[k].as_f64().unwrap() - prima_node::synth::LESION_CENTRE[k]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        eprintln!(
+            "token {} coefficient {:+.4}: centre {:.1} mm from the lesion",
+            t["index"], t["coefficient"], d
+        );
+    }
+    let mut covered_set: Vec<String> = covered.clone();
+    covered_set.sort();
+    covered_set.dedup();
+
+    let sr = out.join("study_sr.dcm");
+    let kos = out.join("study_kos.dcm");
+    let kos_obj = dicom_object::open_file(&kos).unwrap();
+    let mut key: Vec<String> = kos_obj
+        .get(tags::CONTENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()
+        .iter()
+        .filter(|i| s(i, tags::VALUE_TYPE) == "IMAGE")
+        .map(referenced_uid)
+        .collect();
+    assert_eq!(key[0], regions[0]["image"], "the top region's image first");
+    key.sort();
+    assert_eq!(
+        key, covered_set,
+        "KOS key images = the instances the tokens cover"
+    );
+    let description = kos_obj
+        .get(tags::CONTENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()
+        .iter()
+        .find(|i| concept(i) == "113012")
+        .map(|i| s(i, tags::TEXT_VALUE))
+        .unwrap();
+    let (_, readable) = prima_node::report::codes::humanize_label(&label);
+    assert!(
+        description.contains(&format!("where the model looked for {readable}")),
+        "{description}"
+    );
+
+    // SR: in the finding's group, one LIME weight per token, INFERRED FROM its region.
+    let sr_obj = dicom_object::open_file(&sr).unwrap();
+    let mut items = Vec::new();
+    walk(&sr_obj, &mut items);
+    let group = items
+        .iter()
+        .find(|i| {
+            concept(i) == "125007"
+                && i.get(tags::CONTENT_SEQUENCE)
+                    .and_then(|e| e.items())
+                    .is_some_and(|c| c.iter().any(|c| s(c, tags::TEXT_VALUE) == label))
+        })
+        .expect("the finding's measurement group");
+    let mut in_group = Vec::new();
+    walk(group, &mut in_group);
+    let scoords: Vec<_> = in_group
+        .iter()
+        .filter(|i| s(i, tags::VALUE_TYPE) == "SCOORD")
+        .collect();
+    assert_eq!(scoords.len(), 3);
+    for (sc, want) in scoords.iter().zip(&regions) {
+        let image = sc.get(tags::CONTENT_SEQUENCE).unwrap().items().unwrap();
+        let uid = referenced_uid(&image[0]);
+        assert_eq!(uid, want["image"]);
+        let h = &headers[&uid];
+        let (rows, cols): (f64, f64) = (
+            s(h, tags::ROWS).parse().unwrap(),
+            s(h, tags::COLUMNS).parse().unwrap(),
+        );
+        let pts = floats(sc, tags::GRAPHIC_DATA).unwrap();
+        assert_eq!(pts.len(), 10, "closed rectangle");
+        assert_eq!(pts[..2], pts[8..], "closed");
+        for p in pts.chunks(2) {
+            assert!(
+                (0.0..=cols).contains(&p[0]) && (0.0..=rows).contains(&p[1]),
+                "point {p:?} outside the {cols}×{rows} image"
+            );
+        }
+        let (l, t, r, b) = (pts[0], pts[1], pts[4], pts[5]);
+        assert!(l < r && t < b, "a non-empty rectangle: {pts:?}");
+    }
+
+    // Without --explain: the same predictions, no explanation, the KOS as before.
+    let plain = dir.join("plain");
+    let o = Command::new(env!("CARGO_BIN_EXE_prima-node"))
+        .args(["infer", "--dicom", "--device", "cpu", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&plain)
+        .arg(&study_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fixtures::json(&plain.join("study_predictions.json")),
+        fixtures::json(&out.join("study_predictions.json")),
+        "explaining changes no prediction"
+    );
+    assert!(fixtures::json(&plain.join("study_run.json"))
+        .get("explanation")
+        .is_none());
+    let plain_kos = dicom_object::open_file(plain.join("study_kos.dcm")).unwrap();
+    let plain_text = format!("{:?}", plain_kos.get(tags::CONTENT_SEQUENCE).unwrap());
+    assert!(!plain_text.contains("where the model looked"));
+
+    // The validators, with the source images the model used.
+    let mut used = Vec::new();
+    let mut content = Vec::new();
+    for series in record["series"].as_array().unwrap() {
+        let uids: Vec<String> = series["sop_instance_uids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let h0 = &headers[&uids[0]];
+        used.push(UsedSeries {
+            series_instance_uid: series["series_instance_uid"].as_str().unwrap().into(),
+            series_name: series["name"].as_str().unwrap().into(),
+            modality: Some(s(h0, tags::MODALITY)),
+            frame_of_reference_uid: Some(s(h0, tags::FRAME_OF_REFERENCE_UID))
+                .filter(|f| !f.is_empty()),
+            image_size: None,
+            instances: uids
+                .iter()
+                .map(|u| SourceInstance {
+                    sop_class_uid: s(&headers[u], tags::SOP_CLASS_UID),
+                    sop_instance_uid: u.clone(),
+                    instance_number: None,
+                    position_along_normal: None,
+                })
+                .collect(),
+            tokens_used: series["tokens_after_selection"].as_u64().unwrap() as usize,
+        });
+        content.extend(uids.iter().map(|u| (u.clone(), String::new())));
+    }
+    let study = Study {
+        files: files.clone(),
+        used: used.clone(),
+        source_header: headers[&used[0].instances[0].sop_instance_uid].clone(),
+        content,
+    };
+    let evidence_path = dir.join("evidence.json");
+    std::fs::write(
+        &evidence_path,
+        serde_json::json!({ label.clone(): { "regions": regions } }).to_string(),
+    )
+    .unwrap();
+    validate(
+        "explained",
+        &study,
+        &used,
+        (&sr, &kos),
+        &out.join("study_predictions.json"),
+        &fx.join("models/prima/primafullmodel_fixture.manifest.json"),
+        Some(&evidence_path),
+    );
 }

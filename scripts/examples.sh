@@ -15,18 +15,31 @@ trap 'rm -rf "$work"' EXIT
 .venv/bin/python scripts/convert-checkpoint -q --prima "$ref/models/prima/primafullmodel_fixture.pt" \
   --tokenizer "$ref/models/tokenizer/vqvae_reduced.pth" \
   --tokenizer-config "$ref/models/tokenizer/tokenizer_config.json" --out "$work/model"
-"$bin" infer --model "$work/model" --out "$work/out" --device cpu --dicom "$ref/studies/STUDY_A" >&2
-sr="$work/out/STUDY_A_sr.dcm"
-kos="$work/out/STUDY_A_kos.dcm"
-scripts/validate-outputs.sh "$ref/studies/STUDY_A" "$sr" "$kos" > "$work/validate.log" 2>&1 || {
-  cat "$work/validate.log" >&2
-  echo "$prog: the outputs do not pass the validators" >&2
-  exit 1
-}
-mkdir -p docs/examples
+# validate_and_render <outputs dir> <html prefix>: the validators, then dsr2html.
 # +U8: the documents are UTF-8 (ISO_IR 192); +Rd: the full data of every content item (the
 # referenced images' UIDs); +Cm: units by meaning ("no units", "pixels"), not UCUM codes.
-for pair in "$sr:study-a-findings-sr.html" "$kos:study-a-priority-kos.html"; do
-  dsr2html +U8 +Rd +Cm "${pair%%:*}" "docs/examples/${pair#*:}"
-done
-echo "wrote docs/examples/study-a-findings-sr.html and docs/examples/study-a-priority-kos.html"
+validate_and_render() {
+  sr="$1/STUDY_A_sr.dcm"
+  kos="$1/STUDY_A_kos.dcm"
+  scripts/validate-outputs.sh "$ref/studies/STUDY_A" "$sr" "$kos" > "$work/validate.log" 2>&1 || {
+    cat "$work/validate.log" >&2
+    echo "$prog: the outputs in $1 do not pass the validators" >&2
+    exit 1
+  }
+  dsr2html +U8 +Rd +Cm "$sr" "docs/examples/$2-sr.html"
+  dsr2html +U8 +Rd +Cm "$kos" "docs/examples/$2-kos.html"
+}
+mkdir -p docs/examples
+"$bin" infer --model "$work/model" --out "$work/out" --device cpu --dicom "$ref/studies/STUDY_A" >&2
+validate_and_render "$work/out" study-a-findings
+mv docs/examples/study-a-findings-kos.html docs/examples/study-a-priority-kos.html
+
+# The same study explained (LIME, upstream's 1000 samples): the KOS's key images are the
+# instances behind the top finding's top tokens and the SR draws their regions.
+"$bin" infer --model "$work/model" --out "$work/explained" --device cpu --dicom --explain \
+  "$ref/studies/STUDY_A" >&2
+validate_and_render "$work/explained" study-a-explained
+.venv/bin/python scripts/explain_picture.py "$sr" "$kos" "$ref/studies/STUDY_A" \
+  docs/examples/study-a-explained-key-images.png
+echo "wrote docs/examples/study-a-{findings-sr,priority-kos,explained-sr,explained-kos}.html" \
+  "and docs/examples/study-a-explained-key-images.png"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Read a prima-node findings SR back with highdicom and compare it with a predictions JSON.
 
-usage: highdicom_check.py [--sources <sources.json>] <sr.dcm> <predictions.json> [<thresholds.json>]
+usage: highdicom_check.py [--sources <sources.json>] [--evidence <evidence.json>] <sr.dcm> <predictions.json> [<thresholds.json>]
 
 predictions.json is upstream's format ({"diagnosis": {name: [v]}, "referral": {...},
 "priority": {...}}). thresholds.json is {"diagnosis": {name: t}, "referral": {name: t}}, or a
@@ -13,6 +13,11 @@ sources.json is {series_uid: {"instances": [sop_uid, ...], "frame_of_reference":
 the images the model used. With it, the Image Library (TID 1600) must hold exactly one group
 per series with exactly those images and that frame of reference, and every measurement
 group must reference (121112 "Source of Measurement") one image of each series.
+
+evidence.json is {label: {"regions": [{"image": sop_uid, "rect": [l, t, r, b],
+"coefficient": c}, ...]}}: the explained findings. Their groups must reference exactly the
+region images as sources and carry, after the margin, one LIME weight (PRIMA-LIME) per region
+whose referenced coordinates are that closed rectangle on that image.
 """
 import hashlib
 import json
@@ -89,11 +94,40 @@ def check_library(ds, sources, errors):
     return series_of
 
 
+def check_regions(label, measurements, regions, errors):
+    """LIME weights of an explained finding, read with highdicom's Measurement API."""
+    for k, (m, want) in enumerate(zip(measurements, regions)):
+        if (m.name.value, m.name.scheme_designator) != ("PRIMA-LIME", "99PRIMA"):
+            errors.append(f"{label} region {k}: NUM concept {m.name}")
+        if np.float32(m.value) != np.float32(want["coefficient"]):
+            errors.append(f"{label} region {k}: weight {m.value} != {want['coefficient']}")
+        coords = m.referenced_coordinates or []
+        if len(coords) != 1:
+            errors.append(f"{label} region {k}: {len(coords)} referenced coordinates")
+            continue
+        c = coords[0]
+        if c.graphic_type != hd.sr.GraphicTypeValues.POLYLINE:
+            errors.append(f"{label} region {k}: graphic type {c.graphic_type}")
+        l, t, r, b = np.float32(want["rect"])
+        rect = np.array([[l, t], [r, t], [r, b], [l, b], [l, t]], dtype=np.float32)
+        if c.value.shape != rect.shape or not np.array_equal(c.value.astype(np.float32), rect):
+            errors.append(f"{label} region {k}: polyline {c.value.tolist()} != {rect.tolist()}")
+        image = hd.sr.ImageContentItem.from_dataset(c.ContentSequence[0])
+        if image.relationship_type != hd.sr.RelationshipTypeValues.SELECTED_FROM:
+            errors.append(f"{label} region {k}: image relationship {image.relationship_type}")
+        if image.referenced_sop_instance_uid != want["image"]:
+            errors.append(f"{label} region {k}: on {image.referenced_sop_instance_uid}, expected {want['image']}")
+
+
 def main():
     args = sys.argv[1:]
     sources = None
-    if args[:1] == ["--sources"]:
-        sources = json.load(open(args[1]))
+    evidence = {}
+    while args[:1] in (["--sources"], ["--evidence"]):
+        if args[0] == "--sources":
+            sources = json.load(open(args[1]))
+        else:
+            evidence = json.load(open(args[1]))
         args = args[2:]
     sr_path, pred_path = args[0], args[1]
     thresholds = load_thresholds(args[2]) if len(args) > 2 else None
@@ -117,10 +151,12 @@ def main():
         seen.add(label)
         expected = np.float32(preds["diagnosis"][label][0])
         ms = g.get_measurements()
-        if len(ms) != 1:
-            errors.append(f"{label}: {len(ms)} measurements")
+        regions = evidence.get(label, {}).get("regions", [])
+        if len(ms) != 1 + len(regions):
+            errors.append(f"{label}: {len(ms)} measurements, expected {1 + len(regions)}")
             continue
         m = ms[0]
+        check_regions(label, ms[1:], regions, errors)
         if (m.name.value, m.name.scheme_designator) != ("PRIMA-MARGIN", "99PRIMA"):
             errors.append(f"{label}: NUM concept {m.name}")
         if np.float32(m.value) != expected:
@@ -144,7 +180,12 @@ def main():
             t = np.float32(thresholds[0][label])
             if len(params) != 1 or not params[0].startswith("threshold=") or np.float32(params[0][10:]) != t:
                 errors.append(f"{label}: algorithm parameters {params} != threshold={t}")
-        if series_of is not None:
+        if regions:
+            refs = [i.referenced_sop_instance_uid for i in g.source_images]
+            want_refs = list(dict.fromkeys(r["image"] for r in regions))
+            if refs != want_refs:
+                errors.append(f"{label}: source images {refs}, expected the region images {want_refs}")
+        elif series_of is not None:
             refs = [i.referenced_sop_instance_uid for i in g.source_images]
             named = sorted(str(series_of.get(u)) for u in refs)
             if named != sorted(sources):

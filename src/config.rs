@@ -67,6 +67,63 @@ pub struct Config {
     /// The web status page, JSON API, /metrics and health endpoints; absent = off.
     #[serde(default)]
     pub http: Option<HttpSection>,
+    /// LIME explanations of the top finding (restart-only: the worker reads it at start).
+    #[serde(default)]
+    pub explain: ExplainSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainSection {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_explain_samples")]
+    pub samples: usize,
+    #[serde(default = "default_explain_top_tokens")]
+    pub top_tokens: usize,
+    #[serde(default = "default_explain_findings")]
+    pub findings: usize,
+    #[serde(default)]
+    pub seed: u32,
+    /// Explain also when the model runs on the CPU (off: there it costs minutes per study
+    /// with the full-size model; see docs/performance.md).
+    #[serde(default)]
+    pub on_cpu: bool,
+}
+
+fn default_explain_samples() -> usize {
+    1000
+}
+fn default_explain_top_tokens() -> usize {
+    3
+}
+fn default_explain_findings() -> usize {
+    1
+}
+
+impl Default for ExplainSection {
+    fn default() -> Self {
+        ExplainSection {
+            enabled: false,
+            samples: default_explain_samples(),
+            top_tokens: default_explain_top_tokens(),
+            findings: default_explain_findings(),
+            seed: 0,
+            on_cpu: false,
+        }
+    }
+}
+
+impl ExplainSection {
+    /// The explanation's options when enabled.
+    pub fn options(&self) -> Option<crate::explain::ExplainOptions> {
+        self.enabled.then_some(crate::explain::ExplainOptions {
+            samples: self.samples,
+            top_tokens: self.top_tokens,
+            findings: self.findings,
+            seed: self.seed,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -457,6 +514,16 @@ impl Config {
                 "[model] device: {dev:?} is not \"cpu\", \"cuda\" or \"cuda:N\""
             ));
         }
+        let x = &self.explain;
+        if x.samples < 2 {
+            p.push(format!(
+                "[explain] samples: {} must be at least 2",
+                x.samples
+            ));
+        }
+        if x.top_tokens == 0 || x.findings == 0 {
+            p.push("[explain] top_tokens and findings: at least 1".into());
+        }
         let a = &self.assembly;
         if !finite_nonneg(a.quiet_period_s) || a.quiet_period_s <= 0.0 {
             p.push(format!(
@@ -688,12 +755,16 @@ impl SharedConfig {
         if new.http != old.http {
             ignored.push("[http]".to_string());
         }
+        if new.explain != old.explain {
+            ignored.push("[explain]".to_string());
+        }
         let merged = Config {
             node: old.node.clone(),
             model: old.model.clone(),
             storage: old.storage.clone(),
             tls: old.tls.clone(),
             http: old.http.clone(),
+            explain: old.explain.clone(),
             assembly: new.assembly,
             outbox: new.outbox,
             sources: new.sources,

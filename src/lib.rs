@@ -35,9 +35,11 @@
 //! - [`node`] — `serve`: wires the pieces into threads; `check-config`, `status`.
 //! - [`pyjson`] — Python `json.dumps` formatting, for upstream-identical JSON.
 //! - [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.
+//! - [`explain`] — LIME over volume tokens: which tokens of which series drive a finding.
 //! - [`fuzzing`] — entry points the fuzz targets and their corpus test share.
 //! - `stand_in` — a model-free processor for tests (feature `stand-in` only).
 pub mod config;
+pub mod explain;
 pub mod fuzzing;
 pub mod http;
 pub mod imaging;

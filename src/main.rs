@@ -90,6 +90,21 @@ enum Command {
         /// Also write the findings SR and the priority KOS next to the JSON.
         #[arg(long)]
         dicom: bool,
+        /// Explain the top finding with LIME (into the run record), as `[explain]` does.
+        #[arg(long)]
+        explain: bool,
+        /// LIME samples (upstream: 1000).
+        #[arg(long, default_value_t = 1000)]
+        explain_samples: usize,
+        /// Tokens reported per finding.
+        #[arg(long, default_value_t = 3)]
+        explain_top_tokens: usize,
+        /// Findings explained.
+        #[arg(long, default_value_t = 1)]
+        explain_findings: usize,
+        /// Seed of LIME's masks (upstream: 0).
+        #[arg(long, default_value_t = 0)]
+        explain_seed: u32,
         study_dir: PathBuf,
     },
     /// Model files.
@@ -278,6 +293,11 @@ fn run(command: Command) -> Result<()> {
             threads,
             vqvae_chunk,
             dicom,
+            explain,
+            explain_samples,
+            explain_top_tokens,
+            explain_findings,
+            explain_seed,
             study_dir,
         } => {
             // A measurement asked for on the GPU must not quietly run on the CPU (the node
@@ -300,6 +320,12 @@ fn run(command: Command) -> Result<()> {
                     study_description,
                     out,
                     dicom,
+                    explain: explain.then_some(prima_node::explain::ExplainOptions {
+                        samples: explain_samples,
+                        top_tokens: explain_top_tokens,
+                        findings: explain_findings,
+                        seed: explain_seed,
+                    }),
                 },
                 |msg| eprintln!("[prima-node infer] {msg}"),
             )?)

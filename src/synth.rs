@@ -40,6 +40,9 @@ pub struct SynthSeries {
     pub monochrome1: bool,
     /// Signal scale (the phantom's brightest tissue).
     pub intensity: f64,
+    /// The phantom's bright lesion is visible in this series (a study with it in one
+    /// series only tests what an explanation points at).
+    pub lesion: bool,
 }
 
 impl SynthSeries {
@@ -68,6 +71,7 @@ impl SynthSeries {
             enhanced_multiframe: false,
             monochrome1: false,
             intensity: 1000.0,
+            lesion: true,
         }
     }
 }
@@ -150,8 +154,12 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     ]
 }
 
+/// Where the phantom's lesion is, in patient coordinates (mm), and its radius.
+pub const LESION_CENTRE: [f64; 3] = [25.0, 30.0, 25.0];
+pub const LESION_RADIUS: f64 = 9.0;
+
 /// Head phantom value at patient position p (mm, origin at the head centre).
-fn phantom(p: [f64; 3], scale: f64) -> f64 {
+fn phantom(p: [f64; 3], scale: f64, lesion: bool) -> f64 {
     let e = |c: [f64; 3], r: [f64; 3]| {
         ((p[0] - c[0]) / r[0]).powi(2)
             + ((p[1] - c[1]) / r[1]).powi(2)
@@ -168,7 +176,7 @@ fn phantom(p: [f64; 3], scale: f64) -> f64 {
     {
         return 0.15 * scale; // ventricles
     }
-    if e([25.0, 30.0, 25.0], [9.0, 9.0, 9.0]) <= 1.0 {
+    if lesion && e(LESION_CENTRE, [LESION_RADIUS; 3]) <= 1.0 {
         return 1.0 * scale; // a bright lesion
     }
     0.7 * scale
@@ -246,7 +254,7 @@ fn write_series(
                     ipp[1] + i as f64 * col_sp * r[1] + j as f64 * row_sp * c[1],
                     ipp[2] + i as f64 * col_sp * r[2] + j as f64 * row_sp * c[2],
                 ];
-                let v = phantom(p, s.intensity) + 20.0 * rng.next_unit();
+                let v = phantom(p, s.intensity, s.lesion) + 20.0 * rng.next_unit();
                 let stored = ((v - s.intercept) / s.slope).round().clamp(0.0, stored_max);
                 if s.signed {
                     bytes.extend_from_slice(&(stored as i16).to_le_bytes());

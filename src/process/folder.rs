@@ -28,6 +28,8 @@ pub struct InferOptions {
     pub out: PathBuf,
     /// Also write the findings SR and the priority KOS.
     pub dicom: bool,
+    /// Explain the top finding(s) with LIME into the run record.
+    pub explain: Option<crate::explain::ExplainOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,10 @@ pub fn infer_folder(a: &InferOptions, mut progress: impl FnMut(&str)) -> Result<
         .clone()
         .or_else(|| input.scan.study_description.clone())
         .unwrap_or_default();
-    let analysis = analyse(&model, input, description, &mut progress)?;
+    let mut analysis = analyse(&model, input, description, &mut progress)?;
+    if let Some(x) = &a.explain {
+        analysis.explain(&model, x, &mut progress);
+    }
     let name = a
         .study_dir
         .canonicalize()

@@ -43,6 +43,10 @@ pub struct PrimaProcessor {
     /// A CPU copy of the model, loaded the first time a study does not fit on the GPU.
     cpu_model: Option<PrimaModel>,
     model_dir: std::path::PathBuf,
+    /// `[explain]` when enabled.
+    explain: Option<crate::explain::ExplainOptions>,
+    /// `[explain] on_cpu`: explain also when the model runs on the CPU.
+    explain_on_cpu: bool,
     report: ReportConfig,
     node: NodeIdentity,
     cache: Arc<PrepareCache>,
@@ -81,6 +85,8 @@ impl PrimaProcessor {
             model,
             cpu_model: None,
             model_dir: cfg.model.dir.clone(),
+            explain: cfg.explain.options(),
+            explain_on_cpu: cfg.explain.on_cpu,
             report: ReportConfig::default(),
             node: outputs::node_identity(&cfg.node.ae_title, &cfg.node.state_dir.to_string_lossy()),
             cache,
@@ -139,11 +145,24 @@ impl StudyProcessor for PrimaProcessor {
             (Some(cpu), true) => cpu,
             _ => &self.model,
         };
-        let analysis = Analysis {
+        let mut analysis = Analysis {
             input,
+            explanation: None,
             description,
             run,
         };
+        match &self.explain {
+            Some(_) if used.options().device == tch::Device::Cpu && !self.explain_on_cpu => {
+                // Measured (docs/performance.md): a full-size explanation on the CPU costs
+                // ~0.7 s per sample, 1000 samples ~11 minutes per study, which would hold
+                // every later study back; results go out without it.
+                tracing::info!(
+                    "explain: skipped, the model runs on the CPU ([explain] on_cpu = true runs it anyway)"
+                );
+            }
+            Some(x) => analysis.explain(used, x, log),
+            None => {}
+        }
         let header = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
             .open_file(&job.instances[0].path)

@@ -4,8 +4,8 @@
 use crate::job::{OutputObject, PredecessorRef};
 use crate::model::Manifest;
 use crate::report::{
-    build_outputs, ModelIdentity, NodeIdentity, Predictions, ReportConfig, ReportError,
-    ReportInput, SkippedSeries, SourceInstance, UsedSeries,
+    build_outputs, FindingEvidence, KeyRegion, ModelIdentity, NodeIdentity, Predictions,
+    ReportConfig, ReportError, ReportInput, SkippedSeries, SourceInstance, UsedSeries,
 };
 
 use super::run::Analysis;
@@ -95,6 +95,7 @@ pub fn build_reports(a: &ReportArgs) -> Result<Vec<OutputObject>, ReportError> {
             .map(|h| (h.name.clone(), h.thresh as f32))
             .collect(),
     };
+    let evidence = finding_evidence(a.analysis);
     let input = ReportInput {
         source_header: a.header,
         used: &used,
@@ -103,12 +104,71 @@ pub fn build_reports(a: &ReportArgs) -> Result<Vec<OutputObject>, ReportError> {
         model: &model,
         input_set_hash: a.input_set_hash,
         predecessors: a.predecessors,
+        evidence: &evidence,
         forced_complete: a.forced_complete,
         failed: false,
         node: a.node,
         content_datetime: dicom_now(),
     };
     build_outputs(&input, a.config)
+}
+
+/// The explained findings as the report builder takes them: per finding the images its top
+/// tokens cover (token by token, most important first; within a token the image its
+/// region is drawn on first, then the rest in stacking order) and one region per token.
+fn finding_evidence(analysis: &Analysis) -> Vec<FindingEvidence> {
+    let Some(Ok(explained)) = &analysis.explanation else {
+        return Vec::new();
+    };
+    explained
+        .iter()
+        .filter_map(|e| {
+            let p = analysis.input.prepared.get(e.series)?;
+            let class_of = |uid: &str| {
+                p.slices
+                    .iter()
+                    .find(|s| s.sop_instance_uid == uid)
+                    .map(|s| s.sop_class_uid.clone())
+            };
+            let mut key_images: Vec<(String, String)> = Vec::new();
+            let mut regions = Vec::new();
+            for t in &e.tokens {
+                let Some(place) = &t.place else { continue };
+                let near = &place.image_sop_instance_uid;
+                for uid in std::iter::once(near).chain(place.instances.iter()) {
+                    if key_images.iter().any(|(_, u)| u == uid) {
+                        continue;
+                    }
+                    if let Some(class) = class_of(uid) {
+                        key_images.push((class, uid.clone()));
+                    }
+                }
+                regions.push(KeyRegion {
+                    sop_class_uid: place.image_sop_class_uid.clone(),
+                    sop_instance_uid: near.clone(),
+                    rect: place.footprint.rect,
+                    coefficient: t.coefficient,
+                });
+            }
+            Some(FindingEvidence {
+                label: e.finding.clone(),
+                series_instance_uid: e.series_instance_uid.clone(),
+                key_images,
+                method: format!(
+                    "Regions for {}: the {} of {} volume tokens of series {} whose presence \
+                     moved the finding's logit most, by LIME ({} samples, seed {}, ridge R² {:.3}).",
+                    crate::report::codes::humanize_label(&e.finding).1,
+                    regions.len(),
+                    e.n_tokens,
+                    e.series_name,
+                    e.samples,
+                    e.seed,
+                    e.r2
+                ),
+                regions,
+            })
+        })
+        .collect()
 }
 
 /// SHA-256 over the sorted (SOP Instance UID, file SHA-256) pairs of a folder's files

@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::prepare::PreparedStudy;
 use super::series::PreparedSeries;
+use crate::explain::{explain, ExplainOptions, Explanation, TokenPlace};
 use crate::imaging::otsu::Attempt;
 use crate::imaging::series::SeriesSkip;
 use crate::imaging::text::chartovec;
@@ -36,6 +37,9 @@ pub struct StageTimings {
 
 pub struct ModelRun {
     pub output: PrimaOutput,
+    /// What the HierViT got per series (patchified tokens, name ids), for the explanation,
+    /// which re-runs the HierViT on subsets of one series' tokens.
+    pub inputs: Vec<(Tensor, Vec<i64>)>,
     pub tokens_encoded: usize,
     /// Floating-point operations of the VQ-VAE over the encoded tokens.
     pub vqvae_flops: f64,
@@ -83,6 +87,7 @@ pub fn run_model(
     progress(&format!("prima: HierViT + heads in {prima_s:.2}s"));
     Ok(ModelRun {
         output,
+        inputs: series,
         tokens_encoded,
         vqvae_flops,
         vqvae_s,
@@ -94,6 +99,9 @@ pub fn run_model(
 /// One study through the model.
 pub struct Analysis {
     pub input: PreparedStudy,
+    /// LIME's explanation when asked for: the findings explained, or why it failed (the
+    /// study's results stand without it).
+    pub explanation: Option<Result<Vec<Explanation>, String>>,
     /// The study description given to the model.
     pub description: String,
     pub run: ModelRun,
@@ -109,12 +117,58 @@ pub fn analyse(
     let run = run_model(model, &input.prepared, &description, progress)?;
     Ok(Analysis {
         input,
+        explanation: None,
         description,
         run,
     })
 }
 
 impl Analysis {
+    /// Runs LIME ([`crate::explain`]) on this analysis; a failure is kept, not raised.
+    pub fn explain(
+        &mut self,
+        model: &PrimaModel,
+        opts: &ExplainOptions,
+        mut progress: impl FnMut(&str),
+    ) {
+        let coords: Vec<Vec<[i64; 3]>> = self
+            .input
+            .prepared
+            .iter()
+            .map(|p| p.selected_coords())
+            .collect();
+        let r = explain(
+            model,
+            &self.run.inputs,
+            &coords,
+            &chartovec(&self.description),
+            &self.run.output,
+            opts,
+        );
+        self.explanation = Some(match r {
+            Ok(mut ex) => {
+                for e in &mut ex {
+                    let p = &self.input.prepared[e.series];
+                    e.series_instance_uid = p.series_instance_uid.clone();
+                    e.series_name = p.name.clone();
+                    let g = p.geometry();
+                    for t in &mut e.tokens {
+                        t.place = TokenPlace::locate(&g, t.coords);
+                    }
+                    progress(&format!(
+                        "explain: {} (logit {:.4}) in series {}: {} tokens, {} samples, R² {:.3}, {:.2}s",
+                        e.finding, e.logit, p.name, e.n_tokens, e.samples, e.r2, e.seconds
+                    ));
+                }
+                Ok(ex)
+            }
+            Err(e) => {
+                progress(&format!("explain: failed: {e}"));
+                Err(e.to_string())
+            }
+        });
+    }
+
     /// The run record; `study` names the study (its UID in the node, the folder in
     /// `infer`), `total_s` the seconds from the start of its processing.
     pub fn record(
@@ -137,6 +191,16 @@ impl Analysis {
             scan_s: i.scan_s,
             prepare_s: i.prepare_s,
             total_s,
+        });
+        record.explanation = self.explanation.as_ref().map(|e| match e {
+            Ok(f) => ExplanationRecord {
+                findings: f.clone(),
+                error: None,
+            },
+            Err(err) => ExplanationRecord {
+                findings: Vec::new(),
+                error: Some(err.clone()),
+            },
         });
         if let Some(b) = i.background {
             let t = &mut record.timings;
@@ -217,6 +281,17 @@ pub struct RunRecord {
     pub vqvae_gflop: f64,
     pub timings: StageTimings,
     pub warnings: Vec<String>,
+    /// LIME's explanation (only when asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<ExplanationRecord>,
+}
+
+/// The run record's `explanation`: the findings explained, or the error that stopped it.
+#[derive(Debug, Serialize)]
+pub struct ExplanationRecord {
+    pub findings: Vec<Explanation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where one run's record comes from.
@@ -275,6 +350,7 @@ impl RunRecord {
                 ..StageTimings::default()
             },
             warnings,
+            explanation: None,
         }
     }
 }

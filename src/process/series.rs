@@ -4,7 +4,7 @@
 use crate::imaging::otsu::{self, Attempt, Selection};
 use crate::imaging::series::{self, SeriesCandidate, SliceMeta};
 use crate::imaging::tokens::{self, Tokenized};
-use crate::imaging::{orient, resample, text, Array3, PixelType};
+use crate::imaging::{orient, resample, text, Array3, Geometry, PixelType};
 
 /// A series turned into selected VQ-VAE input tokens.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub struct PreparedSeries {
     pub orientation_code: String,
     /// (z, y, x) after resample + DICOMOrient.
     pub oriented_shape: [usize; 3],
+    /// Geometry of the resampled volume before DICOMOrient (x, y = the source images'
+    /// columns and rows at 256 × 256, z = `slices`): where a token lies in the patient.
+    pub resampled: Geometry,
     pub tokenized: Tokenized,
     pub selection: Selection,
 }
@@ -33,6 +36,17 @@ impl PreparedSeries {
     /// Selected tokens, row-major (K, d0, d1, d2).
     pub fn selected_tokens(&self) -> Vec<f32> {
         self.tokenized.tokens(&self.selection.ids)
+    }
+
+    /// What maps this series' tokens back to its source images.
+    pub fn geometry(&self) -> crate::explain::regions::SeriesGeometry<'_> {
+        crate::explain::regions::SeriesGeometry {
+            slices: &self.slices,
+            direction: &self.resampled.direction,
+            oriented_shape: self.oriented_shape,
+            padded_shape: self.tokenized.padded_shape,
+            patch_shape: self.tokenized.patch_shape,
+        }
     }
 
     /// (z, y, x) start coordinates of the selected patches.
@@ -82,6 +96,7 @@ pub fn prepare_series_until(
     }
     let (oriented, code): (Array3<f64>, String) = orient::orient_lps(&resampled);
     let pixel_type = resampled.pixel_type;
+    let resampled_geometry = resampled.geometry;
     drop(resampled);
     if cancelled() {
         return None;
@@ -107,6 +122,7 @@ pub fn prepare_series_until(
         pixel_type,
         orientation_code: code,
         oriented_shape: oriented.shape,
+        resampled: resampled_geometry,
         tokenized,
         selection,
     }))

@@ -167,6 +167,11 @@ pub fn decision_margin() -> Code {
         "Prima decision margin (score minus threshold)",
     )
 }
+/// The NUM concept of an explained region: LIME's ridge coefficient of one volume token, the
+/// change of the finding's logit when the token is in the input.
+pub fn lime_weight() -> Code {
+    prima("PRIMA-LIME", "Prima LIME weight of a volume token")
+}
 pub fn qualitative_evaluations() -> Code {
     Code::new("C0034375", "UMLS", "Qualitative Evaluations")
 }

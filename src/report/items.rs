@@ -168,6 +168,37 @@ pub(crate) fn named_reference_item(
     o
 }
 
+/// SCOORD "Source of Measurement" (TID 320, INFERRED FROM its measurement): a closed
+/// POLYLINE rectangle [left, top, right, bottom] on one image, SELECTED FROM that image.
+pub(crate) fn region_item(rect: [f64; 4], sop_class: &str, sop_instance: &str) -> Obj {
+    let mut o = Obj::new_empty();
+    put_str(&mut o, tags::RELATIONSHIP_TYPE, VR::CS, "INFERRED FROM");
+    put_str(&mut o, tags::VALUE_TYPE, VR::CS, "SCOORD");
+    put_seq(
+        &mut o,
+        tags::CONCEPT_NAME_CODE_SEQUENCE,
+        vec![code_item(&codes::source_of_measurement())],
+    );
+    put_str(&mut o, tags::GRAPHIC_TYPE, VR::CS, "POLYLINE");
+    let [l, t, r, b] = rect.map(|v| v as f32);
+    let points = [l, t, r, t, r, b, l, b, l, t];
+    o.put(DataElement::new(
+        tags::GRAPHIC_DATA,
+        VR::FL,
+        PrimitiveValue::F32(points.iter().copied().collect()),
+    ));
+    let mut image = Obj::new_empty();
+    put_str(&mut image, tags::RELATIONSHIP_TYPE, VR::CS, "SELECTED FROM");
+    put_str(&mut image, tags::VALUE_TYPE, VR::CS, "IMAGE");
+    put_seq(
+        &mut image,
+        tags::REFERENCED_SOP_SEQUENCE,
+        vec![sop_ref(sop_class, sop_instance)],
+    );
+    put_seq(&mut o, tags::CONTENT_SEQUENCE, vec![image]);
+    o
+}
+
 pub(crate) fn sop_ref(sop_class: &str, sop_instance: &str) -> Obj {
     let mut r = Obj::new_empty();
     put_str(&mut r, tags::REFERENCED_SOP_CLASS_UID, VR::UI, sop_class);

@@ -37,19 +37,28 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
         &format!("AI PRIORITY {level}"),
     );
 
-    let key = representative_slices(ctx.input.used);
+    // Explained: the images behind the top finding's top tokens, most important first;
+    // else a few representative slices.
+    let key: Option<(String, Vec<(String, String)>)> = match ctx.input.evidence.first() {
+        Some(ev) if !ev.key_images.is_empty() => {
+            Some((ev.series_instance_uid.clone(), ev.key_images.clone()))
+        }
+        _ => representative_slices(ctx.input.used).map(|(series, slices)| {
+            (
+                series.series_instance_uid.clone(),
+                slices
+                    .iter()
+                    .map(|i| (i.sop_class_uid.clone(), i.sop_instance_uid.clone()))
+                    .collect(),
+            )
+        }),
+    };
     put_referenced_requests(ctx, &mut o);
 
     // Every object the content tree references must be in the evidence (PS3.3 C.17.6.2.1).
     let mut evidence: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    if let Some((series, slices)) = &key {
-        evidence.push((
-            series.series_instance_uid.clone(),
-            slices
-                .iter()
-                .map(|i| (i.sop_class_uid.clone(), i.sop_instance_uid.clone()))
-                .collect(),
-        ));
+    if let Some(k) = &key {
+        evidence.push(k.clone());
     }
     evidence.push((
         ctx.sr_series_uid.clone(),
@@ -81,13 +90,9 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
         &codes::key_object_description(),
         &description(ctx, &level),
     ));
-    if let Some((_, slices)) = &key {
-        for s in slices {
-            items.push(reference_item(
-                "IMAGE",
-                &s.sop_class_uid,
-                &s.sop_instance_uid,
-            ));
+    if let Some((_, images)) = &key {
+        for (class, uid) in images {
+            items.push(reference_item("IMAGE", class, uid));
         }
     }
     items.push(reference_item(
@@ -150,6 +155,12 @@ pub(crate) fn description(ctx: &Context, level: &str) -> String {
             .map(|(l, _)| codes::humanize_label(l).1)
             .collect();
         line.push_str(&format!("; refer: {}", refs.join(", ")));
+    }
+    if let Some(ev) = input.evidence.first().filter(|e| !e.key_images.is_empty()) {
+        line.push_str(&format!(
+            "; key images: where the model looked for {}",
+            codes::humanize_label(&ev.label).1
+        ));
     }
     if ctx.partial {
         line.push_str(" (partial study)");

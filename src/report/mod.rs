@@ -163,6 +163,34 @@ impl NodeIdentity {
     }
 }
 
+/// One region behind an explained finding: a volume token's footprint on the source image
+/// nearest its centre.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRegion {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// [left, top, right, bottom] in image coordinates (column, row; the top left corner of
+    /// the top left pixel is (0, 0)).
+    pub rect: [f64; 4],
+    /// LIME's coefficient of the token.
+    pub coefficient: f64,
+}
+
+/// Where the model looked for one finding (LIME over one series' volume tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindingEvidence {
+    /// The diagnosis head's label.
+    pub label: String,
+    pub series_instance_uid: String,
+    /// (SOP Class UID, SOP Instance UID) of the images the top tokens cover, most important
+    /// token first.
+    pub key_images: Vec<(String, String)>,
+    /// One per top token, most important first.
+    pub regions: Vec<KeyRegion>,
+    /// How it was computed, one line for the reader.
+    pub method: String,
+}
+
 pub struct ReportInput<'a> {
     /// Header of one source instance of the study (pixel data not needed).
     pub source_header: &'a InMemDicomObject,
@@ -173,6 +201,9 @@ pub struct ReportInput<'a> {
     /// SHA-256 over the sorted SOP Instance UIDs + content hashes (computed by the caller).
     pub input_set_hash: [u8; 32],
     pub predecessors: &'a [PredecessorRef],
+    /// Explained findings (empty without an explanation): the KOS's key images and the SR's
+    /// regions come from the first; every one gets its regions in the SR.
+    pub evidence: &'a [FindingEvidence],
     /// The study was closed before all expected series arrived.
     pub forced_complete: bool,
     /// The model run failed: no predictions to report.

@@ -9,13 +9,13 @@ use super::codes;
 use super::header::{base_header, observer_context, put_referenced_requests, to_part10};
 use super::items::{
     code_item, code_value_item, coding_scheme_identification, container_item, format_ds,
-    hierarchical_refs, language_item, num_item, put_seq, put_str, template_item, text_item,
-    uidref_item, Obj, Rel,
+    hierarchical_refs, language_item, named_reference_item, num_item, put_seq, put_str,
+    region_item, template_item, text_item, uidref_item, Obj, Rel,
 };
 use super::library;
 use super::{
-    is_sr_document, uid, Context, Finding, ReportError, COMPREHENSIVE_3D_SR, DEMO_COMMENT,
-    NOT_VERIFIED_COMMENT, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER,
+    is_sr_document, uid, Context, Finding, FindingEvidence, ReportError, COMPREHENSIVE_3D_SR,
+    DEMO_COMMENT, NOT_VERIFIED_COMMENT, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER,
 };
 
 pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
@@ -132,7 +132,10 @@ fn content(ctx: &Context) -> Vec<Obj> {
             .summary
             .findings
             .iter()
-            .map(|f| measurement_group(ctx, f, &sources))
+            .map(|f| {
+                let ev = input.evidence.iter().find(|e| e.label == f.label);
+                measurement_group(ctx, f, &sources, ev)
+            })
             .collect();
         items.push(container_item(
             Some(Rel::Contains),
@@ -179,6 +182,9 @@ fn content(ctx: &Context) -> Vec<Obj> {
             "The model could not process this study; no findings are reported.",
         ));
     }
+    for e in input.evidence {
+        evals.push(text_item(Rel::Contains, &codes::comment(), &e.method));
+    }
     if input.forced_complete {
         evals.push(text_item(
             Rel::Contains,
@@ -206,7 +212,14 @@ fn content(ctx: &Context) -> Vec<Obj> {
 }
 
 /// TID 1501 group for one diagnosis head, in highdicom's item order.
-fn measurement_group(ctx: &Context, f: &Finding, sources: &[Obj]) -> Obj {
+/// An explained finding names the images its regions lie on as its sources, and adds one
+/// LIME weight per region, INFERRED FROM the region.
+fn measurement_group(
+    ctx: &Context,
+    f: &Finding,
+    sources: &[Obj],
+    evidence: Option<&FindingEvidence>,
+) -> Obj {
     let model = ctx.input.model;
     let dx = codes::diagnosis_code(&f.label);
     let mut children = vec![
@@ -230,24 +243,54 @@ fn measurement_group(ctx: &Context, f: &Finding, sources: &[Obj]) -> Obj {
             &format!("threshold={}", format_ds(f.threshold)),
         ),
     ];
-    children.extend(sources.iter().cloned());
-    children.extend([
-        num_item(
+    match evidence {
+        Some(ev) => {
+            let mut seen = std::collections::BTreeSet::new();
+            for r in ev
+                .regions
+                .iter()
+                .filter(|r| seen.insert(&r.sop_instance_uid))
+            {
+                children.push(named_reference_item(
+                    "IMAGE",
+                    Some(&codes::source_of_measurement()),
+                    &r.sop_class_uid,
+                    &r.sop_instance_uid,
+                ));
+            }
+        }
+        None => children.extend(sources.iter().cloned()),
+    }
+    children.push(num_item(
+        Rel::Contains,
+        &codes::decision_margin(),
+        f.margin,
+        &codes::no_units(),
+    ));
+    // TID 300 measurements before TID 1501's qualitative evaluation.
+    for r in evidence.map(|e| e.regions.as_slice()).unwrap_or_default() {
+        let mut weight = num_item(
             Rel::Contains,
-            &codes::decision_margin(),
-            f.margin,
+            &codes::lime_weight(),
+            r.coefficient as f32,
             &codes::no_units(),
-        ),
-        code_value_item(
-            Rel::Contains,
-            &dx,
-            &if f.present {
-                codes::present()
-            } else {
-                codes::absent()
-            },
-        ),
-    ]);
+        );
+        put_seq(
+            &mut weight,
+            tags::CONTENT_SEQUENCE,
+            vec![region_item(r.rect, &r.sop_class_uid, &r.sop_instance_uid)],
+        );
+        children.push(weight);
+    }
+    children.push(code_value_item(
+        Rel::Contains,
+        &dx,
+        &if f.present {
+            codes::present()
+        } else {
+            codes::absent()
+        },
+    ));
     container_item(
         Some(Rel::Contains),
         &codes::measurement_group(),
