@@ -161,33 +161,7 @@ fn hiervit_and_heads_match_fixture() {
     for study in STUDIES {
         let sd = fx.join("expected").join(study);
         let inter = sd.join("intermediates");
-        let rr = json(&sd.join("run_record.json"));
-        let pi = &rr["prima_input"];
-        let rows = |v: &Value| -> Vec<Vec<i64>> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    r.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_i64().unwrap())
-                        .collect()
-                })
-                .collect()
-        };
-        let names = rows(&pi["serienames_char_ids"][0]);
-        let study_ids = rows(&pi["studydescription_char_ids"]).remove(0);
-        let series: Vec<(Tensor, Vec<i64>)> = series_folders(&sd)
-            .iter()
-            .zip(names)
-            .map(|(f, n)| {
-                (
-                    npy_f32(&inter.join(format!("{f}_patchifier_output.npy"))),
-                    n,
-                )
-            })
-            .collect();
+        let (series, study_ids) = study_inputs(&sd);
         let out = model.forward(&series, &study_ids).unwrap();
 
         let stage = |name: &str, got: &Tensor, file: &str| {
@@ -259,6 +233,112 @@ fn hiervit_and_heads_match_fixture() {
         }
         println!("{study} heads: max abs error {worst:.3e}");
     }
+}
+
+/// A fixture study's HierViT input: per series the patchified tokens and name ids, and the
+/// study description's ids.
+fn study_inputs(sd: &Path) -> (Vec<(Tensor, Vec<i64>)>, Vec<i64>) {
+    let inter = sd.join("intermediates");
+    let rr = json(&sd.join("run_record.json"));
+    let pi = &rr["prima_input"];
+    let rows = |v: &Value| -> Vec<Vec<i64>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_i64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let names = rows(&pi["serienames_char_ids"][0]);
+    let study_ids = rows(&pi["studydescription_char_ids"]).remove(0);
+    let series = series_folders(sd)
+        .iter()
+        .zip(names)
+        .map(|(f, n)| {
+            (
+                npy_f32(&inter.join(format!("{f}_patchifier_output.npy"))),
+                n,
+            )
+        })
+        .collect();
+    (series, study_ids)
+}
+
+/// LIME's batched labels (inner ViT of untouched series reused, perturbed inputs packed
+/// into one call) equal a whole-study forward of each perturbed input, and so do the
+/// occlusion's.
+#[test]
+fn batched_perturbations_equal_whole_study_forwards() {
+    let (Some(fx), Some(md)) = (fixture_dir(), converted_model()) else {
+        return;
+    };
+    let model = load_model(&md);
+    let (series, study_ids) = study_inputs(&fx.join("expected").join(STUDIES[0]));
+    let fixed = model.fix_study(&series, &study_ids, false).unwrap();
+    let whole = |input: &[(Tensor, Vec<i64>)], k: usize| {
+        let o = model.forward(input, &study_ids).unwrap();
+        o.diagnosis[k].1 as f64 + model.manifest().diagnosis_heads[k].thresh
+    };
+    let worst = std::cell::Cell::new(0f64);
+    let near = |got: f64, want: f64, what: &str| {
+        worst.set(worst.get().max((got - want).abs()));
+        assert!(
+            (got - want).abs() <= 1e-6 + 1e-6 * want.abs(),
+            "{what}: batched {got} vs whole {want}"
+        );
+    };
+    let s = (0..series.len())
+        .max_by_key(|&i| series[i].0.size()[0])
+        .unwrap();
+    let n = series[s].0.size()[0];
+    // Keep sets of very different sizes, so that the packing pads and masks.
+    let keeps: Vec<Vec<i64>> = vec![
+        (0..n).collect(),
+        (0..n).step_by(2).collect(),
+        (0..n).filter(|j| j % 7 == 3).collect(),
+        vec![n - 1],
+        (1..n).filter(|j| (n - j) % 3 == 1).collect(),
+    ];
+    for k in [0, model.manifest().diagnosis_heads.len() - 1] {
+        let batched = fixed.logits_keeping(k, s, &keeps).unwrap();
+        for (keep, got) in keeps.iter().zip(&batched) {
+            let mut input: Vec<(Tensor, Vec<i64>)> = series
+                .iter()
+                .map(|(t, nm)| (t.shallow_clone(), nm.clone()))
+                .collect();
+            input[s].0 = series[s].0.index_select(0, &Tensor::from_slice(keep));
+            near(
+                *got,
+                whole(&input, k),
+                &format!("head {k}, {} tokens kept", keep.len()),
+            );
+        }
+        let left_out: Vec<usize> = (0..series.len()).collect();
+        let occ = fixed.logits_without(k, &left_out).unwrap();
+        near(occ[0], whole(&series, k), &format!("head {k}, whole study"));
+        for (o, got) in left_out.iter().zip(&occ[1..]) {
+            let rest: Vec<(Tensor, Vec<i64>)> = series
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i != o)
+                .map(|(_, (t, nm))| (t.shallow_clone(), nm.clone()))
+                .collect();
+            near(
+                *got,
+                whole(&rest, k),
+                &format!("head {k}, series {o} left out"),
+            );
+        }
+    }
+    println!(
+        "batched vs whole-study logits: max abs difference {:.3e}",
+        worst.get()
+    );
 }
 
 #[test]

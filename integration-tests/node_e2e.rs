@@ -196,6 +196,80 @@ fn a_node_configured_for_cuda_without_one_runs_on_the_cpu_and_says_so() {
     }
 }
 
+/// Issue 18 in the node: with `[explain]` on (and allowed on the CPU) the SR that reaches
+/// the PACS carries the LIME regions and the KOS names the finding; with `on_cpu` off the
+/// node says it skipped the explanation and sends the objects without it.
+#[test]
+fn a_node_explains_its_top_finding_or_says_why_not() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    for on_cpu in [true, false] {
+        let (tmp, model, pacs_port, pacs) = demo_model_and_pacs();
+        let node = Node::start(NodeOpts {
+            dest_port: pacs_port,
+            model_dir: Some(model),
+            extra_toml: format!(
+                "\n[explain]\nenabled = true\non_cpu = {on_cpu}\nsamples = 32\nbatch = 8\n"
+            ),
+            ..NodeOpts::default()
+        });
+        let files = synth(&tmp.path().join("study"), 6);
+        common::send_study(node.opts.port, &[files], 1);
+        assert!(
+            common::wait_until(Duration::from_secs(120), || studies_at(&pacs).len() >= 2),
+            "no SR and KOS (on_cpu = {on_cpu}):\n{}",
+            node.log_text()
+        );
+        let run = fixtures::json(&find(&node.state_dir, "run.json").expect("run record kept"));
+        let log = node.log_text();
+        let text_of = |class: &str| {
+            let (name, _, _) = pacs
+                .received_objects()
+                .into_iter()
+                .find(|(_, _, o)| {
+                    o.element(dicom_dictionary_std::tags::SOP_CLASS_UID)
+                        .ok()
+                        .and_then(|e| e.to_str().ok())
+                        .is_some_and(|c| c.trim_end_matches('\0') == class)
+                })
+                .expect("object of the class at the PACS");
+            let path = common::walk_files(pacs.dir.path())
+                .into_iter()
+                .find(|p| {
+                    dicom_object::open_file(p).is_ok_and(|o| {
+                        o.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+                            .ok()
+                            .and_then(|e| e.to_str().ok())
+                            .is_some_and(|u| u.trim_end_matches('\0') == name)
+                    })
+                })
+                .unwrap();
+            String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
+        };
+        let (sr, kos) = (text_of(SR_CLASS), text_of(KOS_CLASS));
+        if on_cpu {
+            let f = &run["explanation"]["findings"][0];
+            assert_eq!(f["samples"], 32, "{run}");
+            assert_eq!(f["tokens"].as_array().map(|t| t.len()), Some(3), "{f}");
+            assert!(sr.contains("PRIMA-LIME"), "no LIME weights in the SR");
+            assert!(
+                kos.contains("where the model looked for"),
+                "KOS description"
+            );
+            assert!(log.contains("explain: "), "{log}");
+        } else {
+            assert!(run.get("explanation").is_none(), "{run}");
+            assert!(!sr.contains("PRIMA-LIME") && !kos.contains("where the model looked"));
+            assert!(
+                log.contains("explain: skipped, the model runs on the CPU"),
+                "no skip line:\n{log}"
+            );
+        }
+        drop(node);
+    }
+}
+
 /// Issue 14: one instance claiming 2,147,483,647 frames was accepted and then aborted the
 /// node on every start (944 GB reserved while reading its header). It must go through
 /// processing as a skipped series, and the next study must be processed as usual.

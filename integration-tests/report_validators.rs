@@ -975,14 +975,28 @@ fn referenced_uid(item: &InMemDicomObject) -> String {
 /// the image it is drawn on and matches the run record, and the validators pass on both.
 #[test]
 fn explained_lesion_study_passes_validators() {
+    explained_study_passes_validators("explained", false);
+}
+
+/// The same with every series an Enhanced MR multi-frame instance: the covered instances
+/// are listed once, and each region names the frame it is drawn on.
+#[test]
+fn explained_multiframe_study_names_the_region_frames() {
+    explained_study_passes_validators("explained-multiframe", true);
+}
+
+fn explained_study_passes_validators(name: &str, multiframe: bool) {
     let Some(fx) = fixtures::reference_dir() else {
         return;
     };
-    let (dir, _tmp) = out_dir("explained");
+    let (dir, _tmp) = out_dir(name);
     let model = fixtures::convert_fixture_model(&fx, &dir.join("model"));
     let mut synth = prima_node::synth::SynthStudy::brain(11);
     for s in &mut synth.series[1..] {
         s.lesion = false;
+    }
+    for s in &mut synth.series {
+        s.enhanced_multiframe = multiframe;
     }
     let study_dir = dir.join("study");
     let _ = std::fs::remove_dir_all(&study_dir);
@@ -1040,6 +1054,10 @@ fn explained_lesion_study_passes_validators() {
         for u in &instances {
             assert_eq!(s(&headers[u], tags::SERIES_INSTANCE_UID), series_uid);
         }
+        let mut once = instances.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(once.len(), instances.len(), "each covered instance once");
         covered.extend(instances);
         let rect: Vec<f64> = place["rect"]
             .as_array()
@@ -1049,6 +1067,7 @@ fn explained_lesion_study_passes_validators() {
             .collect();
         regions.push(serde_json::json!({
             "image": image, "rect": rect, "coefficient": t["coefficient"],
+            "frame": place["image_frame"],
         }));
         let c = place["centre_mm"].as_array().unwrap();
         let d: f64 = (0..3)
@@ -1122,6 +1141,24 @@ fn explained_lesion_study_passes_validators() {
         let uid = referenced_uid(&image[0]);
         assert_eq!(uid, want["image"]);
         let h = &headers[&uid];
+        let reference = &image[0]
+            .get(tags::REFERENCED_SOP_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        let frame = reference
+            .get(tags::REFERENCED_FRAME_NUMBER)
+            .map(|e| e.to_str().unwrap().trim().parse::<u64>().unwrap());
+        assert_eq!(frame, want["frame"].as_u64(), "the region's frame");
+        if multiframe {
+            let frames: u64 = s(h, tags::NUMBER_OF_FRAMES).parse().unwrap();
+            assert!(
+                frame.is_some_and(|f| (1..=frames).contains(&f)),
+                "frame {frame:?} of {frames}"
+            );
+        } else {
+            assert_eq!(frame, None, "no frame number on a single-frame image");
+        }
         let (rows, cols): (f64, f64) = (
             s(h, tags::ROWS).parse().unwrap(),
             s(h, tags::COLUMNS).parse().unwrap(),
@@ -1206,7 +1243,7 @@ fn explained_lesion_study_passes_validators() {
     )
     .unwrap();
     validate(
-        "explained",
+        name,
         &study,
         &used,
         (&sr, &kos),

@@ -9,6 +9,7 @@
 #        WAIT_S=1800 (give up waiting for the SR after this long)
 #        NODE_LOG=info (the node's RUST_LOG, e.g. info,prima_node::speculate=debug)
 #        SPECULATIVE=true|false ([assembly] speculative_prepare; unset: the node's default)
+#        EXPLAIN=1 ([explain] enabled with on_cpu = true; EXPLAIN_SAMPLES=1000)
 #   RSS mode:  MODE=rss scripts/bench-e2e.sh   a generated 3000-instance study (N=3000,
 #        SERIES=10 of 300 slices, ROWS=COLS=512; `prima-node synth-study --instances`) goes
 #        through the node; prints the node's peak RSS (VmHWM) and the model's share of it.
@@ -24,9 +25,10 @@
 #             many (prepare_cached_series) and the background seconds behind them
 #             (prepare_speculative_s), which are not on the path and not in the total.
 #   model     VQ-VAE + patchify + Prima heads                  (vqvae_s + patchify_s + prima_s)
+#   explanation  LIME, with EXPLAIN=1                          (run record explanation seconds)
 #   report    SR/KOS/JSON built, outputs made durable, job recorded
 #   send      "study processed"     -> SR file written by the destination storescp
-# overhead = total - quiet - model.
+# overhead = total - quiet - model - explanation.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -84,6 +86,7 @@ ${SPECULATIVE:+speculative_prepare = $SPECULATIVE}
 
 [storage]
 min_free_mb = 64
+$(if [ -n "${EXPLAIN:-}" ]; then printf '\n[explain]\nenabled = true\non_cpu = true\nsamples = %s\n' "${EXPLAIN_SAMPLES:-1000}"; fi)
 
 [outbox]
 retry_initial_s = 1
@@ -147,15 +150,20 @@ for line in open(f"{run}/node.log", encoding="utf-8", errors="replace"):
 # (a shell started by storescp after the file is written) is a cross-check, a few ms later.
 stamp = min(float(l.split()[0]) for l in open(f"{run}/received.txt") if l.split()[1].startswith("SR"))
 sr = ev.get("sr_delivered", stamp)
-t = json.load(open(rec))["timings"]
+record = json.load(open(rec))
+t = record["timings"]
 model = t["vqvae_s"] + t["patchify_s"] + t["prima_s"]
+ex = record.get("explanation") or {}
+if ex.get("error"):
+    sys.exit(f"bench-e2e: the explanation failed: {ex['error']}")
+explanation = sum(f["seconds"] for f in ex.get("findings", []))
 total = sr - t_last
 row = dict(
     send_study=t_last - t_send0, quiet=quiet,
     detect=ev["queued"] - t_last - quiet, queue=ev["processing"] - ev["queued"],
-    headers=t["scan_s"], decode_tokens=t["prepare_s"], model=model,
-    report=(ev["processed"] - ev["processing"]) - t["scan_s"] - t["prepare_s"] - model,
-    send=sr - ev["processed"], total=total, overhead=total - quiet - model,
+    headers=t["scan_s"], decode_tokens=t["prepare_s"], model=model, explanation=explanation,
+    report=(ev["processed"] - ev["processing"]) - t["scan_s"] - t["prepare_s"] - model - explanation,
+    send=sr - ev["processed"], total=total, overhead=total - quiet - model - explanation,
     dest_stamp_lag=stamp - sr,
     cached_series=t.get("prepare_cached_series", 0),
     series=len(json.load(open(rec))["series"]) + len(json.load(open(rec))["skipped"]),
@@ -175,12 +183,12 @@ if mode == "rss":
     print(f"peak RSS (VmHWM) of prima-node for {n} instances ({study}), {size} demo model: {med['vmhwm_mb']:.0f} MiB")
 print(f"end to end, {n} instances of {study}, {size} demo model, median of {len(rows)} runs")
 print(f"{'stage':<16}{'seconds':>9}")
-for k in ["quiet", "detect", "queue", "headers", "decode_tokens", "model", "report", "send"]:
+for k in ["quiet", "detect", "queue", "headers", "decode_tokens", "model", "explanation", "report", "send"]:
     print(f"{k:<16}{med[k]:>9.3f}")
     if k == "decode_tokens":
         cached = ", ".join(f"{r['cached_series']}/{r['series']}" for r in rows)
         print(f"{'  (background)':<16}{med['background_s']:>9.3f}   series prepared while the study arrived, per run: {cached}")
 print(f"{'total':<16}{med['total']:>9.3f}   (last Success -> SR stored at the destination)")
-print(f"{'overhead':<16}{med['overhead']:>9.3f}   (total - quiet - model; target < 0.300)")
+print(f"{'overhead':<16}{med['overhead']:>9.3f}   (total - quiet - model - explanation; target < 0.300)")
 print(f"sending the study itself took {med['send_study']:.2f} s; node peak RSS {med['vmhwm_mb']:.0f} MiB")
 PY

@@ -85,6 +85,12 @@ pub struct ExplainSection {
     pub findings: usize,
     #[serde(default)]
     pub seed: u32,
+    /// Perturbed inputs per model call.
+    #[serde(default = "default_explain_batch")]
+    pub batch: usize,
+    /// Labels under float16 autocast on CUDA, as upstream (no effect on the CPU).
+    #[serde(default = "default_true")]
+    pub autocast: bool,
     /// Explain also when the model runs on the CPU (off: there it costs minutes per study
     /// with the full-size model; see docs/performance.md).
     #[serde(default)]
@@ -100,6 +106,9 @@ fn default_explain_top_tokens() -> usize {
 fn default_explain_findings() -> usize {
     1
 }
+fn default_explain_batch() -> usize {
+    crate::explain::ExplainOptions::default().batch
+}
 
 impl Default for ExplainSection {
     fn default() -> Self {
@@ -109,6 +118,8 @@ impl Default for ExplainSection {
             top_tokens: default_explain_top_tokens(),
             findings: default_explain_findings(),
             seed: 0,
+            batch: default_explain_batch(),
+            autocast: true,
             on_cpu: false,
         }
     }
@@ -122,6 +133,8 @@ impl ExplainSection {
             top_tokens: self.top_tokens,
             findings: self.findings,
             seed: self.seed,
+            batch: self.batch,
+            autocast: self.autocast,
         })
     }
 }
@@ -521,8 +534,8 @@ impl Config {
                 x.samples
             ));
         }
-        if x.top_tokens == 0 || x.findings == 0 {
-            p.push("[explain] top_tokens and findings: at least 1".into());
+        if x.top_tokens == 0 || x.findings == 0 || x.batch == 0 {
+            p.push("[explain] top_tokens, findings and batch: at least 1".into());
         }
         let a = &self.assembly;
         if !finite_nonneg(a.quiet_period_s) || a.quiet_period_s <= 0.0 {

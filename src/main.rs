@@ -105,6 +105,13 @@ enum Command {
         /// Seed of LIME's masks (upstream: 0).
         #[arg(long, default_value_t = 0)]
         explain_seed: u32,
+        /// Perturbed inputs per model call.
+        #[arg(long, default_value_t = prima_node::explain::ExplainOptions::default().batch)]
+        explain_batch: usize,
+        /// Compute LIME's labels in float32 on CUDA too (default: float16 autocast, as
+        /// upstream).
+        #[arg(long)]
+        explain_no_autocast: bool,
         study_dir: PathBuf,
     },
     /// Model files.
@@ -298,6 +305,8 @@ fn run(command: Command) -> Result<()> {
             explain_top_tokens,
             explain_findings,
             explain_seed,
+            explain_batch,
+            explain_no_autocast,
             study_dir,
         } => {
             // A measurement asked for on the GPU must not quietly run on the CPU (the node
@@ -325,6 +334,8 @@ fn run(command: Command) -> Result<()> {
                         top_tokens: explain_top_tokens,
                         findings: explain_findings,
                         seed: explain_seed,
+                        batch: explain_batch,
+                        autocast: !explain_no_autocast,
                     }),
                 },
                 |msg| eprintln!("[prima-node infer] {msg}"),

@@ -8,7 +8,10 @@
 #    predictions computed by upstream's Python code.
 # 2. The full-size demo model, made here (`model demo --size full`), timed on the GPU per
 #    stage (RUNS times in f32, once in f16 and bf16), with peak GPU memory from nvidia-smi.
-# 3. $OUT/summary.json (machine, errors, timings) and $OUT/run.log (everything printed).
+# 3. LIME on the full-size model (EXPLAIN_SAMPLES=1000, in batches of each of
+#    EXPLAIN_BATCHES="50 250"): labels under float16 autocast (upstream's way), and in
+#    float32 once; seconds per 1000 samples and the top tokens of each.
+# 4. $OUT/summary.json (machine, errors, timings) and $OUT/run.log (everything printed).
 # Exits non-zero when CPU f32 is off the reference, or GPU f32 off CPU f32, by > 1e-4.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -51,13 +54,14 @@ echo "device: $DEVICE"
 tar xzf "$here/study-a.tar.gz" -C "$work"
 tar xzf "$here/fixture-model.tar.gz" -C "$work"
 
-# infer NAME MODEL DEVICE PRECISION: one study, its predictions and run record under
-# $work/NAME, its start and end (model load included) in $work/NAME.wall.
+# infer NAME MODEL DEVICE PRECISION [ARGS...]: one study, its predictions and run record
+# under $work/NAME, its start and end (model load included) in $work/NAME.wall.
 infer() {
   local name=$1 model=$2 dev=$3 prec=$4 t0
+  shift 4
   t0=$(now)
   "$bin" infer --model "$work/$model" --out "$work/$name" --device "$dev" --precision "$prec" \
-    --slice-order filename "$work/STUDY_A" 2>&1 | sed "s/^/[$name] /"
+    --slice-order filename "$@" "$work/STUDY_A" 2>&1 | sed "s/^/[$name] /"
   echo "$t0 $(now)" > "$work/$name.wall"
 }
 
@@ -89,6 +93,15 @@ if [ "$DEVICE" != cpu ] || [ -n "${FULL_ON_CPU:-}" ]; then
     infer "full-$p" full-model "$DEVICE" "$p"
     full+=("full-$p")
   done
+  lime=(--explain --explain-samples "${EXPLAIN_SAMPLES:-1000}")
+  for b in ${EXPLAIN_BATCHES:-50 250}; do
+    infer "full-explain-autocast-b$b" full-model "$DEVICE" f32 "${lime[@]}" --explain-batch "$b"
+    full+=("full-explain-autocast-b$b")
+  done
+  if [ "$DEVICE" != cpu ]; then
+    infer full-explain-f32-b250 full-model "$DEVICE" f32 "${lime[@]}" --explain-batch 250 --explain-no-autocast
+    full+=(full-explain-f32-b250)
+  fi
   if [ -n "$sampler" ]; then
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true

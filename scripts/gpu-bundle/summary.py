@@ -20,7 +20,16 @@ def record(work, name):
     t0, t1 = map(float, open(os.path.join(work, name + ".wall")).read().split())
     t = r["timings"]
     model_s = t["vqvae_s"] + t["patchify_s"] + t["prima_s"]
+    ex = (r.get("explanation") or {}).get("findings") or []
+    lime = None
+    if ex:
+        f = ex[0]
+        lime = {"finding": f["finding"], "series": f["series_name"], "tokens": f["n_tokens"],
+                "samples": f["samples"], "seconds": f["seconds"],
+                "seconds_per_1000": f["seconds"] * 1000.0 / f["samples"], "r2": f["r2"],
+                "top": [t["index"] for t in f["tokens"]]}
     return {
+        "lime": lime,
         "device": r["device"],
         "precision": r["precision"],
         "threads": r["threads"],
@@ -90,6 +99,12 @@ def main():
             tf = r["vqvae_tflops"]
             print(f"{name:<12} {t['prepare_s']:>8.3f} {t['vqvae_s']:>8.3f} {t['patchify_s']:>9.3f} {t['prima_s']:>14.3f} "
                   f"{r['model_s']:>8.3f} {t['total_s']:>8.3f} {r['wall_s_with_load']:>8.2f} {tf if tf is None else round(tf, 1):>8}")
+        for name, e in s["full_size"].items():
+            lime = e["record"]["lime"]
+            if lime:
+                print(f"{name}: LIME {lime['finding']} in {lime['series']}: {lime['samples']} samples over "
+                      f"{lime['tokens']} tokens in {lime['seconds']:.2f} s ({lime['seconds_per_1000']:.2f} s per 1000), "
+                      f"R² {lime['r2']:.3f}, top tokens {lime['top']}")
         if s.get("gpu_memory"):
             print(f"GPU memory peak: {s['gpu_memory']['peak_mib']} MiB ({s['gpu_memory']['peak_above_baseline_mib']} above the idle baseline)")
     for k, v in s["gates"].items():

@@ -21,6 +21,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::Tensor;
 
+use crate::model::perturb::FixedStudy;
 use crate::model::{ModelError, PrimaModel, PrimaOutput};
 
 /// `[explain]` and `infer`'s flags.
@@ -34,6 +35,11 @@ pub struct ExplainOptions {
     pub findings: usize,
     /// Seed of the masks (upstream: 0).
     pub seed: u32,
+    /// Perturbed inputs per model call (packed into one inner-ViT and one outer-ViT call).
+    pub batch: usize,
+    /// On CUDA, compute the labels under float16 autocast as upstream does (the model's
+    /// weights stay in their precision); no effect on the CPU.
+    pub autocast: bool,
 }
 
 impl Default for ExplainOptions {
@@ -43,6 +49,8 @@ impl Default for ExplainOptions {
             top_tokens: 3,
             findings: 1,
             seed: 0,
+            batch: 50,
+            autocast: true,
         }
     }
 }
@@ -73,11 +81,15 @@ pub struct TokenWeight {
 pub struct TokenPlace {
     #[serde(flatten)]
     pub footprint: regions::Footprint,
-    /// SOP Instance UIDs of the covered slices, first to last.
+    /// SOP Instance UIDs of the covered slices, first to last, each once (the frames of a
+    /// multi-frame instance share one).
     pub instances: Vec<String>,
     /// SOP Class and Instance UID of the image the region is drawn on (the nearest slice).
     pub image_sop_class_uid: String,
     pub image_sop_instance_uid: String,
+    /// Its frame number (1-based) when that image is a frame of a multi-frame instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_frame: Option<u32>,
 }
 
 impl TokenPlace {
@@ -85,13 +97,17 @@ impl TokenPlace {
     pub fn locate(g: &regions::SeriesGeometry, coord: [i64; 3]) -> Option<TokenPlace> {
         let f = regions::footprint(g, coord)?;
         let near = &g.slices[f.nearest_slice];
+        let mut instances: Vec<String> = Vec::new();
+        for s in &g.slices[f.first_slice..=f.last_slice] {
+            if !instances.contains(&s.sop_instance_uid) {
+                instances.push(s.sop_instance_uid.clone());
+            }
+        }
         Some(TokenPlace {
-            instances: g.slices[f.first_slice..=f.last_slice]
-                .iter()
-                .map(|s| s.sop_instance_uid.clone())
-                .collect(),
+            instances,
             image_sop_class_uid: near.sop_class_uid.clone(),
             image_sop_instance_uid: near.sop_instance_uid.clone(),
+            image_frame: near.frame.map(|f| f + 1),
             footprint: f,
         })
     }
@@ -171,30 +187,30 @@ pub fn explain(
             "explain: samples must be at least 2".into(),
         ));
     }
+    if opts.batch == 0 {
+        return Err(ModelError::Input(
+            "explain: batch must be at least 1".into(),
+        ));
+    }
     let heads = &model.manifest().diagnosis_heads;
+    // The first finding's seconds include holding the study fixed (one inner-ViT pass).
+    let mut t0 = Instant::now();
+    let fixed = model.fix_study(inputs, description, opts.autocast)?;
     let mut out = Vec::new();
     for k in findings_to_explain(output, opts.findings) {
-        let t0 = Instant::now();
+        let occlusion = occlude(&fixed, k)?;
         // The head's logit: PrimaOutput carries it minus the head's threshold, which only
         // shifts the ridge intercept; upstream regresses the logit itself.
         let thresh = heads.get(k).map(|h| h.thresh).unwrap_or(0.0);
-        let logit = |o: &PrimaOutput| o.diagnosis[k].1 as f64 + thresh;
-        let full = logit(output);
-        let occlusion = occlude(model, inputs, description, &logit, full)?;
+        let full = output.diagnosis[k].1 as f64 + thresh;
         let series = occlusion
             .iter()
             .max_by(|a, b| a.logit_drop.total_cmp(&b.logit_drop))
             .map(|o| o.series)
             .unwrap_or(0);
-        let (tokens, _) = &inputs[series];
-        let n_tokens = tokens.size()[0] as usize;
-        let fit = lime(n_tokens, opts, |keep| {
-            let mut perturbed: Vec<(Tensor, Vec<i64>)> = inputs
-                .iter()
-                .map(|(t, n)| (t.shallow_clone(), n.clone()))
-                .collect();
-            perturbed[series].0 = tokens.f_index_select(0, &Tensor::from_slice(keep))?;
-            Ok(logit(&model.forward(&perturbed, description)?))
+        let n_tokens = fixed.token_count(series);
+        let fit = lime(n_tokens, opts, |keeps| {
+            fixed.logits_keeping(k, series, keeps)
         })?;
         let ranked = rank(&fit.coef);
         out.push(Explanation {
@@ -224,25 +240,40 @@ pub fn explain(
             seed: opts.seed,
             seconds: t0.elapsed().as_secs_f64(),
         });
+        t0 = Instant::now();
     }
     Ok(out)
 }
 
-/// Upstream's LIME over `n_tokens` tokens: `label(kept token indices, in order)` is the
-/// logit for the input that keeps only those tokens; returns the ridge fit of the labels
-/// on the masks.
+/// Upstream's LIME over `n_tokens` tokens: `label(keeps)` gives, for each kept-token
+/// index list (in order), the logit for the input that keeps only those tokens; it is
+/// called with up to `opts.batch` lists at a time. Returns the ridge fit of the labels on
+/// the masks.
 pub fn lime(
     n_tokens: usize,
     opts: &ExplainOptions,
-    mut label: impl FnMut(&[i64]) -> Result<f64, ModelError>,
+    mut label: impl FnMut(&[Vec<i64>]) -> Result<Vec<f64>, ModelError>,
 ) -> Result<ridge::RidgeFit, ModelError> {
     let m = masks::lime_masks(opts.seed, 1, opts.samples, n_tokens);
+    let keeps: Vec<Vec<i64>> = m
+        .iter()
+        .map(|row| {
+            (0..n_tokens as i64)
+                .filter(|&j| row[j as usize] != 0.0)
+                .collect()
+        })
+        .collect();
     let mut labels = Vec::with_capacity(opts.samples);
-    for row in &m {
-        let keep: Vec<i64> = (0..n_tokens as i64)
-            .filter(|&j| row[j as usize] != 0.0)
-            .collect();
-        labels.push(label(&keep)?);
+    for chunk in keeps.chunks(opts.batch.max(1)) {
+        let got = label(chunk)?;
+        if got.len() != chunk.len() {
+            return Err(ModelError::Input(format!(
+                "explain: {} labels for {} perturbations",
+                got.len(),
+                chunk.len()
+            )));
+        }
+        labels.extend(got);
     }
     let x: Vec<Vec<f64>> = m
         .iter()
@@ -260,35 +291,27 @@ pub fn rank(coef: &[f64]) -> Vec<usize> {
     ranked
 }
 
-/// The logit without each series in turn (one forward per series); with one series there
-/// is nothing to choose and nothing is run.
-fn occlude(
-    model: &PrimaModel,
-    inputs: &[(Tensor, Vec<i64>)],
-    description: &[i64],
-    logit: &dyn Fn(&PrimaOutput) -> f64,
-    full: f64,
-) -> Result<Vec<SeriesOcclusion>, ModelError> {
-    if inputs.len() == 1 {
+/// How much diagnosis `k`'s logit drops without each series in turn (one batch over the
+/// series embeddings); with one series there is nothing to choose and nothing is run.
+fn occlude(fixed: &FixedStudy<'_>, k: usize) -> Result<Vec<SeriesOcclusion>, ModelError> {
+    let s = fixed.series_count();
+    if s == 1 {
         return Ok(vec![SeriesOcclusion {
             series: 0,
             logit_drop: 0.0,
         }]);
     }
-    (0..inputs.len())
-        .map(|s| {
-            let rest: Vec<(Tensor, Vec<i64>)> = inputs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != s)
-                .map(|(_, (t, n))| (t.shallow_clone(), n.clone()))
-                .collect();
-            Ok(SeriesOcclusion {
-                series: s,
-                logit_drop: full - logit(&model.forward(&rest, description)?),
-            })
+    let left_out: Vec<usize> = (0..s).collect();
+    let logits = fixed.logits_without(k, &left_out)?;
+    // Against this batch's own whole-study logit, so that the drops share its rounding.
+    Ok(left_out
+        .iter()
+        .zip(&logits[1..])
+        .map(|(&series, l)| SeriesOcclusion {
+            series,
+            logit_drop: logits[0] - l,
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -305,8 +328,12 @@ mod tests {
             w[j] = v;
         }
         let opts = ExplainOptions::default();
-        let fit = lime(n, &opts, |keep| {
-            Ok(0.25 + keep.iter().map(|&j| w[j as usize]).sum::<f64>())
+        let opts = ExplainOptions { batch: 37, ..opts };
+        let fit = lime(n, &opts, |keeps| {
+            Ok(keeps
+                .iter()
+                .map(|keep| 0.25 + keep.iter().map(|&j| w[j as usize]).sum::<f64>())
+                .collect())
         })
         .unwrap();
         assert_eq!(&rank(&fit.coef)[..4], &[17, 3, 29, 8]);

@@ -160,6 +160,20 @@ impl Heads {
         })
     }
 
+    /// Diagnosis `k`'s logit (threshold not subtracted) for each row of clip_emb (B, E),
+    /// float32 as [`Self::forward`] computes it; only that head runs.
+    pub fn diagnosis_logits(&self, clip_emb: &Tensor, k: usize) -> Result<Vec<f32>, ModelError> {
+        let n = self.diagnosis.get(k).ok_or_else(|| {
+            ModelError::Input(format!("diagnosis {k} of {} heads", self.diagnosis.len()))
+        })?;
+        let y = self.heads[n.head]
+            .forward(clip_emb)?
+            .f_select(1, n.idx)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?;
+        Ok(Vec::<f32>::try_from(&y)?)
+    }
+
     /// clip_emb (1, E) → named values. Each value is `head(clip_emb)[0, idx] − thresh`
     /// in float32 (thresh rounded to float32, as torch applies a Python float).
     pub fn forward(&self, clip_emb: &Tensor) -> Result<HeadOutputs, ModelError> {

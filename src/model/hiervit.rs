@@ -5,7 +5,7 @@ use tch::Tensor;
 
 use super::manifest::Architecture;
 use super::text::NameEncoder;
-use super::vit::Vit;
+use super::vit::{Vit, VitOutput};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -86,13 +86,57 @@ impl HierVit {
                 names.len()
             )));
         }
-        let serie_name_enc = match &self.serie_encoder {
-            Some(e) => Some(e.forward(names)?),
-            None => None,
-        };
-        // Inner sequences: [name token, tokens…] per series.
-        let mut seqs = Vec::with_capacity(s);
-        for (i, t) in tokens.iter().enumerate() {
+        let serie_name_enc = self.name_encodings(names)?;
+        let rows: Vec<usize> = (0..s).collect();
+        let inner = self.inner(tokens, serie_name_enc.as_ref(), &rows)?;
+        let series_emb = inner
+            .head
+            .ok_or_else(|| ModelError::Input("inner ViT without mlp_head".into()))?;
+        let study_enc = self.study_encoding(study)?;
+        let clip_emb = self.outer(&[series_emb.shallow_clone()], study_enc.as_ref())?;
+        Ok(HierVitOutput {
+            serie_name_enc,
+            study_enc,
+            inner_pooled: inner.pooled,
+            series_emb,
+            clip_emb,
+        })
+    }
+
+    /// (S, D_in) series-name encodings, when `useseriename`.
+    pub fn name_encodings(&self, names: &[Vec<i64>]) -> Result<Option<Tensor>, ModelError> {
+        self.serie_encoder
+            .as_ref()
+            .map(|e| e.forward(names))
+            .transpose()
+    }
+
+    /// (1, D_out) study-description encoding, when `usestudydescription`.
+    pub fn study_encoding(&self, study: &[i64]) -> Result<Option<Tensor>, ModelError> {
+        self.study_encoder
+            .as_ref()
+            .map(|e| e.forward(&[study.to_vec()]))
+            .transpose()
+    }
+
+    /// The inner ViT over `tokens[b]` (K_b, D_in), each sequence led by row `name_rows[b]`
+    /// of `name_enc` when names are used: one call, sequences packed. Each sequence's
+    /// result depends on that sequence alone, so a series can be run by itself.
+    pub fn inner(
+        &self,
+        tokens: &[Tensor],
+        name_enc: Option<&Tensor>,
+        name_rows: &[usize],
+    ) -> Result<VitOutput, ModelError> {
+        if name_rows.len() != tokens.len() {
+            return Err(ModelError::Input(format!(
+                "{} token sets for {} name rows",
+                tokens.len(),
+                name_rows.len()
+            )));
+        }
+        let mut seqs = Vec::with_capacity(tokens.len());
+        for (t, &row) in tokens.iter().zip(name_rows) {
             let sz = t.size();
             if sz.len() != 2 || sz[1] != self.d_in || sz[0] == 0 {
                 return Err(ModelError::Input(format!(
@@ -100,31 +144,28 @@ impl HierVit {
                     self.d_in
                 )));
             }
-            seqs.push(match &serie_name_enc {
-                Some(ne) => Tensor::f_cat(&[&ne.f_narrow(0, i as i64, 1)?, t], 0)?,
+            seqs.push(match name_enc {
+                Some(ne) => Tensor::f_cat(&[&ne.f_narrow(0, row as i64, 1)?, t], 0)?,
                 None => t.shallow_clone(),
             });
         }
-        let inner = self.inner.forward(&seqs)?;
-        let series_emb = inner
-            .head
-            .ok_or_else(|| ModelError::Input("inner ViT without mlp_head".into()))?;
+        self.inner.forward(&seqs)
+    }
 
-        let study_enc = match &self.study_encoder {
-            Some(e) => Some(e.forward(&[study.to_vec()])?),
-            None => None,
-        };
-        let outer_in = match &study_enc {
-            Some(se) => Tensor::f_cat(&[se, &series_emb], 0)?,
-            None => series_emb.shallow_clone(),
-        };
-        let outer = self.outer.forward(&[outer_in])?;
-        Ok(HierVitOutput {
-            serie_name_enc,
-            study_enc,
-            inner_pooled: inner.pooled,
-            series_emb,
-            clip_emb: outer.pooled,
-        })
+    /// The outer ViT over studies given by their series embeddings `series_emb[b]`
+    /// (S_b, D_out), each led by the study encoding when used → clip_emb (B, C_out·D_out).
+    pub fn outer(
+        &self,
+        series_emb: &[Tensor],
+        study_enc: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let seqs = series_emb
+            .iter()
+            .map(|e| match study_enc {
+                Some(se) => Ok(Tensor::f_cat(&[se, e], 0)?),
+                None => Ok(e.shallow_clone()),
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(self.outer.forward(&seqs)?.pooled)
     }
 }

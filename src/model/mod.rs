@@ -14,6 +14,7 @@
 //! - [`hiervit`] — the two-level visual model, §10.
 //! - [`heads`] — diagnosis / referral / priority heads, §13.
 //! - [`prima`] — the whole model: load a model directory, run a study.
+//! - [`perturb`] — a study held fixed while LIME and the series occlusion take parts away.
 //! - [`demo`] — deterministic random-weight models in the converter's format.
 //!
 //! Every size is derived from the manifest and checked against the tensor shapes; nothing
@@ -24,6 +25,7 @@ pub mod heads;
 pub mod hiervit;
 pub mod manifest;
 pub mod patchify;
+pub mod perturb;
 pub mod prima;
 pub mod text;
 pub mod vit;

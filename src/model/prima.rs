@@ -248,6 +248,14 @@ impl PrimaModel {
         &self.opts
     }
 
+    pub(crate) fn hiervit(&self) -> &HierVit {
+        &self.hiervit
+    }
+
+    pub(crate) fn heads(&self) -> &Heads {
+        &self.heads
+    }
+
     /// VQ-VAE encoder over `n` tokens given row-major as (n, d0, d1, d2) float32 (thin axis
     /// already resized to 8). Runs in chunks of `vqvae_chunk`. Returns (n, emb, a, b, c)
     /// float32 on the CPU. Tokens are encoded as given (duplicates included); see

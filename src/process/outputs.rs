@@ -146,6 +146,7 @@ fn finding_evidence(analysis: &Analysis) -> Vec<FindingEvidence> {
                 regions.push(KeyRegion {
                     sop_class_uid: place.image_sop_class_uid.clone(),
                     sop_instance_uid: near.clone(),
+                    frame: place.image_frame,
                     rect: place.footprint.rect,
                     coefficient: t.coefficient,
                 });

@@ -169,8 +169,14 @@ pub(crate) fn named_reference_item(
 }
 
 /// SCOORD "Source of Measurement" (TID 320, INFERRED FROM its measurement): a closed
-/// POLYLINE rectangle [left, top, right, bottom] on one image, SELECTED FROM that image.
-pub(crate) fn region_item(rect: [f64; 4], sop_class: &str, sop_instance: &str) -> Obj {
+/// POLYLINE rectangle [left, top, right, bottom] on one image, SELECTED FROM that image
+/// (with its frame number when the image is a frame of a multi-frame instance).
+pub(crate) fn region_item(
+    rect: [f64; 4],
+    sop_class: &str,
+    sop_instance: &str,
+    frame: Option<u32>,
+) -> Obj {
     let mut o = Obj::new_empty();
     put_str(&mut o, tags::RELATIONSHIP_TYPE, VR::CS, "INFERRED FROM");
     put_str(&mut o, tags::VALUE_TYPE, VR::CS, "SCOORD");
@@ -190,11 +196,16 @@ pub(crate) fn region_item(rect: [f64; 4], sop_class: &str, sop_instance: &str) -
     let mut image = Obj::new_empty();
     put_str(&mut image, tags::RELATIONSHIP_TYPE, VR::CS, "SELECTED FROM");
     put_str(&mut image, tags::VALUE_TYPE, VR::CS, "IMAGE");
-    put_seq(
-        &mut image,
-        tags::REFERENCED_SOP_SEQUENCE,
-        vec![sop_ref(sop_class, sop_instance)],
-    );
+    let mut reference = sop_ref(sop_class, sop_instance);
+    if let Some(f) = frame {
+        put_str(
+            &mut reference,
+            tags::REFERENCED_FRAME_NUMBER,
+            VR::IS,
+            &f.to_string(),
+        );
+    }
+    put_seq(&mut image, tags::REFERENCED_SOP_SEQUENCE, vec![reference]);
     put_seq(&mut o, tags::CONTENT_SEQUENCE, vec![image]);
     o
 }

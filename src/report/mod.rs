@@ -169,6 +169,8 @@ impl NodeIdentity {
 pub struct KeyRegion {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
+    /// Frame number (1-based) of the image within a multi-frame instance.
+    pub frame: Option<u32>,
     /// [left, top, right, bottom] in image coordinates (column, row; the top left corner of
     /// the top left pixel is (0, 0)).
     pub rect: [f64; 4],

@@ -278,7 +278,12 @@ fn measurement_group(
         put_seq(
             &mut weight,
             tags::CONTENT_SEQUENCE,
-            vec![region_item(r.rect, &r.sop_class_uid, &r.sop_instance_uid)],
+            vec![region_item(
+                r.rect,
+                &r.sop_class_uid,
+                &r.sop_instance_uid,
+                r.frame,
+            )],
         );
         children.push(weight);
     }
