@@ -152,32 +152,13 @@ mod tests {
 
     fn slice(k: usize, iop: [f64; 6], normal: [f64; 3], rows: u32, cols: u32) -> SliceMeta {
         SliceMeta {
-            path: Default::default(),
-            frame: None,
             sop_instance_uid: format!("1.2.3.{k}"),
-            sop_class_uid: String::new(),
-            series_instance_uid: String::new(),
-            study_instance_uid: String::new(),
-            frame_of_reference_uid: None,
-            modality: None,
-            series_number: None,
-            instance_number: None,
             rows,
             cols,
             ipp: Some(std::array::from_fn(|i| normal[i] * 3.0 * k as f64 + 10.0)),
             iop: Some(iop),
             pixel_spacing: Some([0.5, 0.5]),
-            spacing_between_slices: None,
-            slope: 1.0,
-            intercept: 0.0,
-            bits_allocated: 16,
-            bits_stored: 16,
-            signed: false,
-            samples_per_pixel: 1,
-            photometric: "MONOCHROME2".into(),
-            series_description: Ok(None),
-            protocol_name: Ok(None),
-            study_description: None,
+            ..SliceMeta::blank()
         }
     }
 

@@ -50,6 +50,39 @@ pub struct SliceMeta {
 }
 
 impl SliceMeta {
+    /// A 1×1 single-frame image with no geometry and empty UIDs, for tests to fill in.
+    #[cfg(test)]
+    pub(crate) fn blank() -> SliceMeta {
+        SliceMeta {
+            path: PathBuf::new(),
+            frame: None,
+            sop_instance_uid: String::new(),
+            sop_class_uid: String::new(),
+            series_instance_uid: String::new(),
+            study_instance_uid: String::new(),
+            frame_of_reference_uid: None,
+            modality: None,
+            series_number: None,
+            instance_number: None,
+            rows: 1,
+            cols: 1,
+            ipp: None,
+            iop: None,
+            pixel_spacing: None,
+            spacing_between_slices: None,
+            slope: 1.0,
+            intercept: 0.0,
+            bits_allocated: 16,
+            bits_stored: 16,
+            signed: false,
+            samples_per_pixel: 1,
+            photometric: "MONOCHROME2".into(),
+            series_description: Ok(None),
+            protocol_name: Ok(None),
+            study_description: None,
+        }
+    }
+
     /// Position along the slice normal r × c of this slice's own orientation.
     pub fn position_along_normal(&self) -> Option<f64> {
         let (ipp, iop) = (self.ipp?, self.iop?);

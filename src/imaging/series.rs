@@ -497,32 +497,10 @@ mod tests {
     #[test]
     fn names_follow_spec_examples() {
         let mut m = SliceMeta {
-            path: PathBuf::new(),
-            frame: None,
-            sop_instance_uid: String::new(),
-            sop_class_uid: String::new(),
             series_instance_uid: "1.2.3".into(),
-            study_instance_uid: String::new(),
-            frame_of_reference_uid: None,
-            modality: None,
-            series_number: None,
-            instance_number: None,
-            rows: 1,
-            cols: 1,
-            ipp: None,
-            iop: None,
-            pixel_spacing: None,
-            spacing_between_slices: None,
-            slope: 1.0,
-            intercept: 0.0,
-            bits_allocated: 16,
-            bits_stored: 16,
-            signed: false,
-            samples_per_pixel: 1,
-            photometric: "MONOCHROME2".into(),
             series_description: Ok(Some("Ax 3D T1 MPRAGE +C".into())),
             protocol_name: Ok(Some("t1_mprage_tra_iso+C".into())),
-            study_description: None,
+            ..SliceMeta::blank()
         };
         assert_eq!(
             series_name(&m, "F"),
