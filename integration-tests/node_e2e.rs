@@ -270,6 +270,114 @@ fn a_node_explains_its_top_finding_or_says_why_not() {
     }
 }
 
+/// Issue 18, hostile: with the explanation on, a study whose series are damaged in ways
+/// that reach the explanation's geometry (no PixelSpacing, a lone slice, an absurd frame
+/// count) is assembled and run: it gets its SR and KOS, and the next, good study is
+/// explained as usual by the same worker.
+#[test]
+fn a_damaged_study_with_the_explanation_on_is_answered_and_the_next_is_explained() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    use dicom_core::{DataElement, PrimitiveValue as V, VR};
+    use dicom_dictionary_std::tags;
+    let (tmp, model, pacs_port, pacs) = demo_model_and_pacs();
+    let node = Node::start(NodeOpts {
+        dest_port: pacs_port,
+        model_dir: Some(model),
+        extra_toml: "\n[explain]\nenabled = true\non_cpu = true\nsamples = 32\n".into(),
+        ..NodeOpts::default()
+    });
+    let bad = synth(&tmp.path().join("bad"), 8);
+    let mut by_series: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    for f in &bad {
+        let uid = common::series_uid_of(f);
+        match by_series.iter_mut().find(|(u, _)| *u == uid) {
+            Some((_, v)) => v.push(f.clone()),
+            None => by_series.push((uid, vec![f.clone()])),
+        }
+    }
+    assert!(by_series.len() >= 3, "{} series", by_series.len());
+    // Series 0 without PixelSpacing, series 1 down to one slice, series 2 with one
+    // instance claiming 2^31-1 frames; the rest as they are.
+    for f in &by_series[0].1 {
+        let mut o = dicom_object::open_file(f).unwrap();
+        o.remove_element(tags::PIXEL_SPACING);
+        o.write_to_file(f).unwrap();
+    }
+    for f in &by_series[1].1[1..] {
+        std::fs::remove_file(f).unwrap();
+    }
+    let mut o = dicom_object::open_file(&by_series[2].1[0]).unwrap();
+    o.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        V::from("2147483647"),
+    ));
+    o.write_to_file(&by_series[2].1[0]).unwrap();
+    let files: Vec<PathBuf> = bad.into_iter().filter(|f| f.exists()).collect();
+    let bad_study = common::study_uid_of(&files[0]);
+    common::send_study(node.opts.port, &[files], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(180), || studies_at(&pacs)
+            .iter()
+            .filter(|s| **s == bad_study)
+            .count()
+            >= 2),
+        "no SR and KOS for the damaged study:\n{}",
+        node.log_text()
+    );
+    let good = synth(&tmp.path().join("good"), 9);
+    let good_study = common::study_uid_of(&good[0]);
+    common::send_study(node.opts.port, &[good], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(180), || studies_at(&pacs)
+            .iter()
+            .filter(|s| **s == good_study)
+            .count()
+            >= 2),
+        "no SR and KOS for the next study:\n{}",
+        node.log_text()
+    );
+    let log = node.log_text();
+    assert_eq!(
+        log.matches("worker process ready").count(),
+        1,
+        "the worker never crashed:\n{log}"
+    );
+    let runs: Vec<serde_json::Value> = common::walk_files(&node.state_dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with("run.json"))
+        .map(|p| fixtures::json(&p))
+        .collect();
+    let good_run = runs
+        .iter()
+        .find(|r| {
+            r["study"] == good_study.as_str() || r["study_instance_uid"] == good_study.as_str()
+        })
+        .unwrap_or_else(|| panic!("run record of the good study among {}", runs.len()));
+    assert_eq!(
+        good_run["explanation"]["findings"][0]["tokens"]
+            .as_array()
+            .map(|t| t.len()),
+        Some(3),
+        "the good study explained: {good_run}"
+    );
+    for r in &runs {
+        eprintln!(
+            "study {}: {} series used, {} skipped, explanation {}",
+            r["study"],
+            r["series"].as_array().map_or(0, |v| v.len()),
+            r["skipped"].as_array().map_or(0, |v| v.len()),
+            if r["explanation"]["error"].is_string() {
+                "failed"
+            } else {
+                "ok"
+            }
+        );
+    }
+}
+
 /// Issue 14: one instance claiming 2,147,483,647 frames was accepted and then aborted the
 /// node on every start (944 GB reserved while reading its header). It must go through
 /// processing as a skipped series, and the next study must be processed as usual.
