@@ -14,6 +14,9 @@ use std::time::Duration;
 use dicom_dictionary_std::uids;
 use serde::Deserialize;
 
+mod cluster;
+pub use cluster::{ClusterRole, ClusterSection};
+
 /// MR Image Storage and Enhanced MR Image Storage: the classes Prima reads.
 pub const MR_IMAGE_STORAGE: &str = uids::MR_IMAGE_STORAGE;
 pub const ENHANCED_MR_IMAGE_STORAGE: &str = uids::ENHANCED_MR_IMAGE_STORAGE;
@@ -70,6 +73,9 @@ pub struct Config {
     /// LIME explanations of the top finding (restart-only: the worker reads it at start).
     #[serde(default)]
     pub explain: ExplainSection,
+    /// Ingest nodes and workers over NATS JetStream; absent = the single node (restart-only).
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -187,6 +193,22 @@ pub struct NodeSection {
     pub read_timeout_s: u64,
     #[serde(default = "default_max_pdu_length")]
     pub max_pdu_length: u32,
+    /// Device Serial Number written into the reports (and part of the Device Observer UID).
+    /// Default: derived from `state_dir` on a single node, from the cluster's job stream
+    /// with `[cluster]`, so every worker of one cluster writes the same identity.
+    #[serde(default)]
+    pub serial_number: Option<String>,
+}
+
+impl Config {
+    /// What the reports' device serial number is derived from when `serial_number` is
+    /// not given.
+    pub fn report_identity_source(&self) -> String {
+        match &self.cluster {
+            Some(c) => format!("cluster:{}", c.jobs_stream),
+            None => self.node.state_dir.to_string_lossy().into_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -499,6 +521,16 @@ impl Config {
                 self.node.max_pdu_length
             ));
         }
+        if let Some(sn) = &self.node.serial_number {
+            if sn.trim().is_empty()
+                || sn.len() > 64
+                || sn.chars().any(|c| c.is_control() || c == '\\')
+            {
+                p.push(format!(
+                    "[node] serial_number: {sn:?} must be 1 to 64 characters, no backslash or control characters (a DICOM LO)"
+                ));
+            }
+        }
         if let Some(h) = &self.http {
             p.extend(h.problems());
             if h.tls && self.tls.is_none() {
@@ -622,6 +654,9 @@ impl Config {
             if let Some(Err(e)) = tls_check.map(|c| c.server(t)) {
                 p.push(format!("[tls]: {e}"));
             }
+        }
+        if let Some(c) = &self.cluster {
+            p.extend(c.problems());
         }
         let mut keys = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
@@ -771,6 +806,9 @@ impl SharedConfig {
         if new.explain != old.explain {
             ignored.push("[explain]".to_string());
         }
+        if new.cluster != old.cluster {
+            ignored.push("[cluster]".to_string());
+        }
         let merged = Config {
             node: old.node.clone(),
             model: old.model.clone(),
@@ -778,6 +816,7 @@ impl SharedConfig {
             tls: old.tls.clone(),
             http: old.http.clone(),
             explain: old.explain.clone(),
+            cluster: old.cluster.clone(),
             assembly: new.assembly,
             outbox: new.outbox,
             sources: new.sources,

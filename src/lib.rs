@@ -30,6 +30,8 @@
 //! - [`report`] — the findings SR, the priority KOS and the summary card (`header`, `items`:
 //!   the attributes and content items they share).
 //! - [`metrics`] — the process's counters and histograms (Prometheus text format).
+//! - [`cluster`] — `[cluster]`: ingest nodes and model workers over NATS JetStream
+//!   (replication, completeness across nodes, the job queue, claimed delivery).
 //! - [`http`] — the status page, its JSON API, `/metrics` and the health endpoints
 //!   (`[http]`): reads the state, never writes it except for the two audited actions.
 //! - [`node`] — `serve`: wires the pieces into threads; `check-config`, `status`.
@@ -38,6 +40,7 @@
 //! - [`explain`] — LIME over volume tokens: which tokens of which series drive a finding.
 //! - [`fuzzing`] — entry points the fuzz targets and their corpus test share.
 //! - `stand_in` — a model-free processor for tests (feature `stand-in` only).
+pub mod cluster;
 pub mod config;
 pub mod explain;
 pub mod fuzzing;

@@ -110,6 +110,13 @@ const WORKER_QUEUE: usize = 2;
 /// thread, to build the processor (in `prima-node serve`: start the worker process).
 pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), NodeError> {
     let cfg = Config::load_with(config_path, &crate::net::tls::ContextCheck)?;
+    if cfg
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.role == crate::config::ClusterRole::Worker)
+    {
+        return serve_cluster_worker(config_path, cfg, make_processor);
+    }
     let state_dir = cfg.node.state_dir.clone();
     create_durable_dir(&state_dir).map_err(|source| NodeError::Io {
         what: format!("cannot create state directory {}", state_dir.display()),
@@ -142,20 +149,57 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
     let (arrivals_tx, arrivals_rx) = crossbeam_channel::bounded::<()>(1);
     let (room_tx, room_rx) = crossbeam_channel::bounded::<()>(1);
-    let spawned = worker::spawn(
-        WorkerCtx {
-            state: state.clone(),
-            outbox,
-            config: shared.clone(),
-            wake_sender: wake_tx.clone(),
-            wake_assembler: room_tx.clone(),
-        },
-        make_processor,
-        WORKER_QUEUE,
-    )?;
-    let job_tx = spawned.sender;
-
     let stop = Arc::new(AtomicBool::new(false));
+    // Single node: the assembler feeds the local worker. Cluster ingest: the cluster thread
+    // replicates, decides and delivers instead (and with role "all" a cluster worker runs
+    // the model); the assembler thread only keeps the watchdog and status line.
+    let (job_tx, _cluster_threads) = match &cfg.cluster {
+        None => {
+            let spawned = worker::spawn(
+                WorkerCtx {
+                    state: state.clone(),
+                    outbox,
+                    config: shared.clone(),
+                    wake_sender: wake_tx.clone(),
+                    wake_assembler: room_tx.clone(),
+                },
+                make_processor,
+                WORKER_QUEUE,
+            )?;
+            (Some(spawned.sender), Vec::new())
+        }
+        Some(c) => {
+            let mut threads = Vec::new();
+            if c.role.works() {
+                threads.push(crate::cluster::worker::spawn(
+                    crate::cluster::worker::WorkerCtx {
+                        config: shared.clone(),
+                        scratch: state_dir.join("cluster-scratch"),
+                    },
+                    make_processor,
+                    stop.clone(),
+                )?);
+            }
+            threads.push(
+                crate::cluster::ingest::spawn(
+                    crate::cluster::ingest::IngestCtx {
+                        state: state.clone(),
+                        outbox,
+                        config: shared.clone(),
+                        wake_sender: wake_tx.clone(),
+                        arrivals: arrivals_rx.clone(),
+                    },
+                    stop.clone(),
+                )
+                .map_err(|source| NodeError::Io {
+                    what: "cannot start the cluster thread".into(),
+                    source,
+                })?,
+            );
+            (None, threads)
+        }
+    };
+
     let sender = {
         let ctx = scu::SenderCtx {
             state: state.clone(),
@@ -176,7 +220,16 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("prima-assembler".into())
-            .spawn(move || assembler_loop(&state, &shared, &job_tx, &arrivals_rx, &room_rx, &stop))
+            .spawn(move || {
+                assembler_loop(
+                    &state,
+                    &shared,
+                    job_tx.as_ref(),
+                    &arrivals_rx,
+                    &room_rx,
+                    &stop,
+                )
+            })
             .map_err(|source| NodeError::Io {
                 what: "cannot start the assembler thread".into(),
                 source,
@@ -285,6 +338,55 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     Ok(())
 }
 
+/// `serve` with `[cluster] role = "worker"`: no DICOM listener and no spool; the model
+/// takes jobs from the cluster until SIGTERM.
+fn serve_cluster_worker(
+    config_path: &Path,
+    cfg: Config,
+    make_processor: ProcessorFactory,
+) -> Result<(), NodeError> {
+    let state_dir = cfg.node.state_dir.clone();
+    create_durable_dir(&state_dir).map_err(|source| NodeError::Io {
+        what: format!("cannot create state directory {}", state_dir.display()),
+        source,
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    // The worker process reads a state database for background preparation; a worker
+    // node's stays empty.
+    drop(State::open(&state_dir)?);
+    let scratch = state_dir.join("cluster-scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let shared = SharedConfig::new(cfg.clone());
+    let _watcher = watch_config(config_path, shared.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let _worker = crate::cluster::worker::spawn(
+        crate::cluster::worker::WorkerCtx {
+            config: shared.clone(),
+            scratch,
+        },
+        make_processor,
+        stop.clone(),
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| NodeError::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    info!(role = "worker", "prima-node ready");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    rt.block_on(wait_for_signal());
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // A job in progress is not waited for: unacknowledged, it goes to another worker.
+    stop.store(true, Ordering::SeqCst);
+    info!("prima-node stopped");
+    Ok(())
+}
+
 /// Bind `[http]`'s listener and serve the status pages on the node's runtime.
 async fn start_http(
     h: &crate::config::HttpSection,
@@ -355,7 +457,7 @@ async fn wait_for_signal() {
 fn assembler_loop(
     state: &State,
     shared: &SharedConfig,
-    job_tx: &crossbeam_channel::Sender<WorkItem>,
+    job_tx: Option<&crossbeam_channel::Sender<WorkItem>>,
     arrivals: &crossbeam_channel::Receiver<()>,
     room: &crossbeam_channel::Receiver<()>,
     stop: &AtomicBool,
@@ -367,6 +469,14 @@ fn assembler_loop(
     let mut last_error: Option<String> = None;
     while !stop.load(Ordering::SeqCst) {
         let cfg = shared.get();
+        let Some(job_tx) = job_tx else {
+            // Cluster ingest: the cluster thread decides; this loop keeps the watchdog.
+            if watchdog {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            let _ = room.recv_timeout(MAX_NAP);
+            continue;
+        };
         match assembler::tick(state, &cfg, job_tx) {
             Ok(()) => last_error = None,
             Err(e) => {
@@ -531,12 +641,38 @@ pub fn check_config(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
 }
 
 /// `prima-node status`: studies by state and the outbox, as text.
+/// The cluster's view for `status`, or why there is none.
+fn cluster_status(c: &crate::config::ClusterSection, ae_title: &str) -> String {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return format!("cluster: cannot start a runtime: {e}\n"),
+    };
+    rt.block_on(async {
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            let cl = crate::cluster::connect(c, ae_title).await?;
+            crate::cluster::view::view(&cl).await
+        })
+        .await;
+        match got {
+            Ok(Ok(v)) => v.text(),
+            Ok(Err(e)) => format!("cluster: unreachable: {e}\n"),
+            Err(_) => "cluster: unreachable: timed out after 10 s\n".into(),
+        }
+    })
+}
+
 pub fn status_report(config_path: &Path) -> Result<String, NodeError> {
     use std::fmt::Write;
     let cfg = Config::load_with(config_path, &crate::net::tls::ContextCheck)?;
     let state = State::open_read_only(&cfg.node.state_dir)?;
     let c = state.counts()?;
     let mut out = String::new();
+    if let Some(cl) = &cfg.cluster {
+        out.push_str(&cluster_status(cl, &cfg.node.ae_title));
+    }
     let _ = writeln!(out, "state: {}", cfg.node.state_dir.display());
     let _ = writeln!(out, "instances: {}", c.instances);
     let _ = writeln!(

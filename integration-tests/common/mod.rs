@@ -2,6 +2,8 @@
 //! processor, talk to it with DCMTK's `echoscu`/`storescu`, receive results with `storescp`.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,8 @@ pub struct NodeOpts {
     pub extra_toml: String,
     /// `[model] device`.
     pub device: String,
+    /// `[node] serial_number` (the reports' device identity); `None`: derived.
+    pub serial_number: Option<String>,
 }
 
 impl Default for NodeOpts {
@@ -107,6 +111,7 @@ impl Default for NodeOpts {
             worker_memory_mb: None,
             extra_toml: String::new(),
             device: "cpu".into(),
+            serial_number: None,
         }
     }
 }
@@ -119,6 +124,7 @@ listen = "127.0.0.1:{port}"
 state_dir = "{state}"
 read_timeout_s = {rt}
 max_associations = {maxa}
+{serial}
 
 [model]
 dir = "{model}"
@@ -172,6 +178,11 @@ port = {dport}
         memory = o
             .worker_memory_mb
             .map(|m| format!("worker_memory_mb = {m}"))
+            .unwrap_or_default(),
+        serial = o
+            .serial_number
+            .as_deref()
+            .map(|s| format!("serial_number = \"{s}\""))
             .unwrap_or_default(),
     );
     for (ae, host) in &o.sources {

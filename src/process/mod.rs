@@ -88,7 +88,10 @@ impl PrimaProcessor {
             explain: cfg.explain.options(),
             explain_on_cpu: cfg.explain.on_cpu,
             report: ReportConfig::default(),
-            node: outputs::node_identity(&cfg.node.ae_title, &cfg.node.state_dir.to_string_lossy()),
+            node: match &cfg.node.serial_number {
+                Some(serial) => outputs::node_identity_with_serial(&cfg.node.ae_title, serial),
+                None => outputs::node_identity(&cfg.node.ae_title, &cfg.report_identity_source()),
+            },
             cache,
         })
     }

@@ -198,9 +198,14 @@ pub fn input_set_hash(files: &[(String, std::path::PathBuf)]) -> std::io::Result
 pub fn node_identity(ae_title: &str, instance: &str) -> NodeIdentity {
     use sha2::Digest;
     let serial = hex::encode(&sha2::Sha256::digest(instance.as_bytes())[..6]);
+    node_identity_with_serial(ae_title, &serial)
+}
+
+/// The node's identity with a given serial number (`[node] serial_number`).
+pub fn node_identity_with_serial(ae_title: &str, serial: &str) -> NodeIdentity {
     NodeIdentity::new(
         ae_title,
-        &serial,
+        serial,
         concat!("prima-node ", env!("CARGO_PKG_VERSION")),
     )
 }

@@ -137,7 +137,7 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<Work
 
 /// Runs one job, trying again after a crash of the processor's process until `max_crashes`
 /// crashes, when the job fails with the last crash as its reason.
-fn run_job(
+pub(crate) fn run_job(
     processor: &mut dyn StudyProcessor,
     job: &crate::job::StudyJob,
     max_crashes: u32,

@@ -5,6 +5,7 @@
 //! One connection behind a mutex: the writers (associations, assembler, worker, sender) do
 //! small transactions, and a single writer is what SQLite serialises to anyway.
 
+mod cluster;
 mod db;
 mod instances;
 mod jobs;
@@ -15,6 +16,7 @@ mod studies;
 mod tests;
 mod views;
 
+pub use cluster::LocalInstance;
 pub use db::{now_ms, Counts, State, StateError};
 pub use instances::{InstanceRecord, RecordOutcome, StoredInstance};
 pub use jobs::{JobRow, OutputRow};

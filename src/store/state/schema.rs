@@ -11,6 +11,8 @@ pub mod study_state {
     pub const DONE: &str = "done";
     pub const FAILED: &str = "failed";
     pub const NOT_QUALIFIED: &str = "not_qualified";
+    /// Cluster ingest: every instance is replicated; the cluster decides the rest.
+    pub const REPLICATED: &str = "replicated";
 }
 
 pub mod job_state {

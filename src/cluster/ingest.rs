@@ -1,0 +1,449 @@
+//! An ingest node's part of the cluster, on its own thread: replicate what the spool holds,
+//! decide studies complete from the cluster's view, deliver the results it claims.
+//!
+//! Each pass is idempotent, so a crash anywhere is repaired by the next pass after the
+//! restart: an instance is forgotten locally only after its object and its KV entry are
+//! acknowledged (replicated to a quorum); a job is published with the de-duplication id
+//! before the study record says so; a result is queued in the local outbox once, and
+//! marked delivered only when the outbox has sent it to every destination.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{error, info, info_span, warn, Instrument};
+
+use super::records::{
+    decide, instance_object, result_state, state as study_state, study_key, Decision,
+    InstanceEntry, ResultRecord, StudyRecord,
+};
+use super::{nats, Cluster, ClusterError};
+use crate::config::SharedConfig;
+use crate::store::outbox::Outbox;
+use crate::store::state::{now_ms, outbox_state, LocalInstance, OutputRow, State};
+
+pub struct IngestCtx {
+    pub state: Arc<State>,
+    pub outbox: Outbox,
+    pub config: SharedConfig,
+    /// Wakes the sender when claimed results are queued.
+    pub wake_sender: Sender<()>,
+    /// Signalled on every recorded arrival.
+    pub arrivals: Receiver<()>,
+}
+
+/// Instances replicated per pass (the rest wait for the next, a few ms later).
+const REPLICATE_BATCH: usize = 256;
+/// Longest wait between passes: other nodes' arrivals and results are seen this late.
+const PASS_INTERVAL: Duration = Duration::from_millis(250);
+
+pub fn spawn(
+    ctx: IngestCtx,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("prima-cluster".into())
+        .spawn(move || run(ctx, stop))
+}
+
+fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("prima-cluster-io")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the cluster runtime: nothing is replicated");
+            return;
+        }
+    };
+    let cfg = ctx.config.get();
+    let section = cfg.cluster.clone().expect("[cluster] present");
+    let Some(cl) = rt.block_on(super::connect_until_ready(
+        &section,
+        &cfg.node.ae_title,
+        &stop,
+    )) else {
+        return;
+    };
+    let _advisories = rt.spawn(super::view::watch_max_deliveries(cl.clone()));
+    let mut failing = false;
+    while !stop.load(Ordering::SeqCst) {
+        let r = rt.block_on(pass(&ctx, &cl));
+        match r {
+            Ok(()) => {
+                if failing {
+                    info!("cluster reachable again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "cluster pass failed: retrying (instances stay in the local spool)");
+                }
+                failing = true;
+            }
+        }
+        let wait = if failing {
+            Duration::from_secs(1)
+        } else {
+            PASS_INTERVAL
+        };
+        let _ = ctx.arrivals.recv_timeout(wait);
+    }
+}
+
+async fn pass(ctx: &IngestCtx, cl: &Cluster) -> Result<(), ClusterError> {
+    while replicate(ctx, cl).await? == REPLICATE_BATCH {}
+    decide_all(ctx, cl).await?;
+    deliver_all(ctx, cl).await?;
+    Ok(())
+}
+
+/// Replicate what the local spool holds; returns how many instances were handled.
+async fn replicate(ctx: &IngestCtx, cl: &Cluster) -> Result<usize, ClusterError> {
+    let local = ctx
+        .state
+        .unreplicated(REPLICATE_BATCH)
+        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
+    let n = local.len();
+    let mut by_study: BTreeMap<String, Vec<LocalInstance>> = BTreeMap::new();
+    for li in local {
+        by_study.entry(li.study_uid.clone()).or_default().push(li);
+    }
+    for (study, list) in by_study {
+        let span = info_span!("study", study = %study);
+        replicate_study(ctx, cl, &study, list)
+            .instrument(span)
+            .await?;
+    }
+    Ok(n)
+}
+
+async fn replicate_study(
+    ctx: &IngestCtx,
+    cl: &Cluster,
+    study: &str,
+    list: Vec<LocalInstance>,
+) -> Result<(), ClusterError> {
+    let mut entries = Vec::new();
+    for li in &list {
+        let i = &li.instance;
+        let bytes = match std::fs::read(&i.path) {
+            Ok(b) => b,
+            Err(e) => {
+                // The rescan at start forgets rows whose file is gone; here it was removed
+                // under us (by hand?): the row cannot be replicated.
+                error!(sop = %i.sop_uid, path = %i.path.display(), error = %e, "spooled instance unreadable: not replicated");
+                let _ = ctx.state.forget_instance(&i.sop_uid);
+                continue;
+            }
+        };
+        let object = instance_object(study, &i.sop_uid, &i.content_hash);
+        cl.put_object(&cl.instances, &object, &bytes).await?;
+        entries.push((
+            i.sop_uid.clone(),
+            InstanceEntry {
+                series_uid: i.series_uid.clone(),
+                sop_class_uid: i.sop_class_uid.clone(),
+                modality: i.modality.clone(),
+                content_hash: i.content_hash.clone(),
+                object,
+                size: li.size,
+                node: cl.node.clone(),
+                received_ms: li.received_ms,
+            },
+        ));
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    // The arrival time that counts is when the cluster saw the instance: an instance
+    // replicated late (the cluster was down) must still hold the study open.
+    let now = now_ms();
+    let mut changed = 0;
+    cl.modify(
+        &cl.studies,
+        &study_key(study),
+        |cur: Option<StudyRecord>| {
+            let mut rec = cur.unwrap_or_else(|| StudyRecord::new(study, now));
+            changed = 0;
+            for (uid, e) in &entries {
+                if rec.add(uid, e.clone(), now) {
+                    changed += 1;
+                }
+            }
+            (changed > 0).then_some(rec)
+        },
+    )
+    .await?;
+    for (li, _) in list.iter().zip(0..) {
+        let i = &li.instance;
+        if !entries.iter().any(|(u, _)| *u == i.sop_uid) {
+            continue;
+        }
+        match ctx
+            .state
+            .instance_replicated(study, &i.sop_uid, &i.content_hash)
+        {
+            Ok(true) => {
+                let _ = std::fs::remove_file(&i.path);
+            }
+            // A replacement arrived meanwhile: it is replicated in its turn.
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cannot record the replication (it is repeated)"),
+        }
+    }
+    info!(
+        instances = entries.len(),
+        new_or_changed = changed,
+        "instances replicated to the cluster"
+    );
+    Ok(())
+}
+
+/// Decide every study that is receiving.
+async fn decide_all(ctx: &IngestCtx, cl: &Cluster) -> Result<(), ClusterError> {
+    let cfg = ctx.config.get();
+    for key in cl.keys(&cl.studies).await? {
+        let Some((rec, _)) = cl.read::<StudyRecord>(&cl.studies, &key).await? else {
+            continue;
+        };
+        let now = now_ms();
+        let Some(d) = decide(&rec, &cfg, now) else {
+            continue;
+        };
+        let span = info_span!("study", study = %rec.study_uid);
+        apply(cl, &rec, d).instrument(span).await?;
+    }
+    Ok(())
+}
+
+async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), ClusterError> {
+    let last = rec.last_ms;
+    match d {
+        Decision::Wait(_) => Ok(()),
+        Decision::Settle { state, reason } => {
+            let done = cl
+                .modify(
+                    &cl.studies,
+                    &study_key(&rec.study_uid),
+                    |cur: Option<StudyRecord>| {
+                        let mut r = cur?;
+                        if r.state != study_state::RECEIVING || r.last_ms != last {
+                            return None;
+                        }
+                        r.state = state.into();
+                        r.reason = Some(reason.clone());
+                        r.updated_ms = now_ms();
+                        Some(r)
+                    },
+                )
+                .await?;
+            if done.is_some_and(|r| r.state == state) {
+                info!(state, %reason, "study settled without a job");
+            }
+            Ok(())
+        }
+        Decision::Publish(job) => {
+            let payload = Bytes::from(serde_json::to_vec(&job).map_err(nats)?);
+            let ack = cl
+                .js
+                .send_publish(
+                    cl.jobs_subject(),
+                    PublishMessage::build()
+                        .message_id(job.msg_id())
+                        .payload(payload),
+                )
+                .await
+                .map_err(nats)?
+                .await
+                .map_err(nats)?;
+            let hash = job.input_hash.clone();
+            cl.modify(
+                &cl.studies,
+                &study_key(&rec.study_uid),
+                |cur: Option<StudyRecord>| {
+                    let mut r = cur?;
+                    if r.published_input.as_deref() == Some(hash.as_str()) {
+                        return None;
+                    }
+                    r.published_input = Some(hash.clone());
+                    if r.state == study_state::RECEIVING && r.last_ms == last {
+                        r.state = study_state::QUEUED.into();
+                    }
+                    r.reason = None;
+                    r.updated_ms = now_ms();
+                    Some(r)
+                },
+            )
+            .await?;
+            info!(
+                instances = job.instances.len(),
+                forced = job.forced,
+                rerun = !job.predecessors.is_empty(),
+                duplicate = ack.duplicate,
+                input = %&job.input_hash[..16],
+                "study stable: job published to the cluster"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Claim, queue, track and close the deliveries this node can make.
+async fn deliver_all(ctx: &IngestCtx, cl: &Cluster) -> Result<(), ClusterError> {
+    let cfg = ctx.config.get();
+    if cfg.destinations.is_empty() {
+        // Nothing to send to: leave the results to a node that has destinations.
+        return Ok(());
+    }
+    for key in cl.keys(&cl.results).await? {
+        let Some((rec, _)) = cl.read::<ResultRecord>(&cl.results, &key).await? else {
+            continue;
+        };
+        if rec.state == result_state::DELIVERED || rec.state == result_state::FAILED {
+            continue;
+        }
+        let span = info_span!("study", study = %rec.study_uid);
+        deliver(ctx, cl, &key, rec).instrument(span).await?;
+    }
+    Ok(())
+}
+
+async fn deliver(
+    ctx: &IngestCtx,
+    cl: &Cluster,
+    key: &str,
+    rec: ResultRecord,
+) -> Result<(), ClusterError> {
+    let me = cl.node.as_str();
+    let lease = (cl.section.claim_lease_s * 1000.0) as i64;
+    let sops: Vec<String> = rec
+        .outputs
+        .iter()
+        .map(|o| o.sop_instance_uid.clone())
+        .collect();
+    let now = now_ms();
+    if !rec.claimable_by(me, now) {
+        // Another node delivers it. If this node held it before (its lease ran out while
+        // it was down), what it still has queued must not be sent as well.
+        let pending = local_states(ctx, &sops)?
+            .iter()
+            .any(|s| s == outbox_state::PENDING);
+        if pending {
+            let why = format!(
+                "delivery taken over by {}",
+                rec.claimed_by.as_deref().unwrap_or("another node")
+            );
+            let n = ctx
+                .state
+                .cancel_outbox(&sops, &why)
+                .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
+            warn!(cancelled = n, %why, "local queue entries of this result withdrawn");
+        }
+        return Ok(());
+    }
+    let mine = rec.state == result_state::CLAIMED && rec.claimed_by.as_deref() == Some(me);
+    let rec = if mine {
+        rec
+    } else {
+        let claimed = cl
+            .modify(&cl.results, key, |cur: Option<ResultRecord>| {
+                let mut r = cur?;
+                if !r.claimable_by(me, now_ms()) {
+                    return None;
+                }
+                r.state = result_state::CLAIMED.into();
+                r.claimed_by = Some(me.to_string());
+                r.lease_until_ms = now_ms() + lease;
+                Some(r)
+            })
+            .await?;
+        match claimed {
+            Some(r) if r.claimed_by.as_deref() == Some(me) && r.state == result_state::CLAIMED => {
+                info!(outputs = r.outputs.len(), "result claimed for delivery");
+                r
+            }
+            _ => return Ok(()),
+        }
+    };
+    let known = ctx
+        .state
+        .knows_cluster_result(&rec.study_uid, &rec.input_hash)
+        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
+    if !known {
+        let mut blobs = Vec::new();
+        for o in &rec.outputs {
+            blobs.push(cl.get_object(&cl.outputs, &o.object).await?);
+        }
+        let objects: Vec<(&str, &[u8])> = rec
+            .outputs
+            .iter()
+            .zip(&blobs)
+            .map(|(o, b)| (o.sop_instance_uid.as_str(), b.as_slice()))
+            .collect();
+        let paths = ctx
+            .outbox
+            .persist_objects(&objects)
+            .map_err(|e| ClusterError::Nats(format!("cannot persist outputs: {e}")))?;
+        let rows: Vec<OutputRow> = rec
+            .outputs
+            .iter()
+            .zip(paths)
+            .map(|(o, path)| OutputRow {
+                sop_uid: o.sop_instance_uid.clone(),
+                kind: o.kind.as_str().into(),
+                sop_class_uid: o.sop_class_uid.clone(),
+                series_uid: o.series_instance_uid.clone(),
+                path,
+            })
+            .collect();
+        let cfg = ctx.config.get();
+        let dests: Vec<String> = cfg.destinations.iter().map(|d| d.key()).collect();
+        ctx.state
+            .queue_cluster_result(&rec.study_uid, &rec.input_hash, &rows, &dests)
+            .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
+        let _ = ctx.wake_sender.try_send(());
+        info!(outputs = rows.len(), "claimed result queued in the outbox");
+        return Ok(());
+    }
+    let states = local_states(ctx, &sops)?;
+    let all_sent = !states.is_empty() && states.iter().all(|s| s == outbox_state::DONE);
+    if all_sent {
+        cl.modify(&cl.results, key, |cur: Option<ResultRecord>| {
+            let mut r = cur?;
+            if r.claimed_by.as_deref() != Some(me) || r.state != result_state::CLAIMED {
+                return None;
+            }
+            r.state = result_state::DELIVERED.into();
+            r.delivered_ms = Some(now_ms());
+            Some(r)
+        })
+        .await?;
+        info!(outputs = sops.len(), "result delivered");
+    } else if rec.lease_until_ms - now_ms() < lease / 2 {
+        cl.modify(&cl.results, key, |cur: Option<ResultRecord>| {
+            let mut r = cur?;
+            if r.claimed_by.as_deref() != Some(me) || r.state != result_state::CLAIMED {
+                return None;
+            }
+            r.lease_until_ms = now_ms() + lease;
+            Some(r)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+fn local_states(ctx: &IngestCtx, sops: &[String]) -> Result<Vec<String>, ClusterError> {
+    ctx.state
+        .outbox_states(sops)
+        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))
+}

@@ -1,0 +1,366 @@
+//! Beyond one machine (`[cluster]`, docs/cluster.md): ingest nodes and model workers over
+//! NATS JetStream. JetStream does what a home-made cluster would get wrong: replicated
+//! streams (the job queue: explicit acks, redelivery, a delivery limit, publish
+//! de-duplication), a key-value store with compare-and-set (the study and result records),
+//! and an object store (the instance and output bytes).
+//!
+//! Who decides what:
+//! - an ingest node keeps today's durable spool (Success after the local fsync), replicates
+//!   each instance to the object store, records it in the study's KV record, and only then
+//!   forgets its local copy ([`ingest`]);
+//! - any ingest node may decide a study complete from the KV record (the assembler's rules
+//!   over the arrivals on every node) and publish its job: the record's compare-and-set
+//!   and the publish de-duplication id (study UID + input hash) make it one job per input;
+//! - a worker takes a job with an explicit ack, reports progress while the model runs,
+//!   and publishes the outputs (deterministic UIDs) before it acks ([`worker`]);
+//! - one ingest node at a time claims a result (compare-and-set, a renewed lease) and sends
+//!   it through its outbox, as the single node does.
+//!
+//! With `[cluster]` absent none of this runs: the single node is unchanged.
+
+pub mod ingest;
+pub mod records;
+pub mod view;
+pub mod worker;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+use crate::config::ClusterSection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("record {key}: {message}")]
+    Record { key: String, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(crate) fn nats<E: std::fmt::Display>(e: E) -> ClusterError {
+    ClusterError::Nats(e.to_string())
+}
+
+/// The durable pull consumer every worker shares: one queue, each job to one worker.
+pub const WORKERS_CONSUMER: &str = "prima-workers";
+
+/// Connected handles to everything the cluster keeps.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub studies: kv::Store,
+    pub results: kv::Store,
+    pub instances: object_store::ObjectStore,
+    pub outputs: object_store::ObjectStore,
+    pub section: ClusterSection,
+    /// This node's name in claims and records.
+    pub node: String,
+}
+
+impl Cluster {
+    pub fn jobs_subject(&self) -> String {
+        jobs_subject(&self.section)
+    }
+
+    /// Read a JSON record with its revision.
+    pub async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        bucket: &kv::Store,
+        key: &str,
+    ) -> Result<Option<(T, u64)>, ClusterError> {
+        let Some(e) = bucket.entry(key.to_string()).await.map_err(nats)? else {
+            return Ok(None);
+        };
+        if !matches!(e.operation, kv::Operation::Put) {
+            return Ok(None);
+        }
+        let v = serde_json::from_slice(&e.value).map_err(|err| ClusterError::Record {
+            key: key.into(),
+            message: err.to_string(),
+        })?;
+        Ok(Some((v, e.revision)))
+    }
+
+    /// Change a record by compare-and-set: `f` sees the current value (or `None`) and
+    /// returns the new one, or `None` to leave it; on a concurrent change it runs again on
+    /// the newer value. Returns the value written (or the one left).
+    pub async fn modify<T, F>(
+        &self,
+        bucket: &kv::Store,
+        key: &str,
+        mut f: F,
+    ) -> Result<Option<T>, ClusterError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone,
+        F: FnMut(Option<T>) -> Option<T>,
+    {
+        for _ in 0..50 {
+            let cur: Option<(T, u64)> = self.read(bucket, key).await?;
+            let (old, rev) = match cur {
+                Some((v, r)) => (Some(v), Some(r)),
+                None => (None, None),
+            };
+            let Some(new) = f(old.clone()) else {
+                return Ok(old);
+            };
+            let bytes =
+                Bytes::from(serde_json::to_vec(&new).map_err(|e| ClusterError::Record {
+                    key: key.into(),
+                    message: e.to_string(),
+                })?);
+            let written = match rev {
+                Some(r) => bucket
+                    .update(key, bytes, r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, nats(e))),
+                None => bucket
+                    .create(key, bytes)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, nats(e))),
+            };
+            match written {
+                Ok(()) => return Ok(Some(new)),
+                Err((true, _)) => continue,
+                Err((false, e)) => return Err(e),
+            }
+        }
+        Err(ClusterError::Record {
+            key: key.into(),
+            message: "changed concurrently 50 times in a row".into(),
+        })
+    }
+
+    /// Every key of a bucket (a study or result pass).
+    pub async fn keys(&self, bucket: &kv::Store) -> Result<Vec<String>, ClusterError> {
+        let mut keys = bucket.keys().await.map_err(nats)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            out.push(k.map_err(nats)?);
+        }
+        Ok(out)
+    }
+
+    /// An object's bytes.
+    pub async fn get_object(
+        &self,
+        store: &object_store::ObjectStore,
+        name: &str,
+    ) -> Result<Vec<u8>, ClusterError> {
+        use tokio::io::AsyncReadExt;
+        let mut o = store.get(name).await.map_err(nats)?;
+        let mut v = Vec::new();
+        o.read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    /// Store an object unless one of that name is there already (names carry content).
+    pub async fn put_object(
+        &self,
+        store: &object_store::ObjectStore,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), ClusterError> {
+        if let Ok(i) = store.info(name).await {
+            if !i.deleted && i.size == bytes.len() {
+                return Ok(());
+            }
+        }
+        let mut r = bytes;
+        store.put(name, &mut r).await.map_err(nats)?;
+        Ok(())
+    }
+}
+
+pub fn jobs_subject(c: &ClusterSection) -> String {
+    format!("{}.study", c.jobs_stream.to_ascii_lowercase())
+}
+
+/// Connect and make sure every stream and bucket exists (created with `replicas`).
+pub async fn connect(c: &ClusterSection, ae_title: &str) -> Result<Cluster, ClusterError> {
+    let node = c.node_name(ae_title);
+    let mut opts = match &c.credentials {
+        Some(p) => async_nats::ConnectOptions::with_credentials_file(p.clone())
+            .await
+            .map_err(nats)?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    opts = opts
+        .name(format!("prima-node {node}"))
+        .connection_timeout(Duration::from_secs(3))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .max_reconnects(None);
+    if let Some(ca) = &c.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&c.tls_certificate, &c.tls_private_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> = c
+        .servers
+        .iter()
+        .map(|s| s.parse().map_err(nats))
+        .collect::<Result<_, _>>()?;
+    let client = opts.connect(servers).await.map_err(nats)?;
+    let js = jetstream::new(client.clone());
+    let max_age = if c.keep_days > 0.0 {
+        Duration::from_secs_f64(c.keep_days * 86400.0)
+    } else {
+        Duration::ZERO
+    };
+    let studies = ensure_kv(&js, &c.studies_bucket, c.replicas, max_age).await?;
+    let results = ensure_kv(&js, &c.results_bucket, c.replicas, max_age).await?;
+    let instances = ensure_objects(&js, &c.instances_bucket, c.replicas, max_age).await?;
+    let outputs = ensure_objects(&js, &c.outputs_bucket, c.replicas, max_age).await?;
+    ensure_jobs(&js, c, max_age).await?;
+    info!(node = %node, servers = ?c.servers, "connected to the cluster");
+    Ok(Cluster {
+        client,
+        js,
+        studies,
+        results,
+        instances,
+        outputs,
+        section: c.clone(),
+        node,
+    })
+}
+
+async fn ensure_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(s) = js.get_key_value(bucket).await {
+        return Ok(s);
+    }
+    // The bucket's stream as `create_key_value` would make it. That call first reads the
+    // account info, which async-nats 0.52 cannot parse from Debian's nats-server 2.9
+    // (`reserved_memory` missing), so the stream is created directly: same name, subjects
+    // and limits, which is all a KV bucket is.
+    let made = js
+        .create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    match made {
+        Ok(_) => js.get_key_value(bucket).await.map_err(nats),
+        // Another node created it meanwhile.
+        Err(e) => js.get_key_value(bucket).await.map_err(|_| nats(e)),
+    }
+}
+
+async fn ensure_objects(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<object_store::ObjectStore, ClusterError> {
+    if let Ok(s) = js.get_object_store(bucket).await {
+        return Ok(s);
+    }
+    let made = js
+        .create_object_store(object_store::Config {
+            bucket: bucket.into(),
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await;
+    match made {
+        Ok(s) => Ok(s),
+        Err(e) => js.get_object_store(bucket).await.map_err(|_| nats(e)),
+    }
+}
+
+async fn ensure_jobs(
+    js: &jetstream::Context,
+    c: &ClusterSection,
+    max_age: Duration,
+) -> Result<(), ClusterError> {
+    let s = js
+        .get_or_create_stream(stream::Config {
+            name: c.jobs_stream.clone(),
+            subjects: vec![jobs_subject(c)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: c.replicas,
+            max_age,
+            // Deciders on several ingest nodes may publish the same job within this window;
+            // beyond it the study record's published input already says so.
+            duplicate_window: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+    let want = consumer::pull::Config {
+        durable_name: Some(WORKERS_CONSUMER.into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs_f64(c.ack_wait_s),
+        max_deliver: c.max_deliver as i64,
+        ..Default::default()
+    };
+    match s
+        .get_consumer::<consumer::pull::Config>(WORKERS_CONSUMER)
+        .await
+    {
+        Ok(_) => {}
+        Err(_) => {
+            if let Err(e) = s.create_consumer(want).await {
+                // Created by another node meanwhile?
+                s.get_consumer::<consumer::pull::Config>(WORKERS_CONSUMER)
+                    .await
+                    .map_err(|_| nats(e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Connect, retrying every few seconds until it works or `stop` is set (the cluster may
+/// start after the node; an ingest node keeps receiving meanwhile).
+pub async fn connect_until_ready(
+    c: &ClusterSection,
+    ae_title: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<Cluster> {
+    let mut logged = false;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match tokio::time::timeout(Duration::from_secs(30), connect(c, ae_title)).await {
+            Ok(Ok(cl)) => return Some(cl),
+            Ok(Err(e)) => {
+                if !logged {
+                    warn!(error = %e, "cluster not reachable yet: retrying (instances stay in the local spool)");
+                    logged = true;
+                }
+            }
+            Err(_) => {
+                if !logged {
+                    warn!("cluster connection timed out: retrying");
+                    logged = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
+}
