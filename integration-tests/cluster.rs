@@ -9,10 +9,11 @@ use std::time::Duration;
 use common::nats::{have_nats_server, NatsCluster};
 use common::{Node, NodeOpts, StoreScp};
 use dicom_dictionary_std::tags;
+use prima_node::synth::{write_study, Plane, SynthSeries, SynthStudy};
 
-fn cluster_toml(nats: &NatsCluster, role: &str, name: &str) -> String {
+fn cluster_toml(nats: &NatsCluster, role: &str, name: &str, max_deliver: u32) -> String {
     format!(
-        "\n[cluster]\nrole = \"{role}\"\nservers = [{}]\nname = \"{name}\"\nack_wait_s = 3\nclaim_lease_s = 10\nmax_deliver = 3\n",
+        "\n[cluster]\nrole = \"{role}\"\nservers = [{}]\nname = \"{name}\"\nack_wait_s = 3\nclaim_lease_s = 10\nmax_deliver = {max_deliver}\n",
         nats.urls()
     )
 }
@@ -32,7 +33,7 @@ fn member(
     Node::start(NodeOpts {
         dest_port: pacs_port,
         model_dir: model.map(Path::to_path_buf),
-        extra_toml: cluster_toml(nats, role, name),
+        extra_toml: cluster_toml(nats, role, name, 3),
         serial_number: Some(SERIAL.into()),
         env: env
             .iter()
@@ -190,4 +191,329 @@ fn a_study_split_over_two_ingest_nodes_gives_the_single_nodes_sr_and_kos_once() 
     let status = a.status();
     assert!(status.contains("cluster: node ingest-a"), "{status}");
     assert!(status.contains("results: delivered 1"), "{status}");
+}
+
+/// A small synthetic study (two series): its UID and its files by series.
+fn small_study(dir: &Path, seed: u64) -> (String, Vec<Vec<PathBuf>>) {
+    let s = SynthStudy {
+        series: vec![
+            SynthSeries::new(2, "AX T2 FLAIR", Plane::Axial, 64, 64, 6),
+            SynthSeries::new(3, "COR T1", Plane::Coronal, 64, 64, 6),
+        ],
+        ..SynthStudy::brain(seed)
+    };
+    let files = write_study(&s, dir).expect("write synthetic study");
+    let uid = common::study_uid_of(&files[0]);
+    let mut by_series: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
+    for f in files {
+        by_series
+            .entry(f.parent().unwrap().to_owned())
+            .or_default()
+            .push(f);
+    }
+    (uid, by_series.into_values().collect())
+}
+
+/// A stand-in member whose model takes `delay_ms` per study.
+fn slow_member(
+    nats: &NatsCluster,
+    role: &str,
+    name: &str,
+    pacs_port: u16,
+    delay_ms: u64,
+    max_deliver: u32,
+) -> Node {
+    Node::start(NodeOpts {
+        dest_port: pacs_port,
+        extra_toml: cluster_toml(nats, role, name, max_deliver),
+        serial_number: Some(SERIAL.into()),
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), delay_ms.to_string())],
+        ..NodeOpts::default()
+    })
+}
+
+fn dump(nodes: &[(&str, &Node)]) -> String {
+    nodes
+        .iter()
+        .map(|(n, node)| format!("== {n}\n{}", node.log_text()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Each study UID with the number of objects the PACS received for it.
+fn received_by_study(pacs: &StoreScp) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for (_, study) in pacs.received() {
+        *m.entry(study).or_insert(0) += 1;
+    }
+    m
+}
+
+/// The PACS has exactly one stand-in SR for each of `studies`, and nothing else, and still
+/// has after a while (a duplicate would show up meanwhile).
+fn assert_exactly_once(pacs: &StoreScp, studies: &[&str], logs: &str) {
+    let all = || {
+        let m = received_by_study(pacs);
+        studies.iter().all(|s| m.contains_key(*s))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(120), all),
+        "results missing at the PACS (got {:?}):\n{logs}",
+        received_by_study(pacs)
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let m = received_by_study(pacs);
+    let want: std::collections::BTreeMap<String, usize> =
+        studies.iter().map(|s| (s.to_string(), 1)).collect();
+    assert_eq!(m, want, "one SR per study, each once:\n{logs}");
+    let sops: Vec<String> = pacs.received().into_iter().map(|(sop, _)| sop).collect();
+    let mut unique = sops.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(sops.len(), unique.len(), "no SOP Instance UID twice");
+}
+
+fn which_holds_the_job<'a>(workers: &[(&'a str, &Node)]) -> Option<&'a str> {
+    workers
+        .iter()
+        .find(|(_, w)| w.log_text().contains("processing study"))
+        .map(|(n, _)| *n)
+}
+
+#[test]
+fn a_worker_killed_mid_model_loses_its_job_to_the_other_and_the_result_lands_once() {
+    if !common::have_dcmtk() || !have_nats_server() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (uid, series) = small_study(tmp.path(), 901);
+    let nats = NatsCluster::start();
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    let a = slow_member(&nats, "ingest", "ingest-a", pacs_port, 0, 3);
+    let mut w1 = slow_member(&nats, "worker", "worker-1", pacs_port, 6000, 3);
+    let mut w2 = slow_member(&nats, "worker", "worker-2", pacs_port, 6000, 3);
+    wait_connected(&[&a, &w1, &w2]);
+    common::send_study(a.opts.port, &series, 2);
+    let mut holder = None;
+    assert!(
+        common::wait_until(Duration::from_secs(60), || {
+            holder = which_holds_the_job(&[("worker-1", &w1), ("worker-2", &w2)]);
+            holder.is_some()
+        }),
+        "no worker took the job:\n{}",
+        dump(&[("a", &a), ("w1", &w1), ("w2", &w2)])
+    );
+    // Mid-model: the stand-in takes 6 s; kill the worker node (its model process dies
+    // with it).
+    std::thread::sleep(Duration::from_millis(1500));
+    let (killed, other) = if holder == Some("worker-1") {
+        w1.sigkill();
+        (&w1, &w2)
+    } else {
+        w2.sigkill();
+        (&w2, &w1)
+    };
+    assert!(
+        pacs.received().is_empty(),
+        "nothing delivered before the kill"
+    );
+    let logs = || dump(&[("a", &a), ("killed", killed), ("other", other)]);
+    assert_exactly_once(&pacs, &[&uid], &logs());
+    assert!(
+        other
+            .log_text()
+            .contains("study processed: results in the cluster"),
+        "the other worker finished it:\n{}",
+        logs()
+    );
+    assert!(
+        !killed.log_text().contains("study processed"),
+        "the killed worker never finished:\n{}",
+        logs()
+    );
+    let status = a.status();
+    assert!(status.contains("results: delivered 1"), "{status}");
+}
+
+#[test]
+fn a_nats_server_killed_during_ingest_and_during_processing_loses_nothing() {
+    if !common::have_dcmtk() || !have_nats_server() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (uid1, series1) = small_study(&tmp.path().join("s1"), 911);
+    let (uid2, series2) = small_study(&tmp.path().join("s2"), 912);
+    let mut nats = NatsCluster::start();
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    let a = slow_member(&nats, "ingest", "ingest-a", pacs_port, 0, 3);
+    let b = slow_member(&nats, "ingest", "ingest-b", pacs_port, 0, 3);
+    let w = slow_member(&nats, "worker", "worker-1", pacs_port, 4000, 3);
+    wait_connected(&[&a, &b, &w]);
+
+    // During ingest: one series in, a server down, the other series in.
+    common::send_study(a.opts.port, &series1[..1], 1);
+    assert!(common::wait_until(Duration::from_secs(30), || a
+        .log_text()
+        .contains("instances replicated to the cluster")));
+    nats.sigkill(0);
+    common::send_study(b.opts.port, &series1[1..], 1);
+    let logs = |nats: &NatsCluster| {
+        format!(
+            "{}\n== nats\n{}",
+            dump(&[("a", &a), ("b", &b), ("w", &w)]),
+            nats.logs()
+        )
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(90), || !pacs.received().is_empty()),
+        "no result with one server down:\n{}",
+        logs(&nats)
+    );
+
+    // During processing: the server back, then another one down while the model runs.
+    nats.start_server(0);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = w.log_text().matches("processing study").count();
+    common::send_study(a.opts.port, &series2, 2);
+    assert!(
+        common::wait_until(Duration::from_secs(60), || w
+            .log_text()
+            .matches("processing study")
+            .count()
+            > before),
+        "second study not taken:\n{}",
+        logs(&nats)
+    );
+    nats.sigkill(1);
+    assert_exactly_once(&pacs, &[&uid1, &uid2], &logs(&nats));
+    assert!(
+        a.spool_objects().is_empty() && b.spool_objects().is_empty(),
+        "every local copy replicated and removed"
+    );
+}
+
+#[test]
+fn an_ingest_node_killed_before_replicating_replicates_after_its_restart() {
+    if !common::have_dcmtk() || !have_nats_server() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (uid, series) = small_study(tmp.path(), 921);
+    let mut nats = NatsCluster::start();
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    // The whole cluster unreachable: the node acknowledges from its local spool and
+    // cannot replicate.
+    for i in 0..3 {
+        nats.sigkill(i);
+    }
+    let mut a = slow_member(&nats, "ingest", "ingest-a", pacs_port, 0, 3);
+    common::send_study(a.opts.port, &series, 2);
+    let n: usize = series.iter().map(Vec::len).sum();
+    assert_eq!(
+        a.spool_objects().len(),
+        n,
+        "every instance acknowledged is spooled"
+    );
+    a.sigkill();
+    for i in 0..3 {
+        nats.start_server(i);
+    }
+    a.restart();
+    let w = slow_member(&nats, "worker", "worker-1", pacs_port, 0, 3);
+    let logs = || {
+        format!(
+            "{}\n== nats\n{}",
+            dump(&[("a", &a), ("w", &w)]),
+            nats.logs()
+        )
+    };
+    assert_exactly_once(&pacs, &[&uid], &logs());
+    assert!(
+        a.spool_objects().is_empty(),
+        "replicated, then removed locally"
+    );
+    let replicated: usize = a
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("instances replicated to the cluster"))
+        .filter_map(|l| {
+            l.split("instances=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .sum();
+    assert_eq!(replicated, n, "each instance replicated once:\n{}", logs());
+}
+
+#[test]
+fn a_job_every_worker_dies_on_fails_with_its_reason_and_the_next_study_runs() {
+    if !common::have_dcmtk() || !have_nats_server() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (uid, series) = small_study(&tmp.path().join("s1"), 931);
+    let (uid2, series2) = small_study(&tmp.path().join("s2"), 932);
+    let nats = NatsCluster::start();
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    let a = slow_member(&nats, "ingest", "ingest-a", pacs_port, 0, 2);
+    let mut w1 = slow_member(&nats, "worker", "worker-1", pacs_port, 60_000, 2);
+    let mut w2 = slow_member(&nats, "worker", "worker-2", pacs_port, 60_000, 2);
+    wait_connected(&[&a, &w1, &w2]);
+    common::send_study(a.opts.port, &series, 2);
+    // Each delivery's worker dies on the job (as on an input that takes the machine down).
+    let first = {
+        let mut holder = None;
+        assert!(
+            common::wait_until(Duration::from_secs(60), || {
+                holder = which_holds_the_job(&[("worker-1", &w1), ("worker-2", &w2)]);
+                holder.is_some()
+            }),
+            "no worker took the job:\n{}",
+            dump(&[("a", &a), ("w1", &w1), ("w2", &w2)])
+        );
+        holder.unwrap()
+    };
+    let (dead, next) = if first == "worker-1" {
+        (&mut w1, &mut w2)
+    } else {
+        (&mut w2, &mut w1)
+    };
+    dead.sigkill();
+    assert!(
+        common::wait_until(Duration::from_secs(60), || next
+            .log_text()
+            .contains("processing study")),
+        "the job was not delivered again:\n{}",
+        next.log_text()
+    );
+    next.sigkill();
+    // A healthy worker comes back: the job is not delivered a third time (JetStream
+    // announces that it reached max_deliver when the worker asks for work) and fails.
+    w1.opts.env = vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "0".into())];
+    w1.restart();
+    let logs = || dump(&[("a", &a), ("w1", &w1), ("w2", &w2)]);
+    assert!(
+        common::wait_until(Duration::from_secs(60), || a.status().contains(&format!(
+            "failed: {uid}: no worker finished it in 2 deliveries"
+        ))),
+        "the study is not marked failed:\n{}\n{}",
+        a.status(),
+        logs()
+    );
+    assert!(
+        pacs.received().is_empty(),
+        "nothing delivered for a failed study"
+    );
+    // The healthy worker takes the next study.
+    common::send_study(a.opts.port, &series2, 2);
+    assert_exactly_once(
+        &pacs,
+        &[&uid2],
+        &dump(&[("a", &a), ("w1", &w1), ("w2", &w2)]),
+    );
 }

@@ -21,7 +21,7 @@ use super::records::{
     decide, instance_object, result_state, state as study_state, study_key, Decision,
     InstanceEntry, ResultRecord, StudyRecord,
 };
-use super::{nats, Cluster, ClusterError};
+use super::{nats, nats_at, Cluster, ClusterError};
 use crate::config::SharedConfig;
 use crate::store::outbox::Outbox;
 use crate::store::state::{now_ms, outbox_state, LocalInstance, OutputRow, State};
@@ -146,7 +146,7 @@ async fn replicate_study(
             }
         };
         let object = instance_object(study, &i.sop_uid, &i.content_hash);
-        cl.put_object(&cl.instances, &object, &bytes).await?;
+        cl.instances.put(&object, &bytes).await?;
         entries.push((
             i.sop_uid.clone(),
             InstanceEntry {
@@ -262,9 +262,9 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
                         .payload(payload),
                 )
                 .await
-                .map_err(nats)?
+                .map_err(nats_at("publishing the job"))?
                 .await
-                .map_err(nats)?;
+                .map_err(nats_at("publishing the job (acknowledgement)"))?;
             let hash = job.input_hash.clone();
             cl.modify(
                 &cl.studies,
@@ -381,7 +381,7 @@ async fn deliver(
     if !known {
         let mut blobs = Vec::new();
         for o in &rec.outputs {
-            blobs.push(cl.get_object(&cl.outputs, &o.object).await?);
+            blobs.push(cl.outputs.get(&o.object).await?);
         }
         let objects: Vec<(&str, &[u8])> = rec
             .outputs

@@ -46,6 +46,13 @@ pub(crate) fn nats<E: std::fmt::Display>(e: E) -> ClusterError {
     ClusterError::Nats(e.to_string())
 }
 
+/// A NATS error with what was being done (an administrator reads "timed out" as nothing).
+pub(crate) fn nats_at<E: std::fmt::Display>(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(E) -> ClusterError {
+    move |e| ClusterError::Nats(format!("{what}: {e}"))
+}
+
 /// The durable pull consumer every worker shares: one queue, each job to one worker.
 pub const WORKERS_CONSUMER: &str = "prima-workers";
 
@@ -56,8 +63,8 @@ pub struct Cluster {
     pub js: jetstream::Context,
     pub studies: kv::Store,
     pub results: kv::Store,
-    pub instances: object_store::ObjectStore,
-    pub outputs: object_store::ObjectStore,
+    pub instances: Objects,
+    pub outputs: Objects,
     pub section: ClusterSection,
     /// This node's name in claims and records.
     pub node: String,
@@ -74,7 +81,11 @@ impl Cluster {
         bucket: &kv::Store,
         key: &str,
     ) -> Result<Option<(T, u64)>, ClusterError> {
-        let Some(e) = bucket.entry(key.to_string()).await.map_err(nats)? else {
+        let Some(e) = bucket
+            .entry(key.to_string())
+            .await
+            .map_err(nats_at(format_args!("reading {key}")))?
+        else {
             return Ok(None);
         };
         if !matches!(e.operation, kv::Operation::Put) {
@@ -115,16 +126,14 @@ impl Cluster {
                     message: e.to_string(),
                 })?);
             let written = match rev {
-                Some(r) => bucket
-                    .update(key, bytes, r)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, nats(e))),
-                None => bucket
-                    .create(key, bytes)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, nats(e))),
+                Some(r) => bucket.update(key, bytes, r).await.map(|_| ()).map_err(|e| {
+                    let stale = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                    (stale, nats_at(format_args!("updating {key}"))(e))
+                }),
+                None => bucket.create(key, bytes).await.map(|_| ()).map_err(|e| {
+                    let exists = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                    (exists, nats_at(format_args!("creating {key}"))(e))
+                }),
             };
             match written {
                 Ok(()) => return Ok(Some(new)),
@@ -138,43 +147,114 @@ impl Cluster {
         })
     }
 
-    /// Every key of a bucket (a study or result pass).
+    /// Every key of a bucket (a study or result pass). Read from the stream's subject
+    /// index (one request to the stream leader), not with `Store::keys`: that creates an
+    /// ephemeral consumer, which nats-server 2.9 may place on a dead peer, so a third of the
+    /// listings time out while one server of three is down.
     pub async fn keys(&self, bucket: &kv::Store) -> Result<Vec<String>, ClusterError> {
-        let mut keys = bucket.keys().await.map_err(nats)?;
+        let name = bucket_name(bucket);
+        let stream = self
+            .js
+            .get_stream(format!("KV_{name}"))
+            .await
+            .map_err(nats_at(format_args!("bucket {name} info")))?;
+        let prefix = format!("$KV.{name}.");
+        let mut subjects = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(nats_at(format_args!("listing keys of {name}")))?;
         let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            out.push(k.map_err(nats)?);
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(nats_at(format_args!("listing keys of {name}")))?;
+            if let Some(k) = subject.strip_prefix(&prefix) {
+                out.push(k.to_string());
+            }
         }
+        out.sort();
         Ok(out)
     }
+}
 
-    /// An object's bytes.
-    pub async fn get_object(
-        &self,
-        store: &object_store::ObjectStore,
-        name: &str,
-    ) -> Result<Vec<u8>, ClusterError> {
-        use tokio::io::AsyncReadExt;
-        let mut o = store.get(name).await.map_err(nats)?;
-        let mut v = Vec::new();
-        o.read_to_end(&mut v).await?;
-        Ok(v)
+/// A KV bucket's name (its stream is `KV_<name>`).
+fn bucket_name(bucket: &kv::Store) -> &str {
+    bucket
+        .stream_name
+        .strip_prefix("KV_")
+        .unwrap_or(&bucket.stream_name)
+}
+
+/// An object store bucket in the official layout (`put` is the library's, so `nats object`
+/// tools read it) whose objects are read by direct gets of their chunks. The library's
+/// `get` reads through an ephemeral ordered consumer, which nats-server 2.9 may place on
+/// a dead peer: with one server of three down, a third of the reads time out. A direct
+/// get is answered by any live replica.
+#[derive(Clone)]
+pub struct Objects {
+    pub bucket: String,
+    pub store: object_store::ObjectStore,
+    stream: stream::Stream,
+}
+
+impl Objects {
+    /// An object's bytes, checked against the digest stored with it.
+    pub async fn get(&self, name: &str) -> Result<Vec<u8>, ClusterError> {
+        use base64::Engine;
+        use sha2::Digest;
+        let info = self
+            .store
+            .info(name)
+            .await
+            .map_err(nats_at(format_args!("object {name} info")))?;
+        if info.deleted {
+            return Err(ClusterError::Record {
+                key: name.into(),
+                message: "object deleted".into(),
+            });
+        }
+        let subject = format!("$O.{}.C.{}", self.bucket, info.nuid);
+        let mut bytes = Vec::with_capacity(info.size);
+        let mut seq = 1;
+        for _ in 0..info.chunks {
+            let m = self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(seq))
+                .await
+                .map_err(nats_at(format_args!("fetching object {name}")))?;
+            bytes.extend_from_slice(&m.payload);
+            seq = m.sequence + 1;
+        }
+        let want = info
+            .digest
+            .as_deref()
+            .and_then(|d| d.strip_prefix("SHA-256="));
+        let got = base64::engine::general_purpose::URL_SAFE.encode(sha2::Sha256::digest(&bytes));
+        if bytes.len() != info.size || want.is_some_and(|w| w != got) {
+            return Err(ClusterError::Record {
+                key: name.into(),
+                message: format!(
+                    "object damaged: {} bytes of {}, digest {got} (stored {})",
+                    bytes.len(),
+                    info.size,
+                    want.unwrap_or("none")
+                ),
+            });
+        }
+        Ok(bytes)
     }
 
-    /// Store an object unless one of that name is there already (names carry content).
-    pub async fn put_object(
-        &self,
-        store: &object_store::ObjectStore,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<(), ClusterError> {
-        if let Ok(i) = store.info(name).await {
+    /// Store an object unless one of that name and size is there already (names carry
+    /// content: a re-replication is the same object).
+    pub async fn put(&self, name: &str, bytes: &[u8]) -> Result<(), ClusterError> {
+        if let Ok(i) = self.store.info(name).await {
             if !i.deleted && i.size == bytes.len() {
                 return Ok(());
             }
         }
         let mut r = bytes;
-        store.put(name, &mut r).await.map_err(nats)?;
+        self.store
+            .put(name, &mut r)
+            .await
+            .map_err(nats_at(format_args!("storing object {name}")))?;
         Ok(())
     }
 }
@@ -273,23 +353,35 @@ async fn ensure_objects(
     bucket: &str,
     replicas: usize,
     max_age: Duration,
-) -> Result<object_store::ObjectStore, ClusterError> {
-    if let Ok(s) = js.get_object_store(bucket).await {
-        return Ok(s);
-    }
-    let made = js
-        .create_object_store(object_store::Config {
-            bucket: bucket.into(),
-            max_age,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await;
-    match made {
-        Ok(s) => Ok(s),
-        Err(e) => js.get_object_store(bucket).await.map_err(|_| nats(e)),
-    }
+) -> Result<Objects, ClusterError> {
+    let store = match js.get_object_store(bucket).await {
+        Ok(s) => s,
+        Err(_) => {
+            let made = js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.into(),
+                    max_age,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await;
+            match made {
+                Ok(s) => s,
+                // Another node created it meanwhile.
+                Err(e) => js.get_object_store(bucket).await.map_err(|_| nats(e))?,
+            }
+        }
+    };
+    let stream = js
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(nats_at(format_args!("object bucket {bucket} info")))?;
+    Ok(Objects {
+        bucket: bucket.into(),
+        store,
+        stream,
+    })
 }
 
 async fn ensure_jobs(

@@ -22,7 +22,7 @@ use super::records::{
     output_object, result_key, result_state, state as study_state, study_key, JobMessage,
     OutputEntry, ResultRecord, StudyRecord,
 };
-use super::{nats, Cluster, ClusterError, WORKERS_CONSUMER};
+use super::{nats, nats_at, Cluster, ClusterError, WORKERS_CONSUMER};
 use crate::config::SharedConfig;
 use crate::job::{
     JobInstance, PredecessorRef, ProcessError, ProcessedStudy, ProcessorFactory, StudyJob,
@@ -132,16 +132,18 @@ async fn next_job(cl: &Cluster) -> Result<Option<jetstream::Message>, ClusterErr
         .js
         .get_stream(&cl.section.jobs_stream)
         .await
-        .map_err(nats)?;
-    let consumer: consumer::PullConsumer =
-        stream.get_consumer(WORKERS_CONSUMER).await.map_err(nats)?;
+        .map_err(nats_at("job stream info"))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_consumer(WORKERS_CONSUMER)
+        .await
+        .map_err(nats_at("job consumer info"))?;
     let mut batch = consumer
         .fetch()
         .max_messages(1)
         .expires(Duration::from_secs(2))
         .messages()
         .await
-        .map_err(nats)?;
+        .map_err(nats_at("fetching a job"))?;
     match batch.next().await {
         Some(Ok(m)) => Ok(Some(m)),
         Some(Err(e)) => Err(nats(e)),
@@ -176,7 +178,8 @@ fn handle(
             delivered,
             "results of this job are already in the cluster: acknowledged"
         );
-        rt.block_on(msg.double_ack()).map_err(nats)?;
+        rt.block_on(msg.double_ack())
+            .map_err(nats_at("acknowledging the job"))?;
         return Ok(());
     }
     let me = cl.node.clone();
@@ -185,8 +188,10 @@ fn handle(
         &study_key(&job.study_uid),
         |cur: Option<StudyRecord>| {
             let mut r = cur?;
+            // PROCESSING: a redelivery after the previous worker died or lost its lease.
             if r.published_input.as_deref() != Some(job.input_hash.as_str())
-                || r.state != study_state::QUEUED
+                || !(r.state == study_state::QUEUED || r.state == study_state::PROCESSING)
+                || r.worker.as_deref() == Some(me.as_str())
             {
                 return None;
             }
@@ -246,7 +251,8 @@ fn handle(
     };
     progress.abort();
     published?;
-    rt.block_on(msg.double_ack()).map_err(nats)?;
+    rt.block_on(msg.double_ack())
+        .map_err(nats_at("acknowledging the job"))?;
     Ok(())
 }
 
@@ -264,7 +270,8 @@ fn give_up_or_retry(
         let reason = format!("failed on {delivered} deliveries (last: {why})");
         error!(%reason, "study failed");
         rt.block_on(record_failure(cl, job, &reason))?;
-        rt.block_on(msg.double_ack()).map_err(nats)?;
+        rt.block_on(msg.double_ack())
+            .map_err(nats_at("acknowledging the job"))?;
         return Ok(());
     }
     Err(ClusterError::Nats(why))
@@ -285,7 +292,7 @@ async fn fetch(
         .create(dir)?;
     let mut instances = Vec::new();
     for (n, (sop, e)) in job.instances.iter().enumerate() {
-        let bytes = cl.get_object(&cl.instances, &e.object).await?;
+        let bytes = cl.instances.get(&e.object).await?;
         let path = dir.join(format!("{n:06}.dcm"));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -334,7 +341,7 @@ async fn publish(
                 .map(|_| 0);
         }
         let object = output_object(&job.study_uid, &job.input_hash, &o.sop_instance_uid);
-        cl.put_object(&cl.outputs, &object, &o.bytes).await?;
+        cl.outputs.put(&object, &o.bytes).await?;
         outputs.push(OutputEntry {
             kind: o.kind,
             sop_class_uid: o.sop_class_uid.clone(),
@@ -344,11 +351,9 @@ async fn publish(
         });
     }
     let pred = output_object(&job.study_uid, &job.input_hash, "predictions.json");
-    cl.put_object(&cl.outputs, &pred, p.predictions_json.as_bytes())
-        .await?;
+    cl.outputs.put(&pred, p.predictions_json.as_bytes()).await?;
     let run = output_object(&job.study_uid, &job.input_hash, "run.json");
-    cl.put_object(&cl.outputs, &run, p.run_json.as_bytes())
-        .await?;
+    cl.outputs.put(&run, p.run_json.as_bytes()).await?;
     let rec = ResultRecord {
         study_uid: job.study_uid.clone(),
         input_hash: job.input_hash.clone(),
