@@ -290,7 +290,16 @@ fn a_worker_killed_mid_model_loses_its_job_to_the_other_and_the_result_lands_onc
     let nats = NatsCluster::start();
     let pacs_port = common::free_port();
     let pacs = StoreScp::start(pacs_port);
-    let a = slow_member(&nats, "ingest", "ingest-a", pacs_port, 0, 3);
+    let http_port = common::free_port();
+    let a = Node::start(NodeOpts {
+        dest_port: pacs_port,
+        extra_toml: format!(
+            "{}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+            cluster_toml(&nats, "ingest", "ingest-a", 3)
+        ),
+        serial_number: Some(SERIAL.into()),
+        ..NodeOpts::default()
+    });
     let mut w1 = slow_member(&nats, "worker", "worker-1", pacs_port, 6000, 3);
     let mut w2 = slow_member(&nats, "worker", "worker-2", pacs_port, 6000, 3);
     wait_connected(&[&a, &w1, &w2]);
@@ -334,6 +343,34 @@ fn a_worker_killed_mid_model_loses_its_job_to_the_other_and_the_result_lands_onc
     );
     let status = a.status();
     assert!(status.contains("results: delivered 1"), "{status}");
+    // The status page shows the same view (refreshed every 5 s).
+    let base = format!("http://127.0.0.1:{http_port}");
+    let mut api = String::new();
+    assert!(
+        common::wait_until(Duration::from_secs(15), || {
+            api = curl(&format!("{base}/api/cluster"));
+            api.contains("\"delivered\":1")
+        }),
+        "/api/cluster: {api}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(v["view"]["node"], "ingest-a", "{api}");
+    assert_eq!(v["view"]["role"], "ingest", "{api}");
+    assert_eq!(v["view"]["studies"]["done"], 1, "{api}");
+    let page = curl(&format!("{base}/cluster"));
+    assert!(
+        page.contains("ingest-a (role ingest)") && page.contains("delivered 1"),
+        "{page}"
+    );
+}
+
+/// A page's body, fetched with curl.
+fn curl(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", url])
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -516,4 +553,152 @@ fn a_job_every_worker_dies_on_fails_with_its_reason_and_the_next_study_runs() {
         &[&uid2],
         &dump(&[("a", &a), ("w1", &w1), ("w2", &w2)]),
     );
+}
+
+/// Median of the `ms=` values on the log lines that contain `marker`.
+fn logged_ms(logs: &[String], marker: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            l.split(" ms=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|x| x.parse().ok())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Send every study to `ports` (study i to ports[i % len]) one after the other, and wait
+/// until the PACS has `outputs_per_study` objects of each. Returns the seconds from the
+/// first send to the last result.
+fn run_batch(
+    pacs: &StoreScp,
+    ports: &[u16],
+    studies: &[(String, Vec<Vec<PathBuf>>)],
+    outputs_per_study: usize,
+) -> f64 {
+    let t0 = std::time::Instant::now();
+    for (i, (_, series)) in studies.iter().enumerate() {
+        common::send_study(ports[i % ports.len()], series, 2);
+    }
+    let done = common::wait_until(Duration::from_secs(3600), || {
+        let m = received_by_study(pacs);
+        studies
+            .iter()
+            .all(|(uid, _)| m.get(uid).copied().unwrap_or(0) >= outputs_per_study)
+    });
+    assert!(
+        done,
+        "not every study got its results: {:?}",
+        received_by_study(pacs)
+    );
+    t0.elapsed().as_secs_f64()
+}
+
+/// Benchmark (scripts/bench-cluster.sh; never in CI): studies per hour through the single
+/// node, and through a cluster (3 NATS servers, 1 ingest node) with 1 and with 2 workers,
+/// all with the fixture model on this machine, in one run; per-study costs for sizing.
+#[test]
+#[ignore]
+fn cluster_throughput() {
+    let Some(root) = fixtures::reference_dir() else {
+        return;
+    };
+    assert!(common::have_dcmtk() && have_nats_server());
+    let n: usize = std::env::var("BENCH_STUDIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures::convert_fixture_model(&root, &tmp.path().join("model"));
+    // A typical small protocol per study: 4 series, 20-24 slices of 192-256 pixels.
+    let batch = |tag: u64| -> Vec<(String, Vec<Vec<PathBuf>>)> {
+        (0..n as u64)
+            .map(|i| {
+                let dir = tmp.path().join(format!("b{tag}-{i}"));
+                let files = write_study(&SynthStudy::brain(tag * 1000 + i), &dir).unwrap();
+                let uid = common::study_uid_of(&files[0]);
+                let mut by: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
+                for f in files {
+                    by.entry(f.parent().unwrap().to_owned())
+                        .or_default()
+                        .push(f);
+                }
+                (uid, by.into_values().collect())
+            })
+            .collect()
+    };
+    let bytes_per_study = {
+        let b = batch(99);
+        let total: u64 = b
+            .iter()
+            .flat_map(|(_, s)| s.iter().flatten())
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum();
+        total / n as u64
+    };
+    let instances_per_study = batch(98)[0].1.iter().map(Vec::len).sum::<usize>();
+    let mut rows = Vec::new();
+
+    // The single node: the reference.
+    {
+        let pacs_port = common::free_port();
+        let pacs = StoreScp::start(pacs_port);
+        let node = Node::start(NodeOpts {
+            dest_port: pacs_port,
+            model_dir: Some(model.clone()),
+            ..NodeOpts::default()
+        });
+        let secs = run_batch(&pacs, &[node.opts.port], &batch(1), 2);
+        let ms = logged_ms(&[node.log_text()], "study processed");
+        rows.push(("single node".to_string(), secs, ms));
+    }
+    for workers in [1usize, 2] {
+        let nats = NatsCluster::start();
+        let pacs_port = common::free_port();
+        let pacs = StoreScp::start(pacs_port);
+        let ingest = member(&nats, "ingest", "ingest-a", pacs_port, None, &[]);
+        let ws: Vec<Node> = (0..workers)
+            .map(|i| {
+                member(
+                    &nats,
+                    "worker",
+                    &format!("worker-{i}"),
+                    pacs_port,
+                    Some(&model),
+                    &[],
+                )
+            })
+            .collect();
+        let mut all: Vec<&Node> = ws.iter().collect();
+        all.push(&ingest);
+        wait_connected(&all);
+        let secs = run_batch(&pacs, &[ingest.opts.port], &batch(1 + workers as u64), 2);
+        let logs: Vec<String> = ws.iter().map(Node::log_text).collect();
+        let ms = logged_ms(&logs, "study processed: results in the cluster");
+        rows.push((format!("cluster, {workers} worker(s)"), secs, ms));
+    }
+    let reference = n as f64 / rows[0].1 * 3600.0;
+    println!(
+        "\ncluster throughput: {n} studies of {instances_per_study} instances ({:.1} MB) each, fixture model, this machine ({} cores)",
+        bytes_per_study as f64 / 1e6,
+        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0)
+    );
+    println!(
+        "{:<24} {:>9} {:>13} {:>16} {:>8}",
+        "setup", "seconds", "studies/hour", "model ms/study", "ratio"
+    );
+    for (name, secs, ms) in &rows {
+        let per_hour = n as f64 / secs * 3600.0;
+        let median = ms.get(ms.len() / 2).copied().unwrap_or(0);
+        println!(
+            "{name:<24} {secs:>9.1} {per_hour:>13.0} {median:>16} {:>8.2}",
+            per_hour / reference
+        );
+    }
+    println!("bytes per study: {bytes_per_study}");
 }

@@ -831,6 +831,19 @@ impl SharedConfig {
     }
 }
 
+/// The smallest valid configuration, for the tests of the sections that extend it.
+#[cfg(test)]
+pub(crate) const MINIMAL_FOR_TESTS: &str = r#"
+[node]
+ae_title = "PRIMA"
+listen = "127.0.0.1:11112"
+state_dir = "/tmp/x"
+[model]
+dir = "/m"
+[[sources]]
+ae_title = "SCU"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,6 +150,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
     let (arrivals_tx, arrivals_rx) = crossbeam_channel::bounded::<()>(1);
     let (room_tx, room_rx) = crossbeam_channel::bounded::<()>(1);
     let stop = Arc::new(AtomicBool::new(false));
+    let cluster_snapshot = crate::cluster::view::SharedSnapshot::default();
     // Single node: the assembler feeds the local worker. Cluster ingest: the cluster thread
     // replicates, decides and delivers instead (and with role "all" a cluster worker runs
     // the model); the assembler thread only keeps the watchdog and status line.
@@ -175,6 +176,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
                     crate::cluster::worker::WorkerCtx {
                         config: shared.clone(),
                         scratch: state_dir.join("cluster-scratch"),
+                        heartbeat: Default::default(),
                     },
                     make_processor,
                     stop.clone(),
@@ -188,6 +190,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
                         config: shared.clone(),
                         wake_sender: wake_tx.clone(),
                         arrivals: arrivals_rx.clone(),
+                        snapshot: cluster_snapshot.clone(),
                     },
                     stop.clone(),
                 )
@@ -283,8 +286,11 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
                     &state,
                     &shared,
                     &state_dir,
-                    wake_tx.clone(),
-                    arrivals_tx.clone(),
+                    HttpLinks {
+                        wake_sender: wake_tx.clone(),
+                        wake_assembler: arrivals_tx.clone(),
+                        cluster: cfg.cluster.is_some().then(|| cluster_snapshot.clone()),
+                    },
                     shut_rx,
                 )
                 .await?,
@@ -362,10 +368,14 @@ fn serve_cluster_worker(
     let shared = SharedConfig::new(cfg.clone());
     let _watcher = watch_config(config_path, shared.clone());
     let stop = Arc::new(AtomicBool::new(false));
+    let heartbeat = Arc::new(std::sync::atomic::AtomicI64::new(
+        crate::store::state::now_ms(),
+    ));
     let _worker = crate::cluster::worker::spawn(
         crate::cluster::worker::WorkerCtx {
             config: shared.clone(),
             scratch,
+            heartbeat: heartbeat.clone(),
         },
         make_processor,
         stop.clone(),
@@ -379,6 +389,24 @@ fn serve_cluster_worker(
         })?;
     info!(role = "worker", "prima-node ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut watchdog_usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
+        // Fed only while the worker thread shows life (it waits for jobs in 2 s polls and
+        // reports progress on a job every third of ack_wait_s): a hung worker is restarted.
+        let stale_ms =
+            ((cfg.cluster.as_ref().map_or(30.0, |c| c.ack_wait_s) * 2000.0) as i64).max(10_000);
+        let every = Duration::from_micros(watchdog_usec / 2);
+        let heartbeat = heartbeat.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let age = crate::store::state::now_ms() - heartbeat.load(Ordering::Relaxed);
+                if age < stale_ms {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
     rt.block_on(wait_for_signal());
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // A job in progress is not waited for: unacknowledged, it goes to another worker.
@@ -388,15 +416,27 @@ fn serve_cluster_worker(
 }
 
 /// Bind `[http]`'s listener and serve the status pages on the node's runtime.
+/// What the status page reaches besides the state: the threads its actions wake, and the
+/// cluster view an ingest node keeps.
+struct HttpLinks {
+    wake_sender: crossbeam_channel::Sender<()>,
+    wake_assembler: crossbeam_channel::Sender<()>,
+    cluster: Option<crate::cluster::view::SharedSnapshot>,
+}
+
 async fn start_http(
     h: &crate::config::HttpSection,
     state: &Arc<State>,
     shared: &SharedConfig,
     state_dir: &Path,
-    wake_sender: crossbeam_channel::Sender<()>,
-    wake_assembler: crossbeam_channel::Sender<()>,
+    links: HttpLinks,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    let HttpLinks {
+        wake_sender,
+        wake_assembler,
+        cluster,
+    } = links;
     let listener = tokio::net::TcpListener::bind(&h.listen)
         .await
         .map_err(|source| NodeError::Bind {
@@ -425,6 +465,7 @@ async fn start_http(
         show_patient_identifiers: h.show_patient_identifiers,
         wake_assembler,
         wake_sender,
+        cluster,
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(

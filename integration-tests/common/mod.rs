@@ -14,8 +14,11 @@ pub const NODE_AE: &str = "PRIMA";
 pub const SCU_AE: &str = "TESTSCU";
 pub const DEST_AE: &str = "DEST";
 
+/// The binary under test; `PRIMA_NODE_BIN` overrides it (the benchmarks run a release build).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_prima-node"))
+    std::env::var_os("PRIMA_NODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_prima-node")))
 }
 
 pub fn have_dcmtk() -> bool {

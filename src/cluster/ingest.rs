@@ -21,6 +21,7 @@ use super::records::{
     decide, instance_object, result_state, state as study_state, study_key, Decision,
     InstanceEntry, ResultRecord, StudyRecord,
 };
+use super::tracked::Bucket;
 use super::{nats, nats_at, Cluster, ClusterError};
 use crate::config::SharedConfig;
 use crate::store::outbox::Outbox;
@@ -34,7 +35,12 @@ pub struct IngestCtx {
     pub wake_sender: Sender<()>,
     /// Signalled on every recorded arrival.
     pub arrivals: Receiver<()>,
+    /// Where the cluster view for the status page is kept.
+    pub snapshot: super::view::SharedSnapshot,
 }
+
+/// How often the cluster view for the status page is refreshed.
+const VIEW_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Instances replicated per pass (the rest wait for the next, a few ms later).
 const REPLICATE_BATCH: usize = 256;
@@ -74,8 +80,34 @@ fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
     };
     let _advisories = rt.spawn(super::view::watch_max_deliveries(cl.clone()));
     let mut failing = false;
+    let mut viewed: Option<std::time::Instant> = None;
+    let mut known = Known {
+        studies: Bucket::new(&section.studies_bucket),
+        results: Bucket::new(&section.results_bucket),
+    };
     while !stop.load(Ordering::SeqCst) {
-        let r = rt.block_on(pass(&ctx, &cl));
+        let r = rt.block_on(pass(&ctx, &cl, &mut known));
+        if viewed.is_none_or(|t| t.elapsed() >= VIEW_INTERVAL) {
+            viewed = Some(std::time::Instant::now());
+            let got = rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    super::view::view_known(&cl, &known.studies, &known.results),
+                )
+                .await
+            });
+            if let Ok(mut snap) = ctx.snapshot.lock() {
+                match got {
+                    Ok(Ok(v)) => {
+                        snap.view = Some(v);
+                        snap.taken_ms = now_ms();
+                        snap.error = None;
+                    }
+                    Ok(Err(e)) => snap.error = Some(e.to_string()),
+                    Err(_) => snap.error = Some("timed out after 10 s".into()),
+                }
+            }
+        }
         match r {
             Ok(()) => {
                 if failing {
@@ -99,10 +131,18 @@ fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
     }
 }
 
-async fn pass(ctx: &IngestCtx, cl: &Cluster) -> Result<(), ClusterError> {
+/// What this node knows of the cluster's records (see [`Bucket`]).
+struct Known {
+    studies: Bucket<StudyRecord>,
+    results: Bucket<ResultRecord>,
+}
+
+async fn pass(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<(), ClusterError> {
     while replicate(ctx, cl).await? == REPLICATE_BATCH {}
-    decide_all(ctx, cl).await?;
-    deliver_all(ctx, cl).await?;
+    known.studies.refresh(cl).await?;
+    decide_all(ctx, cl, &known.studies).await?;
+    known.results.refresh(cl).await?;
+    deliver_all(ctx, cl, &known.results).await?;
     Ok(())
 }
 
@@ -208,19 +248,22 @@ async fn replicate_study(
     Ok(())
 }
 
-/// Decide every study that is receiving.
-async fn decide_all(ctx: &IngestCtx, cl: &Cluster) -> Result<(), ClusterError> {
+/// Decide every study that is receiving. `apply` re-checks each decision against the
+/// record as it is then (compare-and-set), so a record changed since it was read is not
+/// decided on stale data.
+async fn decide_all(
+    ctx: &IngestCtx,
+    cl: &Cluster,
+    studies: &Bucket<StudyRecord>,
+) -> Result<(), ClusterError> {
     let cfg = ctx.config.get();
-    for key in cl.keys(&cl.studies).await? {
-        let Some((rec, _)) = cl.read::<StudyRecord>(&cl.studies, &key).await? else {
-            continue;
-        };
+    for rec in studies.open.values() {
         let now = now_ms();
-        let Some(d) = decide(&rec, &cfg, now) else {
+        let Some(d) = decide(rec, &cfg, now) else {
             continue;
         };
         let span = info_span!("study", study = %rec.study_uid);
-        apply(cl, &rec, d).instrument(span).await?;
+        apply(cl, rec, d).instrument(span).await?;
     }
     Ok(())
 }
@@ -298,21 +341,19 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
 }
 
 /// Claim, queue, track and close the deliveries this node can make.
-async fn deliver_all(ctx: &IngestCtx, cl: &Cluster) -> Result<(), ClusterError> {
+async fn deliver_all(
+    ctx: &IngestCtx,
+    cl: &Cluster,
+    results: &Bucket<ResultRecord>,
+) -> Result<(), ClusterError> {
     let cfg = ctx.config.get();
     if cfg.destinations.is_empty() {
         // Nothing to send to: leave the results to a node that has destinations.
         return Ok(());
     }
-    for key in cl.keys(&cl.results).await? {
-        let Some((rec, _)) = cl.read::<ResultRecord>(&cl.results, &key).await? else {
-            continue;
-        };
-        if rec.state == result_state::DELIVERED || rec.state == result_state::FAILED {
-            continue;
-        }
+    for (key, rec) in &results.open {
         let span = info_span!("study", study = %rec.study_uid);
-        deliver(ctx, cl, &key, rec).instrument(span).await?;
+        deliver(ctx, cl, key, rec.clone()).instrument(span).await?;
     }
     Ok(())
 }

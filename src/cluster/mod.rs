@@ -20,6 +20,7 @@
 
 pub mod ingest;
 pub mod records;
+pub mod tracked;
 pub mod view;
 pub mod worker;
 

@@ -285,21 +285,11 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        let text = r#"
-[node]
-ae_title = "PRIMA"
-listen = "127.0.0.1:11112"
-state_dir = "/tmp/x"
-[model]
-dir = "/m"
-[assembly]
-quiet_period_s = 2
-force_complete_s = 10
-min_series = 2
-[[sources]]
-ae_title = "SCU"
-"#;
-        Config::parse(std::path::Path::new("t.toml"), text).unwrap()
+        let text = format!(
+            "{}[assembly]\nquiet_period_s = 2\nforce_complete_s = 10\nmin_series = 2\n",
+            crate::config::MINIMAL_FOR_TESTS
+        );
+        Config::parse(std::path::Path::new("t.toml"), &text).unwrap()
     }
 
     fn entry(series: &str, hash: &str) -> InstanceEntry {
@@ -363,7 +353,7 @@ ae_title = "SCU"
         for t in (0..12_000).step_by(1000) {
             r.add(
                 &format!("1.{t}"),
-                entry(&format!("9.{}", t % 2), &format!("h{t}")),
+                entry(&format!("9.{}", (t / 1000) % 2), &format!("h{t}")),
                 t,
             );
         }

@@ -8,7 +8,20 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::records::{JobMessage, ResultRecord, StudyRecord};
-use super::{nats, Cluster, ClusterError, WORKERS_CONSUMER};
+use super::tracked::Bucket;
+use super::{nats, nats_at, Cluster, ClusterError, WORKERS_CONSUMER};
+
+/// The latest view an ingest node took (every few seconds), for the status page.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub view: Option<ClusterView>,
+    /// When it was taken (ms since the epoch).
+    pub taken_ms: i64,
+    /// Why the last attempt failed, when it did (the view is then the one before).
+    pub error: Option<String>,
+}
+
+pub type SharedSnapshot = std::sync::Arc<std::sync::Mutex<Snapshot>>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterView {
@@ -27,61 +40,68 @@ pub struct ClusterView {
     pub failures: Vec<(String, String)>,
 }
 
+/// The view read afresh (for `prima-node status`): every record once.
 pub async fn view(cl: &Cluster) -> Result<ClusterView, ClusterError> {
-    let mut studies = BTreeMap::new();
-    let mut failures = Vec::new();
-    for k in cl.keys(&cl.studies).await? {
-        if let Some((r, _)) = cl.read::<StudyRecord>(&cl.studies, &k).await? {
-            *studies.entry(r.state.clone()).or_insert(0) += 1;
-            if r.state == super::records::state::FAILED {
-                failures.push((r.updated_ms, r.study_uid, r.reason.unwrap_or_default()));
-            }
-        }
-    }
-    failures.sort();
-    let failures = failures
-        .into_iter()
-        .rev()
-        .take(10)
-        .map(|(_, s, r)| (s, r))
-        .collect();
-    let mut results = BTreeMap::new();
-    for k in cl.keys(&cl.results).await? {
-        if let Some((r, _)) = cl.read::<ResultRecord>(&cl.results, &k).await? {
-            *results.entry(r.state).or_insert(0) += 1;
-        }
-    }
-    let stream = cl
-        .js
-        .get_stream(&cl.section.jobs_stream)
-        .await
-        .map_err(nats)?;
-    let info = stream.consumer_info(WORKERS_CONSUMER).await.map_err(nats)?;
+    let mut studies = Bucket::<StudyRecord>::new(&cl.section.studies_bucket);
+    studies.refresh(cl).await?;
+    let mut results = Bucket::<ResultRecord>::new(&cl.section.results_bucket);
+    results.refresh(cl).await?;
+    view_known(cl, &studies, &results).await
+}
+
+/// The view from what an ingest node keeps current ([`Bucket`]): one request (the job
+/// queue's consumer) instead of reading every record.
+pub async fn view_known(
+    cl: &Cluster,
+    studies: &Bucket<StudyRecord>,
+    results: &Bucket<ResultRecord>,
+) -> Result<ClusterView, ClusterError> {
+    let (jobs_waiting, jobs_running, workers_idle) = queue(cl).await?;
     Ok(ClusterView {
         node: cl.node.clone(),
         role: cl.section.role.as_str().into(),
         server: cl.client.server_info().host.clone(),
-        studies,
-        results,
-        jobs_waiting: info.num_pending,
-        jobs_running: info.num_ack_pending as u64,
-        workers_idle: info.num_waiting,
-        failures,
+        studies: studies.counts(),
+        results: results.counts(),
+        jobs_waiting,
+        jobs_running,
+        workers_idle,
+        failures: studies.latest_failures(10),
     })
+}
+
+/// Jobs waiting, jobs held by a worker, workers waiting for a job.
+async fn queue(cl: &Cluster) -> Result<(u64, u64, usize), ClusterError> {
+    let stream = cl
+        .js
+        .get_stream(&cl.section.jobs_stream)
+        .await
+        .map_err(nats_at("job stream info"))?;
+    let info = stream
+        .consumer_info(WORKERS_CONSUMER)
+        .await
+        .map_err(nats_at("job consumer info"))?;
+    Ok((
+        info.num_pending,
+        info.num_ack_pending as u64,
+        info.num_waiting,
+    ))
+}
+
+/// "done 3, failed 1", or "none".
+pub fn counts_text(m: &BTreeMap<String, usize>) -> String {
+    if m.is_empty() {
+        return "none".to_string();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl ClusterView {
     pub fn text(&self) -> String {
-        let fmt = |m: &BTreeMap<String, usize>| {
-            if m.is_empty() {
-                "none".to_string()
-            } else {
-                m.iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
+        let fmt = counts_text;
         let mut s = format!(
             "cluster: node {} (role {}), connected to {}\n  studies: {}\n  results: {}\n  jobs: {} waiting, {} running; {} worker(s) idle\n",
             self.node,

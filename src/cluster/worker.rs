@@ -34,6 +34,9 @@ pub struct WorkerCtx {
     pub config: SharedConfig,
     /// Where a job's instances are fetched to (emptied after each job).
     pub scratch: PathBuf,
+    /// When this worker last showed life (ms since the epoch): each wait for a job, each
+    /// progress report on a job. `serve` feeds the systemd watchdog only while it is fresh.
+    pub heartbeat: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Build the processor on a new thread and serve jobs there until `stop`. Returns once the
@@ -99,6 +102,7 @@ fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, stop: Arc<AtomicB
     info!(node = %cl.node, "cluster worker waiting for jobs");
     let mut failing = false;
     while !stop.load(Ordering::SeqCst) {
+        ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
         let next = rt.block_on(next_job(&cl));
         let msg = match next {
             Ok(Some(m)) => {
@@ -206,11 +210,13 @@ fn handle(
     let every = Duration::from_secs_f64((cl.section.ack_wait_s / 3.0).max(0.3));
     let progress = {
         let msg = msg.clone();
+        let heartbeat = ctx.heartbeat.clone();
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    warn!(error = %e, "cannot report progress on the job");
+                match msg.ack_with(AckKind::Progress).await {
+                    Ok(()) => heartbeat.store(now_ms(), Ordering::Relaxed),
+                    Err(e) => warn!(error = %e, "cannot report progress on the job"),
                 }
             }
         })

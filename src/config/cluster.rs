@@ -240,3 +240,63 @@ impl ClusterSection {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ClusterRole, Config};
+
+    use crate::config::MINIMAL_FOR_TESTS as BASE;
+
+    fn problems(cluster: &str) -> Vec<String> {
+        let cfg = Config::parse(std::path::Path::new("t.toml"), &format!("{BASE}{cluster}"));
+        match cfg {
+            Ok(c) => c.problems(None),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn a_good_section_passes_and_defaults_are_the_documented_ones() {
+        let text =
+            "[cluster]\nrole = \"worker\"\nservers = [\"nats://a:4222\", \"tls://b:4223\"]\n";
+        assert_eq!(problems(text), Vec::<String>::new());
+        let c = Config::parse(std::path::Path::new("t.toml"), &format!("{BASE}{text}")).unwrap();
+        let s = c.cluster.unwrap();
+        assert_eq!(s.role, ClusterRole::Worker);
+        assert!(s.role.works() && !s.role.ingests());
+        assert_eq!((s.replicas, s.max_deliver), (3, 3));
+        assert_eq!(s.jobs_stream, "PRIMA_JOBS");
+    }
+
+    #[test]
+    fn each_mistake_is_named() {
+        let p = problems(
+            "[cluster]\nrole = \"ingest\"\nservers = [\"nats1\", \"nats://:4222\"]\nname = \"a b\"\n\
+             replicas = 7\nack_wait_s = 0.1\nmax_deliver = 0\nclaim_lease_s = 0\nkeep_days = -1\n\
+             studies_bucket = \"x\"\nresults_bucket = \"x\"\njobs_stream = \"a.b\"\n\
+             credentials = \"relative.creds\"\ntls_certificate = \"/nonexistent/c.pem\"\n",
+        )
+        .join("\n");
+        for want in [
+            "servers: \"nats1\" is not a NATS URL",
+            "servers: \"nats://:4222\" is not a NATS URL",
+            "name: \"a b\"",
+            "replicas: 7",
+            "ack_wait_s",
+            "max_deliver",
+            "claim_lease_s",
+            "keep_days",
+            "bucket name \"x\" is used twice",
+            "jobs_stream: \"a.b\"",
+            "credentials: \"relative.creds\" must be an absolute path",
+            "tls_certificate: /nonexistent/c.pem is not a readable file",
+            "tls_certificate and tls_private_key: give both or neither",
+        ] {
+            assert!(p.contains(want), "{want:?} missing from:\n{p}");
+        }
+        let p = problems("[cluster]\nrole = \"boss\"\nservers = []\n").join("\n");
+        assert!(p.contains("boss"), "{p}");
+        let p = problems("[cluster]\nrole = \"all\"\nservers = []\n").join("\n");
+        assert!(p.contains("at least one NATS URL"), "{p}");
+    }
+}

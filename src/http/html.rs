@@ -145,6 +145,7 @@ pub fn page(title: &str, body: impl FnOnce(&mut Html)) -> String {
                     ("/studies", "Studies"),
                     ("/outbox", "Outbox"),
                     ("/associations", "Associations"),
+                    ("/cluster", "Cluster"),
                     ("/metrics", "Metrics"),
                 ] {
                     n.text_el("a", &[("href", href)], label);

@@ -44,6 +44,8 @@ pub struct HttpCtx {
     /// Wakes the assembler (a re-run was queued) and the sender (a retry is due).
     pub wake_assembler: crossbeam_channel::Sender<()>,
     pub wake_sender: crossbeam_channel::Sender<()>,
+    /// With `[cluster]`: the cluster view the ingest thread refreshes.
+    pub cluster: Option<crate::cluster::view::SharedSnapshot>,
 }
 
 type Ctx = Arc<HttpCtx>;
@@ -57,6 +59,8 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/studies/{uid}/run.json", get(study_run))
         .route("/outbox", get(outbox_page))
         .route("/associations", get(associations_page))
+        .route("/cluster", get(cluster_page))
+        .route("/api/cluster", get(api_cluster))
         .route("/api/overview", get(api_overview))
         .route("/api/studies", get(api_studies))
         .route("/api/studies/{uid}", get(api_study))
@@ -250,6 +254,24 @@ async fn study_run(
     Path(uid): Path<String>,
 ) -> Result<Response, WebError> {
     study_file(&ctx, uid, "run.json").await
+}
+
+/// The cluster view (`None`: a single node, no `[cluster]`).
+fn cluster_snapshot(ctx: &HttpCtx) -> Option<crate::cluster::view::Snapshot> {
+    ctx.cluster
+        .as_ref()
+        .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
+}
+
+async fn cluster_page(AxState(ctx): AxState<Ctx>) -> Response {
+    pages::cluster(cluster_snapshot(&ctx).as_ref()).into_html()
+}
+
+async fn api_cluster(AxState(ctx): AxState<Ctx>) -> Response {
+    match cluster_snapshot(&ctx) {
+        Some(s) => Json(s).into_response(),
+        None => (StatusCode::NOT_FOUND, "no [cluster]: a single node\n").into_response(),
+    }
 }
 
 async fn outbox_page(AxState(ctx): AxState<Ctx>) -> Result<Response, WebError> {

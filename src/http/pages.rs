@@ -427,6 +427,58 @@ pub fn outbox(list: &[DeliveryView], actions: bool) -> String {
     })
 }
 
+/// The cluster as the ingest node last saw it (`None`: a single node).
+pub fn cluster(snap: Option<&crate::cluster::view::Snapshot>) -> String {
+    page("Cluster", |h| {
+        let Some(snap) = snap else {
+            h.text_el(
+                "p",
+                &[],
+                "A single node: no [cluster] section, so nothing is shared with other nodes.",
+            );
+            return;
+        };
+        if let Some(e) = &snap.error {
+            h.text_el(
+                "p",
+                &[("class", "warn")],
+                &format!("The cluster cannot be read now: {e}"),
+            );
+        }
+        let Some(v) = &snap.view else {
+            h.text_el("p", &[], "Not connected to the cluster yet.");
+            return;
+        };
+        let counts = crate::cluster::view::counts_text;
+        let rows: Vec<Vec<Cell>> = vec![
+            vec![
+                "this node".into(),
+                format!("{} (role {})", v.node, v.role).into(),
+            ],
+            vec!["connected to".into(), v.server.as_str().into()],
+            vec!["seen at".into(), when(snap.taken_ms).into()],
+            vec!["studies".into(), counts(&v.studies).into()],
+            vec!["results".into(), counts(&v.results).into()],
+            vec![
+                "jobs".into(),
+                format!(
+                    "{} waiting, {} running; {} worker(s) idle",
+                    v.jobs_waiting, v.jobs_running, v.workers_idle
+                )
+                .into(),
+            ],
+        ];
+        h.table(&[], &rows);
+        h.text_el("h2", &[], "Latest failures");
+        let failures: Vec<Vec<Cell>> = v
+            .failures
+            .iter()
+            .map(|(study, why)| vec![study.as_str().into(), why.as_str().into()])
+            .collect();
+        h.table(&["study", "reason"], &failures);
+    })
+}
+
 pub fn associations(list: &[AuditView]) -> String {
     page("Associations and actions (audit trail)", |h| {
         let rows: Vec<Vec<Cell>> = list
