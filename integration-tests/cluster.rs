@@ -702,3 +702,34 @@ fn cluster_throughput() {
     }
     println!("bytes per study: {bytes_per_study}");
 }
+
+#[test]
+fn a_node_with_role_all_is_a_whole_cluster_and_a_second_ingest_node_shares_its_work() {
+    if !common::have_dcmtk() || !have_nats_server() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (uid1, series1) = small_study(&tmp.path().join("s1"), 941);
+    let (uid2, series2) = small_study(&tmp.path().join("s2"), 942);
+    let nats = NatsCluster::start();
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    // One process receives, runs the model and delivers.
+    let all = slow_member(&nats, "all", "all-in-one", pacs_port, 0, 3);
+    wait_connected(&[&all]);
+    common::send_study(all.opts.port, &series1, 2);
+    let logs = || dump(&[("all", &all)]);
+    assert_exactly_once(&pacs, &[&uid1], &logs());
+    assert!(all
+        .log_text()
+        .contains("study processed: results in the cluster"));
+    // An ingest-only node joins; its study is run by the "all" node's worker.
+    let b = slow_member(&nats, "ingest", "ingest-b", pacs_port, 0, 3);
+    wait_connected(&[&b]);
+    common::send_study(b.opts.port, &series2, 2);
+    assert_exactly_once(&pacs, &[&uid1, &uid2], &dump(&[("all", &all), ("b", &b)]));
+    assert!(
+        !b.log_text().contains("study processed"),
+        "an ingest node runs no model"
+    );
+}

@@ -50,7 +50,7 @@ impl NatsCluster {
                 .collect();
             let store = dir.path().join(format!("n{i}"));
             let conf = format!(
-                "server_name: n{i}\nlisten: \"127.0.0.1:{client}\"\n\
+                "server_name: n{i}\nlisten: \"127.0.0.1:{client}\"\nmax_payload: 8MB\n\
                  jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 2GB }}\n\
                  cluster {{ name: prima, listen: \"127.0.0.1:{route}\", routes: [{}] }}\n",
                 store.display(),

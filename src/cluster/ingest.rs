@@ -18,8 +18,8 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use super::records::{
-    decide, instance_object, result_state, state as study_state, study_key, Decision,
-    InstanceEntry, ResultRecord, StudyRecord,
+    decide, instance_object, node_key, result_state, state as study_state, study_key, Decision,
+    InstanceEntry, NodeRecord, ResultRecord, StudyRecord,
 };
 use super::tracked::Bucket;
 use super::{nats, nats_at, Cluster, ClusterError};
@@ -84,6 +84,8 @@ fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
     let mut known = Known {
         studies: Bucket::new(&section.studies_bucket),
         results: Bucket::new(&section.results_bucket),
+        aside: SetAside::new(),
+        announced: None,
     };
     while !stop.load(Ordering::SeqCst) {
         let r = rt.block_on(pass(&ctx, &cl, &mut known));
@@ -135,22 +137,81 @@ fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
 struct Known {
     studies: Bucket<StudyRecord>,
     results: Bucket<ResultRecord>,
+    aside: SetAside,
+    /// What this node last announced, and when.
+    announced: Option<(std::collections::BTreeSet<String>, std::time::Instant)>,
+}
+
+/// An unchanged announcement is written again this often (its time shows the node alive).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// Tell the cluster which studies this node holds instances of that are not replicated
+/// yet ([`NodeRecord`]), before replicating them and again after.
+async fn announce(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<(), ClusterError> {
+    let pending = ctx
+        .state
+        .unreplicated_studies()
+        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
+    if known
+        .announced
+        .as_ref()
+        .is_some_and(|(p, t)| *p == pending && t.elapsed() < ANNOUNCE_EVERY)
+    {
+        return Ok(());
+    }
+    let rec = NodeRecord {
+        node: cl.node.clone(),
+        updated_ms: now_ms(),
+        pending: pending.clone(),
+    };
+    let bytes = Bytes::from(serde_json::to_vec(&rec).map_err(nats)?);
+    cl.nodes
+        .put(node_key(&cl.node), bytes)
+        .await
+        .map_err(nats_at("announcing this node's unreplicated studies"))?;
+    known.announced = Some((pending, std::time::Instant::now()));
+    Ok(())
+}
+
+/// The studies some ingest node announced it still holds instances of.
+async fn held_studies(cl: &Cluster) -> Result<std::collections::HashSet<String>, ClusterError> {
+    let mut held = std::collections::HashSet::new();
+    for key in cl.keys(&cl.nodes).await? {
+        if let Some((rec, _)) = cl.read::<NodeRecord>(&cl.nodes, &key).await? {
+            held.extend(rec.pending);
+        }
+    }
+    Ok(held)
 }
 
 async fn pass(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<(), ClusterError> {
-    while replicate(ctx, cl).await? == REPLICATE_BATCH {}
+    announce(ctx, cl, known).await?;
+    while replicate(ctx, cl, &mut known.aside).await? == REPLICATE_BATCH {}
+    announce(ctx, cl, known).await?;
     known.studies.refresh(cl).await?;
-    decide_all(ctx, cl, &known.studies).await?;
+    let held = held_studies(cl).await?;
+    decide_all(ctx, cl, &known.studies, &held).await?;
     known.results.refresh(cl).await?;
     deliver_all(ctx, cl, &known.results).await?;
     Ok(())
 }
 
 /// Replicate what the local spool holds; returns how many instances were handled.
-async fn replicate(ctx: &IngestCtx, cl: &Cluster) -> Result<usize, ClusterError> {
+/// Studies whose replication failed for a reason of their own (a record too large): left
+/// aside for a while, so they do not hold up the others; their instances stay spooled.
+type SetAside = std::collections::HashMap<String, std::time::Instant>;
+const SET_ASIDE_FOR: Duration = Duration::from_secs(300);
+
+async fn replicate(
+    ctx: &IngestCtx,
+    cl: &Cluster,
+    aside: &mut SetAside,
+) -> Result<usize, ClusterError> {
+    aside.retain(|_, t| t.elapsed() < SET_ASIDE_FOR);
+    let exclude: Vec<String> = aside.keys().cloned().collect();
     let local = ctx
         .state
-        .unreplicated(REPLICATE_BATCH)
+        .unreplicated(REPLICATE_BATCH, &exclude)
         .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
     let n = local.len();
     let mut by_study: BTreeMap<String, Vec<LocalInstance>> = BTreeMap::new();
@@ -159,9 +220,17 @@ async fn replicate(ctx: &IngestCtx, cl: &Cluster) -> Result<usize, ClusterError>
     }
     for (study, list) in by_study {
         let span = info_span!("study", study = %study);
-        replicate_study(ctx, cl, &study, list)
+        match replicate_study(ctx, cl, &study, list)
             .instrument(span)
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            Err(e @ ClusterError::Record { .. }) => {
+                error!(study = %study, error = %e, "study not replicated (its instances stay in the local spool); tried again in 5 minutes");
+                aside.insert(study, std::time::Instant::now());
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(n)
 }
@@ -255,11 +324,12 @@ async fn decide_all(
     ctx: &IngestCtx,
     cl: &Cluster,
     studies: &Bucket<StudyRecord>,
+    held: &std::collections::HashSet<String>,
 ) -> Result<(), ClusterError> {
     let cfg = ctx.config.get();
     for rec in studies.open.values() {
         let now = now_ms();
-        let Some(d) = decide(rec, &cfg, now) else {
+        let Some(d) = decide(rec, &cfg, now, held.contains(&rec.study_uid)) else {
             continue;
         };
         let span = info_span!("study", study = %rec.study_uid);
@@ -296,6 +366,21 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
         }
         Decision::Publish(job) => {
             let payload = Bytes::from(serde_json::to_vec(&job).map_err(nats)?);
+            if let Err(e) = cl.fits(&job.msg_id(), payload.len()) {
+                // Too large for one message: this study fails with the reason (its
+                // instances stay in the cluster); the others go on.
+                error!(error = %e, "study job too large to publish");
+                let reason = format!("job not published: {e}");
+                return Box::pin(apply(
+                    cl,
+                    rec,
+                    Decision::Settle {
+                        state: study_state::FAILED,
+                        reason,
+                    },
+                ))
+                .await;
+            }
             let ack = cl
                 .js
                 .send_publish(

@@ -54,6 +54,10 @@ pub(crate) fn nats_at<E: std::fmt::Display>(
     move |e| ClusterError::Nats(format!("{what}: {e}"))
 }
 
+/// The servers' `max_payload` we configure and recommend (records and jobs list every
+/// instance of a study).
+pub const RECOMMENDED_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+
 /// The durable pull consumer every worker shares: one queue, each job to one worker.
 pub const WORKERS_CONSUMER: &str = "prima-workers";
 
@@ -63,6 +67,8 @@ pub struct Cluster {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub studies: kv::Store,
+    /// The ingest nodes' announcements ([`records::NodeRecord`]): `<studies_bucket>-nodes`.
+    pub nodes: kv::Store,
     pub results: kv::Store,
     pub instances: Objects,
     pub outputs: Objects,
@@ -126,6 +132,7 @@ impl Cluster {
                     key: key.into(),
                     message: e.to_string(),
                 })?);
+            self.fits(key, bytes.len())?;
             let written = match rev {
                 Some(r) => bucket.update(key, bytes, r).await.map(|_| ()).map_err(|e| {
                     let stale = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
@@ -146,6 +153,22 @@ impl Cluster {
             key: key.into(),
             message: "changed concurrently 50 times in a row".into(),
         })
+    }
+
+    /// A record must fit in one NATS message. A study record holds every instance (about
+    /// 450 bytes each): the server's default `max_payload` of 1 MiB holds about 2,300, the
+    /// 8 MiB we configure about 18,000 (docs/cluster.md).
+    pub fn fits(&self, key: &str, len: usize) -> Result<(), ClusterError> {
+        let max = self.client.server_info().max_payload;
+        if max > 0 && len > max {
+            return Err(ClusterError::Record {
+                key: key.into(),
+                message: format!(
+                    "{len} bytes, over the NATS server's max_payload of {max}: raise max_payload in the servers' configuration"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Every key of a bucket (a study or result pass). Read from the stream's subject
@@ -297,15 +320,26 @@ pub async fn connect(c: &ClusterSection, ae_title: &str) -> Result<Cluster, Clus
         Duration::ZERO
     };
     let studies = ensure_kv(&js, &c.studies_bucket, c.replicas, max_age).await?;
+    let nodes = ensure_kv(&js, &c.nodes_bucket(), c.replicas, max_age).await?;
     let results = ensure_kv(&js, &c.results_bucket, c.replicas, max_age).await?;
     let instances = ensure_objects(&js, &c.instances_bucket, c.replicas, max_age).await?;
     let outputs = ensure_objects(&js, &c.outputs_bucket, c.replicas, max_age).await?;
     ensure_jobs(&js, c, max_age).await?;
-    info!(node = %node, servers = ?c.servers, "connected to the cluster");
+    let max_payload = client.server_info().max_payload;
+    info!(node = %node, servers = ?c.servers, max_payload, "connected to the cluster");
+    if max_payload < RECOMMENDED_MAX_PAYLOAD {
+        warn!(
+            max_payload,
+            recommended = RECOMMENDED_MAX_PAYLOAD,
+            "the NATS servers' max_payload limits a study record (and a job) to about {} instances: set max_payload: 8MB (docs/cluster.md)",
+            max_payload / 450
+        );
+    }
     Ok(Cluster {
         client,
         js,
         studies,
+        nodes,
         results,
         instances,
         outputs,

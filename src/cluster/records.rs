@@ -136,13 +136,17 @@ pub enum Decision {
 /// The assembler's rules (`crate::study::assembler::assemble`) on the cluster's view of
 /// the study: stable after the quiet period since the last arrival on any ingest node, or
 /// forced at the deadline; qualified with `min_series`; not re-run for unchanged input.
-pub fn decide(rec: &StudyRecord, cfg: &Config, now: i64) -> Option<Decision> {
+///
+/// `held`: an ingest node announced instances of the study it acknowledged and has not
+/// replicated yet (its [`NodeRecord`]): the study is not quiet until they are in, but the
+/// force deadline still holds.
+pub fn decide(rec: &StudyRecord, cfg: &Config, now: i64, held: bool) -> Option<Decision> {
     if rec.state != state::RECEIVING {
         return None;
     }
     let quiet = (cfg.assembly.quiet_period_s * 1000.0) as i64;
     let force = (cfg.assembly.force_complete_s * 1000.0) as i64;
-    let quiet_enough = now - rec.last_ms >= quiet;
+    let quiet_enough = !held && now - rec.last_ms >= quiet;
     let forced = !quiet_enough && now - rec.opened_ms >= force;
     if !quiet_enough && !forced {
         return Some(Decision::Wait(
@@ -182,6 +186,20 @@ pub fn decide(rec: &StudyRecord, cfg: &Config, now: i64) -> Option<Decision> {
         predecessors: rec.outputs.clone(),
         forced,
     }))
+}
+
+/// An ingest node's announcement: the studies of which it holds acknowledged instances not
+/// yet in the cluster. Written before it replicates them, so that another node deciding
+/// meanwhile (this node's replication is slow, or its server just died) waits for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    pub updated_ms: i64,
+    pub pending: BTreeSet<String>,
+}
+
+pub fn node_key(node: &str) -> String {
+    format!("n.{node}")
 }
 
 /// A job in the queue: everything a worker needs, with the instances by object name.
@@ -311,8 +329,17 @@ mod tests {
         let mut r = StudyRecord::new("1.2.3", 0);
         assert!(r.add("1.1", entry("9.1", "h1"), 0));
         assert!(r.add("1.2", entry("9.2", "h2"), 1500));
-        assert_eq!(decide(&r, &c, 2000), Some(Decision::Wait(3500)));
-        match decide(&r, &c, 3500) {
+        assert_eq!(decide(&r, &c, 2000, false), Some(Decision::Wait(3500)));
+        // Another node still holds instances of it: not quiet, until the force deadline.
+        assert!(matches!(
+            decide(&r, &c, 9000, true),
+            Some(Decision::Wait(_))
+        ));
+        assert!(matches!(
+            decide(&r, &c, 10_000, true),
+            Some(Decision::Publish(JobMessage { forced: true, .. }))
+        ));
+        match decide(&r, &c, 3500, false) {
             Some(Decision::Publish(j)) => {
                 assert_eq!(j.instances.len(), 2);
                 assert!(!j.forced);
@@ -329,7 +356,7 @@ mod tests {
         let mut r = StudyRecord::new("1.2.3", 0);
         r.add("1.1", entry("9.1", "h1"), 0);
         r.add("1.2", entry("9.2", "h2"), 0);
-        let Some(Decision::Publish(j)) = decide(&r, &c, 5000) else {
+        let Some(Decision::Publish(j)) = decide(&r, &c, 5000, false) else {
             panic!()
         };
         r.published_input = Some(j.input_hash.clone());
@@ -339,7 +366,7 @@ mod tests {
         assert!(r.add("1.1", entry("9.1", "h1b"), 7000));
         assert_eq!(r.state, state::RECEIVING);
         assert_eq!(r.opened_ms, 7000);
-        let Some(Decision::Publish(j2)) = decide(&r, &c, 9000) else {
+        let Some(Decision::Publish(j2)) = decide(&r, &c, 9000, false) else {
             panic!()
         };
         assert_ne!(j2.input_hash, j.input_hash);
@@ -357,14 +384,14 @@ mod tests {
                 t,
             );
         }
-        match decide(&r, &c, 11_500) {
+        match decide(&r, &c, 11_500, false) {
             Some(Decision::Publish(j)) => assert!(j.forced),
             other => panic!("{other:?}"),
         }
         let mut one = StudyRecord::new("1.2.4", 0);
         one.add("1.1", entry("9.1", "h1"), 0);
         assert!(matches!(
-            decide(&one, &c, 5000),
+            decide(&one, &c, 5000, false),
             Some(Decision::Settle {
                 state: state::NOT_QUALIFIED,
                 ..

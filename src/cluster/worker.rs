@@ -410,6 +410,7 @@ async fn publish(
 async fn create_result(cl: &Cluster, rec: &ResultRecord) -> Result<(), ClusterError> {
     let key = result_key(&rec.study_uid, &rec.input_hash);
     let bytes = Bytes::from(serde_json::to_vec(rec).map_err(nats)?);
+    cl.fits(&key, bytes.len())?;
     match cl.results.create(&key, bytes).await {
         Ok(_) => Ok(()),
         // A worker that finished it before and died before its ack: the same objects.

@@ -158,6 +158,7 @@ impl ClusterSection {
         for (k, v) in [
             ("jobs_stream", &self.jobs_stream),
             ("studies_bucket", &self.studies_bucket),
+            ("studies_bucket + \"-nodes\"", &self.nodes_bucket()),
             ("instances_bucket", &self.instances_bucket),
             ("results_bucket", &self.results_bucket),
             ("outputs_bucket", &self.outputs_bucket),
@@ -218,6 +219,11 @@ impl ClusterSection {
             p.push("[cluster] tls_certificate and tls_private_key: give both or neither".into());
         }
         p
+    }
+
+    /// The ingest nodes' announcements of what they have not replicated yet.
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}-nodes", self.studies_bucket)
     }
 
     /// This node's name: `name`, or host name + AE title.

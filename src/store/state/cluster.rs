@@ -21,15 +21,24 @@ pub struct LocalInstance {
 impl State {
     /// Instances still held locally (every one an ingest node holds is unreplicated:
     /// replicated ones are forgotten), oldest first.
-    pub fn unreplicated(&self, limit: usize) -> Result<Vec<LocalInstance>, StateError> {
+    /// Studies in `exclude` are left out.
+    pub fn unreplicated(
+        &self,
+        limit: usize,
+        exclude: &[String],
+    ) -> Result<Vec<LocalInstance>, StateError> {
         let c = self.c();
+        // The excluded studies as a JSON array: one parameter, any number of them.
+        let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
         let mut st = c.prepare(
             "SELECT study_uid, sop_uid, series_uid, sop_class_uid, modality, path, content_hash,
                     size, received_ms
-             FROM instances ORDER BY received_ms, sop_uid LIMIT ?1",
+             FROM instances
+             WHERE study_uid NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY received_ms, sop_uid LIMIT ?1",
         )?;
         let rows = st
-            .query_map(params![limit as i64], |r| {
+            .query_map(params![limit as i64, exclude], |r| {
                 Ok(LocalInstance {
                     study_uid: r.get(0)?,
                     instance: StoredInstance {
@@ -45,6 +54,16 @@ impl State {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The studies of which instances wait here to be replicated.
+    pub fn unreplicated_studies(&self) -> Result<std::collections::BTreeSet<String>, StateError> {
+        let c = self.c();
+        let mut st = c.prepare("SELECT DISTINCT study_uid FROM instances")?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
