@@ -114,8 +114,14 @@ fn many_concurrent_associations_all_stored_rss_bounded() {
     assert_eq!(acked, total, "every instance answered Success");
     assert_eq!(stored, total, "every instance in the spool");
     assert!(node.spool_tmp().is_empty());
-    // Instances stream to disk; memory must not grow with the amount received.
-    assert!(hwm < 512 * 1024, "peak RSS {hwm} KiB");
+    // Instances stream to disk; memory must not grow with the amount received. The growth
+    // is what is bounded: the start RSS is mostly libtorch's mapped pages, 390 to 570 MiB
+    // on the same machine depending on what the page cache holds (fault-around).
+    assert!(
+        hwm.saturating_sub(hwm0) < 128 * 1024,
+        "peak RSS {hwm} KiB, {} KiB more than at start",
+        hwm.saturating_sub(hwm0)
+    );
 }
 
 /// Bytes of an A-ASSOCIATE-RQ from `calling` to the node, proposing Verification.
