@@ -14,4 +14,4 @@ command -v nats-server >/dev/null || { echo "$prog: nats-server not found; run s
 bin=$(release_bin)
 PRIMA_NODE_BIN="$bin" BENCH_STUDIES="${1:-8}" \
   cargo test --locked -q --features stand-in --test cluster -- --ignored --nocapture cluster_throughput 2>&1 \
-  | grep -v 'async_nats' | sed -n '/^cluster throughput/,/^bytes per study/p'
+  | grep -v 'async_nats' | sed -n "/^cluster throughput/,/^bytes per study/p"
