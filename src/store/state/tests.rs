@@ -148,3 +148,41 @@ fn upgrade_keeps_sha256_rows_and_recognises_identical_resends() {
     let s = State::open(d.path()).unwrap();
     assert_eq!(s.instances_of("1.2.3").unwrap().len(), 1);
 }
+
+#[test]
+fn cluster_ingest_forgets_only_what_was_replicated_and_can_leave_studies_aside() {
+    let d = tempfile::tempdir().unwrap();
+    let s = State::open(d.path()).unwrap();
+    let other = |sop: &str| InstanceRecord {
+        study_uid: "9.9".into(),
+        ..rec(sop, "dd")
+    };
+    s.record_instance(&rec("1.2.3.1.1", "aa")).unwrap();
+    s.record_instance(&rec("1.2.3.1.2", "bb")).unwrap();
+    s.record_instance(&other("9.9.1.1")).unwrap();
+    let studies: Vec<String> = s.unreplicated_studies().unwrap().into_iter().collect();
+    assert_eq!(studies, ["1.2.3", "9.9"]);
+    assert_eq!(s.unreplicated(10, &[]).unwrap().len(), 3);
+    let left: Vec<String> = s
+        .unreplicated(10, &["1.2.3".to_string()])
+        .unwrap()
+        .into_iter()
+        .map(|l| l.instance.sop_uid)
+        .collect();
+    assert_eq!(left, ["9.9.1.1"], "a study set aside is not offered");
+    // A replacement received since (other content) is not forgotten with the old one.
+    s.record_instance(&rec("1.2.3.1.1", "a2")).unwrap();
+    let old = format!("{CONTENT_HASH_PREFIX}aa");
+    assert!(!s.instance_replicated("1.2.3", "1.2.3.1.1", &old).unwrap());
+    let new = format!("{CONTENT_HASH_PREFIX}a2");
+    assert!(s.instance_replicated("1.2.3", "1.2.3.1.1", &new).unwrap());
+    assert!(s
+        .instance_replicated("1.2.3", "1.2.3.1.2", &format!("{CONTENT_HASH_PREFIX}bb"))
+        .unwrap());
+    let studies: Vec<String> = s.unreplicated_studies().unwrap().into_iter().collect();
+    assert_eq!(studies, ["9.9"]);
+    assert_eq!(
+        s.study("1.2.3").unwrap().unwrap().state,
+        super::schema::study_state::REPLICATED
+    );
+}
