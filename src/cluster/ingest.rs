@@ -244,8 +244,8 @@ async fn replicate_study(
     let mut entries = Vec::new();
     for li in &list {
         let i = &li.instance;
-        let bytes = match std::fs::read(&i.path) {
-            Ok(b) => b,
+        let file = match std::fs::File::open(&i.path) {
+            Ok(f) => f,
             Err(e) => {
                 // The rescan at start forgets rows whose file is gone; here it was removed
                 // under us (by hand?): the row cannot be replicated.
@@ -255,7 +255,7 @@ async fn replicate_study(
             }
         };
         let object = instance_object(study, &i.sop_uid, &i.content_hash);
-        cl.instances.put(&object, &bytes).await?;
+        cl.instances.put_file(&object, file).await?;
         entries.push((
             i.sop_uid.clone(),
             InstanceEntry {

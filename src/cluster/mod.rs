@@ -222,6 +222,19 @@ pub struct Objects {
 impl Objects {
     /// An object's bytes, checked against the digest stored with it.
     pub async fn get(&self, name: &str) -> Result<Vec<u8>, ClusterError> {
+        let mut bytes = Vec::new();
+        self.get_into(name, &mut bytes).await?;
+        Ok(bytes)
+    }
+
+    /// Write an object to `out` chunk by chunk (an instance may be large: memory holds
+    /// one chunk), checked against the digest stored with it; the caller discards what
+    /// was written when this fails. Returns the object's size.
+    pub async fn get_into(
+        &self,
+        name: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, ClusterError> {
         use base64::Engine;
         use sha2::Digest;
         let info = self
@@ -236,7 +249,8 @@ impl Objects {
             });
         }
         let subject = format!("$O.{}.C.{}", self.bucket, info.nuid);
-        let mut bytes = Vec::with_capacity(info.size);
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0usize;
         let mut seq = 1;
         for _ in 0..info.chunks {
             let m = self
@@ -244,26 +258,44 @@ impl Objects {
                 .direct_get_next_for_subject(subject.as_str(), Some(seq))
                 .await
                 .map_err(nats_at(format_args!("fetching object {name}")))?;
-            bytes.extend_from_slice(&m.payload);
+            hasher.update(&m.payload);
+            out.write_all(&m.payload)?;
+            len += m.payload.len();
             seq = m.sequence + 1;
         }
         let want = info
             .digest
             .as_deref()
             .and_then(|d| d.strip_prefix("SHA-256="));
-        let got = base64::engine::general_purpose::URL_SAFE.encode(sha2::Sha256::digest(&bytes));
-        if bytes.len() != info.size || want.is_some_and(|w| w != got) {
+        let got = base64::engine::general_purpose::URL_SAFE.encode(hasher.finalize());
+        if len != info.size || want.is_some_and(|w| w != got) {
             return Err(ClusterError::Record {
                 key: name.into(),
                 message: format!(
-                    "object damaged: {} bytes of {}, digest {got} (stored {})",
-                    bytes.len(),
+                    "object damaged: {len} bytes of {}, digest {got} (stored {})",
                     info.size,
                     want.unwrap_or("none")
                 ),
             });
         }
-        Ok(bytes)
+        Ok(len as u64)
+    }
+
+    /// Store a file as an object, read as it is sent (memory holds one chunk), unless an
+    /// object of that name and size is there already.
+    pub async fn put_file(&self, name: &str, file: std::fs::File) -> Result<(), ClusterError> {
+        let size = file.metadata()?.len();
+        if let Ok(i) = self.store.info(name).await {
+            if !i.deleted && i.size as u64 == size {
+                return Ok(());
+            }
+        }
+        let mut f = tokio::fs::File::from_std(file);
+        self.store
+            .put(name, &mut f)
+            .await
+            .map_err(nats_at(format_args!("storing object {name}")))?;
+        Ok(())
     }
 
     /// Store an object unless one of that name and size is there already (names carry

@@ -298,14 +298,15 @@ async fn fetch(
         .create(dir)?;
     let mut instances = Vec::new();
     for (n, (sop, e)) in job.instances.iter().enumerate() {
-        let bytes = cl.instances.get(&e.object).await?;
         let path = dir.join(format!("{n:06}.dcm"));
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        std::io::Write::write_all(&mut f, &bytes)?;
+        let mut w = std::io::BufWriter::new(f);
+        cl.instances.get_into(&e.object, &mut w).await?;
+        std::io::Write::flush(&mut w)?;
         instances.push(JobInstance {
             path,
             sop_class_uid: e.sop_class_uid.clone(),
