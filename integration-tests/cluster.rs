@@ -28,19 +28,27 @@ fn member(
     name: &str,
     pacs_port: u16,
     model: Option<&Path>,
-    env: &[(&str, &str)],
 ) -> Node {
     Node::start(NodeOpts {
-        dest_port: pacs_port,
         model_dir: model.map(Path::to_path_buf),
-        extra_toml: cluster_toml(nats, role, name, 3),
-        serial_number: Some(SERIAL.into()),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..NodeOpts::default()
+        ..member_opts(nats, role, name, pacs_port, 3)
     })
+}
+
+/// A member's options: the cluster section, the shared device identity, the PACS.
+fn member_opts(
+    nats: &NatsCluster,
+    role: &str,
+    name: &str,
+    pacs_port: u16,
+    max_deliver: u32,
+) -> NodeOpts {
+    NodeOpts {
+        dest_port: pacs_port,
+        extra_toml: cluster_toml(nats, role, name, max_deliver),
+        serial_number: Some(SERIAL.into()),
+        ..NodeOpts::default()
+    }
 }
 
 fn ready(node: &Node) -> bool {
@@ -121,10 +129,10 @@ fn a_study_split_over_two_ingest_nodes_gives_the_single_nodes_sr_and_kos_once() 
     let nats = NatsCluster::start();
     let pacs_port = common::free_port();
     let pacs = StoreScp::start(pacs_port);
-    let a = member(&nats, "ingest", "ingest-a", pacs_port, None, &[]);
-    let b = member(&nats, "ingest", "ingest-b", pacs_port, None, &[]);
-    let w1 = member(&nats, "worker", "worker-1", pacs_port, Some(&model), &[]);
-    let w2 = member(&nats, "worker", "worker-2", pacs_port, Some(&model), &[]);
+    let a = member(&nats, "ingest", "ingest-a", pacs_port, None);
+    let b = member(&nats, "ingest", "ingest-b", pacs_port, None);
+    let w1 = member(&nats, "worker", "worker-1", pacs_port, Some(&model));
+    let w2 = member(&nats, "worker", "worker-2", pacs_port, Some(&model));
     wait_connected(&[&a, &b, &w1, &w2]);
     let half = series.len() / 2;
     let (to_a, to_b) = series.split_at(half);
@@ -202,7 +210,12 @@ fn small_study(dir: &Path, seed: u64) -> (String, Vec<Vec<PathBuf>>) {
         ],
         ..SynthStudy::brain(seed)
     };
-    let files = write_study(&s, dir).expect("write synthetic study");
+    write_synth(&s, dir)
+}
+
+/// Write a synthetic study: its UID and its files by series (one folder each).
+fn write_synth(s: &SynthStudy, dir: &Path) -> (String, Vec<Vec<PathBuf>>) {
+    let files = write_study(s, dir).expect("write synthetic study");
     let uid = common::study_uid_of(&files[0]);
     let mut by_series: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
     for f in files {
@@ -224,11 +237,8 @@ fn slow_member(
     max_deliver: u32,
 ) -> Node {
     Node::start(NodeOpts {
-        dest_port: pacs_port,
-        extra_toml: cluster_toml(nats, role, name, max_deliver),
-        serial_number: Some(SERIAL.into()),
         env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), delay_ms.to_string())],
-        ..NodeOpts::default()
+        ..member_opts(nats, role, name, pacs_port, max_deliver)
     })
 }
 
@@ -291,15 +301,10 @@ fn a_worker_killed_mid_model_loses_its_job_to_the_other_and_the_result_lands_onc
     let pacs_port = common::free_port();
     let pacs = StoreScp::start(pacs_port);
     let http_port = common::free_port();
-    let a = Node::start(NodeOpts {
-        dest_port: pacs_port,
-        extra_toml: format!(
-            "{}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
-            cluster_toml(&nats, "ingest", "ingest-a", 3)
-        ),
-        serial_number: Some(SERIAL.into()),
-        ..NodeOpts::default()
-    });
+    let mut opts = member_opts(&nats, "ingest", "ingest-a", pacs_port, 3);
+    opts.extra_toml
+        .push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"));
+    let a = Node::start(opts);
     let mut w1 = slow_member(&nats, "worker", "worker-1", pacs_port, 6000, 3);
     let mut w2 = slow_member(&nats, "worker", "worker-2", pacs_port, 6000, 3);
     wait_connected(&[&a, &w1, &w2]);
@@ -635,15 +640,7 @@ fn cluster_throughput() {
         (0..n as u64)
             .map(|i| {
                 let dir = tmp.path().join(format!("b{tag}-{i}"));
-                let files = write_study(&SynthStudy::brain(tag * 1000 + i), &dir).unwrap();
-                let uid = common::study_uid_of(&files[0]);
-                let mut by: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
-                for f in files {
-                    by.entry(f.parent().unwrap().to_owned())
-                        .or_default()
-                        .push(f);
-                }
-                (uid, by.into_values().collect())
+                write_synth(&SynthStudy::brain(tag * 1000 + i), &dir)
             })
             .collect()
     };
@@ -679,7 +676,7 @@ fn cluster_throughput() {
         let nats = NatsCluster::start();
         let pacs_port = common::free_port();
         let pacs = StoreScp::start(pacs_port);
-        let ingest = member(&nats, "ingest", "ingest-a", pacs_port, None, &[]);
+        let ingest = member(&nats, "ingest", "ingest-a", pacs_port, None);
         wait_connected(&[&ingest]);
         let studies = batch(1 + workers as u64);
         for (_, series) in &studies {
@@ -702,7 +699,6 @@ fn cluster_throughput() {
                     &format!("worker-{i}"),
                     pacs_port,
                     Some(&model),
-                    &[],
                 )
             })
             .collect();
@@ -798,4 +794,140 @@ fn a_node_with_role_all_is_a_whole_cluster_and_a_second_ingest_node_shares_its_w
         !b.log_text().contains("study processed"),
         "an ingest node runs no model"
     );
+}
+
+/// Hostile input on the cluster's own paths, then through processing: garbage and
+/// impossible jobs in the queue, unparsable study and result records in the buckets, and a
+/// damaged study (no PixelSpacing, a lone slice, an absurd frame count) sent to an ingest
+/// node and run by a worker with the small demo model. Each is answered with a log line or
+/// a failure reason; the damaged study gets its SR and KOS; the nodes stay up and the next,
+/// good study gets its results once.
+#[test]
+fn hostile_cluster_messages_and_a_damaged_study_leave_the_cluster_working() {
+    if !common::have_dcmtk() || !have_nats_server() {
+        return;
+    }
+    use dicom_core::{DataElement, PrimitiveValue as V, VR};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let o = std::process::Command::new(common::bin())
+        .args(["model", "demo", "--size", "small", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nats = NatsCluster::start();
+    let pacs_port = common::free_port();
+    let pacs = StoreScp::start(pacs_port);
+    let a = member(&nats, "ingest", "ingest-a", pacs_port, None);
+    let mut w = member(&nats, "worker", "worker-1", pacs_port, Some(&model));
+    wait_connected(&[&a, &w]);
+
+    // The cluster's inputs, written as any NATS client could.
+    let url = format!("nats://127.0.0.1:{}", nats.servers[0].client_port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(c);
+        let impossible = serde_json::json!({
+            "study_uid": "1.2.826.0.1.999",
+            "input_hash": "00".repeat(32),
+            "instances": {"1.2.826.0.1.999.1": {
+                "series_uid": "1.2.826.0.1.999.2",
+                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4",
+                "modality": "MR",
+                "content_hash": "blake3:00",
+                "object": "no/such/object",
+                "size": 1,
+                "node": "nobody",
+                "received_ms": 0
+            }},
+            "predecessors": [],
+            "forced": false
+        });
+        for payload in [b"not a job {".to_vec(), impossible.to_string().into_bytes()] {
+            js.publish("prima_jobs.study", payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let studies = js.get_key_value("prima-studies").await.unwrap();
+        studies.put("s.1.2.3.999", "{{{".into()).await.unwrap();
+        let results = js.get_key_value("prima-results").await.unwrap();
+        results.put("r.1.2.3.999.ab", "[]".into()).await.unwrap();
+    });
+    assert!(
+        common::wait_until(Duration::from_secs(60), || w
+            .log_text()
+            .contains("unreadable job message: dropped")),
+        "{}",
+        w.log_text()
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(60), || a
+            .status()
+            .contains("failed: 1.2.826.0.1.999:")),
+        "the impossible job is failed with its reason:\n{}\n{}",
+        a.status(),
+        w.log_text()
+    );
+    assert!(a.log_text().contains("unreadable cluster record ignored"));
+
+    // A damaged study goes all the way through: replicated, decided, run, delivered.
+    let mut by_series: Vec<Vec<PathBuf>> = {
+        let s = SynthStudy {
+            series: vec![
+                SynthSeries::new(2, "AX T2 FLAIR", Plane::Axial, 64, 64, 8),
+                SynthSeries::new(3, "AX T1", Plane::Axial, 64, 64, 8),
+                SynthSeries::new(4, "COR T2", Plane::Coronal, 64, 64, 8),
+                SynthSeries::new(5, "SAG T1", Plane::Sagittal, 64, 64, 8),
+            ],
+            ..SynthStudy::brain(951)
+        };
+        write_synth(&s, &tmp.path().join("bad")).1
+    };
+    for f in &by_series[0] {
+        let mut o = dicom_object::open_file(f).unwrap();
+        o.remove_element(tags::PIXEL_SPACING);
+        o.write_to_file(f).unwrap();
+    }
+    by_series[1].truncate(1);
+    let mut o = dicom_object::open_file(&by_series[2][0]).unwrap();
+    o.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        V::from("2147483647"),
+    ));
+    o.write_to_file(&by_series[2][0]).unwrap();
+    let bad_uid = common::study_uid_of(&by_series[0][0]);
+    common::send_study(a.opts.port, &by_series, 2);
+    let logs = || dump(&[("a", &a), ("w", &w)]);
+    assert!(
+        common::wait_until(Duration::from_secs(180), || received_by_study(&pacs)
+            .get(&bad_uid)
+            .copied()
+            .unwrap_or(0)
+            >= 2),
+        "no SR and KOS for the damaged study:\n{}",
+        logs()
+    );
+    // The next, good study.
+    let (good_uid, good) = small_study(&tmp.path().join("good"), 952);
+    common::send_study(a.opts.port, &good, 2);
+    assert!(
+        common::wait_until(Duration::from_secs(180), || received_by_study(&pacs)
+            .get(&good_uid)
+            .copied()
+            .unwrap_or(0)
+            >= 2),
+        "no results for the good study:\n{}",
+        logs()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let m = received_by_study(&pacs);
+    assert_eq!(m.get(&bad_uid), Some(&2), "{m:?}");
+    assert_eq!(m.get(&good_uid), Some(&2), "{m:?}");
+    assert_eq!(m.len(), 2, "nothing for the garbage: {m:?}");
+    assert!(w.is_running(), "the worker node is still up");
 }

@@ -57,25 +57,9 @@ pub fn spawn(
 }
 
 fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("prima-cluster-io")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the cluster runtime: nothing is replicated");
-            return;
-        }
-    };
     let cfg = ctx.config.get();
     let section = cfg.cluster.clone().expect("[cluster] present");
-    let Some(cl) = rt.block_on(super::connect_until_ready(
-        &section,
-        &cfg.node.ae_title,
-        &stop,
-    )) else {
+    let Some((rt, cl)) = super::start(&cfg, &stop, "nothing is replicated") else {
         return;
     };
     let _advisories = rt.spawn(super::view::watch_max_deliveries(cl.clone()));

@@ -495,6 +495,31 @@ async fn ensure_jobs(
     Ok(())
 }
 
+/// A cluster thread's own runtime (one I/O thread) and its connection, retried until it
+/// works or `stop` is set. `None` when stopped first, or when no runtime could be made
+/// (logged with `without`: what then does not happen).
+pub fn start(
+    cfg: &crate::config::Config,
+    stop: &std::sync::atomic::AtomicBool,
+    without: &str,
+) -> Option<(tokio::runtime::Runtime, Cluster)> {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("prima-cluster-io")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the cluster runtime: {without}");
+            return None;
+        }
+    };
+    let section = cfg.cluster.as_ref()?;
+    let cl = rt.block_on(connect_until_ready(section, &cfg.node.ae_title, stop))?;
+    Some((rt, cl))
+}
+
 /// Connect, retrying every few seconds until it works or `stop` is set (the cluster may
 /// start after the node; an ingest node keeps receiving meanwhile).
 pub async fn connect_until_ready(

@@ -55,6 +55,17 @@ impl Tracked for ResultRecord {
     fn open(&self) -> bool {
         self.state == result_state::READY || self.state == result_state::CLAIMED
     }
+    fn failure(&self) -> Option<(i64, String, String)> {
+        // A job whose study has no record (published by hand, or the record expired)
+        // fails here only.
+        (self.state == result_state::FAILED).then(|| {
+            (
+                self.finished_ms,
+                self.study_uid.clone(),
+                self.error.clone().unwrap_or_default(),
+            )
+        })
+    }
 }
 
 pub struct Bucket<T> {
@@ -180,13 +191,8 @@ impl<T: Tracked> Bucket<T> {
         m
     }
 
-    /// The latest failures, newest first: (study, why).
-    pub fn latest_failures(&self, n: usize) -> Vec<(String, String)> {
-        let mut v: Vec<&(i64, String, String)> = self.failures.values().collect();
-        v.sort_by_key(|f| std::cmp::Reverse(f.0));
-        v.into_iter()
-            .take(n)
-            .map(|(_, s, r)| (s.clone(), r.clone()))
-            .collect()
+    /// The failures: (when, study, why).
+    pub fn failures(&self) -> impl Iterator<Item = &(i64, String, String)> {
+        self.failures.values()
     }
 }

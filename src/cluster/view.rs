@@ -66,8 +66,24 @@ pub async fn view_known(
         jobs_waiting,
         jobs_running,
         workers_idle,
-        failures: studies.latest_failures(10),
+        failures: latest_failures(studies, results, 10),
     })
+}
+
+/// The latest failures of studies and of jobs, newest first, a study once: (study, why).
+fn latest_failures(
+    studies: &Bucket<StudyRecord>,
+    results: &Bucket<ResultRecord>,
+    n: usize,
+) -> Vec<(String, String)> {
+    let mut v: Vec<&(i64, String, String)> = studies.failures().chain(results.failures()).collect();
+    v.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let mut seen = std::collections::HashSet::new();
+    v.into_iter()
+        .filter(|(_, s, _)| seen.insert(s.clone()))
+        .take(n)
+        .map(|(_, s, r)| (s.clone(), r.clone()))
+        .collect()
 }
 
 /// Jobs waiting, jobs held by a worker, workers waiting for a job.

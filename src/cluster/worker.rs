@@ -78,25 +78,8 @@ pub fn spawn(
 }
 
 fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, stop: Arc<AtomicBool>) {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("prima-cluster-io")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the cluster runtime: no jobs are taken");
-            return;
-        }
-    };
     let cfg = ctx.config.get();
-    let section = cfg.cluster.clone().expect("[cluster] present");
-    let Some(cl) = rt.block_on(super::connect_until_ready(
-        &section,
-        &cfg.node.ae_title,
-        &stop,
-    )) else {
+    let Some((rt, cl)) = super::start(&cfg, &stop, "no jobs are taken") else {
         return;
     };
     info!(node = %cl.node, "cluster worker waiting for jobs");
@@ -240,7 +223,7 @@ fn handle(
         Ok(r) => r,
         Err(e) => {
             progress.abort();
-            return give_up_or_retry(rt, cl, &msg, &job, delivered, e.to_string());
+            return give_up_or_retry(rt, cl, &msg, &job, delivered, e);
         }
     };
     let ms = t0.elapsed().as_millis() as u64;
@@ -270,7 +253,7 @@ fn give_up_or_retry(
     msg: &jetstream::Message,
     job: &JobMessage,
     delivered: u32,
-    why: String,
+    why: ClusterError,
 ) -> Result<(), ClusterError> {
     if delivered >= cl.section.max_deliver {
         let reason = format!("failed on {delivered} deliveries (last: {why})");
@@ -280,7 +263,7 @@ fn give_up_or_retry(
             .map_err(nats_at("acknowledging the job"))?;
         return Ok(());
     }
-    Err(ClusterError::Nats(why))
+    Err(why)
 }
 
 /// The job's instances into `dir`, as a [`StudyJob`].

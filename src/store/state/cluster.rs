@@ -6,7 +6,7 @@ use rusqlite::params;
 
 use super::db::{now_ms, State, StateError};
 use super::instances::StoredInstance;
-use super::jobs::OutputRow;
+use super::jobs::{insert_outputs, OutputRow};
 use super::schema::{job_state, outbox_state, study_state};
 
 /// An instance in the local spool, waiting to be replicated to the cluster.
@@ -137,29 +137,7 @@ impl State {
             params![study_uid, job_state::DONE, input_hash, now],
         )?;
         let job_id = tx.last_insert_rowid();
-        for o in outputs {
-            tx.execute(
-                "INSERT OR IGNORE INTO outputs (sop_uid, study_uid, job_id, kind, sop_class_uid,
-                    series_uid, path, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    o.sop_uid,
-                    study_uid,
-                    job_id,
-                    o.kind,
-                    o.sop_class_uid,
-                    o.series_uid,
-                    o.path.to_string_lossy(),
-                    now
-                ],
-            )?;
-            for d in destinations {
-                tx.execute(
-                    "INSERT OR IGNORE INTO outbox (sop_uid, destination, state, next_attempt_ms)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![o.sop_uid, d, outbox_state::PENDING, now],
-                )?;
-            }
-        }
+        insert_outputs(&tx, study_uid, job_id, outputs, destinations, now)?;
         tx.execute(
             "UPDATE studies SET state = ?2, runs = runs + 1, last_input_hash = ?3, reason = NULL,
                 updated_ms = ?4 WHERE study_uid = ?1",

@@ -109,29 +109,7 @@ impl State {
         let now = now_ms();
         let mut c = self.c();
         let tx = c.transaction()?;
-        for o in outputs {
-            tx.execute(
-                "INSERT OR IGNORE INTO outputs (sop_uid, study_uid, job_id, kind, sop_class_uid,
-                    series_uid, path, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    o.sop_uid,
-                    study_uid,
-                    job_id,
-                    o.kind,
-                    o.sop_class_uid,
-                    o.series_uid,
-                    o.path.to_string_lossy(),
-                    now
-                ],
-            )?;
-            for d in destinations {
-                tx.execute(
-                    "INSERT OR IGNORE INTO outbox (sop_uid, destination, state, next_attempt_ms)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![o.sop_uid, d, outbox_state::PENDING, now],
-                )?;
-            }
-        }
+        insert_outputs(&tx, study_uid, job_id, outputs, destinations, now)?;
         tx.execute(
             "UPDATE jobs SET state = ?2, finished_ms = ?3, error = NULL WHERE id = ?1",
             params![job_id, job_state::DONE, now],
@@ -223,6 +201,42 @@ impl State {
         )? as usize;
         Ok((jobs, outbox))
     }
+}
+
+/// A job's outputs recorded and queued for every destination, inside the caller's
+/// transaction (the single node's finished job, a cluster result claimed for delivery).
+pub(super) fn insert_outputs(
+    tx: &rusqlite::Transaction<'_>,
+    study_uid: &str,
+    job_id: i64,
+    outputs: &[OutputRow],
+    destinations: &[String],
+    now: i64,
+) -> Result<(), StateError> {
+    for o in outputs {
+        tx.execute(
+            "INSERT OR IGNORE INTO outputs (sop_uid, study_uid, job_id, kind, sop_class_uid,
+                series_uid, path, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                o.sop_uid,
+                study_uid,
+                job_id,
+                o.kind,
+                o.sop_class_uid,
+                o.series_uid,
+                o.path.to_string_lossy(),
+                now
+            ],
+        )?;
+        for d in destinations {
+            tx.execute(
+                "INSERT OR IGNORE INTO outbox (sop_uid, destination, state, next_attempt_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![o.sop_uid, d, outbox_state::PENDING, now],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
