@@ -364,7 +364,6 @@ fn serve_cluster_worker(
     // node's stays empty.
     drop(State::open(&state_dir)?);
     let scratch = state_dir.join("cluster-scratch");
-    let _ = std::fs::remove_dir_all(&scratch);
     let shared = SharedConfig::new(cfg.clone());
     let _watcher = watch_config(config_path, shared.clone());
     let stop = Arc::new(AtomicBool::new(false));

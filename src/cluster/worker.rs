@@ -46,6 +46,8 @@ pub fn spawn(
     factory: ProcessorFactory,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ProcessError> {
+    // What a killed worker left in its scratch spool: the job is redelivered anyway.
+    let _ = std::fs::remove_dir_all(&ctx.scratch);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let cfg = ctx.config.get();
     let handle = std::thread::Builder::new()
