@@ -25,13 +25,16 @@ pub const MODEL_SOP_CLASSES: [&str; 2] = [MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_ST
 /// The checks that read the `[tls]` and `tls_ca` files and build TLS contexts from them.
 /// `net::tls` implements it; taking it as a parameter keeps this module free of the network
 /// layer while the problems still come out in one list, in key order. Each method returns
-/// the text of the problem when the context cannot be built.
+/// the error that stops the context from being built.
 pub trait TlsCheck {
     /// The listener's context from `[tls]`.
-    fn server(&self, tls: &TlsSection) -> Result<(), String>;
+    fn server(&self, tls: &TlsSection) -> Result<(), TlsCheckError>;
     /// The sender's context for a destination whose certificate must chain to `ca`.
-    fn client(&self, ca: &Path, identity: Option<&TlsSection>) -> Result<(), String>;
+    fn client(&self, ca: &Path, identity: Option<&TlsSection>) -> Result<(), TlsCheckError>;
 }
+
+/// Why a TLS context cannot be built: the network layer's own error, kept whole.
+pub type TlsCheckError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{TlsCheck, TlsSection};
+use crate::config::{TlsCheck, TlsCheckError, TlsSection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -74,14 +74,12 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub struct ContextCheck;
 
 impl TlsCheck for ContextCheck {
-    fn server(&self, tls: &TlsSection) -> Result<(), String> {
-        server_config(tls).map(drop).map_err(|e| e.to_string())
+    fn server(&self, tls: &TlsSection) -> Result<(), TlsCheckError> {
+        server_config(tls).map(drop).map_err(Into::into)
     }
 
-    fn client(&self, ca: &Path, identity: Option<&TlsSection>) -> Result<(), String> {
-        client_config(ca, identity)
-            .map(drop)
-            .map_err(|e| e.to_string())
+    fn client(&self, ca: &Path, identity: Option<&TlsSection>) -> Result<(), TlsCheckError> {
+        client_config(ca, identity).map(drop).map_err(Into::into)
     }
 }
 
