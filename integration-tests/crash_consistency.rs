@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use prima_node::store::state::{outbox_state, study_state, State};
+use prima_node::store::state::{OutboxState, State, StudyState};
 use prima_node::synth::{write_study, Plane, SynthSeries, SynthStudy};
 
 /// SplitMix64: a seeded generator without a dependency.
@@ -138,7 +138,7 @@ fn outbox(node: &Node) -> Vec<prima_node::store::state::OutboxRow> {
         .unwrap_or_default()
 }
 
-fn study_state_of(node: &Node, uid: &str) -> Option<String> {
+fn study_state_of(node: &Node, uid: &str) -> Option<StudyState> {
     State::open_read_only(&node.state_dir)
         .and_then(|s| s.study(uid))
         .ok()
@@ -160,7 +160,7 @@ struct Tally {
 fn kill_and_snapshot(node: &mut Node, tally: &mut Tally, what: String) {
     node.sigkill();
     for r in outbox(node) {
-        if r.state != outbox_state::DONE {
+        if r.state != OutboxState::Done {
             *tally.in_doubt_allowance.entry(r.sop_uid).or_default() += 1;
         }
     }
@@ -266,11 +266,11 @@ fn run_trial(
 
     // The study completes and everything queued for it is delivered.
     let done = wait_until(Duration::from_secs(60), || {
-        study_state_of(node, &study.uid).as_deref() == Some(study_state::DONE)
+        study_state_of(node, &study.uid) == Some(StudyState::Done)
             && outbox(node)
                 .iter()
                 .filter(|r| r.study_uid == study.uid)
-                .all(|r| r.state == outbox_state::DONE)
+                .all(|r| r.state == OutboxState::Done)
     });
     assert!(
         done,

@@ -5,12 +5,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use prima_node::config::ConfigError;
 use prima_node::imaging::series::SliceOrder;
-use prima_node::job::ProcessorFactory;
 use prima_node::model::demo::{write_demo_model, DemoSize};
 use prima_node::model::prima::parse_device;
 use prima_node::model::ModelOptions;
-use prima_node::process::{self, prepare::prepare_folder, InferOptions, PrepareCache};
-use std::sync::Arc;
+use prima_node::process::{self, prepare::prepare_folder, InferOptions};
 
 #[derive(Parser)]
 #[command(
@@ -65,55 +63,7 @@ enum Command {
     },
     /// Run Prima on one study folder: writes `<name>_predictions.json` (upstream's format)
     /// and `<name>_run.json` (series used/skipped, timings) into `--out`.
-    Infer {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, value_enum, default_value_t = SliceOrderArg::Position)]
-        slice_order: SliceOrderArg,
-        /// Defaults to the DICOM StudyDescription (0008,1030).
-        #[arg(long)]
-        study_description: Option<String>,
-        /// auto, cpu, cuda or cuda:N
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// f32 (reference numerics), f16 or bf16 (GPU)
-        #[arg(long, default_value = "f32")]
-        precision: String,
-        /// libtorch intra-op threads (default: libtorch's choice)
-        #[arg(long)]
-        threads: Option<i32>,
-        /// Tokens per VQ-VAE call.
-        #[arg(long, default_value_t = 400)]
-        vqvae_chunk: usize,
-        /// Also write the findings SR and the priority KOS next to the JSON.
-        #[arg(long)]
-        dicom: bool,
-        /// Explain the top finding with LIME (into the run record), as `[explain]` does.
-        #[arg(long)]
-        explain: bool,
-        /// LIME samples (upstream: 1000).
-        #[arg(long, default_value_t = 1000)]
-        explain_samples: usize,
-        /// Tokens reported per finding.
-        #[arg(long, default_value_t = 3)]
-        explain_top_tokens: usize,
-        /// Findings explained.
-        #[arg(long, default_value_t = 1)]
-        explain_findings: usize,
-        /// Seed of LIME's masks (upstream: 0).
-        #[arg(long, default_value_t = 0)]
-        explain_seed: u32,
-        /// Perturbed inputs per model call.
-        #[arg(long, default_value_t = prima_node::explain::ExplainOptions::default().batch)]
-        explain_batch: usize,
-        /// Compute LIME's labels in float32 on CUDA too (default: float16 autocast, as
-        /// upstream).
-        #[arg(long)]
-        explain_no_autocast: bool,
-        study_dir: PathBuf,
-    },
+    Infer(InferArgs),
     /// Model files.
     Model {
         #[command(subcommand)]
@@ -126,6 +76,57 @@ enum Command {
         slice_order: SliceOrderArg,
         study_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct InferArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = SliceOrderArg::Position)]
+    slice_order: SliceOrderArg,
+    /// Defaults to the DICOM StudyDescription (0008,1030).
+    #[arg(long)]
+    study_description: Option<String>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// f32 (reference numerics), f16 or bf16 (GPU)
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// libtorch intra-op threads (default: libtorch's choice)
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Tokens per VQ-VAE call.
+    #[arg(long, default_value_t = 400)]
+    vqvae_chunk: usize,
+    /// Also write the findings SR and the priority KOS next to the JSON.
+    #[arg(long)]
+    dicom: bool,
+    /// Explain the top finding with LIME (into the run record), as `[explain]` does.
+    #[arg(long)]
+    explain: bool,
+    /// LIME samples (upstream: 1000).
+    #[arg(long, default_value_t = 1000)]
+    explain_samples: usize,
+    /// Tokens reported per finding.
+    #[arg(long, default_value_t = 3)]
+    explain_top_tokens: usize,
+    /// Findings explained.
+    #[arg(long, default_value_t = 1)]
+    explain_findings: usize,
+    /// Seed of LIME's masks (upstream: 0).
+    #[arg(long, default_value_t = 0)]
+    explain_seed: u32,
+    /// Perturbed inputs per model call.
+    #[arg(long, default_value_t = prima_node::explain::ExplainOptions::default().batch)]
+    explain_batch: usize,
+    /// Compute LIME's labels in float32 on CUDA too (default: float16 autocast, as
+    /// upstream).
+    #[arg(long)]
+    explain_no_autocast: bool,
+    study_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -172,38 +173,13 @@ fn init_logging() {
         .init();
 }
 
-/// The study processor `serve` runs. `PRIMA_NODE_FAKE_PROCESSOR=1` selects the model-free
-/// stand-in used by the node's integration tests.
-/// The study processor the worker process runs, and the cache its background preparation
-/// fills.
-/// With the `stand-in` feature (tests, benchmarks), `PRIMA_NODE_FAKE_PROCESSOR=1` selects
-/// the model-free stand-in instead.
-fn processor() -> (ProcessorFactory, Option<Arc<PrepareCache>>) {
-    #[cfg(feature = "stand-in")]
-    if std::env::var("PRIMA_NODE_FAKE_PROCESSOR").is_ok_and(|v| v == "1") {
-        tracing::warn!(
-            "using the FAKE study processor: outputs are placeholders, not model results"
-        );
-        return (
-            Box::new(|_| Ok(Box::new(prima_node::stand_in::FakeProcessor))),
-            None,
-        );
-    }
-    let cache = Arc::new(PrepareCache::new());
-    let for_worker = cache.clone();
-    (
-        Box::new(move |cfg| Ok(Box::new(process::PrimaProcessor::new(cfg, for_worker)?))),
-        Some(cache),
-    )
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
             init_logging();
-            let factory = prima_node::worker::isolated::factory(&config);
-            match prima_node::node::serve(&config, factory) {
+            let factory = prima_node::model_process::factory(&config);
+            match prima_node::app::serve(&config, factory) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "prima-node failed");
@@ -215,8 +191,7 @@ fn main() -> ExitCode {
         Command::Worker { config } => {
             init_logging();
             let _span = tracing::info_span!("worker", pid = std::process::id()).entered();
-            let (factory, cache) = processor();
-            match prima_node::node::serve_worker(&config, factory, cache) {
+            match prima_node::app::serve_model_process(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "prima-node worker failed");
@@ -224,7 +199,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { file } => match prima_node::node::check_config(&file) {
+        Command::CheckConfig { file } => match prima_node::app::check_config(&file) {
             Ok((cfg, notes)) => {
                 println!(
                     "{}: OK (AE {} on {}, {} source(s), {} destination(s))",
@@ -251,7 +226,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status { config } => match prima_node::node::status_report(&config) {
+        Command::Status { config } => match prima_node::app::status_report(&config) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -290,57 +265,7 @@ fn run(command: Command) -> Result<()> {
             eprintln!("wrote {} instances under {}", files.len(), out.display());
             Ok(())
         }
-        Command::Infer {
-            model,
-            out,
-            slice_order,
-            study_description,
-            device,
-            precision,
-            threads,
-            vqvae_chunk,
-            dicom,
-            explain,
-            explain_samples,
-            explain_top_tokens,
-            explain_findings,
-            explain_seed,
-            explain_batch,
-            explain_no_autocast,
-            study_dir,
-        } => {
-            // A measurement asked for on the GPU must not quietly run on the CPU (the node
-            // falls back; `infer` is the tool that measures).
-            let requested = parse_device(&device)?;
-            if let (_, Some(why)) = prima_node::model::usable_device(requested) {
-                anyhow::bail!("--device {device}: {why}");
-            }
-            Ok(process::infer_folder(
-                &InferOptions {
-                    model_dir: model,
-                    model: ModelOptions {
-                        device: requested,
-                        precision: precision.parse()?,
-                        vqvae_chunk,
-                    },
-                    threads,
-                    study_dir,
-                    slice_order: slice_order.into(),
-                    study_description,
-                    out,
-                    dicom,
-                    explain: explain.then_some(prima_node::explain::ExplainOptions {
-                        samples: explain_samples,
-                        top_tokens: explain_top_tokens,
-                        findings: explain_findings,
-                        seed: explain_seed,
-                        batch: explain_batch,
-                        autocast: !explain_no_autocast,
-                    }),
-                },
-                |msg| eprintln!("[prima-node infer] {msg}"),
-            )?)
-        }
+        Command::Infer(args) => infer(args),
         Command::Model {
             command: ModelCommand::Demo { out, size, seed },
         } => {
@@ -385,4 +310,40 @@ fn run(command: Command) -> Result<()> {
             unreachable!("handled in main")
         }
     }
+}
+
+/// `prima-node infer`.
+fn infer(a: InferArgs) -> Result<()> {
+    // A measurement asked for on the GPU must not quietly run on the CPU (the node falls
+    // back; `infer` is the tool that measures).
+    let requested = parse_device(&a.device)?;
+    if let (_, Some(why)) = prima_node::model::usable_device(requested) {
+        anyhow::bail!("--device {}: {why}", a.device);
+    }
+    let explain = a.explain.then_some(prima_node::explain::ExplainOptions {
+        samples: a.explain_samples,
+        top_tokens: a.explain_top_tokens,
+        findings: a.explain_findings,
+        seed: a.explain_seed,
+        batch: a.explain_batch,
+        autocast: !a.explain_no_autocast,
+    });
+    Ok(process::infer_folder(
+        &InferOptions {
+            model_dir: a.model,
+            model: ModelOptions {
+                device: requested,
+                precision: a.precision.parse()?,
+                vqvae_chunk: a.vqvae_chunk,
+            },
+            threads: a.threads,
+            study_dir: a.study_dir,
+            slice_order: a.slice_order.into(),
+            study_description: a.study_description,
+            out: a.out,
+            dicom: a.dicom,
+            explain,
+        },
+        |msg| eprintln!("[prima-node infer] {msg}"),
+    )?)
 }

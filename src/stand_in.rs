@@ -7,8 +7,13 @@
 //! a re-run after a crash produces the same SOP Instance UID. `PRIMA_NODE_FAKE_FAIL` makes
 //! every job fail; `PRIMA_NODE_FAKE_DELAY_MS` makes each take that long.
 
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
 use crate::job::{
-    OutputKind, OutputObject, PredecessorRef, ProcessError, ProcessedStudy, StudyJob,
+    OutputKind, OutputObject, PredecessorRef, ProcessError, ProcessedStudy, RunRecord, StudyJob,
     StudyProcessor,
 };
 
@@ -74,7 +79,16 @@ impl StudyProcessor for FakeProcessor {
                 bytes,
             }],
             predictions_json: serde_json::to_string_pretty(&predictions).unwrap_or_default(),
-            run_json: serde_json::json!({"processor": "fake", "attempt": job.attempt}).to_string(),
+            run: RunRecord {
+                study: job.study_instance_uid.clone(),
+                study_instance_uid: Some(job.study_instance_uid.clone()),
+                model_name: "stand-in".into(),
+                warnings: vec![format!(
+                    "FAKE processor (attempt {}): not model results",
+                    job.attempt
+                )],
+                ..RunRecord::default()
+            },
         })
     }
 }
@@ -86,24 +100,8 @@ fn fake_sr(
     text: &str,
     predecessors: &[PredecessorRef],
 ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    use dicom_core::value::DataSetSequence;
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags;
-    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    use dicom_object::FileMetaTableBuilder;
 
-    fn s(tag: dicom_core::Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
-        DataElement::new(tag, vr, PrimitiveValue::from(v))
-    }
-    fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
-        InMemDicomObject::from_element_iter([
-            s(tags::CODE_VALUE, VR::SH, value),
-            s(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
-            s(tags::CODE_MEANING, VR::LO, meaning),
-        ])
-    }
-    fn seq(tag: dicom_core::Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
-    }
     let mut o = InMemDicomObject::new_empty();
     o.put(s(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
     o.put(s(tags::SOP_CLASS_UID, VR::UI, BASIC_TEXT_SR));
@@ -135,40 +133,7 @@ fn fake_sr(
     ));
     o.put(seq(tags::CONTENT_SEQUENCE, vec![item]));
     if !predecessors.is_empty() {
-        let mut by_series: Vec<(String, Vec<InMemDicomObject>)> = Vec::new();
-        for p in predecessors {
-            let r = InMemDicomObject::from_element_iter([
-                s(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &p.sop_class_uid),
-                s(
-                    tags::REFERENCED_SOP_INSTANCE_UID,
-                    VR::UI,
-                    &p.sop_instance_uid,
-                ),
-            ]);
-            match by_series
-                .iter_mut()
-                .find(|(s, _)| *s == p.series_instance_uid)
-            {
-                Some((_, v)) => v.push(r),
-                None => by_series.push((p.series_instance_uid.clone(), vec![r])),
-            }
-        }
-        let series_items = by_series
-            .into_iter()
-            .map(|(uid, refs)| {
-                let mut it = InMemDicomObject::from_element_iter([s(
-                    tags::SERIES_INSTANCE_UID,
-                    VR::UI,
-                    &uid,
-                )]);
-                it.put(seq(tags::REFERENCED_SOP_SEQUENCE, refs));
-                it
-            })
-            .collect();
-        let mut st =
-            InMemDicomObject::from_element_iter([s(tags::STUDY_INSTANCE_UID, VR::UI, study)]);
-        st.put(seq(tags::REFERENCED_SERIES_SEQUENCE, series_items));
-        o.put(seq(tags::PREDECESSOR_DOCUMENTS_SEQUENCE, vec![st]));
+        o.put(predecessor_documents(study, predecessors));
     }
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(BASIC_TEXT_SR)
@@ -181,6 +146,56 @@ fn fake_sr(
     let mut out = Vec::new();
     file.write_all(&mut out)?;
     Ok(out)
+}
+
+fn s(tag: dicom_core::Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        s(tags::CODE_VALUE, VR::SH, value),
+        s(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
+        s(tags::CODE_MEANING, VR::LO, meaning),
+    ])
+}
+fn seq(tag: dicom_core::Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+}
+/// Predecessor Documents Sequence naming the earlier outputs, grouped by series.
+fn predecessor_documents(
+    study: &str,
+    predecessors: &[PredecessorRef],
+) -> DataElement<InMemDicomObject> {
+    let mut by_series: Vec<(String, Vec<InMemDicomObject>)> = Vec::new();
+    for p in predecessors {
+        let r = InMemDicomObject::from_element_iter([
+            s(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &p.sop_class_uid),
+            s(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                &p.sop_instance_uid,
+            ),
+        ]);
+        match by_series
+            .iter_mut()
+            .find(|(s, _)| *s == p.series_instance_uid)
+        {
+            Some((_, v)) => v.push(r),
+            None => by_series.push((p.series_instance_uid.clone(), vec![r])),
+        }
+    }
+    let series_items = by_series
+        .into_iter()
+        .map(|(uid, refs)| {
+            let mut it =
+                InMemDicomObject::from_element_iter([s(tags::SERIES_INSTANCE_UID, VR::UI, &uid)]);
+            it.put(seq(tags::REFERENCED_SOP_SEQUENCE, refs));
+            it
+        })
+        .collect();
+    let mut st = InMemDicomObject::from_element_iter([s(tags::STUDY_INSTANCE_UID, VR::UI, study)]);
+    st.put(seq(tags::REFERENCED_SERIES_SEQUENCE, series_items));
+    seq(tags::PREDECESSOR_DOCUMENTS_SEQUENCE, vec![st])
 }
 
 #[cfg(test)]

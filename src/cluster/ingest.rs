@@ -18,14 +18,14 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use super::records::{
-    decide, instance_object, node_key, result_state, state as study_state, study_key, Decision,
-    InstanceEntry, NodeRecord, ResultRecord, StudyRecord,
+    decide, instance_object, node_key, study_key, Decision, InstanceEntry, NodeRecord,
+    ResultRecord, ResultState, StudyRecord,
 };
 use super::tracked::Bucket;
 use super::{nats, nats_at, Cluster, ClusterError};
 use crate::config::SharedConfig;
 use crate::store::outbox::Outbox;
-use crate::store::state::{now_ms, outbox_state, LocalInstance, OutputRow, State};
+use crate::store::state::{now_ms, LocalInstance, OutboxState, OutputRow, State, StudyState};
 
 pub struct IngestCtx {
     pub state: Arc<State>,
@@ -132,10 +132,7 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 /// Tell the cluster which studies this node holds instances of that are not replicated
 /// yet ([`NodeRecord`]), before replicating them and again after.
 async fn announce(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<(), ClusterError> {
-    let pending = ctx
-        .state
-        .unreplicated_studies()
-        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
+    let pending = ctx.state.unreplicated_studies()?;
     if known
         .announced
         .as_ref()
@@ -193,10 +190,7 @@ async fn replicate(
 ) -> Result<usize, ClusterError> {
     aside.retain(|_, t| t.elapsed() < SET_ASIDE_FOR);
     let exclude: Vec<String> = aside.keys().cloned().collect();
-    let local = ctx
-        .state
-        .unreplicated(REPLICATE_BATCH, &exclude)
-        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
+    let local = ctx.state.unreplicated(REPLICATE_BATCH, &exclude)?;
     let n = local.len();
     let mut by_study: BTreeMap<String, Vec<LocalInstance>> = BTreeMap::new();
     for li in local {
@@ -333,10 +327,10 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
                     &study_key(&rec.study_uid),
                     |cur: Option<StudyRecord>| {
                         let mut r = cur?;
-                        if r.state != study_state::RECEIVING || r.last_ms != last {
+                        if r.state != StudyState::Receiving || r.last_ms != last {
                             return None;
                         }
-                        r.state = state.into();
+                        r.state = state;
                         r.reason = Some(reason.clone());
                         r.updated_ms = now_ms();
                         Some(r)
@@ -344,7 +338,7 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
                 )
                 .await?;
             if done.is_some_and(|r| r.state == state) {
-                info!(state, %reason, "study settled without a job");
+                info!(state = %state, %reason, "study settled without a job");
             }
             Ok(())
         }
@@ -359,7 +353,7 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
                     cl,
                     rec,
                     Decision::Settle {
-                        state: study_state::FAILED,
+                        state: StudyState::Failed,
                         reason,
                     },
                 ))
@@ -387,8 +381,8 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
                         return None;
                     }
                     r.published_input = Some(hash.clone());
-                    if r.state == study_state::RECEIVING && r.last_ms == last {
-                        r.state = study_state::QUEUED.into();
+                    if r.state == StudyState::Receiving && r.last_ms == last {
+                        r.state = StudyState::Queued;
                     }
                     r.reason = None;
                     r.updated_ms = now_ms();
@@ -434,126 +428,151 @@ async fn deliver(
     rec: ResultRecord,
 ) -> Result<(), ClusterError> {
     let me = cl.node.as_str();
-    let lease = (cl.section.claim_lease_s * 1000.0) as i64;
     let sops: Vec<String> = rec
         .outputs
         .iter()
         .map(|o| o.sop_instance_uid.clone())
         .collect();
-    let now = now_ms();
-    if !rec.claimable_by(me, now) {
-        // Another node delivers it. If this node held it before (its lease ran out while
-        // it was down), what it still has queued must not be sent as well.
-        let pending = local_states(ctx, &sops)?
-            .iter()
-            .any(|s| s == outbox_state::PENDING);
-        if pending {
-            let why = format!(
-                "delivery taken over by {}",
-                rec.claimed_by.as_deref().unwrap_or("another node")
-            );
-            let n = ctx
-                .state
-                .cancel_outbox(&sops, &why)
-                .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
-            warn!(cancelled = n, %why, "local queue entries of this result withdrawn");
-        }
-        return Ok(());
+    if !rec.claimable_by(me, now_ms()) {
+        return withdraw_taken_over(ctx, &rec, &sops);
     }
-    let mine = rec.state == result_state::CLAIMED && rec.claimed_by.as_deref() == Some(me);
+    let mine = rec.state == ResultState::Claimed && rec.claimed_by.as_deref() == Some(me);
     let rec = if mine {
         rec
     } else {
-        let claimed = cl
-            .modify(&cl.results, key, |cur: Option<ResultRecord>| {
-                let mut r = cur?;
-                if !r.claimable_by(me, now_ms()) {
-                    return None;
-                }
-                r.state = result_state::CLAIMED.into();
-                r.claimed_by = Some(me.to_string());
-                r.lease_until_ms = now_ms() + lease;
-                Some(r)
-            })
-            .await?;
-        match claimed {
-            Some(r) if r.claimed_by.as_deref() == Some(me) && r.state == result_state::CLAIMED => {
-                info!(outputs = r.outputs.len(), "result claimed for delivery");
-                r
-            }
-            _ => return Ok(()),
+        match claim(cl, key).await? {
+            Some(r) => r,
+            None => return Ok(()),
         }
     };
-    let known = ctx
+    if !ctx
         .state
-        .knows_cluster_result(&rec.study_uid, &rec.input_hash)
-        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
-    if !known {
-        let mut blobs = Vec::new();
-        for o in &rec.outputs {
-            blobs.push(cl.outputs.get(&o.object).await?);
-        }
-        let objects: Vec<(&str, &[u8])> = rec
-            .outputs
-            .iter()
-            .zip(&blobs)
-            .map(|(o, b)| (o.sop_instance_uid.as_str(), b.as_slice()))
-            .collect();
-        let paths = ctx
-            .outbox
-            .persist_objects(&objects)
-            .map_err(|e| ClusterError::Nats(format!("cannot persist outputs: {e}")))?;
-        let rows: Vec<OutputRow> = rec
-            .outputs
-            .iter()
-            .zip(paths)
-            .map(|(o, path)| OutputRow {
-                sop_uid: o.sop_instance_uid.clone(),
-                kind: o.kind.as_str().into(),
-                sop_class_uid: o.sop_class_uid.clone(),
-                series_uid: o.series_instance_uid.clone(),
-                path,
-            })
-            .collect();
-        let cfg = ctx.config.get();
-        let dests: Vec<String> = cfg.destinations.iter().map(|d| d.key()).collect();
-        ctx.state
-            .queue_cluster_result(&rec.study_uid, &rec.input_hash, &rows, &dests)
-            .map_err(|e| ClusterError::Nats(format!("local state: {e}")))?;
-        let _ = ctx.wake_sender.try_send(());
-        info!(outputs = rows.len(), "claimed result queued in the outbox");
-        return Ok(());
+        .knows_cluster_result(&rec.study_uid, &rec.input_hash)?
+    {
+        return queue_locally(ctx, cl, &rec).await;
     }
     let states = local_states(ctx, &sops)?;
-    let all_sent = !states.is_empty() && states.iter().all(|s| s == outbox_state::DONE);
+    let all_sent = !states.is_empty() && states.iter().all(|&s| s == OutboxState::Done);
     if all_sent {
-        cl.modify(&cl.results, key, |cur: Option<ResultRecord>| {
-            let mut r = cur?;
-            if r.claimed_by.as_deref() != Some(me) || r.state != result_state::CLAIMED {
-                return None;
-            }
-            r.state = result_state::DELIVERED.into();
+        update_claimed(cl, key, |r| {
+            r.state = ResultState::Delivered;
             r.delivered_ms = Some(now_ms());
-            Some(r)
         })
         .await?;
         info!(outputs = sops.len(), "result delivered");
-    } else if rec.lease_until_ms - now_ms() < lease / 2 {
-        cl.modify(&cl.results, key, |cur: Option<ResultRecord>| {
-            let mut r = cur?;
-            if r.claimed_by.as_deref() != Some(me) || r.state != result_state::CLAIMED {
-                return None;
-            }
-            r.lease_until_ms = now_ms() + lease;
-            Some(r)
-        })
-        .await?;
+    } else if rec.lease_until_ms - now_ms() < lease_ms(cl) / 2 {
+        update_claimed(cl, key, |r| r.lease_until_ms = now_ms() + lease_ms(cl)).await?;
     }
     Ok(())
 }
 
-fn local_states(ctx: &IngestCtx, sops: &[String]) -> Result<Vec<String>, ClusterError> {
+fn lease_ms(cl: &Cluster) -> i64 {
+    (cl.section.claim_lease_s * 1000.0) as i64
+}
+
+/// Another node delivers the result. If this node held it before (its lease ran out while
+/// it was down), what it still has queued must not be sent as well.
+fn withdraw_taken_over(
+    ctx: &IngestCtx,
+    rec: &ResultRecord,
+    sops: &[String],
+) -> Result<(), ClusterError> {
+    if local_states(ctx, sops)?.contains(&OutboxState::Pending) {
+        let why = format!(
+            "delivery taken over by {}",
+            rec.claimed_by.as_deref().unwrap_or("another node")
+        );
+        let n = ctx.state.cancel_outbox(sops, &why)?;
+        warn!(cancelled = n, %why, "local queue entries of this result withdrawn");
+    }
+    Ok(())
+}
+
+/// Claims the result for this node (compare-and-set); the claimed record, or `None` when
+/// another node was faster.
+async fn claim(cl: &Cluster, key: &str) -> Result<Option<ResultRecord>, ClusterError> {
+    let me = cl.node.as_str();
+    let claimed = cl
+        .modify(&cl.results, key, |cur: Option<ResultRecord>| {
+            let mut r = cur?;
+            if !r.claimable_by(me, now_ms()) {
+                return None;
+            }
+            r.state = ResultState::Claimed;
+            r.claimed_by = Some(me.to_string());
+            r.lease_until_ms = now_ms() + lease_ms(cl);
+            Some(r)
+        })
+        .await?;
+    Ok(match claimed {
+        Some(r) if r.claimed_by.as_deref() == Some(me) && r.state == ResultState::Claimed => {
+            info!(outputs = r.outputs.len(), "result claimed for delivery");
+            Some(r)
+        }
+        _ => None,
+    })
+}
+
+/// A claimed result's objects into the local outbox, queued for every destination.
+async fn queue_locally(
+    ctx: &IngestCtx,
+    cl: &Cluster,
+    rec: &ResultRecord,
+) -> Result<(), ClusterError> {
+    let mut blobs = Vec::new();
+    for o in &rec.outputs {
+        blobs.push(cl.outputs.get(&o.object).await?);
+    }
+    let objects: Vec<(&str, &[u8])> = rec
+        .outputs
+        .iter()
+        .zip(&blobs)
+        .map(|(o, b)| (o.sop_instance_uid.as_str(), b.as_slice()))
+        .collect();
+    let paths = ctx
+        .outbox
+        .persist_objects(&objects)
+        .map_err(ClusterError::Outbox)?;
+    let rows: Vec<OutputRow> = rec
+        .outputs
+        .iter()
+        .zip(paths)
+        .map(|(o, path)| OutputRow {
+            sop_uid: o.sop_instance_uid.clone(),
+            kind: o.kind.as_str().into(),
+            sop_class_uid: o.sop_class_uid.clone(),
+            series_uid: o.series_instance_uid.clone(),
+            path,
+        })
+        .collect();
+    let cfg = ctx.config.get();
+    let dests: Vec<String> = cfg.destinations.iter().map(|d| d.key()).collect();
     ctx.state
-        .outbox_states(sops)
-        .map_err(|e| ClusterError::Nats(format!("local state: {e}")))
+        .queue_cluster_result(&rec.study_uid, &rec.input_hash, &rows, &dests)?;
+    let _ = ctx.wake_sender.try_send(());
+    info!(outputs = rows.len(), "claimed result queued in the outbox");
+    Ok(())
+}
+
+/// Changes the result record while this node holds its claim.
+async fn update_claimed(
+    cl: &Cluster,
+    key: &str,
+    change: impl Fn(&mut ResultRecord),
+) -> Result<(), ClusterError> {
+    let me = cl.node.as_str();
+    cl.modify(&cl.results, key, |cur: Option<ResultRecord>| {
+        let mut r = cur?;
+        if r.claimed_by.as_deref() != Some(me) || r.state != ResultState::Claimed {
+            return None;
+        }
+        change(&mut r);
+        Some(r)
+    })
+    .await?;
+    Ok(())
+}
+
+fn local_states(ctx: &IngestCtx, sops: &[String]) -> Result<Vec<OutboxState>, ClusterError> {
+    Ok(ctx.state.outbox_states(sops)?)
 }

@@ -41,6 +41,11 @@ pub enum ClusterError {
     Record { key: String, message: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// This node's own SQLite state, not the cluster's.
+    #[error("local state: {0}")]
+    LocalState(#[from] crate::store::state::StateError),
+    #[error("cannot persist outputs: {0}")]
+    Outbox(#[source] crate::store::spool::SpoolError),
 }
 
 pub(crate) fn nats<E: std::fmt::Display>(e: E) -> ClusterError {

@@ -8,22 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::job::PredecessorRef;
-use crate::store::input::{eligible, input_set_hash};
-use crate::store::state::StoredInstance;
-
-/// The study record's `state`.
-pub mod state {
-    /// Instances arriving (or arrived since the last decision).
-    pub const RECEIVING: &str = "receiving";
-    /// A job for the current input is in the queue.
-    pub const QUEUED: &str = "queued";
-    /// A worker runs it.
-    pub const PROCESSING: &str = "processing";
-    /// Results for the current input exist.
-    pub const DONE: &str = "done";
-    pub const FAILED: &str = "failed";
-    pub const NOT_QUALIFIED: &str = "not_qualified";
-}
+use crate::store::state::{StoredInstance, StudyState};
+use crate::study::policy::{self, StudySnapshot, Verdict};
 
 /// One replicated instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +36,7 @@ pub struct StudyRecord {
     pub opened_ms: i64,
     /// Last arrival of new or changed content.
     pub last_ms: i64,
-    pub state: String,
+    pub state: StudyState,
     /// Input set hash of the last job published (hex).
     #[serde(default)]
     pub published_input: Option<String>,
@@ -74,7 +60,7 @@ impl StudyRecord {
             instances: BTreeMap::new(),
             opened_ms: now,
             last_ms: now,
-            state: state::RECEIVING.into(),
+            state: StudyState::Receiving,
             published_input: None,
             reason: None,
             outputs: Vec::new(),
@@ -94,9 +80,9 @@ impl StudyRecord {
         {
             return false;
         }
-        if self.state != state::RECEIVING {
+        if self.state != StudyState::Receiving {
             // New input after a decision re-opens the study, as `record_instance` does.
-            self.state = state::RECEIVING.into();
+            self.state = StudyState::Receiving;
             self.opened_ms = now;
             self.reason = None;
         }
@@ -128,64 +114,48 @@ pub enum Decision {
     /// Not stable yet: look again at this time (ms).
     Wait(i64),
     /// Settle without a job.
-    Settle { state: &'static str, reason: String },
+    Settle { state: StudyState, reason: String },
     /// Publish a job for this input.
     Publish(JobMessage),
 }
 
-/// The assembler's rules (`crate::study::assembler::assemble`) on the cluster's view of
-/// the study: stable after the quiet period since the last arrival on any ingest node, or
-/// forced at the deadline; qualified with `min_series`; not re-run for unchanged input.
+/// The study policy ([`crate::study::policy`]) on the cluster's view of the study: quiet
+/// since the last arrival on any ingest node, or forced at the deadline; the last
+/// published input stands for the last run.
 ///
 /// `held`: an ingest node announced instances of the study it acknowledged and has not
 /// replicated yet (its [`NodeRecord`]): the study is not quiet until they are in, but the
 /// force deadline still holds.
 pub fn decide(rec: &StudyRecord, cfg: &Config, now: i64, held: bool) -> Option<Decision> {
-    if rec.state != state::RECEIVING {
+    if rec.state != StudyState::Receiving {
         return None;
     }
-    let quiet = (cfg.assembly.quiet_period_s * 1000.0) as i64;
-    let force = (cfg.assembly.force_complete_s * 1000.0) as i64;
-    let quiet_enough = !held && now - rec.last_ms >= quiet;
-    let forced = !quiet_enough && now - rec.opened_ms >= force;
-    if !quiet_enough && !forced {
-        return Some(Decision::Wait(
-            (rec.last_ms + quiet).min(rec.opened_ms + force),
-        ));
-    }
-    let inst = eligible(rec.stored(), cfg);
-    let hash = hex::encode(input_set_hash(&inst));
-    let series: BTreeSet<&str> = inst.iter().map(|i| i.series_uid.as_str()).collect();
-    if series.len() < cfg.assembly.min_series {
-        return Some(Decision::Settle {
-            state: state::NOT_QUALIFIED,
-            reason: format!(
-                "{} series of modality {:?} in a model SOP class; min_series is {}",
-                series.len(),
-                cfg.assembly.modalities,
-                cfg.assembly.min_series
-            ),
-        });
-    }
-    if rec.published_input.as_deref() == Some(hash.as_str()) {
-        return Some(Decision::Settle {
-            state: state::DONE,
-            reason: "inputs unchanged since the last run".into(),
-        });
-    }
-    Some(Decision::Publish(JobMessage {
-        study_uid: rec.study_uid.clone(),
-        input_hash: hash,
-        instances: inst
-            .into_iter()
-            .map(|i| {
-                let e = &rec.instances[&i.sop_uid];
-                (i.sop_uid, e.clone())
-            })
-            .collect(),
-        predecessors: rec.outputs.clone(),
-        forced,
-    }))
+    let stored = rec.stored();
+    let snapshot = StudySnapshot {
+        instances: &stored,
+        last_arrival_ms: rec.last_ms,
+        opened_ms: rec.opened_ms,
+        held,
+        last_input_hash: rec.published_input.as_deref(),
+    };
+    Some(match policy::decide(&snapshot, cfg, now) {
+        Verdict::Wait { due_ms } => Decision::Wait(due_ms),
+        Verdict::Settle { state, reason } => Decision::Settle { state, reason },
+        Verdict::Run(input) => Decision::Publish(JobMessage {
+            study_uid: rec.study_uid.clone(),
+            input_hash: hex::encode(input.hash),
+            instances: input
+                .instances
+                .into_iter()
+                .map(|i| {
+                    let e = &rec.instances[&i.sop_uid];
+                    (i.sop_uid, e.clone())
+                })
+                .collect(),
+            predecessors: rec.outputs.clone(),
+            forced: input.forced,
+        }),
+    })
 }
 
 /// An ingest node's announcement: the studies of which it holds acknowledged instances not
@@ -219,16 +189,18 @@ impl JobMessage {
     }
 }
 
-/// The result record's `state`.
-pub mod result_state {
-    /// Published by a worker; no ingest node delivers it yet.
-    pub const READY: &str = "ready";
-    /// An ingest node delivers it (`claimed_by`, until `lease_until_ms` unless renewed).
-    pub const CLAIMED: &str = "claimed";
-    /// At every destination.
-    pub const DELIVERED: &str = "delivered";
-    /// The study failed: nothing to deliver.
-    pub const FAILED: &str = "failed";
+crate::store::state::state_enum! {
+    /// A result record's life cycle.
+    ResultState {
+        /// Published by a worker; no ingest node delivers it yet.
+        Ready = "ready",
+        /// An ingest node delivers it (`claimed_by`, until `lease_until_ms` unless renewed).
+        Claimed = "claimed",
+        /// At every destination.
+        Delivered = "delivered",
+        /// The study failed: nothing to deliver.
+        Failed = "failed",
+    }
 }
 
 /// One output object of a result.
@@ -247,7 +219,7 @@ pub struct OutputEntry {
 pub struct ResultRecord {
     pub study_uid: String,
     pub input_hash: String,
-    pub state: String,
+    pub state: ResultState,
     pub outputs: Vec<OutputEntry>,
     /// Objects with upstream's predictions JSON and the run record.
     #[serde(default)]
@@ -269,9 +241,9 @@ pub struct ResultRecord {
 impl ResultRecord {
     /// Whether `node` may take (or keep) the delivery now.
     pub fn claimable_by(&self, node: &str, now: i64) -> bool {
-        match self.state.as_str() {
-            result_state::READY => true,
-            result_state::CLAIMED => {
+        match self.state {
+            ResultState::Ready => true,
+            ResultState::Claimed => {
                 self.claimed_by.as_deref() == Some(node) || self.lease_until_ms <= now
             }
             _ => false,
@@ -343,7 +315,7 @@ mod tests {
             Some(Decision::Publish(j)) => {
                 assert_eq!(j.instances.len(), 2);
                 assert!(!j.forced);
-                let single = hex::encode(input_set_hash(&r.stored()));
+                let single = hex::encode(policy::input_set_hash(&r.stored()));
                 assert_eq!(j.input_hash, single, "the single node's input hash");
             }
             other => panic!("{other:?}"),
@@ -360,11 +332,11 @@ mod tests {
             panic!()
         };
         r.published_input = Some(j.input_hash.clone());
-        r.state = state::DONE.into();
+        r.state = StudyState::Done;
         assert!(!r.add("1.1", entry("9.1", "h1"), 6000));
-        assert_eq!(r.state, state::DONE);
+        assert_eq!(r.state, StudyState::Done);
         assert!(r.add("1.1", entry("9.1", "h1b"), 7000));
-        assert_eq!(r.state, state::RECEIVING);
+        assert_eq!(r.state, StudyState::Receiving);
         assert_eq!(r.opened_ms, 7000);
         let Some(Decision::Publish(j2)) = decide(&r, &c, 9000, false) else {
             panic!()
@@ -393,7 +365,7 @@ mod tests {
         assert!(matches!(
             decide(&one, &c, 5000, false),
             Some(Decision::Settle {
-                state: state::NOT_QUALIFIED,
+                state: StudyState::NotQualified,
                 ..
             })
         ));
@@ -404,7 +376,7 @@ mod tests {
         let mut r = ResultRecord {
             study_uid: "1".into(),
             input_hash: "h".into(),
-            state: result_state::CLAIMED.into(),
+            state: ResultState::Claimed,
             outputs: vec![],
             predictions_object: None,
             run_object: None,
@@ -418,7 +390,7 @@ mod tests {
         assert!(r.claimable_by("a", 50));
         assert!(!r.claimable_by("b", 50));
         assert!(r.claimable_by("b", 100));
-        r.state = result_state::DELIVERED.into();
+        r.state = ResultState::Delivered;
         assert!(!r.claimable_by("a", 50));
     }
 }

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use serde::de::DeserializeOwned;
 
-use super::records::{result_state, state as study_state, ResultRecord, StudyRecord};
+use super::records::{ResultRecord, ResultState, StudyRecord};
 use super::{nats_at, Cluster, ClusterError};
+use crate::store::state::StudyState;
 
 /// Changes read in one pass at most (the rest in the next passes).
 const MAX_CHANGES: u64 = 2000;
@@ -32,13 +33,13 @@ pub trait Tracked: DeserializeOwned {
 
 impl Tracked for StudyRecord {
     fn state(&self) -> &str {
-        &self.state
+        self.state.as_str()
     }
     fn open(&self) -> bool {
-        self.state == study_state::RECEIVING
+        self.state == StudyState::Receiving
     }
     fn failure(&self) -> Option<(i64, String, String)> {
-        (self.state == study_state::FAILED).then(|| {
+        (self.state == StudyState::Failed).then(|| {
             (
                 self.updated_ms,
                 self.study_uid.clone(),
@@ -50,15 +51,15 @@ impl Tracked for StudyRecord {
 
 impl Tracked for ResultRecord {
     fn state(&self) -> &str {
-        &self.state
+        self.state.as_str()
     }
     fn open(&self) -> bool {
-        self.state == result_state::READY || self.state == result_state::CLAIMED
+        self.state == ResultState::Ready || self.state == ResultState::Claimed
     }
     fn failure(&self) -> Option<(i64, String, String)> {
         // A job whose study has no record (published by hand, or the record expired)
         // fails here only.
-        (self.state == result_state::FAILED).then(|| {
+        (self.state == ResultState::Failed).then(|| {
             (
                 self.finished_ms,
                 self.study_uid.clone(),

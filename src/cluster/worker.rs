@@ -1,6 +1,8 @@
-//! A cluster worker (`role = "worker"` or `"all"`): takes study jobs from the queue, runs
-//! the same processing as the single node (the processor in its child process, crashes
-//! retried up to `[model] max_crashes`), publishes the outputs, then acknowledges.
+//! A cluster worker (`role = "worker"` or `"all"`): the one worker loop
+//! ([`crate::worker`]) with the NATS queue as its job source ([`NatsJobs`]) and the
+//! cluster's object store and records as its result sink ([`NatsResults`]): the same
+//! processing as the single node (the model process, crashes retried up to
+//! `[model] max_crashes`); outputs published before the job is acknowledged.
 //!
 //! The lease on a job is the queue's ack wait: while the model runs a task reports
 //! progress every third of it, so a live worker keeps its job and a killed one loses it to
@@ -19,17 +21,18 @@ use futures_util::StreamExt;
 use tracing::{error, info, info_span, warn};
 
 use super::records::{
-    output_object, result_key, result_state, state as study_state, study_key, JobMessage,
-    OutputEntry, ResultRecord, StudyRecord,
+    output_object, result_key, study_key, JobMessage, OutputEntry, ResultRecord, ResultState,
+    StudyRecord,
 };
 use super::{nats, nats_at, Cluster, ClusterError, WORKERS_CONSUMER};
 use crate::config::SharedConfig;
 use crate::job::{
     JobInstance, PredecessorRef, ProcessError, ProcessedStudy, ProcessorFactory, StudyJob,
-    StudyProcessor,
 };
-use crate::store::state::now_ms;
+use crate::store::state::{now_ms, StudyState};
+use crate::worker::{Finished, JobSource, ResultSink, Taken};
 
+/// The cluster's side of a worker.
 pub struct WorkerCtx {
     pub config: SharedConfig,
     /// Where a job's instances are fetched to (emptied after each job).
@@ -39,8 +42,8 @@ pub struct WorkerCtx {
     pub heartbeat: Arc<std::sync::atomic::AtomicI64>,
 }
 
-/// Build the processor on a new thread and serve jobs there until `stop`. Returns once the
-/// processor is built (or failed to build).
+/// Builds the processor and serves the cluster's jobs with it until `stop`. Returns once
+/// the processor is built (or failed to build).
 pub fn spawn(
     ctx: WorkerCtx,
     factory: ProcessorFactory,
@@ -48,72 +51,197 @@ pub fn spawn(
 ) -> Result<std::thread::JoinHandle<()>, ProcessError> {
     // What a killed worker left in its scratch spool: the job is redelivered anyway.
     let _ = std::fs::remove_dir_all(&ctx.scratch);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let cfg = ctx.config.get();
-    let handle = std::thread::Builder::new()
-        .name("prima-cluster-worker".into())
-        .spawn(move || {
-            let t0 = Instant::now();
-            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                factory(cfg.as_ref())
-            }))
-            .unwrap_or_else(|_| Err(ProcessError::Load("panic while loading".into())));
-            match built {
-                Ok(p) => {
-                    info!(device = %cfg.model.device, ms = t0.elapsed().as_millis() as u64, "model loaded");
-                    let _ = ready_tx.send(Ok(()));
-                    run(ctx, p, stop);
+    let config = ctx.config.clone();
+    crate::worker::spawn("prima-cluster-worker", config, factory, move || {
+        let cfg = ctx.config.get();
+        let (rt, cl) = super::start(&cfg, &stop, "no jobs are taken")?;
+        info!(node = %cl.node, "cluster worker waiting for jobs");
+        let link = Arc::new(Link { rt, cl });
+        Some((
+            NatsJobs {
+                link: link.clone(),
+                ctx,
+                stop,
+                failing: false,
+            },
+            NatsResults { link },
+        ))
+    })
+}
+
+/// The runtime and the connection a worker's source and sink share.
+struct Link {
+    rt: tokio::runtime::Runtime,
+    cl: Cluster,
+}
+
+/// A job taken from the queue: its message, kept alive by progress reports while it is
+/// held.
+pub struct Lease {
+    msg: Arc<jetstream::Message>,
+    job: JobMessage,
+    delivered: u32,
+    progress: tokio::task::JoinHandle<()>,
+    /// The scratch directory its instances were fetched into.
+    dir: PathBuf,
+}
+
+/// The job queue as the worker's source: each job's instances are fetched into the
+/// scratch spool before it is handed on (fetching is part of the job, under its lease).
+pub struct NatsJobs {
+    link: Arc<Link>,
+    ctx: WorkerCtx,
+    stop: Arc<AtomicBool>,
+    /// The last try to take a job failed (logged once until one succeeds).
+    failing: bool,
+}
+
+impl JobSource for NatsJobs {
+    type Ticket = Lease;
+
+    fn next(&mut self) -> Option<Taken<Lease>> {
+        while !self.stop.load(Ordering::SeqCst) {
+            self.ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
+            let msg = match self.link.rt.block_on(next_job(&self.link.cl)) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.failing = false;
+                    continue;
                 }
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+                    if !self.failing {
+                        warn!(error = %e, "cannot take jobs from the cluster: retrying");
+                    }
+                    self.failing = true;
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            self.failing = false;
+            let msg = Arc::new(msg);
+            match self.take(msg.clone()) {
+                Ok(Some(taken)) => return Some(taken),
+                Ok(None) => {}
+                Err(e) => {
+                    // The job stays unacknowledged: it is delivered again (here or elsewhere).
+                    warn!(error = %e, "job not finished: it will be delivered again");
+                    nak(&self.link.rt, &msg);
                 }
             }
-        })
-        .map_err(|e| ProcessError::Load(format!("cannot start the cluster worker thread: {e}")))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(handle),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ProcessError::Load(
-            "worker thread died while loading".into(),
-        )),
+        }
+        None
     }
 }
 
-fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, stop: Arc<AtomicBool>) {
-    let cfg = ctx.config.get();
-    let Some((rt, cl)) = super::start(&cfg, &stop, "no jobs are taken") else {
-        return;
-    };
-    info!(node = %cl.node, "cluster worker waiting for jobs");
-    let mut failing = false;
-    while !stop.load(Ordering::SeqCst) {
-        ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
-        let next = rt.block_on(next_job(&cl));
-        let msg = match next {
-            Ok(Some(m)) => {
-                failing = false;
-                m
-            }
-            Ok(None) => {
-                failing = false;
-                continue;
-            }
+impl NatsJobs {
+    /// A delivered job made ready to run: claimed in its study record, its instances
+    /// fetched. `None` when there is nothing to run (unreadable, already done, given up).
+    fn take(&mut self, msg: Arc<jetstream::Message>) -> Result<Option<Taken<Lease>>, ClusterError> {
+        let (rt, cl) = (&self.link.rt, &self.link.cl);
+        let started = Instant::now();
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
+        let job: JobMessage = match serde_json::from_slice(&msg.payload) {
+            Ok(j) => j,
             Err(e) => {
-                if !failing {
-                    warn!(error = %e, "cannot take jobs from the cluster: retrying");
-                }
-                failing = true;
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
+                error!(error = %e, "unreadable job message: dropped");
+                let _ = rt.block_on(msg.ack_with(AckKind::Term));
+                return Ok(None);
             }
         };
-        let msg = Arc::new(msg);
-        if let Err(e) = handle(&rt, &ctx, &cl, processor.as_mut(), msg.clone()) {
-            // The job stays unacknowledged: it is delivered again (here or elsewhere).
-            warn!(error = %e, "job not finished: it will be delivered again");
-            let _ = rt.block_on(msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))));
+        let span = info_span!("study", study = %job.study_uid, input = %&job.input_hash[..job.input_hash.len().min(16)]);
+        let _g = span.enter();
+        let rkey = result_key(&job.study_uid, &job.input_hash);
+        if rt
+            .block_on(cl.read::<ResultRecord>(&cl.results, &rkey))?
+            .is_some()
+        {
+            info!(
+                delivered,
+                "results of this job are already in the cluster: acknowledged"
+            );
+            rt.block_on(msg.double_ack())
+                .map_err(nats_at("acknowledging the job"))?;
+            return Ok(None);
+        }
+        rt.block_on(claim(cl, &job))?;
+        let progress = keep_lease(rt, cl, &msg, self.ctx.heartbeat.clone());
+        let dir = self.ctx.scratch.join(&job.input_hash);
+        let fetched = rt.block_on(fetch(cl, &job, &dir, delivered));
+        let study_job = match fetched {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                progress.abort();
+                give_up_or_retry(rt, cl, &msg, &job, delivered, e)?;
+                return Ok(None);
+            }
+        };
+        drop(_g);
+        Ok(Some(Taken {
+            job: study_job,
+            ticket: Lease {
+                msg,
+                job,
+                delivered,
+                progress,
+                dir,
+            },
+            span,
+            started,
+        }))
+    }
+}
+
+/// The cluster's object store and records as the worker's sink: outputs and the result
+/// record published, then the job acknowledged.
+pub struct NatsResults {
+    link: Arc<Link>,
+}
+
+impl ResultSink for NatsResults {
+    type Ticket = Lease;
+    const PROCESSED: &'static str = "study processed: results in the cluster";
+
+    fn finish(
+        &mut self,
+        taken: Taken<Lease>,
+        outcome: Result<ProcessedStudy, ProcessError>,
+    ) -> Finished {
+        let (rt, cl) = (&self.link.rt, &self.link.cl);
+        let lease = taken.ticket;
+        let _ = std::fs::remove_dir_all(&lease.dir);
+        // Unusable results fail the study, as on the single node.
+        let outcome = outcome.and_then(|p| match p.check(&lease.job.study_uid) {
+            Ok(()) => Ok(p),
+            Err(e) => Err(ProcessError::Failed(e.to_string())),
+        });
+        let recorded = match &outcome {
+            Ok(p) => rt.block_on(publish(cl, &lease.job, p)),
+            Err(e) => rt
+                .block_on(record_failure(cl, &lease.job, &e.to_string()))
+                .map(|()| 0),
+        };
+        lease.progress.abort();
+        let acked = recorded.and_then(|n| {
+            rt.block_on(lease.msg.double_ack())
+                .map_err(nats_at("acknowledging the job"))?;
+            Ok(n)
+        });
+        match (acked, outcome) {
+            (Ok(n), Ok(_)) => Finished::Processed(n),
+            (Ok(_), Err(e)) => Finished::Failed(e),
+            (Err(e), _) => {
+                warn!(error = %e, delivered = lease.delivered, "job not finished: it will be delivered again");
+                nak(rt, &lease.msg);
+                Finished::Returned
+            }
         }
     }
+}
+
+/// Hand a job back for another delivery a little later.
+fn nak(rt: &tokio::runtime::Runtime, msg: &jetstream::Message) {
+    let _ = rt.block_on(msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))));
 }
 
 async fn next_job(cl: &Cluster) -> Result<Option<jetstream::Message>, ClusterError> {
@@ -140,111 +268,50 @@ async fn next_job(cl: &Cluster) -> Result<Option<jetstream::Message>, ClusterErr
     }
 }
 
-fn handle(
-    rt: &tokio::runtime::Runtime,
-    ctx: &WorkerCtx,
-    cl: &Cluster,
-    processor: &mut dyn StudyProcessor,
-    msg: Arc<jetstream::Message>,
-) -> Result<(), ClusterError> {
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-    let job: JobMessage = match serde_json::from_slice(&msg.payload) {
-        Ok(j) => j,
-        Err(e) => {
-            error!(error = %e, "unreadable job message: dropped");
-            let _ = rt.block_on(msg.ack_with(AckKind::Term));
-            return Ok(());
-        }
-    };
-    let span = info_span!("study", study = %job.study_uid, input = %&job.input_hash[..job.input_hash.len().min(16)]);
-    let _g = span.enter();
-    let rkey = result_key(&job.study_uid, &job.input_hash);
-    if rt
-        .block_on(cl.read::<ResultRecord>(&cl.results, &rkey))?
-        .is_some()
-    {
-        info!(
-            delivered,
-            "results of this job are already in the cluster: acknowledged"
-        );
-        rt.block_on(msg.double_ack())
-            .map_err(nats_at("acknowledging the job"))?;
-        return Ok(());
-    }
+/// The study record names this node as the one processing the job's input.
+async fn claim(cl: &Cluster, job: &JobMessage) -> Result<(), ClusterError> {
     let me = cl.node.clone();
-    rt.block_on(cl.modify(
+    cl.modify(
         &cl.studies,
         &study_key(&job.study_uid),
         |cur: Option<StudyRecord>| {
             let mut r = cur?;
             // PROCESSING: a redelivery after the previous worker died or lost its lease.
             if r.published_input.as_deref() != Some(job.input_hash.as_str())
-                || !(r.state == study_state::QUEUED || r.state == study_state::PROCESSING)
+                || !(r.state == StudyState::Queued || r.state == StudyState::Processing)
                 || r.worker.as_deref() == Some(me.as_str())
             {
                 return None;
             }
-            r.state = study_state::PROCESSING.into();
+            r.state = StudyState::Processing;
             r.worker = Some(me.clone());
             r.updated_ms = now_ms();
             Some(r)
         },
-    ))?;
-
-    // Keep the lease while anything below runs (fetching is part of the job).
-    let every = Duration::from_secs_f64((cl.section.ack_wait_s / 3.0).max(0.3));
-    let progress = {
-        let msg = msg.clone();
-        let heartbeat = ctx.heartbeat.clone();
-        rt.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match msg.ack_with(AckKind::Progress).await {
-                    Ok(()) => heartbeat.store(now_ms(), Ordering::Relaxed),
-                    Err(e) => warn!(error = %e, "cannot report progress on the job"),
-                }
-            }
-        })
-    };
-    let t0 = Instant::now();
-    let dir = ctx.scratch.join(&job.input_hash);
-    let result = (|| {
-        let study_job = rt.block_on(fetch(cl, &job, &dir, delivered))?;
-        info!(
-            instances = study_job.instances.len(),
-            delivered,
-            predecessors = study_job.predecessors.len(),
-            forced = study_job.forced_complete,
-            "processing study"
-        );
-        let max_crashes = ctx.config.get().model.max_crashes;
-        Ok::<_, ClusterError>(crate::worker::run_job(processor, &study_job, max_crashes))
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    let outcome = match result {
-        Ok(r) => r,
-        Err(e) => {
-            progress.abort();
-            return give_up_or_retry(rt, cl, &msg, &job, delivered, e);
-        }
-    };
-    let ms = t0.elapsed().as_millis() as u64;
-    let published = match outcome {
-        Ok(p) => rt.block_on(publish(cl, &job, &p)).map(|n| {
-            info!(ms, outputs = n, "study processed: results in the cluster");
-            crate::metrics::get().study("processed");
-        }),
-        Err(e) => {
-            error!(ms, error = %e, "study failed");
-            crate::metrics::get().study("failed");
-            rt.block_on(record_failure(cl, &job, &e.to_string()))
-        }
-    };
-    progress.abort();
-    published?;
-    rt.block_on(msg.double_ack())
-        .map_err(nats_at("acknowledging the job"))?;
+    )
+    .await?;
     Ok(())
+}
+
+/// Keeps the lease on a job while it is held: a progress report every third of the ack
+/// wait, so a live worker keeps its job and a killed one loses it after `ack_wait_s`.
+fn keep_lease(
+    rt: &tokio::runtime::Runtime,
+    cl: &Cluster,
+    msg: &Arc<jetstream::Message>,
+    heartbeat: Arc<std::sync::atomic::AtomicI64>,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_secs_f64((cl.section.ack_wait_s / 3.0).max(0.3));
+    let msg = msg.clone();
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match msg.ack_with(AckKind::Progress).await {
+                Ok(()) => heartbeat.store(now_ms(), Ordering::Relaxed),
+                Err(e) => warn!(error = %e, "cannot report progress on the job"),
+            }
+        }
+    })
 }
 
 /// A job that could not be run here (the cluster or the scratch disk failed): try again
@@ -327,11 +394,6 @@ async fn publish(
 ) -> Result<usize, ClusterError> {
     let mut outputs = Vec::new();
     for o in &p.outputs {
-        if o.study_instance_uid != job.study_uid || !crate::uid::is_valid(&o.sop_instance_uid) {
-            return record_failure(cl, job, &format!("output {} is not of this study", o.kind))
-                .await
-                .map(|_| 0);
-        }
         let object = output_object(&job.study_uid, &job.input_hash, &o.sop_instance_uid);
         cl.outputs.put(&object, &o.bytes).await?;
         outputs.push(OutputEntry {
@@ -345,11 +407,12 @@ async fn publish(
     let pred = output_object(&job.study_uid, &job.input_hash, "predictions.json");
     cl.outputs.put(&pred, p.predictions_json.as_bytes()).await?;
     let run = output_object(&job.study_uid, &job.input_hash, "run.json");
-    cl.outputs.put(&run, p.run_json.as_bytes()).await?;
+    let run_json = serde_json::to_string_pretty(&p.run).map_err(nats)?;
+    cl.outputs.put(&run, run_json.as_bytes()).await?;
     let rec = ResultRecord {
         study_uid: job.study_uid.clone(),
         input_hash: job.input_hash.clone(),
-        state: result_state::READY.into(),
+        state: ResultState::Ready,
         outputs: outputs.clone(),
         predictions_object: Some(pred),
         run_object: Some(run),
@@ -380,9 +443,9 @@ async fn publish(
             r.outputs.extend(refs.iter().cloned());
             r.runs += 1;
             if r.published_input.as_deref() == Some(job.input_hash.as_str())
-                && (r.state == study_state::PROCESSING || r.state == study_state::QUEUED)
+                && (r.state == StudyState::Processing || r.state == StudyState::Queued)
             {
-                r.state = study_state::DONE.into();
+                r.state = StudyState::Done;
                 r.worker = None;
             }
             r.updated_ms = now_ms();
@@ -409,7 +472,7 @@ async fn record_failure(cl: &Cluster, job: &JobMessage, reason: &str) -> Result<
     let rec = ResultRecord {
         study_uid: job.study_uid.clone(),
         input_hash: job.input_hash.clone(),
-        state: result_state::FAILED.into(),
+        state: ResultState::Failed,
         outputs: Vec::new(),
         predictions_object: None,
         run_object: None,
@@ -427,11 +490,11 @@ async fn record_failure(cl: &Cluster, job: &JobMessage, reason: &str) -> Result<
         |cur: Option<StudyRecord>| {
             let mut r = cur?;
             if r.published_input.as_deref() != Some(job.input_hash.as_str())
-                || r.state == study_state::FAILED
+                || r.state == StudyState::Failed
             {
                 return None;
             }
-            r.state = study_state::FAILED.into();
+            r.state = StudyState::Failed;
             r.reason = Some(reason.to_string());
             r.worker = None;
             r.updated_ms = now_ms();

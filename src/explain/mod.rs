@@ -18,7 +18,7 @@ pub mod ridge;
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::model::perturb::FixedStudy;
@@ -63,7 +63,7 @@ fn kernel(d: f64) -> f64 {
 }
 
 /// One token LIME ranked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenWeight {
     /// Position of the token among the series' selected tokens (the mask column).
     pub index: usize,
@@ -72,12 +72,12 @@ pub struct TokenWeight {
     /// Its ridge coefficient: the logit's change when the token is present.
     pub coefficient: f64,
     /// Where it lies in the source images (absent for a patch wholly in the padding).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<TokenPlace>,
 }
 
 /// A token's [`regions::Footprint`] with the source instances it names.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenPlace {
     #[serde(flatten)]
     pub footprint: regions::Footprint,
@@ -88,7 +88,7 @@ pub struct TokenPlace {
     pub image_sop_class_uid: String,
     pub image_sop_instance_uid: String,
     /// Its frame number (1-based) when that image is a frame of a multi-frame instance.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_frame: Option<u32>,
 }
 
@@ -114,14 +114,14 @@ impl TokenPlace {
 }
 
 /// How much the finding's logit drops when one series is left out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesOcclusion {
     pub series: usize,
     pub logit_drop: f64,
 }
 
 /// One finding explained.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Explanation {
     /// Diagnosis head name and its position in the manifest.
     pub finding: String,

@@ -10,7 +10,7 @@
 //! the footprint onto the source pixels without interpolation error. Patient coordinates
 //! come from each source image's own Image Position/Orientation and Pixel Spacing.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::imaging::header::SliceMeta;
 use crate::imaging::orient;
@@ -30,7 +30,7 @@ pub struct SeriesGeometry<'a> {
 }
 
 /// Where one token lies in the source images.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Footprint {
     /// Indices into the series' slices (stacking order) the patch covers, first to last.
     pub first_slice: usize,

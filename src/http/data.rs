@@ -9,6 +9,8 @@ use dicom_object::OpenFileOptions;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::job::RunRecord;
+
 use crate::config::Config;
 use crate::store::state::{
     AuditView, DeliveryView, JobView, SeriesView, State, StateError, StudyRow,
@@ -56,7 +58,7 @@ pub struct StudyHeader {
 #[derive(Debug, Serialize)]
 pub struct StudySummary {
     pub study_uid: String,
-    pub state: String,
+    pub state: crate::store::state::StudyState,
     pub reason: Option<String>,
     pub header: StudyHeader,
     pub series: usize,
@@ -80,7 +82,7 @@ pub struct StudyDetail {
     /// Delivery attempts and operator actions, oldest first.
     pub events: Vec<AuditView>,
     /// The latest run record (stage seconds, series used and skipped with reasons).
-    pub run: Option<Value>,
+    pub run: Option<RunRecord>,
     pub has_predictions: bool,
 }
 
@@ -152,7 +154,7 @@ fn header_of(state: &State, study_uid: &str, show_ids: bool) -> (StudyHeader, i6
     (h, n)
 }
 
-fn read_json(p: &Path) -> Option<Value> {
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(p).ok()?).ok()
 }
 

@@ -407,7 +407,7 @@ async fn metrics(AxState(ctx): AxState<Ctx>) -> Result<Response, WebError> {
         let counts = c.view.counts()?;
         m.queue_depth.set(c.view.queue_depth()?);
         m.outbox_pending
-            .set(counts.outbox_in(crate::store::state::outbox_state::PENDING));
+            .set(counts.outbox_in(crate::store::state::OutboxState::Pending));
         if let Ok(mb) = crate::store::durable::free_mb(&c.state_dir) {
             m.free_disk_bytes
                 .set(i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));

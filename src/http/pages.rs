@@ -1,9 +1,8 @@
 //! The pages: each renders one `data` value with the escaping builder.
 
-use serde_json::Value;
-
 use super::data::{Overview, StudyDetail, StudySummary};
 use super::html::{page, Cell, Html};
+use crate::job::RunRecord;
 use crate::store::state::{AuditView, DeliveryView};
 
 /// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
@@ -215,42 +214,37 @@ fn action_form(h: &mut Html, action: &str, fields: &[(&'static str, &str)], labe
     });
 }
 
-/// Seconds per stage from a run record's `timings`, in pipeline order.
-fn stages(run: &Value) -> Vec<Vec<Cell>> {
-    const ORDER: [(&str, &str); 7] = [
-        ("scan_s", "scan"),
-        (
-            "prepare_speculative_s",
-            "prepare (in the background, while receiving)",
-        ),
-        ("prepare_s", "prepare"),
-        ("vqvae_s", "VQ-VAE"),
-        ("patchify_s", "patchify"),
-        ("prima_s", "HierViT + heads"),
-        ("total_s", "total"),
-    ];
-    let t = run.get("timings");
-    ORDER
-        .iter()
-        .filter_map(|(k, label)| {
-            let s = t?.get(*k)?.as_f64()?;
-            Some(vec![(*label).into(), format!("{s:.3} s").into()])
-        })
-        .collect()
+/// Seconds per stage of a run record, in pipeline order, with the background's.
+fn stages(run: &RunRecord) -> Vec<Vec<Cell>> {
+    let t = &run.timings;
+    let label = |stage: &'static str| match stage {
+        "vqvae" => "VQ-VAE",
+        "prima" => "HierViT + heads",
+        other => other,
+    };
+    let row = |label: &str, s: f64| vec![label.to_string().into(), format!("{s:.3} s").into()];
+    let mut rows = Vec::new();
+    for (stage, s) in t.stages() {
+        if stage == "prepare" {
+            if let Some(bg) = t.prepare_speculative_s {
+                rows.push(row("prepare (in the background, while receiving)", bg));
+            }
+        }
+        rows.push(row(label(stage), s));
+    }
+    rows
 }
 
-fn skipped(run: &Value) -> Vec<Vec<Cell>> {
-    run.get("skipped")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    let f = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                    vec![f("series_instance_uid").into(), f("reason").into()]
-                })
-                .collect()
+fn skipped(run: &RunRecord) -> Vec<Vec<Cell>> {
+    run.skipped
+        .iter()
+        .map(|s| {
+            vec![
+                s.series_instance_uid.clone().unwrap_or_default().into(),
+                s.reason.clone().into(),
+            ]
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 pub fn study(d: &StudyDetail, actions: bool) -> String {
@@ -262,57 +256,7 @@ pub fn study(d: &StudyDetail, actions: bool) -> String {
             h.text_el("p", &[("class", "warn")], &format!("Reason: {r}"));
         }
         h.text_el("h2", &[], "Timeline");
-        let mut events: Vec<(i64, String)> = vec![
-            (s.first_instance_ms, "first instance received".into()),
-            (s.last_instance_ms, "last instance received".into()),
-        ];
-        for j in &d.jobs {
-            let forced = if j.forced { ", forced" } else { "" };
-            events.push((
-                j.created_ms,
-                format!("job {} queued (quiet period over{forced})", j.id),
-            ));
-            if let Some(t) = j.started_ms {
-                events.push((t, format!("job {} started (try {})", j.id, j.attempt)));
-            }
-            if let Some(t) = j.finished_ms {
-                let what = match &j.error {
-                    Some(e) => format!("job {} failed: {e}", j.id),
-                    None => format!("job {} done, outputs built ({})", j.id, j.state),
-                };
-                events.push((t, what));
-            }
-        }
-        for e in &d.events {
-            events.push((
-                e.at_ms,
-                match &e.peer {
-                    Some(p) => format!("{} ({p}): {}", e.event, opt(&e.detail)),
-                    None => format!("{}: {}", e.event, opt(&e.detail)),
-                },
-            ));
-        }
-        for o in d.deliveries.iter().filter(|o| o.state != "done") {
-            let error = o
-                .last_error
-                .as_ref()
-                .map(|e| format!(", last error: {e}"))
-                .unwrap_or_default();
-            events.push((
-                o.next_attempt_ms,
-                format!(
-                    "{} to {}: {} after {} attempt(s){error}, next attempt",
-                    o.kind, o.destination, o.state, o.attempts
-                ),
-            ));
-        }
-        // Stable: events of the same millisecond keep the order they happen in.
-        events.sort_by_key(|(t, _)| *t);
-        let rows: Vec<Vec<Cell>> = events
-            .into_iter()
-            .map(|(t, what)| vec![what.into(), when(t).into()])
-            .collect();
-        h.table(&["event", "time (UTC)"], &rows);
+        h.table(&["event", "time (UTC)"], &timeline(d));
         if let Some(run) = &d.run {
             h.text_el("h2", &[], "Stages of the latest run");
             h.table(&["stage", "seconds"], &stages(run));
@@ -323,49 +267,11 @@ pub fn study(d: &StudyDetail, actions: bool) -> String {
             }
         }
         h.text_el("h2", &[], "Series received");
-        let rows: Vec<Vec<Cell>> = d
-            .series
-            .iter()
-            .map(|x| {
-                vec![
-                    x.series_number.as_str().into(),
-                    x.modality.as_str().into(),
-                    x.description.as_str().into(),
-                    x.instances.to_string().into(),
-                    x.series_uid.as_str().into(),
-                ]
-            })
-            .collect();
         h.table(
             &["number", "modality", "description", "instances", "UID"],
-            &rows,
+            &series_rows(d),
         );
-        h.el("p", &[], |p| {
-            if d.has_predictions {
-                p.text_el(
-                    "a",
-                    &[(
-                        "href",
-                        &format!("{}/predictions.json", study_link(&s.study_uid)),
-                    )],
-                    "predictions (JSON)",
-                );
-                p.text(" · ");
-            }
-            if d.run.is_some() {
-                p.text_el(
-                    "a",
-                    &[("href", &format!("{}/run.json", study_link(&s.study_uid)))],
-                    "run record (JSON)",
-                );
-                p.text(" · ");
-            }
-            p.text_el(
-                "a",
-                &[("href", &format!("/api{}", study_link(&s.study_uid)))],
-                "this page as JSON",
-            );
-        });
+        links(h, d);
         if actions {
             action_form(
                 h,
@@ -375,6 +281,111 @@ pub fn study(d: &StudyDetail, actions: bool) -> String {
             );
         }
     })
+}
+
+/// The study's timeline: reception, jobs, audit events and open deliveries, in time order.
+fn timeline(d: &StudyDetail) -> Vec<Vec<Cell>> {
+    let s = &d.summary;
+    let mut events: Vec<(i64, String)> = vec![
+        (s.first_instance_ms, "first instance received".into()),
+        (s.last_instance_ms, "last instance received".into()),
+    ];
+    for j in &d.jobs {
+        let forced = if j.forced { ", forced" } else { "" };
+        events.push((
+            j.created_ms,
+            format!("job {} queued (quiet period over{forced})", j.id),
+        ));
+        if let Some(t) = j.started_ms {
+            events.push((t, format!("job {} started (try {})", j.id, j.attempt)));
+        }
+        if let Some(t) = j.finished_ms {
+            let what = match &j.error {
+                Some(e) => format!("job {} failed: {e}", j.id),
+                None => format!("job {} done, outputs built ({})", j.id, j.state),
+            };
+            events.push((t, what));
+        }
+    }
+    for e in &d.events {
+        events.push((
+            e.at_ms,
+            match &e.peer {
+                Some(p) => format!("{} ({p}): {}", e.event, opt(&e.detail)),
+                None => format!("{}: {}", e.event, opt(&e.detail)),
+            },
+        ));
+    }
+    for o in d
+        .deliveries
+        .iter()
+        .filter(|o| o.state != crate::store::state::OutboxState::Done)
+    {
+        let error = o
+            .last_error
+            .as_ref()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default();
+        events.push((
+            o.next_attempt_ms,
+            format!(
+                "{} to {}: {} after {} attempt(s){error}, next attempt",
+                o.kind, o.destination, o.state, o.attempts
+            ),
+        ));
+    }
+    // Stable: events of the same millisecond keep the order they happen in.
+    events.sort_by_key(|(t, _)| *t);
+    events
+        .into_iter()
+        .map(|(t, what)| vec![what.into(), when(t).into()])
+        .collect()
+}
+
+fn series_rows(d: &StudyDetail) -> Vec<Vec<Cell>> {
+    d.series
+        .iter()
+        .map(|x| {
+            vec![
+                x.series_number.as_str().into(),
+                x.modality.as_str().into(),
+                x.description.as_str().into(),
+                x.instances.to_string().into(),
+                x.series_uid.as_str().into(),
+            ]
+        })
+        .collect()
+}
+
+/// Links to the study's JSON files and to this page as JSON.
+fn links(h: &mut Html, d: &StudyDetail) {
+    let s = &d.summary;
+    h.el("p", &[], |p| {
+        if d.has_predictions {
+            p.text_el(
+                "a",
+                &[(
+                    "href",
+                    &format!("{}/predictions.json", study_link(&s.study_uid)),
+                )],
+                "predictions (JSON)",
+            );
+            p.text(" · ");
+        }
+        if d.run.is_some() {
+            p.text_el(
+                "a",
+                &[("href", &format!("{}/run.json", study_link(&s.study_uid)))],
+                "run record (JSON)",
+            );
+            p.text(" · ");
+        }
+        p.text_el(
+            "a",
+            &[("href", &format!("/api{}", study_link(&s.study_uid)))],
+            "this page as JSON",
+        );
+    });
 }
 
 fn delivery_rows(list: &[DeliveryView]) -> Vec<Vec<Cell>> {

@@ -122,7 +122,7 @@ impl OtsuBins {
 }
 
 /// One attempt of the fallback loop.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {
     pub percent: usize,
     pub tokens_after: usize,

@@ -2,7 +2,7 @@
 //! study is still arriving.
 //!
 //! Preparing a study (reading headers, decoding, resampling, orienting, tokenising,
-//! selecting tokens) used to start only when the quiet period ended, so it added directly
+//! selecting tokens) would otherwise start only when the quiet period ends, adding directly
 //! to the time between the last instance and the result. Here one background thread at low
 //! priority prepares each series of a study as soon as that series has been idle for a
 //! while (a quarter of the quiet period, at most 2 s), and keeps the result in a small
@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::cache::{prepared_bytes, series_key, PrepareCache, Prepared};
+use super::marker::Marker;
 use super::series::prepare_series_budgeted;
 use crate::config::{Config, SharedConfig};
 use crate::imaging::series::{group_by_series_uid, read_slice_headers};
-use crate::store::state::{now_ms, study_state, State, StateError, StoredInstance, StudyRow};
-use crate::worker::marker::Marker;
+use crate::store::state::{now_ms, State, StateError, StoredInstance, StudyRow, StudyState};
 
 /// Nice value of the background thread (Linux nice is per thread): it should take the CPU
 /// that reception and the model leave idle, not compete with them.
@@ -98,7 +98,7 @@ struct Work {
 }
 
 fn db_key(instances: &[StoredInstance]) -> [u8; 32] {
-    crate::store::input::input_set_hash(instances)
+    crate::study::policy::input_set_hash(instances)
 }
 
 fn run(ctx: BackgroundCtx, stop: Arc<AtomicBool>) {
@@ -184,15 +184,15 @@ fn plan(
     never: Option<&(String, String)>,
 ) -> Result<Option<Work>, StateError> {
     let (idle_ms, _) = timing(cfg);
-    let mut studies = ctx.state.studies_in_state(study_state::RECEIVING)?;
-    studies.extend(ctx.state.studies_in_state(study_state::QUEUED)?);
+    let mut studies = ctx.state.studies_in_state(StudyState::Receiving)?;
+    studies.extend(ctx.state.studies_in_state(StudyState::Queued)?);
     tracks.retain(|uid, _| studies.iter().any(|s| s.study_uid == *uid));
     // A study's entries live until its job takes them. The worker marks the study
     // processing just before it does, so dropping entries of processing studies here lost
     // them now and then (seen in a 3,000-instance run: none of 6 used).
     let cached = ctx.cache.studies();
     if !cached.is_empty() {
-        let processing = ctx.state.studies_in_state(study_state::PROCESSING)?;
+        let processing = ctx.state.studies_in_state(StudyState::Processing)?;
         for uid in cached {
             let live = |s: &StudyRow| s.study_uid == uid;
             if !studies.iter().any(live) && !processing.iter().any(live) {
@@ -242,7 +242,7 @@ fn refresh(
     last_received_ms: i64,
     t: &mut StudyTrack,
 ) -> Result<(), StateError> {
-    let (inst, _) = ctx.state.current_input(study, cfg)?;
+    let (inst, _) = crate::study::current_input(&ctx.state, study, cfg)?;
     let mut groups: BTreeMap<String, Vec<StoredInstance>> = BTreeMap::new();
     for i in inst {
         groups.entry(i.series_uid.clone()).or_default().push(i);
@@ -286,13 +286,13 @@ fn speculate(
         let Some(row) = ctx.state.study(&w.study)? else {
             return Ok(false);
         };
-        if row.state != study_state::RECEIVING && row.state != study_state::QUEUED {
+        if row.state != StudyState::Receiving && row.state != StudyState::Queued {
             return Ok(false);
         }
         if row.last_received_ms == seen.get() {
             return Ok(true);
         }
-        let (inst, _) = ctx.state.current_input(&w.study, cfg)?;
+        let (inst, _) = crate::study::current_input(&ctx.state, &w.study, cfg)?;
         let mine: Vec<StoredInstance> = inst
             .into_iter()
             .filter(|i| i.series_uid == w.series_uid)

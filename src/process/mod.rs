@@ -1,4 +1,4 @@
-//! Processing a study: prepared series → Prima → the result objects. The node's worker
+//! Processing a study: prepared series → Prima → the result objects. The model process
 //! ([`PrimaProcessor`]) and `prima-node infer` ([`infer_folder`]) both run a study through
 //! [`analyse`] and [`Analysis`] (in `run`); they differ only in where the instances come from (a job
 //! of spooled instances, a folder) and where the results go (the outbox, files).
@@ -7,13 +7,16 @@
 //!   process-wide memory budget.
 //! - [`prepare`]: a study's series, from a job (taking background results) or a folder.
 //! - [`cache`]: background results waiting for their jobs, keyed by the exact input files.
-//! - [`background`]: the low-priority thread that prepares series while a study arrives.
-//! - [`run`]: the model over prepared series, upstream's predictions JSON, the run record.
+//! - [`background`]: the low-priority thread that prepares series while a study arrives;
+//!   [`marker`] names the series it works on, so a crash it causes is not held against a job.
+//! - [`run`]: the model over prepared series, upstream's predictions JSON, the run record
+//!   ([`crate::job::RunRecord`]).
 //! - [`outputs`]: SR, KOS (and card) from one analysis.
 
 pub mod background;
 pub mod cache;
 mod folder;
+pub mod marker;
 pub mod outputs;
 pub mod prepare;
 pub mod run;
@@ -194,7 +197,7 @@ impl StudyProcessor for PrimaProcessor {
         Ok(ProcessedStudy {
             outputs,
             predictions_json: predictions_json(&analysis.run.output),
-            run_json: serde_json::to_string_pretty(&record).unwrap_or_default(),
+            run: record,
         })
     }
 }

@@ -3,37 +3,17 @@
 //! how long each stage took).
 use std::time::Instant;
 
-use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::prepare::PreparedStudy;
 use super::series::PreparedSeries;
 use crate::explain::{explain, ExplainOptions, Explanation, TokenPlace};
-use crate::imaging::otsu::Attempt;
 use crate::imaging::series::SeriesSkip;
 use crate::imaging::text::chartovec;
+use crate::job::{ExplanationRecord, RunRecord, SeriesRecord, SkipRecord, StageTimings};
 use crate::model::prima::distinct_ids;
 use crate::model::{ModelError, PrimaModel, PrimaOutput};
 use crate::pyjson::{dumps_indent2, PyValue};
-
-/// Seconds per stage of one study.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StageTimings {
-    pub scan_s: f64,
-    pub prepare_s: f64,
-    pub vqvae_s: f64,
-    pub patchify_s: f64,
-    pub prima_s: f64,
-    pub total_s: f64,
-    /// The node only: every series came prepared from the background (`prepare_s` is then
-    /// the time to take them), how many did, and the background seconds behind them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prepare_cached: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prepare_cached_series: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prepare_speculative_s: Option<f64>,
-}
 
 pub struct ModelRun {
     pub output: PrimaOutput,
@@ -101,7 +81,7 @@ pub struct Analysis {
     pub input: PreparedStudy,
     /// LIME's explanation when asked for: the findings explained, or why it failed (the
     /// study's results stand without it).
-    pub explanation: Option<Result<Vec<Explanation>, String>>,
+    pub explanation: Option<Result<Vec<Explanation>, ModelError>>,
     /// The study description given to the model.
     pub description: String,
     pub run: ModelRun,
@@ -164,7 +144,7 @@ impl Analysis {
             }
             Err(e) => {
                 progress(&format!("explain: failed: {e}"));
-                Err(e.to_string())
+                Err(e)
             }
         });
     }
@@ -199,7 +179,7 @@ impl Analysis {
             },
             Err(err) => ExplanationRecord {
                 findings: Vec::new(),
-                error: Some(err.clone()),
+                error: Some(err.to_string()),
             },
         });
         if let Some(b) = i.background {
@@ -234,64 +214,6 @@ pub fn predictions_json(out: &PrimaOutput) -> String {
         ("priority".into(), named(&out.priority)),
         ("clip_emb".into(), clip),
     ]))
-}
-
-#[derive(Debug, Serialize)]
-pub struct SeriesRecord {
-    pub key: String,
-    pub series_instance_uid: String,
-    pub name: String,
-    pub instances_used: usize,
-    pub images_found: usize,
-    pub sop_instance_uids: Vec<String>,
-    pub pixel_type: String,
-    pub orientation: String,
-    pub oriented_shape_zyx: [usize; 3],
-    pub tokens_before_selection: usize,
-    pub tokens_after_selection: usize,
-    pub otsu_percentage: usize,
-    pub otsu_attempts: Vec<Attempt>,
-    /// A used otsu bin had holes: upstream's pipeline raises for such a series (spec §6.5).
-    pub hole_filling_used: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SkipRecord {
-    pub key: String,
-    pub series_instance_uid: Option<String>,
-    pub reason: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RunRecord {
-    pub study: String,
-    pub study_instance_uid: Option<String>,
-    pub study_description: String,
-    pub slice_order: String,
-    pub model_name: String,
-    pub model_version: String,
-    pub demo_model: bool,
-    pub device: String,
-    pub precision: String,
-    pub threads: i32,
-    pub series: Vec<SeriesRecord>,
-    pub skipped: Vec<SkipRecord>,
-    pub tokens_encoded: usize,
-    /// VQ-VAE work in GFLOP (convolution multiply-adds × 2), for rates in benchmarks.
-    pub vqvae_gflop: f64,
-    pub timings: StageTimings,
-    pub warnings: Vec<String>,
-    /// LIME's explanation (only when asked for).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub explanation: Option<ExplanationRecord>,
-}
-
-/// The run record's `explanation`: the findings explained, or the error that stopped it.
-#[derive(Debug, Serialize)]
-pub struct ExplanationRecord {
-    pub findings: Vec<Explanation>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// Where one run's record comes from.

@@ -1,7 +1,7 @@
 //! Study results as DICOM: a findings SR (Comprehensive 3D SR, TID 1500) and a worklist-priority
 //! Key Object Selection document, built from one study's predictions and a source header.
 //!
-//! The contract is `../shared/docs/dicom-outputs.md`; what follows records the decisions that
+//! The contract is `docs/dicom-outputs.md`; what follows records the decisions that
 //! document leaves open.
 //!
 //! - **Scores.** The model emits, per head, its output minus the head's threshold. The SR

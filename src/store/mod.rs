@@ -1,5 +1,5 @@
 //! Durable storage: received instances ([`spool`]), bookkeeping ([`state`]) and the
-//! queue of results to send ([`outbox`]); a study's model input as recorded ([`input`]).
+//! queue of results to send ([`outbox`]).
 //!
 //! - [`header`] reads what the node needs from a received instance, after
 //!   [`length_guard`] made sure parsing it cannot allocate more than it holds.
@@ -11,7 +11,6 @@ pub mod durable;
 pub mod error;
 pub mod hash;
 pub mod header;
-pub mod input;
 pub mod length_guard;
 pub mod outbox;
 pub mod recover;

@@ -1,71 +1,73 @@
-//! Study assembly: decides when a study is stable and whether Prima should run on it.
-//!
-//! A study is stable when no instance has arrived for `assembly.quiet_period_s`
-//! (DCMTK's end-of-study timeout, Orthanc's StableAge); `assembly.force_complete_s` caps
-//! the wait for a study that keeps trickling. A stable study qualifies when it has at least
-//! `assembly.min_series` series of a configured modality in a model SOP class; otherwise it
-//! is recorded as `not_qualified`. A study whose model inputs are unchanged since its last
-//! run is settled without re-running (a PACS re-sending a whole study is common). New
-//! inputs after a run re-open the study (see `State::record_instance`); the re-run gets the
-//! earlier outputs as predecessors.
-
-use std::collections::BTreeSet;
+//! The single node's assembler: applies the study policy ([`super::policy`]) to every
+//! receiving study whose quiet period or deadline has passed, queues jobs in the database
+//! and hands them to the worker. New inputs after a run re-open the study (see
+//! `State::record_instance`); the re-run gets the earlier outputs as predecessors.
 
 use crossbeam_channel::Sender;
 use tracing::{info, info_span, warn};
 
+use super::current_input;
+use super::policy::{self, StudySnapshot, Verdict};
 use crate::config::Config;
 use crate::job::{JobInstance, PredecessorRef, StudyJob, WorkItem};
-use crate::store::state::{now_ms, study_state, State, StateError};
+use crate::store::state::{now_ms, State, StateError, StudyRow, StudyState};
 
 /// One pass: settle or queue every stable study. Returns the number of jobs created.
 pub fn assemble(state: &State, cfg: &Config, now: i64) -> Result<usize, StateError> {
-    let quiet = (cfg.assembly.quiet_period_s * 1000.0) as i64;
-    let force = (cfg.assembly.force_complete_s * 1000.0) as i64;
     let mut jobs = 0;
-    for s in state.studies_in_state(study_state::RECEIVING)? {
-        let quiet_enough = now - s.last_received_ms >= quiet;
-        let forced = !quiet_enough && now - s.opened_ms >= force;
-        if !quiet_enough && !forced {
+    for s in state.studies_in_state(StudyState::Receiving)? {
+        // Not due: decided without reading the study's instances.
+        if now < policy::due_ms(s.last_received_ms, s.opened_ms, cfg) {
             continue;
         }
         let span = info_span!("study", study = %s.study_uid);
         let _g = span.enter();
-        let (inst, hash) = state.current_input(&s.study_uid, cfg)?;
-        let series: BTreeSet<&str> = inst.iter().map(|i| i.series_uid.as_str()).collect();
-        if series.len() < cfg.assembly.min_series {
-            let reason = format!(
-                "{} series of modality {:?} in a model SOP class; min_series is {}",
-                series.len(),
-                cfg.assembly.modalities,
-                cfg.assembly.min_series
-            );
-            info!(%reason, "study does not qualify for the model");
-            crate::metrics::get().study("skipped");
-            state.settle_study(&s.study_uid, study_state::NOT_QUALIFIED, &reason)?;
-            continue;
+        if apply(state, cfg, &s, now)? {
+            jobs += 1;
         }
-        if s.last_input_hash.as_deref() == Some(hex::encode(hash).as_str()) {
-            info!("study re-sent with unchanged model inputs: not re-run");
-            state.settle_study(
-                &s.study_uid,
-                study_state::DONE,
-                "inputs unchanged since the last run",
-            )?;
-            continue;
-        }
-        let id = state.create_job(&s.study_uid, forced)?;
-        info!(
-            job = id,
-            series = series.len(),
-            instances = inst.len(),
-            forced,
-            rerun = s.runs > 0,
-            "study stable: job queued"
-        );
-        jobs += 1;
     }
     Ok(jobs)
+}
+
+/// The policy's verdict on one due study, recorded. Returns whether a job was queued.
+fn apply(state: &State, cfg: &Config, s: &StudyRow, now: i64) -> Result<bool, StateError> {
+    let instances = state.instances_of(&s.study_uid)?;
+    let snapshot = StudySnapshot {
+        instances: &instances,
+        last_arrival_ms: s.last_received_ms,
+        opened_ms: s.opened_ms,
+        held: false,
+        last_input_hash: s.last_input_hash.as_deref(),
+    };
+    match policy::decide(&snapshot, cfg, now) {
+        Verdict::Wait { .. } => Ok(false),
+        Verdict::Settle {
+            state: StudyState::NotQualified,
+            reason,
+        } => {
+            info!(%reason, "study does not qualify for the model");
+            crate::metrics::get().study("skipped");
+            state.settle_study(&s.study_uid, StudyState::NotQualified, &reason)?;
+            Ok(false)
+        }
+        Verdict::Settle { state: to, reason } => {
+            info!("study re-sent with unchanged model inputs: not re-run");
+            state.settle_study(&s.study_uid, to, &reason)?;
+            Ok(false)
+        }
+        Verdict::Run(input) => {
+            let id = state.create_job(&s.study_uid, input.forced)?;
+            info!(
+                job = id,
+                series = input.series,
+                instances = input.instances.len(),
+                forced = input.forced,
+                rerun = s.runs > 0,
+                "study stable: job queued"
+            );
+            Ok(true)
+        }
+    }
 }
 
 /// Hand queued jobs to the worker while its channel has room. Only this function sends on
@@ -76,7 +78,7 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
         if tx.is_full() {
             break;
         }
-        let (inst, hash) = state.current_input(&j.study_uid, cfg)?;
+        let (inst, hash) = current_input(state, &j.study_uid, cfg)?;
         if inst.is_empty() {
             warn!(job = j.id, "queued job has no eligible instances left");
             state.finish_job_failed(j.id, &j.study_uid, "no eligible instances left")?;
@@ -122,12 +124,10 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
 /// later than `now`: the assembler sleeps until then (or until an arrival or the worker
 /// wakes it), so a study starts within milliseconds of its quiet period ending.
 pub fn next_due_ms(state: &State, cfg: &Config, now: i64) -> Result<Option<i64>, StateError> {
-    let quiet = (cfg.assembly.quiet_period_s * 1000.0) as i64;
-    let force = (cfg.assembly.force_complete_s * 1000.0) as i64;
     Ok(state
-        .studies_in_state(study_state::RECEIVING)?
+        .studies_in_state(StudyState::Receiving)?
         .iter()
-        .map(|s| (s.last_received_ms + quiet).min(s.opened_ms + force))
+        .map(|s| policy::due_ms(s.last_received_ms, s.opened_ms, cfg))
         .filter(|&due| due > now)
         .min())
 }
@@ -145,14 +145,7 @@ mod tests {
     use crate::store::state::InstanceRecord;
 
     fn cfg() -> Config {
-        let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prima-node.toml"),
-        )
-        .unwrap();
-        let mut c = Config::parse(std::path::Path::new("x"), &text).unwrap();
-        c.assembly.quiet_period_s = 1.0;
-        c.assembly.force_complete_s = 10.0;
-        c
+        crate::study::policy::tests::example_config()
     }
 
     fn rec(series: &str, sop: &str, modality: &str) -> InstanceRecord {
@@ -186,7 +179,7 @@ mod tests {
         assert_eq!(assemble(&s, &c, now_ms() + 2000).unwrap(), 0);
         assert_eq!(
             s.study("1.2.3").unwrap().unwrap().state,
-            study_state::NOT_QUALIFIED
+            StudyState::NotQualified
         );
         // A second MR series re-opens and qualifies the study.
         s.record_instance(&rec("1.2.3.3", "1.2.3.3.1", "MR"))

@@ -1,60 +1,89 @@
-//! The inference worker: one OS thread that owns the study processor (the model is loaded
-//! once, on that thread, by the factory given to [`crate::node::serve`]) and receives jobs
-//! over a bounded `crossbeam-channel`, so back-pressure is explicit.
+//! The worker: one OS thread that owns the study processor (the model is loaded once, on
+//! that thread) and runs jobs through it, one at a time. Where jobs come from and where
+//! results go is its transport: a [`JobSource`] and a [`ResultSink`].
 //!
-//! The worker does not know the model: it calls a [`StudyProcessor`]; in `serve` that is
-//! [`isolated::ChildProcessor`], which runs the model in a child process, so that nothing
-//! a study does to the model's process takes the node down. A failure (an `Err` or a
-//! panic) marks the job failed with its reason; a crash of the child is tried again in a
-//! fresh one, up to `[model] max_crashes` times, then the job fails with the crash as its
-//! reason. What a job produced is made durable and queued for sending by [`results`].
+//! - The single node ([`local`]): jobs from the assembler over a bounded channel (so
+//!   back-pressure is explicit), results into the outbox and the state database.
+//! - A cluster worker (`crate::cluster::worker`): jobs from the NATS queue, results into the
+//!   cluster's object store and records.
+//!
+//! The loop is the same for both: take a job, run it through the processor (in `serve`, a
+//! [`crate::model_process::ModelProcess`], so nothing a study does to the model's process
+//! takes the node down), hand the outcome to the sink. A crash of the model process is
+//! tried again in a fresh one, up to `[model] max_crashes` times, then the job fails with the
+//! crash as its reason; a failure (an `Err` or a panic) fails the job with its reason.
 
-pub mod child;
-pub mod isolated;
-pub mod marker;
-pub mod protocol;
-mod results;
+pub mod local;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-use tracing::{error, info, info_span, warn};
+use tracing::{error, info, warn};
 
 use crate::config::SharedConfig;
-use crate::job::{ProcessError, ProcessorFactory, StudyProcessor, WorkItem};
-use crate::store::outbox::Outbox;
-use crate::store::state::State;
-use results::{finish, FinishError};
+use crate::job::{
+    panic_message, ProcessError, ProcessedStudy, ProcessorFactory, StudyJob, StudyProcessor,
+};
 
-pub struct WorkerCtx {
-    pub state: Arc<State>,
-    pub outbox: Outbox,
-    pub config: SharedConfig,
-    /// Wakes the sender when outputs are queued.
-    pub wake_sender: Sender<()>,
-    /// Wakes the assembler when the worker takes a job: the channel has room again.
-    pub wake_assembler: Sender<()>,
+/// A job taken from a source, with what its transport needs to finish it.
+pub struct Taken<T> {
+    pub job: StudyJob,
+    /// The transport's handle on the job (a database job id, a queue message).
+    pub ticket: T,
+    /// The job's span: the study and the job's identity in its transport.
+    pub span: tracing::Span,
+    /// When the work on it began (the time logged with its outcome).
+    pub started: Instant,
 }
 
-/// The running worker.
-pub struct Spawned {
-    pub sender: Sender<WorkItem>,
-    pub handle: std::thread::JoinHandle<()>,
+/// Where jobs come from.
+pub trait JobSource {
+    type Ticket;
+    /// The next job; blocks until there is one. `None`: the worker stops.
+    fn next(&mut self) -> Option<Taken<Self::Ticket>>;
 }
 
-/// Start the worker thread. Returns once the processor is built (or failed to build).
-pub fn spawn(
-    ctx: WorkerCtx,
+/// Where a job's outcome goes.
+pub trait ResultSink {
+    type Ticket;
+    /// What the log says when a job's results are in the sink.
+    const PROCESSED: &'static str;
+    /// Makes the outcome durable (or published) and releases the job.
+    fn finish(
+        &mut self,
+        taken: Taken<Self::Ticket>,
+        outcome: Result<ProcessedStudy, ProcessError>,
+    ) -> Finished;
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub enum Finished {
+    /// Its results are kept: this many outputs.
+    Processed(usize),
+    /// The study failed, with the processor's reason or the sink's for unusable results.
+    Failed(ProcessError),
+    /// Neither could be recorded: the transport gives the job out again (the sink said why).
+    Returned,
+}
+
+/// Builds the processor on a new thread named `name` and, once it is loaded, asks
+/// `transport` for the job source and the result sink and serves jobs until the source
+/// ends. Returns once the processor is built (or failed to build).
+pub fn spawn<S, K>(
+    name: &str,
+    config: SharedConfig,
     factory: ProcessorFactory,
-    capacity: usize,
-) -> Result<Spawned, ProcessError> {
-    let (tx, rx) = crossbeam_channel::bounded::<WorkItem>(capacity);
+    transport: impl FnOnce() -> Option<(S, K)> + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, ProcessError>
+where
+    S: JobSource + 'static,
+    K: ResultSink<Ticket = S::Ticket> + 'static,
+{
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let cfg = ctx.config.get();
+    let cfg = config.get();
     let handle = std::thread::Builder::new()
-        .name("prima-worker".into())
+        .name(name.into())
         .spawn(move || {
             let t0 = Instant::now();
             let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory(cfg.as_ref())))
@@ -63,16 +92,18 @@ pub fn spawn(
                 Ok(p) => {
                     info!(device = %cfg.model.device, ms = t0.elapsed().as_millis() as u64, "model loaded");
                     let _ = ready_tx.send(Ok(()));
-                    run(ctx, p, rx);
+                    if let Some((source, sink)) = transport() {
+                        run(&config, p, source, sink);
+                    }
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
             }
         })
-        .map_err(|e| ProcessError::Load(format!("cannot start worker thread: {e}")))?;
+        .map_err(|e| ProcessError::Load(format!("cannot start the {name} thread: {e}")))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Spawned { sender: tx, handle }),
+        Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ProcessError::Load(
             "worker thread died while loading".into(),
@@ -80,68 +111,53 @@ pub fn spawn(
     }
 }
 
-fn run(ctx: WorkerCtx, mut processor: Box<dyn StudyProcessor>, rx: Receiver<WorkItem>) {
-    for item in rx {
-        let _ = ctx.wake_assembler.try_send(());
-        let study = item.job.study_instance_uid.clone();
-        let span = info_span!("study", study = %study, job = item.job_id);
+/// The worker loop.
+fn run<S, K>(
+    config: &SharedConfig,
+    mut processor: Box<dyn StudyProcessor>,
+    mut source: S,
+    mut sink: K,
+) where
+    S: JobSource,
+    K: ResultSink<Ticket = S::Ticket>,
+{
+    while let Some(taken) = source.next() {
+        let span = taken.span.clone();
         let _g = span.enter();
-        // A failed write here used to skip the job, leaving it `dispatched` (never run)
-        // until a restart; a full disk or a busy database passes, so wait for it.
-        retry_storage("mark the job running", || {
-            ctx.state.mark_job_running(item.job_id, &study)
-        });
+        let job = &taken.job;
         info!(
-            instances = item.job.instances.len(),
-            attempt = item.job.attempt,
-            forced = item.job.forced_complete,
-            predecessors = item.job.predecessors.len(),
+            instances = job.instances.len(),
+            attempt = job.attempt,
+            forced = job.forced_complete,
+            predecessors = job.predecessors.len(),
             "processing study"
         );
-        let t0 = Instant::now();
-        let max_crashes = ctx.config.get().model.max_crashes;
-        let result = run_job(processor.as_mut(), &item.job, max_crashes);
-        let ms = t0.elapsed().as_millis() as u64;
-        let outcome = result.and_then(|p| {
-            // Storage errors are retried with the results kept in memory: found by the
-            // disk-full test, a full disk while writing the outputs marked the study
-            // `failed` for good (or, when the database was full too, left it `processing`
-            // until a restart), although it only needed the space to come back. Re-running
-            // the model is not needed: the outputs are deterministic and every write is
-            // atomic and idempotent. The worker waits meanwhile, which is the back-pressure
-            // wanted when nothing can be written anyway.
-            retry_storage("store the results", || match finish(&ctx, &item, &p) {
-                Err(FinishError::Invalid(m)) => Ok(Err(ProcessError::Failed(m))),
-                Err(FinishError::Storage(m)) => Err(m),
-                Ok(n) => Ok(Ok(n)),
-            })
-        });
-        match outcome {
-            Ok(n) => {
-                info!(ms, outputs = n, "study processed");
+        let max_crashes = config.get().model.max_crashes;
+        let outcome = run_job(processor.as_mut(), job, max_crashes);
+        let started = taken.started;
+        let finished = sink.finish(taken, outcome);
+        let ms = started.elapsed().as_millis() as u64;
+        match finished {
+            Finished::Processed(n) => {
+                info!(ms, outputs = n, "{}", K::PROCESSED);
                 crate::metrics::get().study("processed");
             }
-            Err(e) => {
+            Finished::Failed(e) => {
                 error!(ms, error = %e, "study failed");
                 crate::metrics::get().study("failed");
-                retry_storage("record the failure", || {
-                    ctx.state
-                        .finish_job_failed(item.job_id, &study, &e.to_string())
-                });
             }
+            Finished::Returned => {}
         }
-        // A re-run may be due now (instances arrived while it ran).
-        let _ = ctx.wake_assembler.try_send(());
     }
 }
 
 /// Runs one job, trying again after a crash of the processor's process until `max_crashes`
 /// crashes, when the job fails with the last crash as its reason.
-pub(crate) fn run_job(
+pub fn run_job(
     processor: &mut dyn StudyProcessor,
-    job: &crate::job::StudyJob,
+    job: &StudyJob,
     max_crashes: u32,
-) -> Result<crate::job::ProcessedStudy, ProcessError> {
+) -> Result<ProcessedStudy, ProcessError> {
     let mut crashes = 0;
     loop {
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| processor.process(job)))
@@ -166,25 +182,20 @@ pub(crate) fn run_job(
     }
 }
 
-/// The message of a caught panic.
-pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 /// Retry `f` with backoff (1 s doubling to 30 s) until it succeeds; for writes that fail
 /// only while the disk is full or the database is busy.
-fn retry_storage<T, E: std::fmt::Display>(what: &str, mut f: impl FnMut() -> Result<T, E>) -> T {
-    let mut delay = std::time::Duration::from_secs(1);
+pub fn retry_storage<T, E: std::fmt::Display>(
+    what: &str,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> T {
+    let mut delay = Duration::from_secs(1);
     loop {
         match f() {
             Ok(v) => return v,
             Err(e) => {
                 warn!(error = %e, retry_in_s = delay.as_secs(), "cannot {what} (disk full?): will retry");
                 std::thread::sleep(delay);
-                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }

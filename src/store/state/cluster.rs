@@ -7,7 +7,7 @@ use rusqlite::params;
 use super::db::{now_ms, State, StateError};
 use super::instances::StoredInstance;
 use super::jobs::{insert_outputs, OutputRow};
-use super::schema::{job_state, outbox_state, study_state};
+use super::schema::{JobState, OutboxState, StudyState};
 
 /// An instance in the local spool, waiting to be replicated to the cluster.
 #[derive(Debug, Clone)]
@@ -94,9 +94,9 @@ impl State {
                  WHERE study_uid = ?1 AND state = ?4",
                 params![
                     study_uid,
-                    study_state::REPLICATED,
+                    StudyState::Replicated,
                     now,
-                    study_state::RECEIVING
+                    StudyState::Receiving
                 ],
             )?;
         }
@@ -129,19 +129,19 @@ impl State {
         tx.execute(
             "INSERT OR IGNORE INTO studies (study_uid, state, first_received_ms, last_received_ms,
                 opened_ms, updated_ms) VALUES (?1, ?2, ?3, ?3, ?3, ?3)",
-            params![study_uid, study_state::REPLICATED, now],
+            params![study_uid, StudyState::Replicated, now],
         )?;
         tx.execute(
             "INSERT INTO jobs (study_uid, state, attempt, input_hash, forced, created_ms,
                 started_ms, finished_ms) VALUES (?1, ?2, 1, ?3, 0, ?4, ?4, ?4)",
-            params![study_uid, job_state::DONE, input_hash, now],
+            params![study_uid, JobState::Done, input_hash, now],
         )?;
         let job_id = tx.last_insert_rowid();
         insert_outputs(&tx, study_uid, job_id, outputs, destinations, now)?;
         tx.execute(
             "UPDATE studies SET state = ?2, runs = runs + 1, last_input_hash = ?3, reason = NULL,
                 updated_ms = ?4 WHERE study_uid = ?1",
-            params![study_uid, study_state::DONE, input_hash, now],
+            params![study_uid, StudyState::Done, input_hash, now],
         )?;
         tx.execute(
             "INSERT INTO audit (at_ms, event, study_uid, detail) VALUES (?1, 'cluster-result', ?2, ?3)",
@@ -170,13 +170,13 @@ impl State {
     }
 
     /// The outbox states of these objects' entries (one per destination).
-    pub fn outbox_states(&self, sop_uids: &[String]) -> Result<Vec<String>, StateError> {
+    pub fn outbox_states(&self, sop_uids: &[String]) -> Result<Vec<OutboxState>, StateError> {
         let c = self.c();
         let mut st = c.prepare("SELECT state FROM outbox WHERE sop_uid = ?1")?;
         let mut out = Vec::new();
         for uid in sop_uids {
             let rows = st
-                .query_map(params![uid], |r| r.get::<_, String>(0))?
+                .query_map(params![uid], |r| r.get::<_, OutboxState>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             out.extend(rows);
         }
@@ -190,7 +190,7 @@ impl State {
         for uid in sop_uids {
             n += c.execute(
                 "UPDATE outbox SET state = ?2, last_error = ?3 WHERE sop_uid = ?1 AND state = ?4",
-                params![uid, outbox_state::FAILED, reason, outbox_state::PENDING],
+                params![uid, OutboxState::Failed, reason, OutboxState::Pending],
             )?;
         }
         Ok(n)

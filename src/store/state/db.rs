@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 
-use super::schema::{migrate, SCHEMA};
+use super::schema::{migrate, OutboxState, StudyState, SCHEMA};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -128,16 +128,16 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn studies_in(&self, state: &str) -> i64 {
+    pub fn studies_in(&self, state: StudyState) -> i64 {
         self.studies
             .iter()
-            .find(|(s, _)| s == state)
+            .find(|(s, _)| s == state.as_str())
             .map_or(0, |x| x.1)
     }
-    pub fn outbox_in(&self, state: &str) -> i64 {
+    pub fn outbox_in(&self, state: OutboxState) -> i64 {
         self.outbox
             .iter()
-            .find(|(s, _)| s == state)
+            .find(|(s, _)| s == state.as_str())
             .map_or(0, |x| x.1)
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension};
 
 use super::db::{now_ms, State, StateError};
-use super::schema::study_state;
+use super::schema::StudyState;
 use crate::store::hash::{legacy_content_hash, CONTENT_HASH_PREFIX};
 
 /// One received instance, as recorded.
@@ -36,7 +36,7 @@ pub enum RecordOutcome {
     Unchanged,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredInstance {
     pub sop_uid: String,
     pub series_uid: String,
@@ -105,7 +105,7 @@ impl State {
                      WHERE study_uid = ?1 AND state IN ('done','failed','not_qualified')",
                 )?
                 .execute(
-                    params![old_study, study_state::RECEIVING, now],
+                    params![old_study, StudyState::Receiving, now],
                 )?;
             }
         }
@@ -169,7 +169,7 @@ impl State {
                              THEN ?2 ELSE studies.state END",
         )?
         .execute(
-            params![study, study_state::RECEIVING, now],
+            params![study, StudyState::Receiving, now],
         )?;
         Ok(())
     }

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension};
 
 use super::db::{now_ms, State, StateError};
-use super::schema::{job_state, outbox_state, study_state};
+use super::schema::{JobState, OutboxState, StudyState};
 
 #[derive(Debug, Clone)]
 pub struct JobRow {
     pub id: i64,
     pub study_uid: String,
-    pub state: String,
+    pub state: JobState,
     pub attempt: i64,
     pub forced: bool,
 }
@@ -32,11 +32,11 @@ impl State {
         let tx = c.transaction()?;
         tx.execute(
             "UPDATE studies SET state = ?2, reason = NULL, updated_ms = ?3 WHERE study_uid = ?1",
-            params![study_uid, study_state::QUEUED, now],
+            params![study_uid, StudyState::Queued, now],
         )?;
         tx.execute(
             "INSERT INTO jobs (study_uid, state, forced, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![study_uid, job_state::QUEUED, forced as i64, now],
+            params![study_uid, JobState::Queued, forced as i64, now],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
@@ -49,7 +49,7 @@ impl State {
             "SELECT id, study_uid, state, attempt, forced FROM jobs WHERE state = ?1 ORDER BY id",
         )?;
         let rows = st
-            .query_map(params![job_state::QUEUED], job_row)?
+            .query_map(params![JobState::Queued], job_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -68,7 +68,7 @@ impl State {
         let c = self.c();
         c.execute(
             "UPDATE jobs SET state = ?2, input_hash = ?3, attempt = attempt + 1 WHERE id = ?1",
-            params![id, job_state::DISPATCHED, input_hash],
+            params![id, JobState::Dispatched, input_hash],
         )?;
         Ok(
             c.query_row("SELECT attempt FROM jobs WHERE id = ?1", params![id], |r| {
@@ -83,11 +83,11 @@ impl State {
         let tx = c.transaction()?;
         tx.execute(
             "UPDATE jobs SET state = ?2, started_ms = ?3 WHERE id = ?1",
-            params![id, job_state::RUNNING, now],
+            params![id, JobState::Running, now],
         )?;
         tx.execute(
             "UPDATE studies SET state = ?2, updated_ms = ?3 WHERE study_uid = ?1 AND state = ?4",
-            params![study_uid, study_state::PROCESSING, now, study_state::QUEUED],
+            params![study_uid, StudyState::Processing, now, StudyState::Queued],
         )?;
         tx.commit()?;
         Ok(())
@@ -112,12 +112,12 @@ impl State {
         insert_outputs(&tx, study_uid, job_id, outputs, destinations, now)?;
         tx.execute(
             "UPDATE jobs SET state = ?2, finished_ms = ?3, error = NULL WHERE id = ?1",
-            params![job_id, job_state::DONE, now],
+            params![job_id, JobState::Done, now],
         )?;
         let next = if input_hash == current_hash {
-            study_state::DONE
+            StudyState::Done
         } else {
-            study_state::RECEIVING
+            StudyState::Receiving
         };
         tx.execute(
             "UPDATE studies SET state = ?2, runs = runs + 1, last_input_hash = ?3, reason = NULL,
@@ -148,11 +148,11 @@ impl State {
         let tx = c.transaction()?;
         tx.execute(
             "UPDATE jobs SET state = ?2, finished_ms = ?3, error = ?4 WHERE id = ?1",
-            params![job_id, job_state::FAILED, now, error],
+            params![job_id, JobState::Failed, now, error],
         )?;
         tx.execute(
             "UPDATE studies SET state = ?2, reason = ?3, updated_ms = ?4 WHERE study_uid = ?1",
-            params![study_uid, study_state::FAILED, error, now],
+            params![study_uid, StudyState::Failed, error, now],
         )?;
         tx.execute(
             "INSERT INTO audit (at_ms, event, study_uid, detail) VALUES (?1, 'job-failed', ?2, ?3)",
@@ -188,15 +188,15 @@ impl State {
         let c = self.c();
         let jobs = c.execute(
             "UPDATE jobs SET state = ?1 WHERE state IN (?2, ?3)",
-            params![job_state::QUEUED, job_state::DISPATCHED, job_state::RUNNING],
+            params![JobState::Queued, JobState::Dispatched, JobState::Running],
         )?;
         c.execute(
             "UPDATE studies SET state = ?1 WHERE state = ?2",
-            params![study_state::QUEUED, study_state::PROCESSING],
+            params![StudyState::Queued, StudyState::Processing],
         )?;
         let outbox: usize = c.query_row(
             "SELECT COUNT(*) FROM outbox WHERE state = ?1",
-            params![outbox_state::PENDING],
+            params![OutboxState::Pending],
             |r| r.get::<_, i64>(0),
         )? as usize;
         Ok((jobs, outbox))
@@ -232,7 +232,7 @@ pub(super) fn insert_outputs(
             tx.execute(
                 "INSERT OR IGNORE INTO outbox (sop_uid, destination, state, next_attempt_ms)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![o.sop_uid, d, outbox_state::PENDING, now],
+                params![o.sop_uid, d, OutboxState::Pending, now],
             )?;
         }
     }

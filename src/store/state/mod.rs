@@ -21,6 +21,7 @@ pub use db::{now_ms, Counts, State, StateError};
 pub use instances::{InstanceRecord, RecordOutcome, StoredInstance};
 pub use jobs::{JobRow, OutputRow};
 pub use outbox::OutboxRow;
-pub use schema::{job_state, outbox_state, study_state};
+pub(crate) use schema::state_enum;
+pub use schema::{JobState, OutboxState, StudyState};
 pub use studies::StudyRow;
 pub use views::{AuditView, DeliveryView, JobView, SeriesView};

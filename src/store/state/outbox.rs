@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use rusqlite::params;
 
 use super::db::{now_ms, State, StateError};
-use super::schema::outbox_state;
+use super::schema::OutboxState;
 
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
     pub id: i64,
     pub sop_uid: String,
     pub destination: String,
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub next_attempt_ms: i64,
     pub last_error: Option<String>,
@@ -32,7 +32,7 @@ impl State {
              WHERE o.state = ?1 AND o.next_attempt_ms <= ?2 ORDER BY o.id",
         )?;
         let rows = st
-            .query_map(params![outbox_state::PENDING, now], outbox_row)?
+            .query_map(params![OutboxState::Pending, now], outbox_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -56,7 +56,7 @@ impl State {
         c.execute(
             "UPDATE outbox SET state = ?2, delivered_ms = ?3, attempts = attempts + 1, last_error = ?4
              WHERE id = ?1",
-            params![id, outbox_state::DONE, now, warning],
+            params![id, OutboxState::Done, now, warning],
         )?;
         Ok(())
     }
@@ -71,7 +71,7 @@ impl State {
     ) -> Result<(), StateError> {
         self.c().execute(
             "UPDATE outbox SET last_error = ?2, next_attempt_ms = ?3 WHERE id = ?1 AND state = ?4",
-            params![id, reason, next_attempt_ms, outbox_state::PENDING],
+            params![id, reason, next_attempt_ms, OutboxState::Pending],
         )?;
         Ok(())
     }
@@ -83,7 +83,7 @@ impl State {
         Ok(self.c().execute(
             "UPDATE outbox SET next_attempt_ms = ?2
              WHERE destination = ?1 AND state = ?3 AND next_attempt_ms > ?2",
-            params![destination, now, outbox_state::PENDING],
+            params![destination, now, OutboxState::Pending],
         )?)
     }
 
@@ -97,9 +97,9 @@ impl State {
     ) -> Result<(), StateError> {
         let c = self.c();
         let state = if give_up {
-            outbox_state::FAILED
+            OutboxState::Failed
         } else {
-            outbox_state::PENDING
+            OutboxState::Pending
         };
         c.execute(
             "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,

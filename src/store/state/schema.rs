@@ -3,30 +3,102 @@
 
 use rusqlite::Connection;
 
-/// Study life cycle.
-pub mod study_state {
-    pub const RECEIVING: &str = "receiving";
-    pub const QUEUED: &str = "queued";
-    pub const PROCESSING: &str = "processing";
-    pub const DONE: &str = "done";
-    pub const FAILED: &str = "failed";
-    pub const NOT_QUALIFIED: &str = "not_qualified";
-    /// Cluster ingest: every instance is replicated; the cluster decides the rest.
-    pub const REPLICATED: &str = "replicated";
+/// Declares a life-cycle enum whose values are stored as text: in the `state` columns,
+/// in the cluster's JSON records and in the status page's JSON, always by the same name.
+macro_rules! state_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The state a stored name names, if any.
+            pub fn parse(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let text = v.as_str()?;
+                $name::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("unknown {} {text:?}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
 }
 
-pub mod job_state {
-    pub const QUEUED: &str = "queued";
-    pub const DISPATCHED: &str = "dispatched";
-    pub const RUNNING: &str = "running";
-    pub const DONE: &str = "done";
-    pub const FAILED: &str = "failed";
+pub(crate) use state_enum;
+
+state_enum! {
+    /// A study's life cycle, on the single node and in the cluster's study records.
+    StudyState {
+        /// Instances arriving (or arrived since the last decision).
+        Receiving = "receiving",
+        /// A job for the current input waits for the worker.
+        Queued = "queued",
+        /// The worker runs it.
+        Processing = "processing",
+        /// Results for the current input exist.
+        Done = "done",
+        Failed = "failed",
+        /// Stable, but the study policy does not run the model on it.
+        NotQualified = "not_qualified",
+        /// Cluster ingest: every instance is replicated; the cluster decides the rest.
+        Replicated = "replicated",
+    }
 }
 
-pub mod outbox_state {
-    pub const PENDING: &str = "pending";
-    pub const DONE: &str = "done";
-    pub const FAILED: &str = "failed";
+state_enum! {
+    /// A job's life cycle (single node).
+    JobState {
+        Queued = "queued",
+        /// Handed to the worker's channel.
+        Dispatched = "dispatched",
+        Running = "running",
+        Done = "done",
+        Failed = "failed",
+    }
+}
+
+state_enum! {
+    /// One delivery of one output to one destination.
+    OutboxState {
+        Pending = "pending",
+        Done = "done",
+        /// Given up after `[outbox] max_attempts`, or by the cluster's result.
+        Failed = "failed",
+    }
 }
 
 pub(super) const SCHEMA: &str = r#"

@@ -3,11 +3,12 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::db::{now_ms, State, StateError};
+use super::schema::StudyState;
 
 #[derive(Debug, Clone)]
 pub struct StudyRow {
     pub study_uid: String,
-    pub state: String,
+    pub state: StudyState,
     pub first_received_ms: i64,
     pub last_received_ms: i64,
     pub opened_ms: i64,
@@ -30,7 +31,7 @@ impl State {
         Ok(r)
     }
 
-    pub fn studies_in_state(&self, state: &str) -> Result<Vec<StudyRow>, StateError> {
+    pub fn studies_in_state(&self, state: StudyState) -> Result<Vec<StudyRow>, StateError> {
         let c = self.c();
         let mut st = c.prepare(
             "SELECT study_uid, state, first_received_ms, last_received_ms, opened_ms, runs,
@@ -59,7 +60,7 @@ impl State {
     pub fn settle_study(
         &self,
         study_uid: &str,
-        state: &str,
+        state: StudyState,
         reason: &str,
     ) -> Result<(), StateError> {
         let now = now_ms();

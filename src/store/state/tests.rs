@@ -45,7 +45,7 @@ fn life_cycle() {
         RecordOutcome::Replaced
     );
     let st = s.study("1.2.3").unwrap().unwrap();
-    assert_eq!(st.state, study_state::RECEIVING);
+    assert_eq!(st.state, StudyState::Receiving);
     let job = s.create_job("1.2.3", false).unwrap();
     assert_eq!(s.queued_jobs().unwrap().len(), 1);
     s.mark_job_dispatched(job, "h1").unwrap();
@@ -69,7 +69,7 @@ fn life_cycle() {
     // The same output again (a re-run after a crash) does not queue a second send.
     s.finish_job_ok(job, "1.2.3", &[out], &["A@h:1".into()], "h1", "h1")
         .unwrap();
-    assert_eq!(s.study("1.2.3").unwrap().unwrap().state, study_state::DONE);
+    assert_eq!(s.study("1.2.3").unwrap().unwrap().state, StudyState::Done);
     let due = s.due_outbox(now_ms()).unwrap();
     assert_eq!(due.len(), 1);
     s.outbox_delivered(due[0].id, None).unwrap();
@@ -78,11 +78,11 @@ fn life_cycle() {
     s.record_instance(&rec("1.2.3.1.2", "cc")).unwrap();
     assert_eq!(
         s.study("1.2.3").unwrap().unwrap().state,
-        study_state::RECEIVING
+        StudyState::Receiving
     );
     let c = s.counts().unwrap();
     assert_eq!(c.instances, 2);
-    assert_eq!(c.outbox_in(outbox_state::DONE), 1);
+    assert_eq!(c.outbox_in(OutboxState::Done), 1);
 }
 
 /// A Part-10 file holding `data_set`, as the spool writes it.
@@ -183,6 +183,6 @@ fn cluster_ingest_forgets_only_what_was_replicated_and_can_leave_studies_aside()
     assert_eq!(studies, ["9.9"]);
     assert_eq!(
         s.study("1.2.3").unwrap().unwrap().state,
-        super::schema::study_state::REPLICATED
+        super::schema::StudyState::Replicated
     );
 }

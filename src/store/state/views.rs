@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::db::{now_ms, State, StateError};
-use super::schema::{job_state, outbox_state, study_state};
+use super::schema::{JobState, OutboxState, StudyState};
 use super::studies::{study_row, StudyRow};
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,7 +21,7 @@ pub struct SeriesView {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView {
     pub id: i64,
-    pub state: String,
+    pub state: JobState,
     pub attempt: i64,
     pub forced: bool,
     pub created_ms: i64,
@@ -37,7 +37,7 @@ pub struct DeliveryView {
     pub sop_uid: String,
     pub kind: String,
     pub destination: String,
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub next_attempt_ms: i64,
     pub last_error: Option<String>,
@@ -188,7 +188,7 @@ impl State {
             "SELECT {DELIVERY_COLUMNS} WHERE o.state != ?1 ORDER BY o.id LIMIT ?2"
         ))?;
         let rows = st
-            .query_map(params![outbox_state::DONE, limit], delivery_row)?
+            .query_map(params![OutboxState::Done, limit], delivery_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -225,7 +225,7 @@ impl State {
     pub fn queue_depth(&self) -> Result<i64, StateError> {
         Ok(self.c().query_row(
             "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2, ?3)",
-            params![job_state::QUEUED, job_state::DISPATCHED, job_state::RUNNING],
+            params![JobState::Queued, JobState::Dispatched, JobState::Running],
             |r| r.get(0),
         )?)
     }
@@ -263,10 +263,10 @@ impl State {
              WHERE id = ?1 AND state != ?5",
             params![
                 id,
-                outbox_state::PENDING,
+                OutboxState::Pending,
                 now_ms(),
-                outbox_state::FAILED,
-                outbox_state::DONE
+                OutboxState::Failed,
+                OutboxState::Done
             ],
         )?;
         Ok(n > 0)
@@ -279,7 +279,7 @@ impl State {
             let c = self.c();
             let known: bool = c.query_row(
                 "SELECT COUNT(*) > 0 FROM studies WHERE study_uid = ?1 AND state != ?2",
-                params![study_uid, study_state::RECEIVING],
+                params![study_uid, StudyState::Receiving],
                 |r| r.get(0),
             )?;
             if !known {
@@ -289,9 +289,9 @@ impl State {
                 "SELECT COUNT(*) > 0 FROM jobs WHERE study_uid = ?1 AND state IN (?2, ?3, ?4)",
                 params![
                     study_uid,
-                    job_state::QUEUED,
-                    job_state::DISPATCHED,
-                    job_state::RUNNING
+                    JobState::Queued,
+                    JobState::Dispatched,
+                    JobState::Running
                 ],
                 |r| r.get(0),
             )?

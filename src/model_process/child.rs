@@ -1,5 +1,5 @@
-//! The worker process's side of [`super::isolated`]: build the processor (load the model),
-//! say `Ready`, then answer jobs until the node closes the socket.
+//! The model process's side: build the processor (load the model), say `Ready`, then
+//! answer jobs until the node closes the socket.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use tracing::{info, info_span};
 
-use super::panic_message;
 use super::protocol::{self, FromWorker, ToWorker};
 use crate::config::Config;
-use crate::job::{ProcessError, ProcessorFactory};
+use crate::job::{panic_message, ProcessError, ProcessorFactory};
 
 /// Runs jobs from `sock` with the processor `factory` builds. Returns when the node is gone.
 pub fn serve(mut sock: UnixStream, factory: ProcessorFactory, cfg: &Config) -> io::Result<()> {

@@ -1,4 +1,4 @@
-//! Which series background preparation is working on, in a file that outlives the worker
+//! Which series background preparation is working on, in a file that outlives the model
 //! process: what lets the node tell a crash of the background from a crash of the job.
 
 use std::path::Path;
@@ -6,9 +6,9 @@ use std::path::Path;
 use tracing::debug;
 
 /// A file that names the series background preparation is working on, present only while
-/// it does. A worker process found dead with the marker present died in the background,
-/// not in its job: the node does not hold that crash against the job, and the next worker
-/// leaves the series to its job (where a crash counts against the study it belongs to).
+/// it does. A model process found dead with the marker present died in the background,
+/// not in its job: the node does not hold that crash against the job, and the next model
+/// process leaves the series to its job (where a crash counts against the study it belongs to).
 #[derive(Debug, Clone)]
 pub struct Marker(pub std::path::PathBuf);
 

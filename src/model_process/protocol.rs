@@ -1,7 +1,6 @@
-//! What the node and its worker process say to each other, over one Unix socket.
+//! What the node and its model process say to each other, over one Unix socket.
 //!
-//! Kept explicit and small, so that a worker could as well run on another machine behind
-//! a queue: the node sends a job, the worker answers with the job's results or the reason it
+//! Kept explicit and small: the node sends a job, the model process answers with the job's results or the reason it
 //! failed. A crash is what the node sees when the answer never comes (end of stream).
 //!
 //! A message is a JSON header and the binary blobs it announces (the Part-10 bytes of the
@@ -12,7 +11,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{OutputKind, OutputObject, ProcessedStudy, StudyJob};
+use crate::job::{OutputKind, OutputObject, ProcessedStudy, RunRecord, StudyJob};
 
 /// Largest header accepted (a job lists a study's instances: 3,000 instances are ~1 MB).
 const MAX_HEADER: u32 = 64 << 20;
@@ -21,26 +20,26 @@ const MAX_BLOB: u64 = 1 << 30;
 /// Most blobs in one message (SR, KOS, card).
 const MAX_BLOBS: u32 = 16;
 
-/// From the node to the worker.
+/// From the node to the model process.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     Job { job_id: i64, job: StudyJob },
 }
 
-/// From the worker to the node.
+/// From the model process to the node.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
     /// The model is loaded; jobs may come.
     Ready { model: String },
-    /// The model could not be loaded; the worker exits.
+    /// The model could not be loaded; the model process exits.
     LoadFailed { reason: String },
     /// A job's results: one blob per output, in `outputs` order.
     Done {
         job_id: i64,
         outputs: Vec<OutputHeader>,
         predictions_json: String,
-        run_json: String,
-        /// Seconds the worker spent on the job, so the node can tell the boundary's cost.
+        run: Box<RunRecord>,
+        /// Seconds the model process spent on the job, so the node can tell the boundary's cost.
         seconds: f64,
     },
     /// The job failed without a crash (no usable series, a model error…).
@@ -79,7 +78,7 @@ impl FromWorker {
             job_id,
             outputs,
             predictions_json: p.predictions_json,
-            run_json: p.run_json,
+            run: Box::new(p.run),
             seconds,
         };
         (msg, blobs)
@@ -91,7 +90,7 @@ pub fn processed(
     outputs: Vec<OutputHeader>,
     blobs: Vec<Vec<u8>>,
     predictions_json: String,
-    run_json: String,
+    run: Box<RunRecord>,
 ) -> io::Result<ProcessedStudy> {
     if outputs.len() != blobs.len() {
         return Err(invalid(format!(
@@ -114,7 +113,7 @@ pub fn processed(
             })
             .collect(),
         predictions_json,
-        run_json,
+        run: *run,
     })
 }
 
@@ -219,7 +218,11 @@ mod tests {
                 bytes: vec![1, 2, 3],
             }],
             predictions_json: "{}".into(),
-            run_json: "{\"x\":1}".into(),
+            run: crate::job::RunRecord {
+                study: "1.2.3".into(),
+                vqvae_gflop: 0.1 + 0.2,
+                ..Default::default()
+            },
         };
         let (msg, blobs) = FromWorker::done(9, p.clone(), 0.5);
         let mut buf = Vec::new();
@@ -228,16 +231,13 @@ mod tests {
         let FromWorker::Done {
             outputs,
             predictions_json,
-            run_json,
+            run,
             ..
         } = m
         else {
             panic!("not Done")
         };
-        assert_eq!(
-            processed(outputs, blobs, predictions_json, run_json).unwrap(),
-            p
-        );
+        assert_eq!(processed(outputs, blobs, predictions_json, run).unwrap(), p);
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! The study job: what the assembler hands to the worker, what a processor gives back, and
 //! the contract between the two. Every stage after assembly speaks these types, and a job
-//! crosses a process boundary as they are (`crate::worker::protocol`): nothing here refers
-//! to the model, the database or the network.
+//! crosses a process boundary as they are (`crate::model_process::protocol`): nothing here
+//! refers to the model, the database or the network.
+
+mod record;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use record::{ExplanationRecord, RunRecord, SeriesRecord, SkipRecord, StageTimings};
 
 /// One instance of a job, as the processor reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +102,47 @@ pub struct ProcessedStudy {
     /// Kept beside the study for audit (upstream's predictions JSON for the model).
     pub predictions_json: String,
     /// The run record: what was used, skipped, and how long each stage took.
-    pub run_json: String,
+    pub run: RunRecord,
+}
+
+impl ProcessedStudy {
+    /// Whether the outputs can be sent as results of `study`: valid UIDs, the study's own,
+    /// complete Part-10 files. Both the single node's and the cluster's sinks refuse results
+    /// that are not.
+    pub fn check(&self, study: &str) -> Result<(), InvalidOutput> {
+        for o in &self.outputs {
+            for (name, uid) in [
+                ("SOP Class UID", &o.sop_class_uid),
+                ("SOP Instance UID", &o.sop_instance_uid),
+                ("Series Instance UID", &o.series_instance_uid),
+            ] {
+                if !crate::uid::is_valid(uid) {
+                    return Err(InvalidOutput::Uid { kind: o.kind, name });
+                }
+            }
+            if o.study_instance_uid != study {
+                return Err(InvalidOutput::OtherStudy { kind: o.kind });
+            }
+            if o.bytes.len() < 132 || &o.bytes[128..132] != b"DICM" {
+                return Err(InvalidOutput::NotPart10 { kind: o.kind });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a processor's outputs cannot be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidOutput {
+    #[error("output {kind} has an invalid {name}")]
+    Uid {
+        kind: OutputKind,
+        name: &'static str,
+    },
+    #[error("output {kind} belongs to another study")]
+    OtherStudy { kind: OutputKind },
+    #[error("output {kind} is not a Part-10 file")]
+    NotPart10 { kind: OutputKind },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,3 +165,11 @@ pub trait StudyProcessor: Send + 'static {
 /// Builds the processor on the worker thread (where the model must live).
 pub type ProcessorFactory =
     Box<dyn FnOnce(&crate::config::Config) -> Result<Box<dyn StudyProcessor>, ProcessError> + Send>;
+
+/// The message of a caught panic.
+pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}

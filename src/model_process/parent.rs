@@ -1,11 +1,12 @@
-//! The processor in a child process: `prima-node worker`, re-executed from this binary,
-//! loads the model and runs each job; the node talks to it over a Unix socket
+//! The node's side of the model process: [`ModelProcess`] is the [`StudyProcessor`] the
+//! worker calls; it starts `prima-node worker` (this binary, re-executed), which loads the
+//! model and runs each job ([`super::child`]), and talks to it over a Unix socket
 //! ([`super::protocol`]). An abort, a stack overflow, the OOM killer or a libtorch crash
 //! ends the child only: the node sees the socket close, reaps the child, reports
 //! [`ProcessError::Crashed`] and starts a fresh one for the next try.
 //!
 //! The child dies with the node (`PR_SET_PDEATHSIG`), so a killed node never leaves a
-//! worker behind holding the GPU.
+//! model process behind holding the GPU.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
@@ -16,15 +17,13 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::marker::Marker;
 use super::protocol::{self, FromWorker, ToWorker};
+use super::WORKER_FD;
 use crate::job::{ProcessError, ProcessedStudy, ProcessorFactory, StudyJob, StudyProcessor};
+use crate::process::marker::Marker;
 
-/// The descriptor the child finds its end of the socket on.
-pub const WORKER_FD: i32 = 3;
-
-/// A factory for [`crate::node::serve`] that runs the processor in a child process started
-/// with `config_path`.
+/// The processor factory of `serve`: the processor runs in a model process started with
+/// `config_path`.
 pub fn factory(config_path: &Path) -> ProcessorFactory {
     let config_path = config_path.to_owned();
     Box::new(move |cfg| {
@@ -32,11 +31,7 @@ pub fn factory(config_path: &Path) -> ProcessorFactory {
             data_mb: cfg.model.worker_memory_mb,
         };
         let marker = Marker::in_state_dir(&cfg.node.state_dir);
-        Ok(Box::new(ChildProcessor::start(
-            config_path,
-            limits,
-            marker,
-        )?))
+        Ok(Box::new(ModelProcess::start(config_path, limits, marker)?))
     })
 }
 
@@ -44,14 +39,14 @@ pub fn factory(config_path: &Path) -> ProcessorFactory {
 /// of another study (each leaves that series alone, so this is a bound, not a retry loop).
 const BACKGROUND_RESTARTS: u32 = 3;
 
-/// Resource limits of the worker process.
+/// Resource limits of the model process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
     /// RLIMIT_DATA in MB.
     pub data_mb: Option<u64>,
 }
 
-pub struct ChildProcessor {
+pub struct ModelProcess {
     config_path: PathBuf,
     limits: Limits,
     marker: Marker,
@@ -65,16 +60,16 @@ struct Running {
     sock: UnixStream,
 }
 
-impl ChildProcessor {
-    /// Starts the worker process and waits until it has loaded the model, so that a model
+impl ModelProcess {
+    /// Starts the model process and waits until it has loaded the model, so that a model
     /// that cannot be loaded stops the node at start as it always did.
     pub fn start(
         config_path: PathBuf,
         limits: Limits,
         marker: Marker,
     ) -> Result<Self, ProcessError> {
-        let running = spawn(&config_path, limits).map_err(ProcessError::Load)?;
-        Ok(ChildProcessor {
+        let running = spawn(&config_path, limits).map_err(|e| ProcessError::Load(e.to_string()))?;
+        Ok(ModelProcess {
             config_path,
             limits,
             marker,
@@ -87,7 +82,7 @@ impl ChildProcessor {
         r: &mut Running,
         job_id: i64,
         job: &StudyJob,
-    ) -> Result<Result<ProcessedStudy, ProcessError>, String> {
+    ) -> std::io::Result<Result<ProcessedStudy, ProcessError>> {
         let t0 = Instant::now();
         protocol::send(
             &mut r.sock,
@@ -96,40 +91,39 @@ impl ChildProcessor {
                 job: job.clone(),
             },
             &[],
-        )
-        .map_err(|e| e.to_string())?;
-        let (msg, blobs) =
-            protocol::receive::<FromWorker>(&mut r.sock).map_err(|e| e.to_string())?;
+        )?;
+        let (msg, blobs) = protocol::receive::<FromWorker>(&mut r.sock)?;
         match msg {
             FromWorker::Done {
                 job_id: id,
                 outputs,
                 predictions_json,
-                run_json,
+                run,
                 seconds,
             } if id == job_id => {
                 let boundary_ms = ((t0.elapsed().as_secs_f64() - seconds) * 1000.0).max(0.0);
                 debug!(boundary_ms, "job results received from the worker process");
-                Ok(
-                    protocol::processed(outputs, blobs, predictions_json, run_json)
-                        .map_err(|e| ProcessError::Failed(format!("worker results: {e}"))),
-                )
+                Ok(protocol::processed(outputs, blobs, predictions_json, run)
+                    .map_err(|e| ProcessError::Failed(format!("worker results: {e}"))))
             }
             FromWorker::Failed { job_id: id, reason } if id == job_id => {
                 Ok(Err(ProcessError::Failed(reason)))
             }
-            other => Err(format!("unexpected message from the worker: {other:?}")),
+            other => Err(std::io::Error::other(format!(
+                "unexpected message from the worker: {other:?}"
+            ))),
         }
     }
 }
 
-impl StudyProcessor for ChildProcessor {
+impl StudyProcessor for ModelProcess {
     fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError> {
         let mut background_crashes = 0;
         loop {
             let mut r = match self.running.take() {
                 Some(r) => r,
-                None => spawn(&self.config_path, self.limits).map_err(ProcessError::Crashed)?,
+                None => spawn(&self.config_path, self.limits)
+                    .map_err(|e| ProcessError::Crashed(e.to_string()))?,
             };
             self.next_job_id += 1;
             let io = match Self::exchange(&mut r, self.next_job_id, job) {
@@ -155,11 +149,30 @@ impl StudyProcessor for ChildProcessor {
     }
 }
 
+/// Why a model process could not be started and made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot find our own binary: {0}")]
+    OwnBinary(std::io::Error),
+    #[error("cannot create the worker socket: {0}")]
+    Socket(std::io::Error),
+    #[error("cannot share stderr with the worker: {0}")]
+    Stderr(std::io::Error),
+    #[error("cannot start the worker process: {0}")]
+    Start(std::io::Error),
+    /// The model process's own words: the model could not be loaded.
+    #[error("{0}")]
+    LoadFailed(String),
+    #[error("worker process said {message} before Ready ({status})")]
+    Unexpected { message: String, status: String },
+    #[error("worker process died while loading the model: {0}")]
+    DiedLoading(String),
+}
+
 /// Starts `prima-node worker` and waits for its `Ready`.
-fn spawn(config_path: &Path, limits: Limits) -> Result<Running, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
-    let (mut ours, theirs) =
-        UnixStream::pair().map_err(|e| format!("cannot create the worker socket: {e}"))?;
+fn spawn(config_path: &Path, limits: Limits) -> Result<Running, SpawnError> {
+    let exe = std::env::current_exe().map_err(SpawnError::OwnBinary)?;
+    let (mut ours, theirs) = UnixStream::pair().map_err(SpawnError::Socket)?;
     let fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
     let data = limits.data_mb.map(|mb| libc::rlimit {
@@ -170,7 +183,7 @@ fn spawn(config_path: &Path, limits: Limits) -> Result<Running, String> {
     let stdout = std::io::stderr()
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|e| format!("cannot share stderr with the worker: {e}"))?;
+        .map_err(SpawnError::Stderr)?;
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
         .arg("--config")
@@ -205,9 +218,7 @@ fn spawn(config_path: &Path, limits: Limits) -> Result<Running, String> {
         });
     }
     let t0 = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the worker process: {e}"))?;
+    let mut child = cmd.spawn().map_err(SpawnError::Start)?;
     drop(theirs);
     match protocol::receive::<FromWorker>(&mut ours) {
         Ok((FromWorker::Ready { model }, _)) => {
@@ -221,18 +232,13 @@ fn spawn(config_path: &Path, limits: Limits) -> Result<Running, String> {
         }
         Ok((FromWorker::LoadFailed { reason }, _)) => {
             let _ = child.wait();
-            Err(reason)
+            Err(SpawnError::LoadFailed(reason))
         }
-        Ok((other, _)) => {
-            let status = reap(&mut child);
-            Err(format!(
-                "worker process said {other:?} before Ready ({status})"
-            ))
-        }
-        Err(_) => Err(format!(
-            "worker process died while loading the model: {}",
-            reap(&mut child)
-        )),
+        Ok((other, _)) => Err(SpawnError::Unexpected {
+            message: format!("{other:?}"),
+            status: reap(&mut child),
+        }),
+        Err(_) => Err(SpawnError::DiedLoading(reap(&mut child))),
     }
 }
 
