@@ -1,0 +1,107 @@
+//! `[http]`: the web status page, JSON API, /metrics and health endpoints; absent = off.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// address:port of the HTTP listener, e.g. "127.0.0.1:8080".
+    pub listen: String,
+    /// File holding the bearer token the actions (retry a delivery, re-run a study) need;
+    /// without it the actions are refused and the pages stay read-only.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Show patient name and ID on the pages and in the API (default: accession number
+    /// and study date only).
+    #[serde(default)]
+    pub show_patient_identifiers: bool,
+    /// HTTPS with `[tls]`'s certificate and key (no client certificate is asked for).
+    #[serde(default)]
+    pub tls: bool,
+}
+
+impl HttpSection {
+    /// The section's own problems; whether `tls` has a `[tls]` to use is the whole
+    /// configuration's question.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "[http] listen: {:?} is not an address:port such as \"127.0.0.1:8080\"",
+                self.listen
+            ));
+        }
+        if let Some(f) = &self.token_file {
+            match std::fs::read_to_string(f) {
+                Ok(t) if t.trim().len() >= 16 => {}
+                Ok(_) => p.push(format!(
+                    "[http] token_file: {} holds fewer than 16 characters",
+                    f.display()
+                )),
+                Err(e) => p.push(format!(
+                    "[http] token_file: cannot read {}: {e}",
+                    f.display()
+                )),
+            }
+        }
+        p
+    }
+
+    /// The bearer token, trimmed; `None` without a token file.
+    pub fn token(&self) -> Option<String> {
+        let f = self.token_file.as_ref()?;
+        std::fs::read_to_string(f)
+            .ok()
+            .map(|t| t.trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(listen: &str, token_file: Option<PathBuf>) -> HttpSection {
+        HttpSection {
+            listen: listen.into(),
+            token_file,
+            show_patient_identifiers: false,
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn a_good_section_passes_and_its_token_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  0123456789abcdef\n").unwrap();
+        let h = http("127.0.0.1:8080", Some(f));
+        assert_eq!(h.problems(), Vec::<String>::new());
+        assert_eq!(h.token().as_deref(), Some("0123456789abcdef"));
+        assert_eq!(http("127.0.0.1:8080", None).token(), None);
+    }
+
+    #[test]
+    fn each_bad_value_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "0123456789abcde\n").unwrap();
+        assert_eq!(
+            http("localhost:8080", Some(short.clone())).problems(),
+            vec![
+                "[http] listen: \"localhost:8080\" is not an address:port such as \"127.0.0.1:8080\"".to_string(),
+                format!("[http] token_file: {} holds fewer than 16 characters", short.display()),
+            ]
+        );
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            http("127.0.0.1:8080", Some(missing.clone())).problems(),
+            vec![format!(
+                "[http] token_file: cannot read {}: No such file or directory (os error 2)",
+                missing.display()
+            )]
+        );
+    }
+}
