@@ -38,7 +38,7 @@ pub enum Next {
     Other,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum PDataError {
     #[error("PDU of type {ty:#04x} and {len} bytes exceeds the negotiated maximum of {max}")]
     TooLarge { ty: u8, len: u32, max: u32 },
@@ -49,8 +49,31 @@ pub enum PDataError {
     #[error("read timed out")]
     TimedOut,
     #[error("read failed: {0}")]
-    Io(String),
+    Io(#[source] std::io::Error),
 }
+
+/// Read failures are equal when of the same kind: `std::io::Error` has no equality.
+impl PartialEq for PDataError {
+    fn eq(&self, other: &Self) -> bool {
+        use PDataError::*;
+        match (self, other) {
+            (
+                TooLarge { ty, len, max },
+                TooLarge {
+                    ty: t,
+                    len: l,
+                    max: m,
+                },
+            ) => (ty, len, max) == (t, l, m),
+            (Malformed(a), Malformed(b)) => a == b,
+            (Closed, Closed) | (TimedOut, TimedOut) => true,
+            (Io(a), Io(b)) => a.kind() == b.kind(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PDataError {}
 
 /// Read until the buffer holds a whole P-DATA-TF PDU, or the header of any other PDU.
 /// `max_pdu` is the length we announced (the PDU's variable part; dicom-ul's strict check).
@@ -86,10 +109,7 @@ pub async fn fill<R: AsyncRead + Unpin>(
             // (up to 16 MiB per association, which idle associations would keep).
             buf.reserve(HEADER + (max_pdu as usize).min(64 * 1024));
         }
-        let n = sock
-            .read_buf(buf)
-            .await
-            .map_err(|e| PDataError::Io(e.to_string()))?;
+        let n = sock.read_buf(buf).await.map_err(PDataError::Io)?;
         if n == 0 {
             return Err(PDataError::Closed);
         }

@@ -9,31 +9,42 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::{TlsCheck, TlsCheckError, TlsSection};
 
+/// Why a TLS context cannot be built. Each cause is part of the message but not a
+/// `source`: callers print error chains (`{:#}`), which would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: cannot read PEM certificates: {message}")]
-    Certificates { path: PathBuf, message: String },
+    #[error("{path}: cannot read PEM certificates: {cause}")]
+    Certificates { path: PathBuf, cause: PemError },
     #[error("{path}: no certificate found")]
     NoCertificate { path: PathBuf },
-    #[error("{path}: cannot read a PEM private key (PKCS#8, PKCS#1 or SEC1): {message}")]
-    Key { path: PathBuf, message: String },
-    #[error("{path}: CA certificate not usable: {message}")]
-    Ca { path: PathBuf, message: String },
+    #[error("{path}: cannot read a PEM private key (PKCS#8, PKCS#1 or SEC1): {cause}")]
+    Key { path: PathBuf, cause: PemError },
+    #[error("{path}: CA certificate not usable: {cause}")]
+    CaCertificate { path: PathBuf, cause: rustls::Error },
+    #[error("{path}: CA certificate not usable: {cause}")]
+    CaVerifier {
+        path: PathBuf,
+        cause: VerifierBuilderError,
+    },
     #[error("TLS configuration refused: {0}")]
-    Rustls(String),
+    Protocols(rustls::Error),
+    #[error("TLS configuration refused: client certificate and key: {0}")]
+    ClientIdentity(rustls::Error),
+    #[error("TLS configuration refused: certificate and key: {0}")]
+    ServerIdentity(rustls::Error),
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |e: rustls::pki_types::pem::Error| TlsError::Certificates {
+    let err = |cause| TlsError::Certificates {
         path: path.to_owned(),
-        message: e.to_string(),
+        cause,
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(err)?
@@ -54,18 +65,18 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| TlsError::Ca {
+        roots.add(c).map_err(|cause| TlsError::CaCertificate {
             path: ca.to_owned(),
-            message: e.to_string(),
+            cause,
         })?;
     }
     Ok(Arc::new(roots))
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+    PrivateKeyDer::from_pem_file(path).map_err(|cause| TlsError::Key {
         path: path.to_owned(),
-        message: e.to_string(),
+        cause,
     })
 }
 
@@ -90,12 +101,12 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .map_err(TlsError::Protocols)?
         .with_root_certificates(roots(ca)?);
     let cfg = match identity {
         Some(t) => builder
             .with_client_auth_cert(load_certs(&t.certificate)?, load_key(&t.private_key)?)
-            .map_err(|e| TlsError::Rustls(format!("client certificate and key: {e}")))?,
+            .map_err(TlsError::ClientIdentity)?,
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(cfg))
@@ -107,7 +118,7 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
     let key = load_key(&t.private_key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        .map_err(TlsError::Protocols)?;
     let builder = match &t.client_ca {
         Some(ca) => {
             let v = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
@@ -116,9 +127,9 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
             } else {
                 v.allow_unauthenticated()
             };
-            let v = v.build().map_err(|e| TlsError::Ca {
+            let v = v.build().map_err(|cause| TlsError::CaVerifier {
                 path: ca.clone(),
-                message: e.to_string(),
+                cause,
             })?;
             builder.with_client_cert_verifier(v)
         }
@@ -126,7 +137,7 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
     };
     let cfg = builder
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(format!("certificate and key: {e}")))?;
+        .map_err(TlsError::ServerIdentity)?;
     Ok(Arc::new(cfg))
 }
 
@@ -135,10 +146,10 @@ pub fn server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
 pub fn web_server_config(t: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(load_certs(&t.certificate)?, load_key(&t.private_key)?)
-        .map_err(|e| TlsError::Rustls(format!("certificate and key: {e}")))?;
+        .map_err(TlsError::ServerIdentity)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

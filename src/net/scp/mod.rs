@@ -1,0 +1,186 @@
+//! The DICOM service: associations in, C-ECHO and C-STORE.
+//!
+//! Each accepted TCP connection gets TCP_NODELAY, a per-PDU read timeout and a task of its
+//! own (bounded by `node.max_associations`; beyond that the association is rejected as
+//! transient "local limit exceeded"). What an unauthenticated connection may cost (address
+//! at accept, size of the request, time to negotiate) is bounded in [`super::admission`];
+//! called AE, calling AE and peer address are checked against `[[sources]]` with the
+//! standard rejection reasons. Commands are reassembled
+//! across PDVs; data PDVs stream into a spool temporary file, never a whole instance in
+//! memory. The C-STORE response is Success only after the spool made the instance durable;
+//! otherwise it carries a precise failure status (see [`super::dimse::status`]).
+//!
+//! The parts, in the order a connection meets them:
+//! - this module: the `Listener` accepts connections and decides which get a task;
+//! - `negotiate`: the association request on one connection (plain TCP or TLS), up to an
+//!   established association;
+//! - `association`: the `Handler` serving one established association, PDU by PDU, until
+//!   release, abort or error;
+//! - `pdv`: what each presentation data value means (command reassembly, C-ECHO, C-STORE,
+//!   unsupported operations) and the protocol violations that end an association;
+//! - `store`: a C-STORE's data set from its command to the spool and the state database,
+//!   and the status it is answered with.
+
+mod association;
+mod negotiate;
+mod pdv;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_dictionary_std::uids;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::admission;
+use crate::config::SharedConfig;
+use crate::store::spool::Spool;
+use crate::store::state::State;
+
+/// Transfer syntaxes offered, in our preference order (the requestor's order wins among
+/// these). Only what the node can decode: JPEG-LS and JPEG extended are not listed.
+/// Deflated Explicit VR Little Endian is not offered: its claimed element lengths cannot
+/// be checked against the received bytes before parsing (see `check_element_lengths`).
+const CANDIDATE_TS: &[&str] = &[
+    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+    uids::JPEG_LOSSLESS_SV1,
+    uids::JPEG_LOSSLESS,
+    uids::JPEG_BASELINE8_BIT,
+    uids::RLE_LOSSLESS,
+    uids::JPEG2000_LOSSLESS,
+    uids::JPEG2000,
+];
+
+/// The candidate transfer syntaxes this build can actually decode.
+pub fn decodable_transfer_syntaxes() -> Vec<&'static str> {
+    CANDIDATE_TS
+        .iter()
+        .copied()
+        .filter(|uid| {
+            TransferSyntaxRegistry.get(uid).is_some_and(|ts| {
+                !ts.is_unsupported()
+                    && !ts.is_unsupported_pixel_encapsulation()
+                    && ts.can_decode_all()
+            })
+        })
+        .collect()
+}
+
+pub struct ScpCtx {
+    pub config: SharedConfig,
+    pub spool: Spool,
+    pub state: Arc<State>,
+    pub limit: Arc<Semaphore>,
+    pub transfer_syntaxes: Vec<&'static str>,
+    /// DICOM TLS on every association when set (`[tls]`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Told after each instance is recorded, so the assembler re-plans at once instead of
+    /// polling the database (a full channel already carries the news).
+    pub arrivals: crossbeam_channel::Sender<()>,
+}
+
+/// Accept associations until `shutdown` turns true; `abort` makes live ones abort.
+pub async fn run(
+    listener: TcpListener,
+    ctx: Arc<ScpCtx>,
+    shutdown: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+) {
+    Listener {
+        listener,
+        ctx,
+        abort,
+        next_id: 0,
+    }
+    .run(shutdown)
+    .await
+}
+
+/// Accepts connections and gives each admitted one a task of its own.
+struct Listener {
+    listener: TcpListener,
+    ctx: Arc<ScpCtx>,
+    /// Handed to every association: turning true makes it abort.
+    abort: watch::Receiver<bool>,
+    /// Numbers connections for the log.
+    next_id: u64,
+}
+
+impl Listener {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.changed() => break,
+                r = self.listener.accept() => r,
+            };
+            match accepted {
+                Ok((sock, peer)) => self.admit(sock, peer),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        info!("listener closed");
+    }
+
+    /// Refuse the connection, answer it busy, or start serving it on a task of its own.
+    fn admit(&mut self, sock: TcpStream, peer: SocketAddr) {
+        let ctx = &self.ctx;
+        self.next_id += 1;
+        let id = self.next_id;
+        let live = ctx.config.snapshot();
+        if !admission::address_allowed(&live.sources, peer.ip()) {
+            // Before reading a byte: an address no source may use costs nothing more.
+            warn!(id, peer = %peer, "connection refused: address not allowed by any [[sources]] entry");
+            drop(sock);
+            refused(
+                ctx,
+                &peer,
+                "address",
+                "address not allowed by any [[sources]] entry",
+            );
+            return;
+        }
+        let deadline = admission::negotiation_deadline(live.config.read_timeout());
+        let _ = sock.set_nodelay(true);
+        match ctx.limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let ctx = ctx.clone();
+                let abort = self.abort.clone();
+                let span = info_span!("assoc", id, peer = %peer);
+                tokio::spawn(
+                    async move {
+                        negotiate::handle(sock, peer, ctx, abort).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => {
+                warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded)");
+                refused(ctx, &peer, "limit", "association limit reached");
+                tokio::spawn(admission::reject_busy(sock, deadline));
+            }
+        }
+    }
+}
+
+/// A connection or association refused before its calling AE title is known: counted and
+/// written to the audit trail.
+fn refused(ctx: &ScpCtx, peer: &SocketAddr, reason: &str, detail: &str) {
+    crate::metrics::get().association("rejected", reason);
+    ctx.state.audit(
+        "association_rejected",
+        None,
+        Some(&peer.ip().to_string()),
+        detail,
+    );
+}

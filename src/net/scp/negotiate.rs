@@ -1,0 +1,97 @@
+//! One connection's association request, plain TCP or TLS, bounded by the negotiation
+//! deadline; an established association is handed to [`super::association::Handler`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dicom_ul::association::server::DefaultNegotiation;
+use dicom_ul::ServerAssociationOptions;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::association::Handler;
+use super::{refused, ScpCtx};
+use crate::config::{canonical_ip, Config};
+use crate::net::admission::{self, SourceAcl};
+use crate::net::dimse;
+
+/// Negotiate an association on `sock` and serve it until it ends.
+pub(super) async fn handle(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ScpCtx>,
+    abort: watch::Receiver<bool>,
+) {
+    let live = ctx.config.snapshot();
+    let cfg = live.config.clone();
+    let acl = SourceAcl {
+        sources: live.sources.clone(),
+        peer: canonical_ip(peer.ip()),
+        state: ctx.state.clone(),
+    };
+    let opts = options(&ctx, &cfg, acl);
+    let deadline = admission::negotiation_deadline(cfg.read_timeout());
+    let Some(tls) = ctx.tls.clone() else {
+        let negotiation = async {
+            if let Err(r) = admission::precheck(&mut sock).await {
+                if !matches!(r, admission::Refusal::NoHeader) {
+                    refused(&ctx, &peer, "request", &format!("{r:?}"));
+                }
+                return None;
+            }
+            Some(opts.establish_async(sock).await)
+        };
+        match tokio::time::timeout(deadline, negotiation).await {
+            Ok(Some(Ok(a))) => Handler::new(a, peer, ctx, &cfg, abort).run().await,
+            // Refused by the precheck or the access check, which logged why.
+            Ok(Some(Err(e))) => debug!(error = %e, "association not established"),
+            Ok(None) => {}
+            Err(_) => warn!(
+                deadline_s = deadline.as_secs(),
+                "association request not complete by the deadline: closing"
+            ),
+        }
+        return;
+    };
+    // The TLS stream cannot be peeked before dicom-ul reads it: strict mode bounds the
+    // request by max_pdu_length instead (64 KiB by default). The deadline also covers the
+    // handshake, which dicom-ul does not bound.
+    let opts = opts.strict(true).tls_config(tls);
+    match tokio::time::timeout(deadline, opts.establish_tls_async(sock)).await {
+        Ok(Ok(a)) => Handler::new(a, peer, ctx, &cfg, abort).run().await,
+        Ok(Err(e)) => {
+            warn!(error = %e, "TLS association not established (handshake, certificate, oversized or refused request)")
+        }
+        Err(_) => warn!(
+            deadline_s = deadline.as_secs(),
+            "TLS handshake and association request not complete by the deadline: closing"
+        ),
+    }
+}
+
+/// What the node accepts: its AE title, the sources' access check, Verification and the
+/// configured storage classes in the decodable transfer syntaxes.
+fn options(
+    ctx: &ScpCtx,
+    cfg: &Config,
+    acl: SourceAcl,
+) -> ServerAssociationOptions<'static, SourceAcl, DefaultNegotiation> {
+    let mut opts = ServerAssociationOptions::new()
+        .ae_access_control(acl)
+        .ae_title(cfg.node.ae_title.clone())
+        .with_abstract_syntax(dimse::VERIFICATION);
+    for c in cfg.storage_sop_classes() {
+        opts = opts.with_abstract_syntax(c);
+    }
+    for ts in &ctx.transfer_syntaxes {
+        opts = opts.with_transfer_syntax(*ts);
+    }
+    // Non-strict: dicom-ul's strict mode would hold the A-ASSOCIATE-RQ to max_pdu_length,
+    // which PS3.8 defines for P-DATA only; the request is bounded by the precheck instead,
+    // and later PDUs by `pdata::fill`.
+    opts.max_pdu_length(cfg.node.max_pdu_length)
+        .strict(false)
+        .read_timeout(cfg.read_timeout())
+        .write_timeout(cfg.read_timeout())
+}

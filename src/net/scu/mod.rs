@@ -1,0 +1,309 @@
+//! The sender: delivers outbox entries to `[[destinations]]` with C-STORE.
+//!
+//! Runs on its own thread with dicom-ul's blocking client. Every response status is
+//! checked: 0000 = delivered, Bxxx = delivered with a warning (logged), anything else =
+//! failed. Failed attempts are retried with exponential backoff whose schedule lives in
+//! SQLite (so it survives restarts). A destination that answers — a permanent association
+//! rejection or a failure status — gets `outbox.max_attempts` tries, then the entry is
+//! marked `failed` with the reason and a loud log line; an unreachable destination is
+//! retried without limit (a PACS down for a weekend must still get its results). Only a
+//! connection attempt counts as an attempt: an entry whose destination was removed or
+//! edited in a reload, or whose TLS setup is unusable, stays pending with its count as it
+//! was, and a restored destination's entries are retried at once.
+//!
+//! This module runs the loop, keeps each entry's schedule in the outbox and establishes one
+//! association per destination and round; `deliver` sends the entries on it.
+
+mod deliver;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use dicom_dictionary_std::uids::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use dicom_ul::pdu::AssociationRJResult;
+use dicom_ul::ClientAssociationOptions;
+use tracing::{error, info, info_span, warn};
+
+use crate::config::{Config, Destination, SharedConfig};
+use crate::store::state::{now_ms, OutboxRow, State};
+use deliver::deliver;
+
+pub struct SenderCtx {
+    pub state: Arc<State>,
+    pub config: SharedConfig,
+}
+
+/// The sender loop; returns when `stop` is set.
+pub fn run(ctx: SenderCtx, wake: Receiver<()>, stop: Arc<AtomicBool>) {
+    let mut configured = destination_keys(&ctx.config.get());
+    while !stop.load(Ordering::SeqCst) {
+        let cfg = ctx.config.get();
+        configured = retry_returned_destinations(&ctx, &cfg, configured);
+        match ctx.state.due_outbox(now_ms()) {
+            Ok(due) => {
+                let mut by_dest: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
+                for r in due {
+                    by_dest.entry(r.destination.clone()).or_default().push(r);
+                }
+                for (key, rows) in by_dest {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match cfg.destinations.iter().find(|d| d.key() == key) {
+                        Some(d) => send_batch(&ctx, &cfg, d, rows, &stop),
+                        None => park_unconfigured(&ctx, &cfg, &key, rows),
+                    }
+                }
+            }
+            Err(e) => error!(error = %e, "cannot read the outbox"),
+        }
+        let _ = wake.recv_timeout(Duration::from_millis(500));
+    }
+}
+
+fn destination_keys(cfg: &Config) -> BTreeSet<String> {
+    cfg.destinations.iter().map(Destination::key).collect()
+}
+
+/// Entries of a destination that is configured again (a reload restored it) are due now,
+/// not after the wait they were parked for; returns the keys configured now.
+fn retry_returned_destinations(
+    ctx: &SenderCtx,
+    cfg: &Config,
+    before: BTreeSet<String>,
+) -> BTreeSet<String> {
+    let now = destination_keys(cfg);
+    for key in now.difference(&before) {
+        match ctx.state.outbox_retry_now(key) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(destination = %key, pending = n, "destination configured: its pending deliveries are retried now")
+            }
+            Err(e) => error!(error = %e, "cannot reschedule the outbox"),
+        }
+    }
+    now
+}
+
+/// The destination of `rows` is not in the configuration (removed or edited in a reload):
+/// the entries stay pending, uncounted (nothing was tried), until a destination with
+/// their key is configured again. They are never re-addressed to another destination:
+/// an edited host or port may well be a different PACS.
+fn park_unconfigured(ctx: &SenderCtx, cfg: &Config, key: &str, rows: Vec<OutboxRow>) {
+    let reason = format!("destination {key} is not configured: kept until it is again");
+    warn!(destination = %key, pending = rows.len(), "destination no longer configured: deliveries kept pending, attempts not counted");
+    park(ctx, cfg, &rows, &reason);
+}
+
+/// Keep `rows` pending without counting an attempt; looked at again after the longest
+/// backoff (or sooner, when their destination is configured again).
+fn park(ctx: &SenderCtx, cfg: &Config, rows: &[OutboxRow], reason: &str) {
+    let next = now_ms() + (cfg.outbox.retry_max_s * 1000.0) as i64;
+    for r in rows {
+        if let Err(e) = ctx.state.outbox_parked(r.id, reason, next) {
+            error!(error = %e, "cannot reschedule the outbox entry");
+        }
+    }
+}
+
+fn backoff_ms(cfg: &Config, attempts_before: i64) -> i64 {
+    let exp = attempts_before.clamp(0, 30) as i32;
+    let s = (cfg.outbox.retry_initial_s * 2f64.powi(exp)).min(cfg.outbox.retry_max_s);
+    (s * 1000.0) as i64
+}
+
+/// Record a failed attempt for `r`. `bounded`: the destination answered, so attempts count
+/// toward `max_attempts`.
+fn failed(ctx: &SenderCtx, cfg: &Config, r: &OutboxRow, reason: &str, bounded: bool) {
+    let give_up = bounded && r.attempts + 1 >= cfg.outbox.max_attempts as i64;
+    let next = now_ms() + backoff_ms(cfg, r.attempts);
+    if give_up {
+        error!(
+            destination = %r.destination, sop = %r.sop_uid, attempts = r.attempts + 1, %reason,
+            "DELIVERY FAILED PERMANENTLY: giving up on this output for this destination"
+        );
+    } else {
+        warn!(
+            destination = %r.destination, sop = %r.sop_uid, attempts = r.attempts + 1, %reason,
+            retry_in_ms = next - now_ms(), "delivery failed; will retry"
+        );
+    }
+    crate::metrics::get().output(
+        &r.destination,
+        if give_up { "failed" } else { "attempt_failed" },
+    );
+    ctx.state.audit_action(
+        "delivery_attempt",
+        &r.destination,
+        Some(&r.study_uid),
+        &format!("{} attempt {}: {reason}", r.sop_uid, r.attempts + 1),
+    );
+    if let Err(e) = ctx.state.outbox_failed(r.id, reason, next, give_up) {
+        error!(error = %e, "cannot record the failed attempt");
+    }
+}
+
+fn file_transfer_syntax(path: &std::path::Path) -> Option<String> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut r = std::io::BufReader::new(f);
+    let mut pre = [0u8; 128];
+    std::io::Read::read_exact(&mut r, &mut pre).ok()?;
+    let meta = dicom_object::FileMetaTable::from_reader(r).ok()?;
+    Some(meta.transfer_syntax().trim_end_matches('\0').to_string())
+}
+
+/// What to propose for a batch: one presentation context per (SOP class, transfer
+/// syntaxes), and each row's file transfer syntax (when its file can be read).
+struct Proposal {
+    contexts: Vec<(String, Vec<String>)>,
+    file_ts: Vec<Option<String>>,
+}
+
+fn proposal(rows: &[OutboxRow]) -> Proposal {
+    let mut contexts: Vec<(String, Vec<String>)> = Vec::new();
+    let mut file_ts: Vec<Option<String>> = Vec::new();
+    for r in rows {
+        let fts = file_transfer_syntax(&r.path);
+        let tss = transfer_syntaxes_for(fts.as_deref());
+        if !contexts
+            .iter()
+            .any(|(c, t)| *c == r.sop_class_uid && *t == tss)
+        {
+            contexts.push((r.sop_class_uid.clone(), tss));
+        }
+        file_ts.push(fts);
+    }
+    Proposal { contexts, file_ts }
+}
+
+/// The transfer syntaxes to propose for a file: its own first, and for native (or
+/// unreadable) files both uncompressed little-endian syntaxes.
+fn transfer_syntaxes_for(file_ts: Option<&str>) -> Vec<String> {
+    let mut tss = Vec::new();
+    if let Some(t) = file_ts {
+        tss.push(t.to_string());
+    }
+    let native =
+        file_ts.is_none_or(|t| t == EXPLICIT_VR_LITTLE_ENDIAN || t == IMPLICIT_VR_LITTLE_ENDIAN);
+    if native {
+        for t in [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN] {
+            if !tss.iter().any(|x| x == t) {
+                tss.push(t.to_string());
+            }
+        }
+    }
+    tss
+}
+
+fn send_batch(
+    ctx: &SenderCtx,
+    cfg: &Config,
+    dest: &Destination,
+    rows: Vec<OutboxRow>,
+    stop: &AtomicBool,
+) {
+    let span = info_span!("send", destination = %dest.key());
+    let _g = span.enter();
+    let Proposal { contexts, file_ts } = proposal(&rows);
+    let mut opts = ClientAssociationOptions::new()
+        .calling_ae_title(cfg.node.ae_title.clone())
+        .called_ae_title(dest.ae_title.clone())
+        .max_pdu_length(cfg.node.max_pdu_length)
+        .connection_timeout(Duration::from_secs_f64(cfg.outbox.connect_timeout_s))
+        .read_timeout(Duration::from_secs(120))
+        .write_timeout(Duration::from_secs(120));
+    for (class, tss) in &contexts {
+        opts = opts.with_presentation_context(class.clone(), tss.clone());
+    }
+    let addr = format!("{}@{}:{}", dest.ae_title, dest.host, dest.port);
+    let established = match &dest.tls_ca {
+        None => opts.establish_with(&addr).map(|mut a| {
+            // A C-STORE is a small command PDU followed by data PDUs; with Nagle on, the
+            // data waits for the peer's delayed ACK of the command (tens of ms per object).
+            let _ = a.inner_stream().set_nodelay(true);
+            deliver(ctx, cfg, &rows, &file_ts, stop, a)
+        }),
+        Some(ca) => match crate::net::tls::client_config(ca, cfg.tls.as_ref()) {
+            Ok(tls) => opts
+                .tls_config(tls)
+                .server_name(&dest.host)
+                .establish_with_tls(&addr)
+                .map(|mut a| {
+                    let _ = a.inner_stream().sock.set_nodelay(true);
+                    deliver(ctx, cfg, &rows, &file_ts, stop, a)
+                }),
+            Err(e) => {
+                // Nothing was sent: not an attempt. Tried again after the longest backoff
+                // (the files or the configuration may be fixed meanwhile).
+                error!(error = %e, "destination TLS configuration unusable");
+                park(ctx, cfg, &rows, &format!("TLS configuration: {e}"));
+                return;
+            }
+        },
+    };
+    if let Err(e) = established {
+        let (reason, bounded) = association_failure(&e);
+        if bounded {
+            error!(%reason, "destination refuses the association");
+        }
+        for r in &rows {
+            failed(ctx, cfg, r, &reason, bounded);
+        }
+    }
+}
+
+/// Why no association was established, and whether the destination answered (so the
+/// attempt counts toward `max_attempts`).
+fn association_failure(e: &dicom_ul::association::Error) -> (String, bool) {
+    match e {
+        dicom_ul::association::Error::Rejected { association_rj, .. } => (
+            format!(
+                "association rejected ({}): {}",
+                match association_rj.result {
+                    AssociationRJResult::Permanent => "permanent",
+                    AssociationRJResult::Transient => "transient",
+                },
+                association_rj.source
+            ),
+            association_rj.result == AssociationRJResult::Permanent,
+        ),
+        dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
+            ("no presentation context accepted".to_string(), true)
+        }
+        other => (format!("cannot associate: {other}"), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_syntaxes_proposed_for_a_file() {
+        let (e, i) = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN);
+        assert_eq!(transfer_syntaxes_for(None), [e, i]);
+        assert_eq!(transfer_syntaxes_for(Some(i)), [i, e]);
+        assert_eq!(transfer_syntaxes_for(Some(e)), [e, i]);
+        // A compressed file is sent as it is or not at all.
+        let jpeg = dicom_dictionary_std::uids::JPEG_LOSSLESS_SV1;
+        assert_eq!(transfer_syntaxes_for(Some(jpeg)), [jpeg]);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prima-node.toml"),
+        )
+        .unwrap();
+        let mut c = Config::parse(std::path::Path::new("x"), &text).unwrap();
+        c.outbox.retry_initial_s = 2.0;
+        c.outbox.retry_max_s = 60.0;
+        assert_eq!(backoff_ms(&c, 0), 2000);
+        assert_eq!(backoff_ms(&c, 1), 4000);
+        assert_eq!(backoff_ms(&c, 10), 60_000);
+        assert_eq!(backoff_ms(&c, 1000), 60_000);
+    }
+}
