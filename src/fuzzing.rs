@@ -139,97 +139,10 @@ pub fn structured_dataset(data: &[u8]) {
     let explicit = sel & 1 == 0;
     let mut b = Vec::new();
     if sel & 2 == 0 {
-        for (g, e, vr, v) in [
-            (0x0008, 0x0016, *b"UI", SOP_CLASS.as_bytes()),
-            (0x0008, 0x0018, *b"UI", b"1.2.3.4.5\0".as_slice()),
-            (0x0008, 0x0060, *b"CS", b"MR"),
-            (0x0020, 0x000D, *b"UI", b"1.2.3.4\0"),
-            (0x0020, 0x000E, *b"UI", b"1.2.3.6\0"),
-            (0x0028, 0x0002, *b"US", &1u16.to_le_bytes()),
-            (0x0028, 0x0010, *b"US", &4u16.to_le_bytes()),
-            (0x0028, 0x0011, *b"US", &4u16.to_le_bytes()),
-            (0x0028, 0x0100, *b"US", &16u16.to_le_bytes()),
-        ] {
-            put(&mut b, explicit, g, e, vr, v.len() as u32, v);
-        }
+        put_mr_header(&mut b, explicit);
     }
-    const SEQS: [u16; 4] = [0x1115, 0x9229, 0x9230, 0x1140];
-    const HEADER: [(u16, u16, [u8; 2], &[u8]); 12] = [
-        (0x0028, 0x0008, *b"IS", b"2147483647"),
-        (0x0028, 0x0008, *b"IS", b"-1"),
-        (0x0028, 0x0008, *b"IS", b"65536 "),
-        (0x0028, 0x0010, *b"US", &[0xFF, 0xFF]),
-        (0x0028, 0x0011, *b"US", &[0, 0]),
-        (0x0028, 0x0100, *b"US", &[64, 0]),
-        (0x0028, 0x0100, *b"US", &[1, 0]),
-        (0x0028, 0x0002, *b"US", &[3, 0]),
-        (0x0028, 0x1053, *b"DS", b"1e308 "),
-        (0x0028, 0x0030, *b"DS", b"0\\0 "),
-        (0x0020, 0x0037, *b"DS", b"0\\0\\0\\0\\0\\0 "),
-        (0x0002, 0x0010, *b"UI", b"1.2.840.10008.1.2.2\0"),
-    ];
-    const LENGTHS: [u32; 8] = [
-        0,
-        1,
-        7,
-        0xFFFF,
-        0x7FFF_FFFF,
-        0xFFFF_FFFE,
-        0xFFFF_FFFF,
-        1 << 20,
-    ];
     for op in prog.chunks_exact(4) {
-        let (kind, x, y, z) = (op[0], op[1], op[2], op[3]);
-        let small = u32::from(y) * 16 + u32::from(z);
-        match kind % 8 {
-            0 => {
-                let e = SEQS[x as usize % SEQS.len()];
-                let g = if e >= 0x9000 { 0x5200 } else { 0x0008 };
-                let len = if y & 1 == 0 { u32::MAX } else { small };
-                put(&mut b, explicit, g, e, *b"SQ", len, &[]);
-            }
-            1 => put_raw(
-                &mut b,
-                0xFFFE,
-                0xE000,
-                if x & 1 == 0 { u32::MAX } else { small },
-            ),
-            2 => put_raw(&mut b, 0xFFFE, 0xE00D, 0),
-            3 => put_raw(&mut b, 0xFFFE, 0xE0DD, 0),
-            4 => {
-                let v = [b'1'; 8];
-                put(&mut b, explicit, 0x0002, u16::from(x), *b"UI", 8, &v);
-            }
-            5 => {
-                let (g, e, vr, v) = HEADER[x as usize % HEADER.len()];
-                put(&mut b, explicit, g, e, vr, v.len() as u32, v);
-            }
-            6 => {
-                let len = LENGTHS[x as usize % LENGTHS.len()];
-                let fill = vec![z; (len as usize).min(64)];
-                let vr = [*b"OB", *b"US", *b"UN", *b"LO"][y as usize % 4];
-                put(
-                    &mut b,
-                    explicit,
-                    0x0009 + u16::from(y & 0x10),
-                    0x1000,
-                    vr,
-                    len,
-                    &fill,
-                );
-            }
-            _ => {
-                if x & 1 == 0 {
-                    let v = vec![z; small as usize * 2];
-                    put(&mut b, explicit, 0x7FE0, 0x0010, *b"OW", v.len() as u32, &v);
-                } else {
-                    put(&mut b, explicit, 0x7FE0, 0x0010, *b"OB", u32::MAX, &[]);
-                    put_raw(&mut b, 0xFFFE, 0xE000, 0);
-                    put_raw(&mut b, 0xFFFE, 0xE000, LENGTHS[y as usize % LENGTHS.len()]);
-                    b.extend(std::iter::repeat_n(z, small as usize));
-                }
-            }
-        }
+        put_op(&mut b, explicit, [op[0], op[1], op[2], op[3]]);
     }
     let ts = if explicit {
         uids::EXPLICIT_VR_LITTLE_ENDIAN
@@ -239,6 +152,106 @@ pub fn structured_dataset(data: &[u8]) {
     let path = scratch_path();
     if write_part10(&path, ts, &b).is_ok() {
         receive_and_process(&path);
+    }
+}
+
+/// Sequences an operation opens: Referenced SOP, shared and per-frame functional groups,
+/// Referenced Image.
+const OP_SEQUENCES: [u16; 4] = [0x1115, 0x9229, 0x9230, 0x1140];
+
+/// Extreme header values an operation puts: frame counts, image sizes, bit depths,
+/// samples, rescale, spacing, orientation, and a group-0002 transfer syntax.
+const OP_HEADER_VALUES: [(u16, u16, [u8; 2], &[u8]); 12] = [
+    (0x0028, 0x0008, *b"IS", b"2147483647"),
+    (0x0028, 0x0008, *b"IS", b"-1"),
+    (0x0028, 0x0008, *b"IS", b"65536 "),
+    (0x0028, 0x0010, *b"US", &[0xFF, 0xFF]),
+    (0x0028, 0x0011, *b"US", &[0, 0]),
+    (0x0028, 0x0100, *b"US", &[64, 0]),
+    (0x0028, 0x0100, *b"US", &[1, 0]),
+    (0x0028, 0x0002, *b"US", &[3, 0]),
+    (0x0028, 0x1053, *b"DS", b"1e308 "),
+    (0x0028, 0x0030, *b"DS", b"0\\0 "),
+    (0x0020, 0x0037, *b"DS", b"0\\0\\0\\0\\0\\0 "),
+    (0x0002, 0x0010, *b"UI", b"1.2.840.10008.1.2.2\0"),
+];
+
+/// Element and item lengths an operation declares.
+const OP_LENGTHS: [u32; 8] = [
+    0,
+    1,
+    7,
+    0xFFFF,
+    0x7FFF_FFFF,
+    0xFFFF_FFFE,
+    0xFFFF_FFFF,
+    1 << 20,
+];
+
+/// A minimal valid MR image header (4×4, 16 bits), so operations start from data the SCP
+/// would store.
+fn put_mr_header(b: &mut Vec<u8>, explicit: bool) {
+    for (g, e, vr, v) in [
+        (0x0008, 0x0016, *b"UI", SOP_CLASS.as_bytes()),
+        (0x0008, 0x0018, *b"UI", b"1.2.3.4.5\0".as_slice()),
+        (0x0008, 0x0060, *b"CS", b"MR"),
+        (0x0020, 0x000D, *b"UI", b"1.2.3.4\0"),
+        (0x0020, 0x000E, *b"UI", b"1.2.3.6\0"),
+        (0x0028, 0x0002, *b"US", &1u16.to_le_bytes()),
+        (0x0028, 0x0010, *b"US", &4u16.to_le_bytes()),
+        (0x0028, 0x0011, *b"US", &4u16.to_le_bytes()),
+        (0x0028, 0x0100, *b"US", &16u16.to_le_bytes()),
+    ] {
+        put(b, explicit, g, e, vr, v.len() as u32, v);
+    }
+}
+
+/// One 4-byte operation (kind, x, y, z) of the program.
+fn put_op(b: &mut Vec<u8>, explicit: bool, [kind, x, y, z]: [u8; 4]) {
+    let small = u32::from(y) * 16 + u32::from(z);
+    match kind % 8 {
+        0 => {
+            let e = OP_SEQUENCES[x as usize % OP_SEQUENCES.len()];
+            let g = if e >= 0x9000 { 0x5200 } else { 0x0008 };
+            let len = if y & 1 == 0 { u32::MAX } else { small };
+            put(b, explicit, g, e, *b"SQ", len, &[]);
+        }
+        1 => put_raw(b, 0xFFFE, 0xE000, if x & 1 == 0 { u32::MAX } else { small }),
+        2 => put_raw(b, 0xFFFE, 0xE00D, 0),
+        3 => put_raw(b, 0xFFFE, 0xE0DD, 0),
+        4 => {
+            let v = [b'1'; 8];
+            put(b, explicit, 0x0002, u16::from(x), *b"UI", 8, &v);
+        }
+        5 => {
+            let (g, e, vr, v) = OP_HEADER_VALUES[x as usize % OP_HEADER_VALUES.len()];
+            put(b, explicit, g, e, vr, v.len() as u32, v);
+        }
+        6 => {
+            let len = OP_LENGTHS[x as usize % OP_LENGTHS.len()];
+            let fill = vec![z; (len as usize).min(64)];
+            let vr = [*b"OB", *b"US", *b"UN", *b"LO"][y as usize % 4];
+            put(
+                b,
+                explicit,
+                0x0009 + u16::from(y & 0x10),
+                0x1000,
+                vr,
+                len,
+                &fill,
+            );
+        }
+        _ => {
+            if x & 1 == 0 {
+                let v = vec![z; small as usize * 2];
+                put(b, explicit, 0x7FE0, 0x0010, *b"OW", v.len() as u32, &v);
+            } else {
+                put(b, explicit, 0x7FE0, 0x0010, *b"OB", u32::MAX, &[]);
+                put_raw(b, 0xFFFE, 0xE000, 0);
+                put_raw(b, 0xFFFE, 0xE000, OP_LENGTHS[y as usize % OP_LENGTHS.len()]);
+                b.extend(std::iter::repeat_n(z, small as usize));
+            }
+        }
     }
 }
 

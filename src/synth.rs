@@ -223,24 +223,65 @@ fn write_series(
     dir: &Path,
 ) -> std::io::Result<Vec<PathBuf>> {
     let series_uid = uid(study.seed, &["series", &s.number.to_string()]);
-    let (r, c) = orientation(s.plane);
-    let n = cross(r, c);
-    let (rows, cols) = (s.rows as usize, s.cols as usize);
-    let (row_sp, col_sp) = s.pixel_spacing;
-    // Centre the slab on the head.
-    let half_w = (cols as f64 - 1.0) * col_sp / 2.0;
-    let half_h = (rows as f64 - 1.0) * row_sp / 2.0;
-    let half_d = (s.slices as f64 - 1.0) * s.slice_spacing / 2.0;
-    let mut rng = Lcg(study.seed ^ (s.number as u64).wrapping_mul(0x9e37_79b9));
-    let stored_max = if s.signed {
-        i16::MAX as f64
-    } else {
-        u16::MAX as f64
+    let header = SeriesHeader {
+        study,
+        s,
+        study_uid,
+        series_uid: &series_uid,
     };
-    // Slices are made in order k = 0, 1, … from one random stream; single-frame series write
-    // each as it is made, so a long series never has all its pixels in memory.
-    let mut frame = |k: usize| -> (Vec<u8>, [f64; 3]) {
-        let off = k as f64 * s.slice_spacing - half_d;
+    let mut slices = SliceMaker::new(study.seed, s);
+    if s.enhanced_multiframe {
+        write_enhanced(&header, &mut slices, dir)
+    } else {
+        write_single_frames(&header, &mut slices, dir)
+    }
+}
+
+/// The phantom sampled on one series' slices. Slices are made in order k = 0, 1, … from
+/// one random stream; single-frame series write each as it is made, so a long series
+/// never has all its pixels in memory.
+struct SliceMaker<'a> {
+    s: &'a SynthSeries,
+    /// Row, column and slice-normal directions.
+    r: [f64; 3],
+    c: [f64; 3],
+    n: [f64; 3],
+    /// Half extents of the slab, which is centred on the head.
+    half_w: f64,
+    half_h: f64,
+    half_d: f64,
+    stored_max: f64,
+    rng: Lcg,
+}
+
+impl<'a> SliceMaker<'a> {
+    fn new(seed: u64, s: &'a SynthSeries) -> Self {
+        let (r, c) = orientation(s.plane);
+        let (row_sp, col_sp) = s.pixel_spacing;
+        SliceMaker {
+            s,
+            r,
+            c,
+            n: cross(r, c),
+            half_w: (s.cols as f64 - 1.0) * col_sp / 2.0,
+            half_h: (s.rows as f64 - 1.0) * row_sp / 2.0,
+            half_d: (s.slices as f64 - 1.0) * s.slice_spacing / 2.0,
+            stored_max: if s.signed {
+                i16::MAX as f64
+            } else {
+                u16::MAX as f64
+            },
+            rng: Lcg(seed ^ (s.number as u64).wrapping_mul(0x9e37_79b9)),
+        }
+    }
+
+    /// Slice `k`'s stored pixel values (16-bit little endian) and its position.
+    fn slice(&mut self, k: usize) -> (Vec<u8>, [f64; 3]) {
+        let (s, r, c, n) = (self.s, self.r, self.c, self.n);
+        let (rows, cols) = (s.rows as usize, s.cols as usize);
+        let (row_sp, col_sp) = s.pixel_spacing;
+        let (half_w, half_h) = (self.half_w, self.half_h);
+        let off = k as f64 * s.slice_spacing - self.half_d;
         let ipp = [
             -half_w * r[0] - half_h * c[0] + off * n[0],
             -half_w * r[1] - half_h * c[1] + off * n[1],
@@ -254,8 +295,10 @@ fn write_series(
                     ipp[1] + i as f64 * col_sp * r[1] + j as f64 * row_sp * c[1],
                     ipp[2] + i as f64 * col_sp * r[2] + j as f64 * row_sp * c[2],
                 ];
-                let v = phantom(p, s.intensity, s.lesion) + 20.0 * rng.next_unit();
-                let stored = ((v - s.intercept) / s.slope).round().clamp(0.0, stored_max);
+                let v = phantom(p, s.intensity, s.lesion) + 20.0 * self.rng.next_unit();
+                let stored = ((v - s.intercept) / s.slope)
+                    .round()
+                    .clamp(0.0, self.stored_max);
                 if s.signed {
                     bytes.extend_from_slice(&(stored as i16).to_le_bytes());
                 } else {
@@ -264,52 +307,76 @@ fn write_series(
             }
         }
         (bytes, ipp)
-    };
-    let base = |sop_class: &str, sop_uid: &str| {
+    }
+
+    /// ImageOrientationPatient as written.
+    fn iop(&self) -> String {
+        let (r, c) = (self.r, self.c);
+        ds(&[r[0], r[1], r[2], c[0], c[1], c[2]])
+    }
+
+    /// PixelSpacing as written.
+    fn pixel_spacing(&self) -> String {
+        let (row_sp, col_sp) = self.s.pixel_spacing;
+        ds(&[row_sp, col_sp])
+    }
+}
+
+/// What every instance of a series says about the patient, study, series and image.
+struct SeriesHeader<'a> {
+    study: &'a SynthStudy,
+    s: &'a SynthSeries,
+    study_uid: &'a str,
+    series_uid: &'a str,
+}
+
+impl SeriesHeader<'_> {
+    fn instance(&self, sop_class: &str, sop_uid: &str) -> InMemDicomObject {
         let mut o = InMemDicomObject::new_empty();
         put_str(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
         put_str(&mut o, tags::SOP_CLASS_UID, VR::UI, sop_class);
         put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
-        put_str(&mut o, tags::STUDY_DATE, VR::DA, "20260101");
-        put_str(&mut o, tags::STUDY_TIME, VR::TM, "120000");
+        self.put_patient_study_series(&mut o);
+        self.put_image_pixel(&mut o);
+        o
+    }
+
+    fn put_patient_study_series(&self, o: &mut InMemDicomObject) {
+        let (study, s) = (self.study, self.s);
+        put_str(o, tags::STUDY_DATE, VR::DA, "20260101");
+        put_str(o, tags::STUDY_TIME, VR::TM, "120000");
+        put_str(o, tags::ACCESSION_NUMBER, VR::SH, &study.accession_number);
+        put_str(o, tags::MODALITY, VR::CS, "MR");
+        put_str(o, tags::MANUFACTURER, VR::LO, "prima-node synthetic");
+        put_str(o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
+        put_str(o, tags::STUDY_DESCRIPTION, VR::LO, &study.study_description);
+        put_str(o, tags::SERIES_DESCRIPTION, VR::LO, &s.description);
+        put_str(o, tags::PATIENT_NAME, VR::PN, &study.patient_name);
+        put_str(o, tags::PATIENT_ID, VR::LO, &study.patient_id);
+        put_str(o, tags::PATIENT_BIRTH_DATE, VR::DA, "19700101");
+        put_str(o, tags::PATIENT_SEX, VR::CS, "O");
+        put_str(o, tags::PROTOCOL_NAME, VR::LO, &s.protocol);
+        put_str(o, tags::STUDY_INSTANCE_UID, VR::UI, self.study_uid);
+        put_str(o, tags::SERIES_INSTANCE_UID, VR::UI, self.series_uid);
+        put_str(o, tags::STUDY_ID, VR::SH, "1");
+        put_str(o, tags::SERIES_NUMBER, VR::IS, &s.number.to_string());
         put_str(
-            &mut o,
-            tags::ACCESSION_NUMBER,
-            VR::SH,
-            &study.accession_number,
-        );
-        put_str(&mut o, tags::MODALITY, VR::CS, "MR");
-        put_str(&mut o, tags::MANUFACTURER, VR::LO, "prima-node synthetic");
-        put_str(&mut o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
-        put_str(
-            &mut o,
-            tags::STUDY_DESCRIPTION,
-            VR::LO,
-            &study.study_description,
-        );
-        put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &s.description);
-        put_str(&mut o, tags::PATIENT_NAME, VR::PN, &study.patient_name);
-        put_str(&mut o, tags::PATIENT_ID, VR::LO, &study.patient_id);
-        put_str(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, "19700101");
-        put_str(&mut o, tags::PATIENT_SEX, VR::CS, "O");
-        put_str(&mut o, tags::PROTOCOL_NAME, VR::LO, &s.protocol);
-        put_str(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, study_uid);
-        put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
-        put_str(&mut o, tags::STUDY_ID, VR::SH, "1");
-        put_str(&mut o, tags::SERIES_NUMBER, VR::IS, &s.number.to_string());
-        put_str(
-            &mut o,
+            o,
             tags::FRAME_OF_REFERENCE_UID,
             VR::UI,
             &uid(study.seed, &["for"]),
         );
-        o.put(DataElement::new(
-            tags::SAMPLES_PER_PIXEL,
-            VR::US,
-            PrimitiveValue::from(1u16),
-        ));
+    }
+
+    /// The Image Pixel module: 16-bit monochrome samples.
+    fn put_image_pixel(&self, o: &mut InMemDicomObject) {
+        let s = self.s;
+        let us = |o: &mut InMemDicomObject, tag: Tag, v: u16| {
+            o.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+        };
+        us(o, tags::SAMPLES_PER_PIXEL, 1);
         put_str(
-            &mut o,
+            o,
             tags::PHOTOMETRIC_INTERPRETATION,
             VR::CS,
             if s.monochrome1 {
@@ -318,108 +385,27 @@ fn write_series(
                 "MONOCHROME2"
             },
         );
-        o.put(DataElement::new(
-            tags::ROWS,
-            VR::US,
-            PrimitiveValue::from(s.rows),
-        ));
-        o.put(DataElement::new(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from(s.cols),
-        ));
-        o.put(DataElement::new(
-            tags::BITS_ALLOCATED,
-            VR::US,
-            PrimitiveValue::from(16u16),
-        ));
-        o.put(DataElement::new(
-            tags::BITS_STORED,
-            VR::US,
-            PrimitiveValue::from(16u16),
-        ));
-        o.put(DataElement::new(
-            tags::HIGH_BIT,
-            VR::US,
-            PrimitiveValue::from(15u16),
-        ));
-        o.put(DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(if s.signed { 1u16 } else { 0u16 }),
-        ));
-        o
-    };
-    let iop = ds(&[r[0], r[1], r[2], c[0], c[1], c[2]]);
-    let spacing = ds(&[row_sp, col_sp]);
-    let mut written = Vec::new();
-    if s.enhanced_multiframe {
-        let sop_uid = uid(study.seed, &["instance", &s.number.to_string(), "mf"]);
-        let mut o = base(uids::ENHANCED_MR_IMAGE_STORAGE, &sop_uid);
-        put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
-        put_str(
-            &mut o,
-            tags::NUMBER_OF_FRAMES,
-            VR::IS,
-            &s.slices.to_string(),
-        );
-        let mut shared = InMemDicomObject::new_empty();
-        let item = |tag: Tag, vr: VR, v: &str| {
-            let mut i = InMemDicomObject::new_empty();
-            put_str(&mut i, tag, vr, v);
-            i
-        };
-        let seq = |tag: Tag, items: Vec<InMemDicomObject>| {
-            DataElement::new(tag, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED))
-        };
-        shared.put(seq(
-            tags::PLANE_ORIENTATION_SEQUENCE,
-            vec![item(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &iop)],
-        ));
-        let mut pm = item(tags::PIXEL_SPACING, VR::DS, &spacing);
-        put_str(
-            &mut pm,
-            tags::SLICE_THICKNESS,
-            VR::DS,
-            &ds(&[s.slice_spacing]),
-        );
-        shared.put(seq(tags::PIXEL_MEASURES_SEQUENCE, vec![pm]));
-        let mut pv = item(tags::RESCALE_SLOPE, VR::DS, &ds(&[s.slope]));
-        put_str(
-            &mut pv,
-            tags::RESCALE_INTERCEPT,
-            VR::DS,
-            &ds(&[s.intercept]),
-        );
-        put_str(&mut pv, tags::RESCALE_TYPE, VR::LO, "US");
-        shared.put(seq(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![pv]));
-        o.put(seq(Tag(0x5200, 0x9229), vec![shared]));
-        let frames: Vec<(Vec<u8>, [f64; 3])> = (0..s.slices).map(&mut frame).collect();
-        let per_frame: Vec<InMemDicomObject> = frames
-            .iter()
-            .map(|(_, ipp)| {
-                let mut f = InMemDicomObject::new_empty();
-                f.put(seq(
-                    tags::PLANE_POSITION_SEQUENCE,
-                    vec![item(tags::IMAGE_POSITION_PATIENT, VR::DS, &ds(ipp))],
-                ));
-                f
-            })
-            .collect();
-        o.put(seq(Tag(0x5200, 0x9230), per_frame));
-        let all: Vec<u8> = frames.iter().flat_map(|(b, _)| b.iter().copied()).collect();
-        o.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::from(all),
-        ));
-        let path = dir.join("IM1.dcm");
-        write_part10(o, &path)?;
-        written.push(path);
-        return Ok(written);
+        us(o, tags::ROWS, s.rows);
+        us(o, tags::COLUMNS, s.cols);
+        us(o, tags::BITS_ALLOCATED, 16);
+        us(o, tags::BITS_STORED, 16);
+        us(o, tags::HIGH_BIT, 15);
+        us(o, tags::PIXEL_REPRESENTATION, if s.signed { 1 } else { 0 });
     }
+}
+
+/// One file per slice, `IM<n>.dcm`, each written as it is made.
+fn write_single_frames(
+    header: &SeriesHeader,
+    slices: &mut SliceMaker,
+    dir: &Path,
+) -> std::io::Result<Vec<PathBuf>> {
+    let (study, s) = (header.study, header.s);
+    let iop = slices.iop();
+    let spacing = slices.pixel_spacing();
+    let mut written = Vec::new();
     for k in 0..s.slices {
-        let (bytes, ipp) = frame(k);
+        let (bytes, ipp) = slices.slice(k);
         let number = if s.reversed_names {
             s.slices - k
         } else {
@@ -429,7 +415,7 @@ fn write_series(
             study.seed,
             &["instance", &s.number.to_string(), &k.to_string()],
         );
-        let mut o = base(uids::MR_IMAGE_STORAGE, &sop_uid);
+        let mut o = header.instance(uids::MR_IMAGE_STORAGE, &sop_uid);
         put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, &(k + 1).to_string());
         put_str(&mut o, tags::IMAGE_POSITION_PATIENT, VR::DS, &ds(&ipp));
         put_str(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &iop);
@@ -458,6 +444,93 @@ fn write_series(
         written.push(path);
     }
     Ok(written)
+}
+
+/// A sequence element holding `items`.
+fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED))
+}
+
+/// A sequence item holding one text element.
+fn item(tag: Tag, vr: VR, v: &str) -> InMemDicomObject {
+    let mut i = InMemDicomObject::new_empty();
+    put_str(&mut i, tag, vr, v);
+    i
+}
+
+/// One Enhanced MR file, `IM1.dcm`, all slices as frames with per-frame positions.
+fn write_enhanced(
+    header: &SeriesHeader,
+    slices: &mut SliceMaker,
+    dir: &Path,
+) -> std::io::Result<Vec<PathBuf>> {
+    let (study, s) = (header.study, header.s);
+    let sop_uid = uid(study.seed, &["instance", &s.number.to_string(), "mf"]);
+    let mut o = header.instance(uids::ENHANCED_MR_IMAGE_STORAGE, &sop_uid);
+    put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
+    put_str(
+        &mut o,
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        &s.slices.to_string(),
+    );
+    o.put(seq(
+        Tag(0x5200, 0x9229),
+        vec![shared_functional_groups(
+            s,
+            &slices.iop(),
+            &slices.pixel_spacing(),
+        )],
+    ));
+    let frames: Vec<(Vec<u8>, [f64; 3])> = (0..s.slices).map(|k| slices.slice(k)).collect();
+    let per_frame: Vec<InMemDicomObject> = frames
+        .iter()
+        .map(|(_, ipp)| {
+            let mut f = InMemDicomObject::new_empty();
+            f.put(seq(
+                tags::PLANE_POSITION_SEQUENCE,
+                vec![item(tags::IMAGE_POSITION_PATIENT, VR::DS, &ds(ipp))],
+            ));
+            f
+        })
+        .collect();
+    o.put(seq(Tag(0x5200, 0x9230), per_frame));
+    let all: Vec<u8> = frames.iter().flat_map(|(b, _)| b.iter().copied()).collect();
+    o.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::from(all),
+    ));
+    let path = dir.join("IM1.dcm");
+    write_part10(o, &path)?;
+    Ok(vec![path])
+}
+
+/// The Shared Functional Groups item: orientation, pixel measures, rescale.
+fn shared_functional_groups(s: &SynthSeries, iop: &str, spacing: &str) -> InMemDicomObject {
+    let mut shared = InMemDicomObject::new_empty();
+    shared.put(seq(
+        tags::PLANE_ORIENTATION_SEQUENCE,
+        vec![item(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, iop)],
+    ));
+    let mut pm = item(tags::PIXEL_SPACING, VR::DS, spacing);
+    put_str(
+        &mut pm,
+        tags::SLICE_THICKNESS,
+        VR::DS,
+        &ds(&[s.slice_spacing]),
+    );
+    shared.put(seq(tags::PIXEL_MEASURES_SEQUENCE, vec![pm]));
+    let mut pv = item(tags::RESCALE_SLOPE, VR::DS, &ds(&[s.slope]));
+    put_str(
+        &mut pv,
+        tags::RESCALE_INTERCEPT,
+        VR::DS,
+        &ds(&[s.intercept]),
+    );
+    put_str(&mut pv, tags::RESCALE_TYPE, VR::LO, "US");
+    shared.put(seq(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![pv]));
+    shared
 }
 
 fn write_part10(o: InMemDicomObject, path: &Path) -> std::io::Result<()> {

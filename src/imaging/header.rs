@@ -158,14 +158,39 @@ fn fg_lookup<'a>(
         .or_else(|| shared.and_then(|s| first_item(s, seq)))
 }
 
+/// Why a file gives no slice headers.
+#[derive(Debug, thiserror::Error)]
+pub enum SliceHeaderError {
+    // Boxed: the reader's error is large, and a header result is kept per file.
+    #[error("not a readable DICOM file: {0}")]
+    NotDicom(#[source] Box<dicom_object::ReadError>),
+    #[error("no Rows (not an image)")]
+    NoRows,
+    #[error("no Columns (not an image)")]
+    NoColumns,
+    #[error("NumberOfFrames {frames} is more than the {max} an instance may have", max = MAX_FRAMES)]
+    TooManyFrames { frames: i64 },
+    #[error("cannot stat {file}: {source}")]
+    Stat {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("NumberOfFrames {frames} needs at least {needed} bytes of pixel data; the file has {file_len}")]
+    FramesExceedFile {
+        frames: i64,
+        needed: u64,
+        file_len: u64,
+    },
+}
+
 /// Header(s) of one file: one entry per frame. `Err` if the file is not a DICOM image.
-pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, String> {
+pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, SliceHeaderError> {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
-        .map_err(|e| format!("not a readable DICOM file: {e}"))?;
-    let rows = read_int(&obj, tags::ROWS).ok_or("no Rows (not an image)")?;
-    let cols = read_int(&obj, tags::COLUMNS).ok_or("no Columns (not an image)")?;
+        .map_err(|e| SliceHeaderError::NotDicom(Box::new(e)))?;
+    let rows = read_int(&obj, tags::ROWS).ok_or(SliceHeaderError::NoRows)?;
+    let cols = read_int(&obj, tags::COLUMNS).ok_or(SliceHeaderError::NoColumns)?;
     let base = SliceMeta {
         path: path.to_path_buf(),
         frame: None,
@@ -253,11 +278,9 @@ fn check_frames_fit(
     obj: &dicom_object::DefaultDicomObject,
     frames: i64,
     m: &SliceMeta,
-) -> Result<(), String> {
+) -> Result<(), SliceHeaderError> {
     if frames > MAX_FRAMES {
-        return Err(format!(
-            "NumberOfFrames {frames} is more than the {MAX_FRAMES} an instance may have"
-        ));
+        return Err(SliceHeaderError::TooManyFrames { frames });
     }
     let encapsulated = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(obj.meta().transfer_syntax())
@@ -271,13 +294,18 @@ fn check_frames_fit(
             .max(1)
     };
     let file_len = std::fs::metadata(path)
-        .map_err(|e| format!("cannot stat {}: {e}", file_name(path)))?
+        .map_err(|source| SliceHeaderError::Stat {
+            file: file_name(path),
+            source,
+        })?
         .len();
     let needed = per_frame.saturating_mul(frames as u64);
     if needed > file_len {
-        return Err(format!(
-            "NumberOfFrames {frames} needs at least {needed} bytes of pixel data; the file has {file_len}"
-        ));
+        return Err(SliceHeaderError::FramesExceedFile {
+            frames,
+            needed,
+            file_len,
+        });
     }
     Ok(())
 }
@@ -312,11 +340,11 @@ mod tests {
     fn a_frame_count_the_file_cannot_hold_is_refused_before_allocating() {
         // Issue 14: this instance aborted the node (944 GB reserved for the frame headers).
         let (_d, p) = instance_with(tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "2147483647");
-        let e = read_slice_headers(&p).unwrap_err();
+        let e = read_slice_headers(&p).unwrap_err().to_string();
         assert!(e.contains("NumberOfFrames 2147483647"), "{e}");
         // Within the limit but more than the pixel data holds.
         let (_d, p) = instance_with(tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "64");
-        let e = read_slice_headers(&p).unwrap_err();
+        let e = read_slice_headers(&p).unwrap_err().to_string();
         assert!(e.contains("needs at least"), "{e}");
         // The count the file really has is accepted.
         let (_d, p) = instance_with(tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "1");

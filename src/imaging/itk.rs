@@ -1,11 +1,15 @@
-//! ITK's image geometry arithmetic, reproduced operation by operation (spec §1.7, §3.1,
-//! §3.2).
+//! ITK's image geometry arithmetic, reproduced operation by operation
+//! (docs/prima-inference-spec.md §1.7, §3.1, §3.2).
 //!
 //! Integer-typed series are truncated after interpolation, so a continuous index of
 //! `k − 1e−15` instead of `k` changes a voxel by one raw unit. Only the exact sequence of
 //! IEEE operations ITK performs gives the same indices, hence the LINPACK port below
 //! instead of a closed-form inverse. Rust never contracts `a * b + c` into a fused
 //! multiply-add unless asked to (`mul_add`), which is what ITK's x86-64 builds do too.
+//!
+//! The port keeps LINPACK's structure (1-based indices, the same loops and tests in the
+//! same order, `dsvdc` as one function) so it can be read against the original line by
+//! line; that is why this file and `linpack::dsvdc3` are longer than the project's limits.
 use super::Geometry;
 
 pub type Mat3 = [[f64; 3]; 3];

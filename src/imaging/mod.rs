@@ -1,12 +1,14 @@
 //! From DICOM instances to Prima's VQ-VAE input tokens, exactly as the upstream
-//! pipeline computes them (spec §1–§7). Pure Rust; no libtorch.
+//! pipeline computes them (docs/prima-inference-spec.md §1–§7). Pure Rust; no libtorch.
 //!
 //! - [`natsort`]: natsort's default key (§1.2), for upstream's file-name slice order.
 //! - [`pixel`]: ITK pixel type chosen from rescale + bits stored (§1.6), cast-back (§3.5).
 //! - [`header`]: one instance's header → one [`header::SliceMeta`] per image (file or
 //!   frame), with the header values that size buffers checked against the file.
 //! - [`series`]: grouping instances into series, slice order, geometry (§1.7), series
-//!   names (§1.8), pixel data → volume, skip reasons.
+//!   names (§1.8), pixel data → volume.
+//! - [`skip`]: why a series is not used ([`skip::SkipReason`]), in the words the outputs
+//!   carry.
 //! - [`itk`]: LINPACK dsvdc-based 3×3 inverse as VXL computes it (§3.1).
 //! - [`resample`]: in-plane resample to 256×256 bit-exactly as ITK 5.4 (§2–§3).
 //! - [`orient`]: DICOMOrient('LPS') (§4).
@@ -21,6 +23,7 @@ pub mod otsu;
 pub mod pixel;
 pub mod resample;
 pub mod series;
+pub mod skip;
 pub mod text;
 pub mod tokens;
 pub mod volume;

@@ -1,5 +1,6 @@
-//! natsort 8.4 `natsorted` default key (spec §1.2). Upstream stacks slices in this order
-//! of their file paths; we keep it for parity runs on folders (`SliceOrder::FileName`).
+//! natsort 8.4 `natsorted` default key (docs/prima-inference-spec.md §1.2). Upstream stacks
+//! slices in this order of their file paths; we keep it for parity runs on folders
+//! (`SliceOrder::FileName`).
 use std::cmp::Ordering;
 use unicode_normalization::UnicodeNormalization;
 

@@ -1,5 +1,5 @@
 //! `sitk.DICOMOrient(image, 'LPS')`: an axis permutation plus flips, no resampling
-//! (spec §4).
+//! (docs/prima-inference-spec.md §4).
 use super::{Array3, Volume};
 
 /// For each physical axis c (0 = x/L, 1 = y/P, 2 = z/S): the image axis assigned to it

@@ -1,4 +1,4 @@
-//! Otsu bins, hole filling and token selection (spec §6).
+//! Otsu bins, hole filling and token selection (docs/prima-inference-spec.md §6).
 //!
 //! Holes are computed on the patch grid with 6-connectivity, which is exactly what
 //! upstream's voxel-level `binary_fill_holes` + "patch fully filled" rule gives (§6.2), at

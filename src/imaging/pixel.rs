@@ -1,5 +1,5 @@
-//! The ITK pixel type GDCM picks for a series (spec §1.6) and the cast back to it after
-//! resampling (§3.5).
+//! The ITK pixel type GDCM picks for a series (docs/prima-inference-spec.md §1.6) and the
+//! cast back to it after resampling (§3.5).
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PixelType {

@@ -1,5 +1,6 @@
 //! In-plane resample to 256×256 exactly as upstream's `sitk.Resample` call does it with
-//! ITK 5.4's `ResampleImageFilter` (linear interpolator, identity transform; spec §2–§3).
+//! ITK 5.4's `ResampleImageFilter` (linear interpolator, identity transform;
+//! docs/prima-inference-spec.md §2–§3).
 use super::itk::Mat3;
 use super::itk::{index_to_physical, index_to_point, physical_to_index, point_to_continuous_index};
 use super::{Geometry, PixelType, Volume};

@@ -1,5 +1,5 @@
-//! Reading a study's DICOM instances into series (spec §1): which files form a series,
-//! slice order, pixel values and type, geometry, series name.
+//! Reading a study's DICOM instances into series (docs/prima-inference-spec.md §1): which
+//! files form a series, slice order, pixel values and type, geometry, series name.
 //!
 //! Two slice orders:
 //! - [`SliceOrder::Position`] (the node's default): every SeriesInstanceUID found is a
@@ -20,8 +20,10 @@ use dicom_pixeldata::PixelDecoder;
 use super::header::file_name;
 /// The images a series is made of, and how they are read: re-exported because every stage
 /// after this one speaks of slices in a series.
-pub use super::header::{read_slice_headers, SliceMeta};
+pub use super::header::{read_slice_headers, SliceHeaderError, SliceMeta};
 use super::natsort;
+/// Every stage that gives up on a series reports it in these terms.
+pub use super::skip::{SeriesSkip, SkipReason};
 use super::{itk, Geometry, PixelType, Volume};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,15 +31,6 @@ pub enum SliceOrder {
     #[default]
     Position,
     FileName,
-}
-
-/// A series that cannot be used. It is skipped and reported; it never aborts the study.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeriesSkip {
-    /// Folder name (file-name mode) or SeriesInstanceUID.
-    pub key: String,
-    pub series_instance_uid: Option<String>,
-    pub reason: String,
 }
 
 /// One series ready to load: its slices in stacking order.
@@ -258,11 +251,8 @@ fn scan_by_folder(dir: &Path) -> Result<StudyScan, ImagingError> {
             }
         }
         if headers.is_empty() {
-            scan.skipped.push(SeriesSkip {
-                key,
-                series_instance_uid: None,
-                reason: "no DICOM image in folder".into(),
-            });
+            scan.skipped
+                .push(SeriesSkip::new(key, None, &SkipReason::NoImageInFolder));
             continue;
         }
         if scan.study_instance_uid.is_none() {
@@ -309,36 +299,74 @@ pub fn patch_count(n_slices: usize) -> usize {
 }
 
 /// Stack a series into an ITK-like volume (§1.6–§1.7). Errors are skip reasons.
-pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
-    let first = c.slices.first().ok_or("no slices")?;
+pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, SkipReason> {
+    let first = c.slices.first().ok_or(SkipReason::NoSlices)?;
+    check_stackable(c, first)?;
+    let geometry = stacked_geometry(c, first)?;
+    let pixel_type = PixelType::from_rescale(
+        first.slope,
+        first.intercept,
+        first.bits_stored,
+        first.signed,
+    );
+    let size = [first.cols as usize, first.rows as usize, c.slices.len()];
+    let mut data = allocate_volume(size)?;
+    read_pixels(c, size, pixel_type, &mut data)?;
+    Ok(Volume {
+        size,
+        data,
+        pixel_type,
+        geometry,
+    })
+}
+
+/// What the model can take at all: one sample per pixel, and few enough slices.
+fn check_stackable(c: &SeriesCandidate, first: &SliceMeta) -> Result<(), SkipReason> {
     if first.samples_per_pixel != 1 {
-        return Err(format!(
-            "colour images are not supported (SamplesPerPixel {})",
-            first.samples_per_pixel
-        ));
+        return Err(SkipReason::Colour {
+            samples_per_pixel: first.samples_per_pixel,
+        });
     }
     let n = c.slices.len();
     if patch_count(n) > MAX_PATCHES {
-        return Err(format!(
-            "{} slices give {} patches, more than the model's {}",
-            n,
-            patch_count(n),
-            MAX_PATCHES
-        ));
+        return Err(SkipReason::TooManySlices {
+            slices: n,
+            patches: patch_count(n),
+        });
     }
-    let iop = first.iop.ok_or("missing ImageOrientationPatient")?;
-    let origin = first.ipp.ok_or("missing ImagePositionPatient")?;
-    let ps = first.pixel_spacing.ok_or("missing PixelSpacing")?;
+    Ok(())
+}
+
+/// Origin, direction and spacing of the stacked slices, as GDCM/ITK derive them (§1.7).
+fn stacked_geometry(c: &SeriesCandidate, first: &SliceMeta) -> Result<Geometry, SkipReason> {
+    let iop = first.iop.ok_or(SkipReason::MissingOrientation)?;
+    let origin = first.ipp.ok_or(SkipReason::MissingPosition)?;
+    let ps = first.pixel_spacing.ok_or(SkipReason::MissingPixelSpacing)?;
     if c.slices.iter().any(|s| s.ipp.is_none()) {
-        return Err("missing ImagePositionPatient on some slices".into());
+        return Err(SkipReason::PositionMissingOnSomeSlices);
     }
     let direction = itk::direction_from_iop(&iop);
     if direction.iter().flatten().any(|v| !v.is_finite())
         || (direction[0][2] == 0.0 && direction[1][2] == 0.0 && direction[2][2] == 0.0)
     {
-        return Err("degenerate ImageOrientationPatient".into());
+        return Err(SkipReason::DegenerateOrientation);
     }
-    let spacing_z = if n > 1 {
+    let spacing_z = slice_spacing(c, origin);
+    if !(ps[0] > 0.0 && ps[1] > 0.0 && ps[0].is_finite() && ps[1].is_finite()) {
+        return Err(SkipReason::InvalidPixelSpacing(ps));
+    }
+    Ok(Geometry {
+        origin,
+        direction,
+        spacing: [ps[1], ps[0], spacing_z],
+    })
+}
+
+/// Spacing along the slice axis: first-to-last distance over the gaps (ITK's sum order),
+/// SpacingBetweenSlices for a single slice.
+fn slice_spacing(c: &SeriesCandidate, origin: [f64; 3]) -> f64 {
+    let n = c.slices.len();
+    if n > 1 {
         let last = c.slices[n - 1].ipp.unwrap();
         let d = [
             last[0] - origin[0],
@@ -352,81 +380,78 @@ pub fn load_volume(c: &SeriesCandidate) -> Result<Volume, String> {
             norm / (n as f64 - 1.0)
         }
     } else {
-        first.spacing_between_slices.unwrap_or(1.0)
-    };
-    if !(ps[0] > 0.0 && ps[1] > 0.0 && ps[0].is_finite() && ps[1].is_finite()) {
-        return Err(format!("invalid PixelSpacing {:?}", ps));
+        c.slices[0].spacing_between_slices.unwrap_or(1.0)
     }
-    let pixel_type = PixelType::from_rescale(
-        first.slope,
-        first.intercept,
-        first.bits_stored,
-        first.signed,
-    );
-    let (w, h) = (first.cols as usize, first.rows as usize);
-    let plane = w * h;
-    let values = plane
+}
+
+/// The volume's buffer, refused rather than allocated when a header claims too much.
+fn allocate_volume([w, h, n]: [usize; 3]) -> Result<Vec<f64>, SkipReason> {
+    let values = (w * h)
         .checked_mul(n)
         .filter(|&v| v <= MAX_VOLUME_VALUES)
-        .ok_or_else(|| {
-            format!("{w}×{h}×{n} voxels is more than a series may have ({MAX_VOLUME_VALUES})")
-        })?;
+        .ok_or(SkipReason::TooManyVoxels { w, h, n })?;
     let mut data = Vec::new();
     data.try_reserve_exact(values)
-        .map_err(|_| format!("cannot allocate a {w}×{h}×{n} volume"))?;
+        .map_err(|source| SkipReason::Allocation { w, h, n, source })?;
+    Ok(data)
+}
+
+/// Each slice's pixels, rescaled by its own file's slope and intercept, then cast to the
+/// volume's type T as ITK does, appended to `data`.
+fn read_pixels(
+    c: &SeriesCandidate,
+    [w, h, _]: [usize; 3],
+    pixel_type: PixelType,
+    data: &mut Vec<f64>,
+) -> Result<(), SkipReason> {
+    let plane = w * h;
     // Files are opened once even when several frames of a multi-frame file are used.
     let mut cache: Option<(PathBuf, dicom_object::DefaultDicomObject)> = None;
     for s in &c.slices {
         if cache.as_ref().map(|(p, _)| p != &s.path).unwrap_or(true) {
-            let obj = dicom_object::open_file(&s.path)
-                .map_err(|e| format!("cannot read {}: {e}", file_name(&s.path)))?;
+            let obj =
+                dicom_object::open_file(&s.path).map_err(|source| SkipReason::Unreadable {
+                    file: file_name(&s.path),
+                    source: Box::new(source),
+                })?;
             cache = Some((s.path.clone(), obj));
         }
         let obj = &cache.as_ref().unwrap().1;
-        // The codecs are third-party code fed with a peer's bytes, and some index out of
-        // bounds on malformed fragments (RLE, found by fuzzing): a panic there must skip
-        // this series, not take the worker down.
-        let frame = s.frame.unwrap_or(0);
-        if rle_segments_exceed_limit(obj) {
-            return Err("RLE fragment header claims more than 15 segments".into());
-        }
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            obj.decode_pixel_data_frame(frame)
-        }))
-        .map_err(|_| {
-            format!(
-                "pixel data decoder failed on malformed data ({})",
-                obj.meta().transfer_syntax()
-            )
-        })?
-        .map_err(|e| {
-            format!(
-                "cannot decode pixel data ({}): {e}",
-                obj.meta().transfer_syntax()
-            )
-        })?;
+        let decoded = decode_frame(obj, s.frame.unwrap_or(0))?;
         if decoded.rows() as usize != h || decoded.columns() as usize != w {
-            return Err("decoded frame size differs from the header".into());
+            return Err(SkipReason::FrameSize);
         }
-        let bytes = decoded
-            .frame_data(0)
-            .map_err(|e| format!("pixel data: {e}"))?;
+        let bytes = decoded.frame_data(0).map_err(SkipReason::FrameData)?;
         let before = data.len();
-        push_stored_values(&mut data, bytes, decoded.bits_allocated(), s.signed, plane)?;
-        // Each file's own rescale, then ITK's conversion to the volume's type T.
+        push_stored_values(data, bytes, decoded.bits_allocated(), s.signed, plane)?;
         for v in &mut data[before..] {
             *v = pixel_type.cast(s.slope * *v + s.intercept);
         }
     }
-    Ok(Volume {
-        size: [w, h, n],
-        data,
-        pixel_type,
-        geometry: Geometry {
-            origin,
-            direction,
-            spacing: [ps[1], ps[0], spacing_z],
-        },
+    Ok(())
+}
+
+/// One frame of an opened file, decoded.
+fn decode_frame(
+    obj: &dicom_object::DefaultDicomObject,
+    frame: u32,
+) -> Result<dicom_pixeldata::DecodedPixelData<'_>, SkipReason> {
+    // The codecs are third-party code fed with a peer's bytes, and some index out of
+    // bounds on malformed fragments (RLE, found by fuzzing): a panic there must skip
+    // this series, not take the worker down.
+    if rle_segments_exceed_limit(obj) {
+        return Err(SkipReason::RleSegments);
+    }
+    let transfer_syntax = || obj.meta().transfer_syntax().to_string();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        obj.decode_pixel_data_frame(frame)
+    }))
+    .map_err(|_| SkipReason::DecoderPanicked {
+        transfer_syntax: transfer_syntax(),
+    })?
+    .map_err(|source| SkipReason::Decode {
+        transfer_syntax: transfer_syntax(),
+        source,
     })
 }
 
@@ -456,14 +481,13 @@ fn push_stored_values(
     bits_allocated: u16,
     signed: bool,
     n: usize,
-) -> Result<(), String> {
+) -> Result<(), SkipReason> {
     let bpp = (bits_allocated as usize).div_ceil(8);
     if bytes.len() < n * bpp {
-        return Err(format!(
-            "pixel data holds {} bytes, {} needed",
-            bytes.len(),
-            n * bpp
-        ));
+        return Err(SkipReason::PixelDataShort {
+            have: bytes.len(),
+            need: n * bpp,
+        });
     }
     let b = &bytes[..n * bpp];
     match (bpp, signed) {
@@ -485,7 +509,7 @@ fn push_stored_values(
             b.chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
         ),
-        _ => return Err(format!("unsupported BitsAllocated {bits_allocated}")),
+        _ => return Err(SkipReason::BitsAllocated(bits_allocated)),
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `chartovec` (spec §9.4): series names and the study description as character ids for
-//! the name encoders.
+//! `chartovec` (docs/prima-inference-spec.md §9.4): series names and the study description
+//! as character ids for the name encoders.
 
 const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz_+-0123456789.*(),";
 /// Id of any character outside the alphabet.

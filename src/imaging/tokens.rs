@@ -1,4 +1,5 @@
-//! Oriented volume → patches, "otsu" values and VQ-VAE input tokens (spec §5, §7).
+//! Oriented volume → patches, "otsu" values and VQ-VAE input tokens
+//! (docs/prima-inference-spec.md §5, §7).
 use super::Array3;
 
 /// Voxels per patch (4·32·32 whatever the thin axis): the denominator of the otsu value.
@@ -22,8 +23,8 @@ pub struct Tokenized {
 }
 
 /// The axis Prima treats as the slice axis: upstream takes the first axis whose size is
-/// not 256 (§5.1). When all three are 256 (a 256-slice series) upstream crashes; we use
-/// `slice_axis` (where the acquisition's slice axis landed after orientation).
+/// not 256 (§5 step 1). When all three are 256 (a 256-slice series) upstream crashes; we
+/// use `slice_axis` (where the acquisition's slice axis landed after orientation).
 pub fn thin_axis(shape: [usize; 3], slice_axis: usize) -> usize {
     shape.iter().position(|&s| s != 256).unwrap_or(slice_axis)
 }

@@ -3,7 +3,8 @@
 use super::PixelType;
 
 /// Physical geometry of an ITK image. `direction[i][j]` is component `i` of the
-/// direction of image axis `j` (the matrix has columns r, c, s; spec §1.7).
+/// direction of image axis `j` (the matrix has columns r, c, s;
+/// docs/prima-inference-spec.md §1.7).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Geometry {
     pub origin: [f64; 3],

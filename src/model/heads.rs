@@ -1,4 +1,4 @@
-//! Diagnosis, referral and priority heads (spec §13).
+//! Diagnosis, referral and priority heads (docs/prima-inference-spec.md §13).
 //!
 //! Each head is `Sequential(Linear(E, h1), ReLU, Linear(h1, h2), ReLU, Linear(h2, n))`
 //! (keys `<p>.0`, `<p>.2`, `<p>.4`). Names that share one head module share its stored

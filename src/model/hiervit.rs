@@ -1,5 +1,6 @@
-//! Upstream's `HierViT` (spec §10): per-series inner ViT over [name token, patch tokens],
-//! outer ViT over [study-description token, series embeddings] → `clip_emb`.
+//! Upstream's `HierViT` (docs/prima-inference-spec.md §10): per-series inner ViT over [name
+//! token, patch tokens], outer ViT over [study-description token, series embeddings] →
+//! `clip_emb`.
 
 use tch::Tensor;
 

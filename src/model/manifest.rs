@@ -1,4 +1,5 @@
-//! `<model-dir>/manifest.json`: what the Rust side needs besides tensors (spec §14.3).
+//! `<model-dir>/manifest.json`: what the Rust side needs besides tensors
+//! (docs/prima-inference-spec.md §14.3).
 //!
 //! Written by `scripts/convert-checkpoint` (from the pickled checkpoint's plain attributes)
 //! and by [`super::write_demo_model`]. Unknown fields are kept in `extra` so a manifest
@@ -83,7 +84,8 @@ fn default_eps() -> f64 {
     1e-5
 }
 
-/// Which of the two module forms of the serie-name encoder a checkpoint uses (spec §11.5–6).
+/// Which of the two module forms of the serie-name encoder a checkpoint uses
+/// (spec §11 steps 5–6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormKind {
@@ -203,13 +205,14 @@ impl PriorityHead {
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+        let m: Manifest =
+            serde_json::from_str(&text).map_err(|source| ModelError::ManifestJson {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        m.validate().map_err(|source| ModelError::InvalidManifest {
             path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        m.validate().map_err(|msg| ModelError::Manifest {
-            path: path.to_path_buf(),
-            msg,
+            source,
         })?;
         Ok(m)
     }
@@ -224,18 +227,19 @@ impl Manifest {
         let entry = self.extra.get("files").and_then(|f| f.get(key));
         let recorded = entry.and_then(|e| e.get("sha256")).and_then(Value::as_str);
         let Some(expected) = recorded else {
-            return Err(ModelError::Manifest {
+            return Err(ModelError::UnverifiableWeights {
                 path: manifest,
-                msg: format!(
-                    "no files.{key}.sha256 for {file}: the weights cannot be verified (convert the model again)"
-                ),
+                key: key.to_string(),
+                file: file.to_string(),
             });
         };
         let named = entry.and_then(|e| e.get("file")).and_then(Value::as_str);
         if named.is_some_and(|n| n != file) {
-            return Err(ModelError::Manifest {
+            return Err(ModelError::WeightsFileName {
                 path: manifest,
-                msg: format!("files.{key}.file is {named:?}, expected {file:?}"),
+                key: key.to_string(),
+                named: named.map(str::to_string),
+                file: file.to_string(),
             });
         }
         let path = dir.join(file);
@@ -266,51 +270,82 @@ impl Manifest {
     }
 
     /// Consistency checks that do not need the tensors.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ManifestError> {
         let a = &self.architecture;
         for (n, v) in [("inner", &a.inner), ("outer", &a.outer)] {
             if v.dim <= 0 || v.depth < 0 || v.heads <= 0 || v.dim_head <= 0 || v.clsnum <= 0 {
-                return Err(format!("architecture.{n}: non-positive size"));
+                return Err(ManifestError::NonPositiveSize { vit: n });
             }
             if v.pool != "cls" {
-                return Err(format!("architecture.{n}.pool = {:?}: only cls", v.pool));
+                return Err(ManifestError::Pool {
+                    vit: n,
+                    pool: v.pool.clone(),
+                });
             }
         }
         if a.useseriename && a.serie_name_encoder.is_none() {
-            return Err("useseriename without serie_name_encoder".into());
+            return Err(ManifestError::NoSerieNameEncoder);
         }
         if a.usestudydescription && a.study_description_encoder.is_none() {
-            return Err("usestudydescription without study_description_encoder".into());
+            return Err(ManifestError::NoStudyDescriptionEncoder);
         }
         if a.pipeline_patchifier.out_dim
             != a.pipeline_patchifier.in_dim + a.pipeline_patchifier.d + 3
         {
-            return Err("pipeline_patchifier: out_dim != in_dim + d + 3".into());
+            return Err(ManifestError::PatchifierWidth);
         }
         if a.pipeline_patchifier.out_dim != a.inner.dim {
-            return Err("pipeline_patchifier.out_dim != inner.dim".into());
+            return Err(ManifestError::PatchifierInnerDim);
         }
         if self.embedding_dim != a.outer.clsnum * a.outer.dim {
-            return Err("embedding_dim != outer.clsnum * outer.dim".into());
+            return Err(ManifestError::EmbeddingDim);
         }
         let t = &self.tokenizer;
         if t.downsample_parameters.is_empty()
             || t.num_channels.len() != t.downsample_parameters.len()
             || t.num_res_channels.len() != t.downsample_parameters.len()
         {
-            return Err("tokenizer: one num_channels/num_res_channels per stage".into());
+            return Err(ManifestError::TokenizerStages);
         }
         for h in self.diagnosis_heads.iter().chain(&self.referral_heads) {
             if h.idx < 0 || h.idx >= h.num_outputs {
-                return Err(format!("head {}: idx {} out of range", h.name, h.idx));
+                return Err(ManifestError::HeadIndex {
+                    head: h.name.clone(),
+                    idx: h.idx,
+                });
             }
         }
         let n = self.priority_head.num_outputs as usize;
         if !(n == 3 || n == 4) || self.priority_classes.len() != n {
-            return Err("priority head must have 3 or 4 outputs, one class name each".into());
+            return Err(ManifestError::PriorityOutputs);
         }
         Ok(())
     }
+}
+
+/// An inconsistency [`Manifest::validate`] finds, one variant per check.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("architecture.{vit}: non-positive size")]
+    NonPositiveSize { vit: &'static str },
+    #[error("architecture.{vit}.pool = {pool:?}: only cls")]
+    Pool { vit: &'static str, pool: String },
+    #[error("useseriename without serie_name_encoder")]
+    NoSerieNameEncoder,
+    #[error("usestudydescription without study_description_encoder")]
+    NoStudyDescriptionEncoder,
+    #[error("pipeline_patchifier: out_dim != in_dim + d + 3")]
+    PatchifierWidth,
+    #[error("pipeline_patchifier.out_dim != inner.dim")]
+    PatchifierInnerDim,
+    #[error("embedding_dim != outer.clsnum * outer.dim")]
+    EmbeddingDim,
+    #[error("tokenizer: one num_channels/num_res_channels per stage")]
+    TokenizerStages,
+    #[error("head {head}: idx {idx} out of range")]
+    HeadIndex { head: String, idx: i64 },
+    #[error("priority head must have 3 or 4 outputs, one class name each")]
+    PriorityOutputs,
 }
 
 /// SHA-256 of a file's content, lowercase hex.

@@ -1,4 +1,4 @@
-//! The Prima network in libtorch (`tch`), spec §8–§14.
+//! The Prima network in libtorch (`tch`), docs/prima-inference-spec.md §8–§14.
 //!
 //! One file per upstream module, the way candle-transformers' model files read: a config
 //! (from the model directory's `manifest.json`), a constructor that takes the weights at
@@ -48,10 +48,28 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid manifest {path}: {msg}")]
-    Manifest {
+    #[error("invalid manifest {path}: {source}")]
+    ManifestJson {
         path: std::path::PathBuf,
-        msg: String,
+        source: serde_json::Error,
+    },
+    #[error("invalid manifest {path}: {source}")]
+    InvalidManifest {
+        path: std::path::PathBuf,
+        source: manifest::ManifestError,
+    },
+    #[error("invalid manifest {path}: no files.{key}.sha256 for {file}: the weights cannot be verified (convert the model again)")]
+    UnverifiableWeights {
+        path: std::path::PathBuf,
+        key: String,
+        file: String,
+    },
+    #[error("invalid manifest {path}: files.{key}.file is {named:?}, expected {file:?}")]
+    WeightsFileName {
+        path: std::path::PathBuf,
+        key: String,
+        named: Option<String>,
+        file: String,
     },
     #[error("invalid weights file {path}: {msg}")]
     Weights {

@@ -1,5 +1,6 @@
-//! The pipeline's `MedicalImagePatchifier(in_dim, d)` (spec §9.1–9.2) and the sin/cos
-//! tables of positional-encodings 6.0.3 (also used by the name encoders, §11.1).
+//! The pipeline's `MedicalImagePatchifier(in_dim, d)`
+//! (docs/prima-inference-spec.md §9.1–§9.2) and the sin/cos tables of positional-encodings
+//! 6.0.3 (also used by the name encoders, §11.1).
 //!
 //! The tables are computed with the same libtorch float32 ops in the same order as the
 //! Python package (`1 / 10000 ** (arange(0, ch, 2) / ch)`, outer product with the

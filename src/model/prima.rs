@@ -19,7 +19,8 @@ pub use super::manifest::MANIFEST_FILE;
 pub const PRIMA_WEIGHTS_FILE: &str = "prima.safetensors";
 pub const TOKENIZER_WEIGHTS_FILE: &str = "tokenizer.safetensors";
 
-/// Key prefixes inside the weight files (upstream's state-dict paths, spec §14).
+/// Key prefixes inside the weight files (upstream's state-dict paths,
+/// docs/prima-inference-spec.md §14).
 const VISUAL_PREFIX: &str = "clipvisualmodel";
 const ENCODER_PREFIX: &str = "encoder";
 

@@ -1,5 +1,5 @@
-//! Upstream's `SerieTransformerEncoder` (spec §11): series-name and study-description
-//! encoders over `chartovec` character ids.
+//! Upstream's `SerieTransformerEncoder` (docs/prima-inference-spec.md §11): series-name and
+//! study-description encoders over `chartovec` character ids.
 //!
 //! Rows are batched zero-padded with a key-padding mask instead of upstream's per-row
 //! loop; each row attends only to its own first `len` positions, as upstream.
@@ -146,7 +146,7 @@ impl SerieTransformerEncoder {
 }
 
 /// A name encoder as HierViT holds it: a `SerieTransformerEncoder`, optionally inside a
-/// `Sequential` with a projection (spec §11.5–6).
+/// `Sequential` with a projection (spec §11 steps 5–6).
 pub struct NameEncoder {
     encoder: SerieTransformerEncoder,
     projection: Option<Linear>,

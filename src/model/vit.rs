@@ -1,4 +1,4 @@
-//! Upstream's `Transformer` and `ViT` (spec §12) over packed variable-length sequences.
+//! Upstream's `Transformer` and `ViT` (docs/prima-inference-spec.md §12) over packed sequences.
 //!
 //! Like upstream (flash-attn varlen, or its own per-sequence loop on CPU) the sequences
 //! are packed row-wise, (N, dim) with N = Σ lengths, so the row-wise parts (LayerNorm,

@@ -1,5 +1,6 @@
-//! The VQ-VAE encoder (monai-generative `VQVAE.encoder`, spec §8.2). Only `encode` is
-//! used by inference: no quantiser, no decoder.
+//! The VQ-VAE encoder (monai-generative `VQVAE.encoder`,
+//! docs/prima-inference-spec.md §8.2). Only `encode` is used by inference: no quantiser, no
+//! decoder.
 
 use tch::Tensor;
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::series::PreparedSeries;
-use crate::imaging::series::{SeriesCandidate, SliceMeta};
+use crate::imaging::series::{SeriesCandidate, SkipReason, SliceHeaderError, SliceMeta};
 
 /// Identity of one series' input files.
 pub type SeriesKey = [u8; 32];
@@ -68,9 +68,9 @@ pub struct Prepared {
     pub series_uid: String,
     pub key: SeriesKey,
     /// The header read of each file, in SOP Instance UID order.
-    pub(super) headers: Vec<(PathBuf, Result<Vec<SliceMeta>, String>)>,
+    pub(super) headers: Vec<(PathBuf, Result<Vec<SliceMeta>, SliceHeaderError>)>,
     /// The candidates the headers grouped into (normally one) and their results.
-    pub(super) series: Vec<(SeriesCandidate, Option<Result<PreparedSeries, String>>)>,
+    pub(super) series: Vec<(SeriesCandidate, Option<Result<PreparedSeries, SkipReason>>)>,
     /// Wall seconds the background preparation took.
     pub seconds: f64,
     pub(super) bytes: usize,
@@ -81,7 +81,7 @@ impl Prepared {
     pub(super) fn take_result(
         &mut self,
         c: &SeriesCandidate,
-    ) -> Option<Result<PreparedSeries, String>> {
+    ) -> Option<Result<PreparedSeries, SkipReason>> {
         self.series
             .iter_mut()
             .find(|(k, r)| r.is_some() && k == c)

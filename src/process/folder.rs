@@ -1,5 +1,6 @@
 //! `prima-node infer`: one study folder → `<name>_predictions.json` (upstream's exact
-//! structure, spec §13.3), `<name>_run.json`, and with `dicom` the SR and KOS beside them.
+//! structure, docs/prima-inference-spec.md §13.3), `<name>_run.json`, and with `dicom` the
+//! SR and KOS beside them.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,11 +9,11 @@ use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 
 use super::outputs::{build_reports, input_set_hash, node_identity, ReportArgs};
-use super::prepare::prepare_folder;
-use super::run::analyse;
+use super::prepare::{prepare_folder, PreparedStudy};
 use super::run::predictions_json;
+use super::run::{analyse, Analysis};
 use crate::imaging::series::{ImagingError, SliceOrder};
-use crate::model::{ModelError, ModelOptions, PrimaModel};
+use crate::model::{Manifest, ModelError, ModelOptions, PrimaModel};
 use crate::report::{ReportConfig, ReportError};
 
 /// What `prima-node infer` was asked.
@@ -49,7 +50,7 @@ pub enum InferError {
         source: std::io::Error,
     },
     #[error("source header: {0}")]
-    Header(String),
+    Header(#[source] dicom_object::ReadError),
     #[error(transparent)]
     Report(#[from] ReportError),
     #[error(transparent)]
@@ -70,47 +71,9 @@ pub fn infer_folder(a: &InferOptions, mut progress: impl FnMut(&str)) -> Result<
     if let Some(n) = a.threads {
         tch::set_num_threads(n);
     }
-    let model = PrimaModel::load(&a.model_dir, &a.model).map_err(|source| InferError::Load {
-        dir: a.model_dir.clone(),
-        source,
-    })?;
-    let m = model.manifest();
-    progress(&format!(
-        "model {} {}{} on {:?}",
-        m.model_name,
-        m.model_version,
-        if m.demo {
-            " (DEMO MODEL — NOT FOR CLINICAL USE)"
-        } else {
-            ""
-        },
-        a.model.device
-    ));
-    progress(&format!(
-        "model: priority head of {} classes ({}), checkpoint sha256 {}, weights sha256 {}",
-        m.priority_classes.len(),
-        m.priority_classes.join("/"),
-        m.checkpoint_sha256().unwrap_or("none (demo model)"),
-        m.weights_sha256().unwrap_or("none"),
-    ));
+    let model = load_model(a, &mut progress)?;
     let input = prepare_folder(&a.study_dir, a.slice_order)?;
-    progress(&format!(
-        "scan: {} series candidates in {:.2}s",
-        input.scan.series.len(),
-        input.scan_s
-    ));
-    for p in &input.prepared {
-        progress(&format!(
-            "tokens: series {} {} -> {} tokens at {}%",
-            p.name,
-            p.tokenized.n_patches(),
-            p.selection.ids.len(),
-            p.selection.percent
-        ));
-    }
-    for s in &input.skipped {
-        progress(&format!("skipped series {}: {}", s.key, s.reason));
-    }
+    report_input(&input, &mut progress);
     if input.prepared.is_empty() {
         return Err(InferError::NoUsableSeries(a.study_dir.clone()));
     }
@@ -152,41 +115,102 @@ pub fn infer_folder(a: &InferOptions, mut progress: impl FnMut(&str)) -> Result<
     )?;
     progress(&format!("wrote {}", pred_path.display()));
     if a.dicom {
-        let files: Vec<(String, PathBuf)> = analysis
-            .input
-            .prepared
-            .iter()
-            .flat_map(|p| {
-                p.slices
-                    .iter()
-                    .map(|s| (s.sop_instance_uid.clone(), s.path.clone()))
-            })
-            .collect();
-        let header = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(&files[0].1)
-            .map_err(|e| InferError::Header(e.to_string()))?
-            .into_inner();
-        let hash = input_set_hash(&files).map_err(|source| InferError::Io {
-            what: "reading",
-            path: a.study_dir.clone(),
-            source,
-        })?;
-        let outputs = build_reports(&ReportArgs {
-            analysis: &analysis,
-            manifest: m,
-            header: &header,
-            input_set_hash: hash,
-            predecessors: &[],
-            forced_complete: false,
-            node: &node_identity("PRIMA", "infer"),
-            config: &ReportConfig::default(),
-        })?;
-        for o in outputs {
-            let path = a.out.join(format!("{name}_{}.dcm", o.kind.as_str()));
-            write(&path, &o.bytes)?;
-            progress(&format!("wrote {}", path.display()));
-        }
+        write_reports(a, &analysis, model.manifest(), &name, &mut progress)?;
+    }
+    Ok(())
+}
+
+/// The model, and what it is, for the person running it.
+fn load_model(a: &InferOptions, progress: &mut impl FnMut(&str)) -> Result<PrimaModel, InferError> {
+    let model = PrimaModel::load(&a.model_dir, &a.model).map_err(|source| InferError::Load {
+        dir: a.model_dir.clone(),
+        source,
+    })?;
+    let m = model.manifest();
+    progress(&format!(
+        "model {} {}{} on {:?}",
+        m.model_name,
+        m.model_version,
+        if m.demo {
+            " (DEMO MODEL — NOT FOR CLINICAL USE)"
+        } else {
+            ""
+        },
+        a.model.device
+    ));
+    progress(&format!(
+        "model: priority head of {} classes ({}), checkpoint sha256 {}, weights sha256 {}",
+        m.priority_classes.len(),
+        m.priority_classes.join("/"),
+        m.checkpoint_sha256().unwrap_or("none (demo model)"),
+        m.weights_sha256().unwrap_or("none"),
+    ));
+    Ok(model)
+}
+
+/// Series found, tokens selected and series skipped.
+fn report_input(input: &PreparedStudy, progress: &mut impl FnMut(&str)) {
+    progress(&format!(
+        "scan: {} series candidates in {:.2}s",
+        input.scan.series.len(),
+        input.scan_s
+    ));
+    for p in &input.prepared {
+        progress(&format!(
+            "tokens: series {} {} -> {} tokens at {}%",
+            p.name,
+            p.tokenized.n_patches(),
+            p.selection.ids.len(),
+            p.selection.percent
+        ));
+    }
+    for s in &input.skipped {
+        progress(&format!("skipped series {}: {}", s.key, s.reason));
+    }
+}
+
+/// The findings SR and the priority KOS, beside the JSON files.
+fn write_reports(
+    a: &InferOptions,
+    analysis: &Analysis,
+    manifest: &Manifest,
+    name: &str,
+    progress: &mut impl FnMut(&str),
+) -> Result<(), InferError> {
+    let files: Vec<(String, PathBuf)> = analysis
+        .input
+        .prepared
+        .iter()
+        .flat_map(|p| {
+            p.slices
+                .iter()
+                .map(|s| (s.sop_instance_uid.clone(), s.path.clone()))
+        })
+        .collect();
+    let header = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(&files[0].1)
+        .map_err(InferError::Header)?
+        .into_inner();
+    let hash = input_set_hash(&files).map_err(|source| InferError::Io {
+        what: "reading",
+        path: a.study_dir.clone(),
+        source,
+    })?;
+    let outputs = build_reports(&ReportArgs {
+        analysis,
+        manifest,
+        header: &header,
+        input_set_hash: hash,
+        predecessors: &[],
+        forced_complete: false,
+        node: &node_identity("PRIMA", "infer"),
+        config: &ReportConfig::default(),
+    })?;
+    for o in outputs {
+        let path = a.out.join(format!("{name}_{}.dcm", o.kind.as_str()));
+        write(&path, &o.bytes)?;
+        progress(&format!("wrote {}", path.display()));
     }
     Ok(())
 }

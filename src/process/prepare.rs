@@ -3,16 +3,16 @@
 //! Series that cannot be used become skips; they never abort the study.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tracing::warn;
 
-use super::cache::{series_key, PrepareCache, SeriesKey};
+use super::cache::{series_key, PrepareCache, Prepared, SeriesKey};
 use super::series::{prepare_series_budgeted, PreparedSeries};
 use crate::imaging::series::{
-    self, group_by_series_uid, read_slice_headers, SeriesCandidate, SeriesSkip, SliceMeta,
-    StudyScan,
+    self, group_by_series_uid, read_slice_headers, SeriesCandidate, SeriesSkip, SkipReason,
+    SliceHeaderError, SliceMeta, StudyScan,
 };
 use crate::job::StudyJob;
 
@@ -28,12 +28,12 @@ pub fn prepare_all(scan: &series::StudyScan) -> (Vec<PreparedSeries>, Vec<Series
 /// earlier from the same candidate and files); only the others are prepared here.
 pub fn prepare_all_with(
     scan: &series::StudyScan,
-    mut cached: impl FnMut(&SeriesCandidate) -> Option<Result<PreparedSeries, String>>,
+    mut cached: impl FnMut(&SeriesCandidate) -> Option<Result<PreparedSeries, SkipReason>>,
 ) -> (Vec<PreparedSeries>, Vec<SeriesSkip>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let n = scan.series.len();
-    let mut results: Vec<Option<Result<PreparedSeries, String>>> =
+    let mut results: Vec<Option<Result<PreparedSeries, SkipReason>>> =
         scan.series.iter().map(&mut cached).collect();
     let todo: Vec<usize> = (0..n).filter(|&i| results[i].is_none()).collect();
     let threads = std::thread::available_parallelism()
@@ -41,7 +41,7 @@ pub fn prepare_all_with(
         .unwrap_or(1)
         .min(todo.len().max(1));
     let next = AtomicUsize::new(0);
-    let fresh: Mutex<Vec<(usize, Result<PreparedSeries, String>)>> = Mutex::new(Vec::new());
+    let fresh: Mutex<Vec<(usize, Result<PreparedSeries, SkipReason>)>> = Mutex::new(Vec::new());
     if !todo.is_empty() {
         std::thread::scope(|s| {
             for _ in 0..threads {
@@ -49,7 +49,7 @@ pub fn prepare_all_with(
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = todo.get(k) else { break };
                     let r = prepare_series_budgeted(&scan.series[i], &|| false)
-                        .unwrap_or_else(|| Err("series was not prepared".into()));
+                        .unwrap_or(Err(SkipReason::NotPrepared));
                     fresh.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
                 });
             }
@@ -61,13 +61,13 @@ pub fn prepare_all_with(
     let mut ok = Vec::new();
     let mut skipped = scan.skipped.clone();
     for (c, r) in scan.series.iter().zip(results) {
-        match r.unwrap_or_else(|| Err("series was not prepared".into())) {
+        match r.unwrap_or(Err(SkipReason::NotPrepared)) {
             Ok(p) => ok.push(p),
-            Err(reason) => skipped.push(SeriesSkip {
-                key: c.key.clone(),
-                series_instance_uid: Some(c.series_instance_uid.clone()),
-                reason,
-            }),
+            Err(reason) => skipped.push(SeriesSkip::new(
+                c.key.clone(),
+                Some(c.series_instance_uid.clone()),
+                &reason,
+            )),
         }
     }
     (ok, skipped)
@@ -128,63 +128,10 @@ pub fn prepare_folder(
 pub fn prepare_job(cache: Option<&PrepareCache>, job: &StudyJob) -> PreparedStudy {
     let t0 = Instant::now();
     let mut hits = match cache {
-        // Nothing prepared for the study: no keys to compute (a stat per file), but
-        // background work on it is stopped all the same.
-        Some(c) if !c.has_study(&job.study_instance_uid) => c.take(&job.study_instance_uid, &[]),
-        Some(c) => {
-            let mut groups: BTreeMap<&str, Vec<(&str, &str, &Path)>> = BTreeMap::new();
-            for i in &job.instances {
-                groups
-                    .entry(i.series_instance_uid.as_str())
-                    .or_default()
-                    .push((
-                        i.sop_instance_uid.as_str(),
-                        i.content_hash.as_str(),
-                        i.path.as_path(),
-                    ));
-            }
-            let keys: Vec<(String, SeriesKey)> = groups
-                .into_iter()
-                .filter_map(|(uid, files)| series_key(uid, files).map(|k| (uid.to_string(), k)))
-                .collect();
-            c.take(&job.study_instance_uid, &keys)
-        }
+        Some(c) => background_results(c, job),
         None => Vec::new(),
     };
-    let mut headers = Vec::new();
-    // Series with an instance whose header cannot be used: skipped whole (a series missing
-    // a slice is not the series that was acquired), with the first reason.
-    let mut unreadable: BTreeMap<&str, String> = BTreeMap::new();
-    {
-        let cached: HashMap<&Path, &Result<Vec<SliceMeta>, String>> = hits
-            .iter()
-            .flat_map(|p| p.headers.iter().map(|(path, r)| (path.as_path(), r)))
-            .collect();
-        for inst in &job.instances {
-            let r = match cached.get(inst.path.as_path()) {
-                Some(r) => (*r).clone(),
-                None => read_slice_headers(&inst.path),
-            };
-            match r {
-                Ok(h) => headers.extend(h),
-                Err(e) => {
-                    warn!(sop = %inst.sop_instance_uid, "instance not readable as an image: {e}");
-                    unreadable
-                        .entry(inst.series_instance_uid.as_str())
-                        .or_insert_with(|| format!("an instance is not readable as an image: {e}"));
-                }
-            }
-        }
-    }
-    let mut scan = group_by_series_uid(headers);
-    for (uid, reason) in unreadable {
-        scan.series.retain(|c| c.series_instance_uid != uid);
-        scan.skipped.push(SeriesSkip {
-            key: uid.to_string(),
-            series_instance_uid: Some(uid.to_string()),
-            reason,
-        });
-    }
+    let scan = scan_job(job, &mut hits);
     let scan_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut used = vec![false; hits.len()];
@@ -216,6 +163,69 @@ pub fn prepare_job(cache: Option<&PrepareCache>, job: &StudyJob) -> PreparedStud
             speculative_s,
         }),
     }
+}
+
+/// What background preparation holds for `job`'s series, taken out of `cache` (which also
+/// stops background work on the study).
+fn background_results(cache: &PrepareCache, job: &StudyJob) -> Vec<Prepared> {
+    if !cache.has_study(&job.study_instance_uid) {
+        // Nothing prepared for the study: no keys to compute (a stat per file), but
+        // background work on it is stopped all the same.
+        return cache.take(&job.study_instance_uid, &[]);
+    }
+    let mut groups: BTreeMap<&str, Vec<(&str, &str, &Path)>> = BTreeMap::new();
+    for i in &job.instances {
+        groups
+            .entry(i.series_instance_uid.as_str())
+            .or_default()
+            .push((
+                i.sop_instance_uid.as_str(),
+                i.content_hash.as_str(),
+                i.path.as_path(),
+            ));
+    }
+    let keys: Vec<(String, SeriesKey)> = groups
+        .into_iter()
+        .filter_map(|(uid, files)| series_key(uid, files).map(|k| (uid.to_string(), k)))
+        .collect();
+    cache.take(&job.study_instance_uid, &keys)
+}
+
+/// The job's instances grouped into series, each header taken from `hits` where the
+/// background read it, read here otherwise.
+fn scan_job(job: &StudyJob, hits: &mut [Prepared]) -> StudyScan {
+    let mut headers = Vec::new();
+    // Series with an instance whose header cannot be used: skipped whole (a series missing
+    // a slice is not the series that was acquired), with the first reason.
+    let mut unreadable: BTreeMap<&str, SkipReason> = BTreeMap::new();
+    let mut cached: HashMap<PathBuf, Result<Vec<SliceMeta>, SliceHeaderError>> = hits
+        .iter_mut()
+        .flat_map(|p| std::mem::take(&mut p.headers))
+        .collect();
+    for inst in &job.instances {
+        let r = cached
+            .remove(inst.path.as_path())
+            .unwrap_or_else(|| read_slice_headers(&inst.path));
+        match r {
+            Ok(h) => headers.extend(h),
+            Err(e) => {
+                warn!(sop = %inst.sop_instance_uid, "instance not readable as an image: {e}");
+                unreadable
+                    .entry(inst.series_instance_uid.as_str())
+                    .or_insert(SkipReason::UnreadableInstance(e));
+            }
+        }
+    }
+    let mut scan = group_by_series_uid(headers);
+    for (uid, reason) in unreadable {
+        scan.series.retain(|c| c.series_instance_uid != uid);
+        scan.skipped.push(SeriesSkip::new(
+            uid.to_string(),
+            Some(uid.to_string()),
+            &reason,
+        ));
+    }
+    scan
 }
 
 #[cfg(test)]

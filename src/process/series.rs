@@ -1,8 +1,8 @@
-//! One series → Prima's inputs (spec §1–§7): decode, resample, orient, tokenise, select.
-//! Pure Rust, no model. Every preparation in the process, job, folder or background,
-//! draws on one memory budget for decoded volumes.
+//! One series → Prima's inputs (docs/prima-inference-spec.md §1–§7): decode, resample,
+//! orient, tokenise, select. Pure Rust, no model. Every preparation in the process, job,
+//! folder or background, draws on one memory budget for decoded volumes.
 use crate::imaging::otsu::{self, Attempt, Selection};
-use crate::imaging::series::{self, SeriesCandidate, SliceMeta};
+use crate::imaging::series::{self, SeriesCandidate, SkipReason, SliceMeta};
 use crate::imaging::tokens::{self, Tokenized};
 use crate::imaging::{orient, resample, text, Array3, Geometry, PixelType};
 
@@ -71,8 +71,8 @@ fn slice_array_axis(code: &str) -> usize {
 
 /// Decode, resample, orient, tokenise and select one series (spec §1–§7).
 /// `Err` is the reason the series is skipped.
-pub fn prepare_series(c: &SeriesCandidate) -> Result<PreparedSeries, String> {
-    prepare_series_until(c, &|| false).unwrap_or_else(|| Err("cancelled".into()))
+pub fn prepare_series(c: &SeriesCandidate) -> Result<PreparedSeries, SkipReason> {
+    prepare_series_until(c, &|| false).unwrap_or(Err(SkipReason::Cancelled))
 }
 
 /// [`prepare_series`] that gives up (`None`) when `cancelled` says so; it is asked between
@@ -81,7 +81,7 @@ pub fn prepare_series(c: &SeriesCandidate) -> Result<PreparedSeries, String> {
 pub fn prepare_series_until(
     c: &SeriesCandidate,
     cancelled: &dyn Fn() -> bool,
-) -> Option<Result<PreparedSeries, String>> {
+) -> Option<Result<PreparedSeries, SkipReason>> {
     let vol = match series::load_volume(c) {
         Ok(v) => v,
         Err(e) => return Some(Err(e)),
@@ -104,11 +104,9 @@ pub fn prepare_series_until(
     let thin = tokens::thin_axis(oriented.shape, slice_array_axis(&code));
     let tokenized = tokens::tokenize(&oriented, thin);
     if tokenized.n_patches() > series::MAX_PATCHES {
-        return Some(Err(format!(
-            "{} patches, more than the model's {}",
-            tokenized.n_patches(),
-            series::MAX_PATCHES
-        )));
+        return Some(Err(SkipReason::TooManyPatches {
+            patches: tokenized.n_patches(),
+        }));
     }
     let bins = otsu::bins(&tokenized.otsu, tokenized.grid);
     let selection = otsu::select_tokens(&bins);
@@ -133,7 +131,7 @@ pub fn prepare_series_until(
 pub fn prepare_series_budgeted(
     c: &SeriesCandidate,
     cancelled: &dyn Fn() -> bool,
-) -> Option<Result<PreparedSeries, String>> {
+) -> Option<Result<PreparedSeries, SkipReason>> {
     let _share = BudgetShare::take(&BUDGET, volume_bytes(c));
     if cancelled() {
         return None;

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::store::durable::{create_durable_dir, fsync_dir};
 use crate::store::hash::content_hash;
-use crate::store::header::{data_set_of, read_header};
+use crate::store::header::{data_set_of, read_header, HeaderError};
 use crate::store::spool::Spool;
 use crate::store::state::{InstanceRecord, State, StateError};
 
@@ -124,15 +124,28 @@ fn modified_ms(m: &fs::Metadata) -> Option<i64> {
     i64::try_from(d.as_millis()).ok()
 }
 
+/// Why a spool file cannot be indexed.
+#[derive(Debug, thiserror::Error)]
+enum RecoverError {
+    #[error("header: {0}")]
+    Header(#[source] HeaderError),
+    #[error("misplaced: not at the path of its SOP Instance UID")]
+    Misplaced,
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("no Part-10 data set")]
+    NoDataSet,
+}
+
 /// The record of a spool file the database does not know, or why there is none.
-fn recover_instance(spool: &Spool, path: &Path) -> Result<InstanceRecord, String> {
-    let h = read_header(path).map_err(|e| format!("header: {e}"))?;
+fn recover_instance(spool: &Spool, path: &Path) -> Result<InstanceRecord, RecoverError> {
+    let h = read_header(path).map_err(RecoverError::Header)?;
     if spool.path_for(&h.sop_instance_uid) != path {
-        return Err("misplaced: not at the path of its SOP Instance UID".into());
+        return Err(RecoverError::Misplaced);
     }
-    let bytes = fs::read(path).map_err(|e| format!("read: {e}"))?;
+    let bytes = fs::read(path).map_err(RecoverError::Read)?;
     // Hashed as the SCP hashes it: the data set, without the meta group.
-    let ds = data_set_of(&bytes).ok_or("no Part-10 data set")?;
+    let ds = data_set_of(&bytes).ok_or(RecoverError::NoDataSet)?;
     Ok(InstanceRecord {
         sop_uid: h.sop_instance_uid,
         study_uid: h.study_instance_uid,
