@@ -8,8 +8,9 @@
 //!            cluster's objects) → net::scu
 //! ```
 //!
-//! In comments, `spec §N` is section N of `docs/prima-inference-spec.md` (the model's
-//! input pipeline and numerics) and the SR/KOS contract is `docs/dicom-outputs.md`.
+//! In comments, `§N` or `spec §N` is section N of `docs/prima-inference-spec.md` (the
+//! model's input pipeline and numerics; each file names it at its first reference), and
+//! the SR/KOS contract is `docs/dicom-outputs.md`.
 //!
 //! Layers: each module imports only from the modules listed before it (a unit test,
 //! `layering`, checks this list against the code):

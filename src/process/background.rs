@@ -278,7 +278,7 @@ fn speculate(
     w: &Work,
     flag: &AtomicBool,
     stop: &AtomicBool,
-) -> Result<Option<Prepared>, String> {
+) -> Result<Option<Prepared>, Unusable> {
     // The series is still what was planned: nothing arrived for the study, or what
     // arrived went to other series.
     let seen = std::cell::Cell::new(w.last_received_ms);
@@ -306,6 +306,15 @@ fn speculate(
     prepare_series_files(&w.study, &w.series_uid, &w.instances, &cancelled)
 }
 
+/// Why background work on a series is not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("a file cannot be stat'ed")]
+    Unstatable,
+    #[error("files changed while being prepared")]
+    Changed,
+}
+
 /// Background preparation of one series: headers, then each candidate, stopping (`None`)
 /// as soon as `cancelled` says so. `Err` when the files changed underneath or cannot be
 /// stat'ed: nothing is kept.
@@ -314,7 +323,7 @@ pub fn prepare_series_files(
     series_uid: &str,
     instances: &[StoredInstance],
     cancelled: &dyn Fn() -> bool,
-) -> Result<Option<Prepared>, String> {
+) -> Result<Option<Prepared>, Unusable> {
     let t0 = Instant::now();
     let files = || {
         instances.iter().map(|i| {
@@ -325,7 +334,7 @@ pub fn prepare_series_files(
             )
         })
     };
-    let key = series_key(series_uid, files()).ok_or("a file cannot be stat'ed")?;
+    let key = series_key(series_uid, files()).ok_or(Unusable::Unstatable)?;
     let mut order: Vec<&StoredInstance> = instances.iter().collect();
     order.sort_by(|a, b| a.sop_uid.cmp(&b.sop_uid));
     let mut headers = Vec::with_capacity(order.len());
@@ -355,7 +364,7 @@ pub fn prepare_series_files(
         series.push((c, Some(r)));
     }
     if series_key(series_uid, files()) != Some(key) {
-        return Err("files changed while being prepared".into());
+        return Err(Unusable::Changed);
     }
     if cancelled() {
         return Ok(None);

@@ -99,14 +99,10 @@ pub fn infer_folder(a: &InferOptions, mut progress: impl FnMut(&str)) -> Result<
     })?;
     let pred_path = a.out.join(format!("{name}_predictions.json"));
     write(&pred_path, predictions_json(&analysis.run.output))?;
-    let slice_order = match a.slice_order {
-        SliceOrder::Position => "position",
-        SliceOrder::FileName => "filename",
-    };
     let record = analysis.record(
         &model,
         name.clone(),
-        slice_order,
+        a.slice_order,
         t_start.elapsed().as_secs_f64(),
     );
     write(

@@ -3,7 +3,8 @@
 //! [`analyse`] and [`Analysis`] (in `run`); they differ only in where the instances come from (a job
 //! of spooled instances, a folder) and where the results go (the outbox, files).
 //!
-//! - [`series`]: one series → selected VQ-VAE input tokens (spec §1–§7), within one
+//! - [`series`]: one series → selected VQ-VAE input tokens
+//!   (`docs/prima-inference-spec.md` §1–§7), within one
 //!   process-wide memory budget.
 //! - [`prepare`]: a study's series, from a job (taking background results) or a folder.
 //! - [`cache`]: background results waiting for their jobs, keyed by the exact input files.
@@ -191,7 +192,7 @@ impl StudyProcessor for PrimaProcessor {
         let record = analysis.record(
             used,
             job.study_instance_uid.clone(),
-            "position",
+            crate::imaging::series::SliceOrder::Position,
             t_start.elapsed().as_secs_f64(),
         );
         Ok(ProcessedStudy {

@@ -1,6 +1,6 @@
 //! Prepared series → Prima → predictions ([`analyse`]), and what a run leaves behind:
-//! upstream's predictions JSON (spec §13.3) and the run record (what was used, skipped and
-//! how long each stage took).
+//! upstream's predictions JSON (`docs/prima-inference-spec.md` §13.3) and the run record
+//! (what was used, skipped and how long each stage took).
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 use super::prepare::PreparedStudy;
 use super::series::PreparedSeries;
 use crate::explain::{explain, ExplainOptions, Explanation, TokenPlace};
-use crate::imaging::series::SeriesSkip;
+use crate::imaging::series::{SeriesSkip, SliceOrder};
 use crate::imaging::text::chartovec;
 use crate::job::{ExplanationRecord, RunRecord, SeriesRecord, SkipRecord, StageTimings};
 use crate::model::prima::distinct_ids;
@@ -155,7 +155,7 @@ impl Analysis {
         &self,
         model: &PrimaModel,
         study: String,
-        slice_order: &str,
+        slice_order: SliceOrder,
         total_s: f64,
     ) -> RunRecord {
         let i = &self.input;
@@ -221,7 +221,7 @@ pub struct RunContext<'a> {
     pub study: String,
     pub study_instance_uid: Option<String>,
     pub study_description: String,
-    pub slice_order: &'a str,
+    pub slice_order: SliceOrder,
     pub model: &'a PrimaModel,
     pub prepared: &'a [PreparedSeries],
     pub skipped: &'a [SeriesSkip],
@@ -251,7 +251,11 @@ impl RunRecord {
             study: c.study,
             study_instance_uid: c.study_instance_uid,
             study_description: c.study_description,
-            slice_order: c.slice_order.to_string(),
+            slice_order: match c.slice_order {
+                SliceOrder::Position => "position",
+                SliceOrder::FileName => "filename",
+            }
+            .to_string(),
             model_name: m.model_name.clone(),
             model_version: m.model_version.clone(),
             demo_model: m.demo,
