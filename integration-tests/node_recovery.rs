@@ -346,6 +346,131 @@ fn a_study_that_keeps_killing_the_worker_fails_and_the_next_study_gets_its_resul
     assert_eq!(node.log_text().matches("worker process ready").count(), 3);
 }
 
+/// Stops the node's worker process (SIGSTOP), as a wedged driver or a livelocked library
+/// would leave it, once it is running a job.
+fn stop_worker(node: &Node, ready_before: usize) {
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .log_text()
+            .matches("worker process ready")
+            .count()
+            > ready_before),
+        "{}",
+        node.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let kids = children_of(node.pid().unwrap());
+    assert_eq!(kids.len(), 1, "one worker process: {kids:?}");
+    let _ = Command::new("kill")
+        .args(["-STOP", &kids[0].to_string()])
+        .status();
+}
+
+#[test]
+fn a_stopped_worker_is_killed_the_study_tried_again_then_failed_and_the_next_study_answered() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let o = NodeOpts {
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "2000".into())],
+        model_toml: "heartbeat_timeout_s = 3".into(),
+        ..NodeOpts::default()
+    };
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let a = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &a[..2], 2);
+    assert!(wait_until(Duration::from_secs(30), || node
+        .log_text()
+        .contains("processing study")));
+    // Both tries stall (the default allows 2): each worker is killed after 3 s of silence.
+    let t0 = std::time::Instant::now();
+    stop_worker(&node, 0);
+    stop_worker(&node, 1);
+    assert!(
+        wait_until(Duration::from_secs(30), || node.status().lines().any(|l| l
+            .contains(" failed ")
+            && l.contains("no sign of life for 3 s"))),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "two stalls detected in {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        dest.received().is_empty(),
+        "nothing sent for the failed study"
+    );
+    // A fresh worker answers the next study.
+    let other = tempfile::tempdir().unwrap();
+    assert!(Command::new(bin())
+        .args(["synth-study", "--seed", "8", "--out"])
+        .arg(other.path())
+        .status()
+        .unwrap()
+        .success());
+    let files = walk_files(other.path());
+    send_study(node.opts.port, std::slice::from_ref(&files), 1);
+    let uid = study_uid_of(&files[0]);
+    assert!(
+        wait_until(Duration::from_secs(60), || dest
+            .received_objects()
+            .iter()
+            .any(|(_, _, o)| o
+                .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .is_some_and(|s| s.trim_end_matches('\0') == uid))),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    assert_eq!(node.log_text().matches("worker process ready").count(), 3);
+    assert_eq!(
+        node.log_text()
+            .matches("worker process stalled on this study")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_job_past_its_deadline_is_killed_and_failed_with_the_reason() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    // The worker stays alive (its heartbeat goes on) but never finishes: a livelock.
+    let o = NodeOpts {
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "60000".into())],
+        model_toml: "job_timeout_s = 10\nmax_crashes = 1".into(),
+        ..NodeOpts::default()
+    };
+    let _dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let a = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &a[..2], 2);
+    assert!(
+        wait_until(Duration::from_secs(40), || node.status().lines().any(|l| l
+            .contains(" failed ")
+            && l.contains(
+                "did not finish the job within its deadline of 10 s"
+            ))),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    assert!(echoscu(node.opts.port, SCU_AE, NODE_AE).status.success());
+}
+
 /// A destination that answers every C-STORE with Success but names another request
 /// (Message ID Being Responded To off by 100): raw PDUs, accepting every context proposed
 /// with its first transfer syntax. Returns the number of data sets it was sent.

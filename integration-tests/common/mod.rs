@@ -84,6 +84,8 @@ pub struct NodeOpts {
     pub state_dir: Option<PathBuf>,
     /// `[model] worker_memory_mb`.
     pub worker_memory_mb: Option<u64>,
+    /// More `[model]` keys (TOML lines).
+    pub model_toml: String,
     /// More TOML appended to the configuration (e.g. an `[http]` section).
     pub extra_toml: String,
     /// `[model] device`.
@@ -112,6 +114,7 @@ impl Default for NodeOpts {
             read_timeout_s: 20,
             state_dir: None,
             worker_memory_mb: None,
+            model_toml: String::new(),
             extra_toml: String::new(),
             device: "cpu".into(),
             serial_number: None,
@@ -133,6 +136,7 @@ max_associations = {maxa}
 dir = "{model}"
 device = "{device}"
 {memory}
+{model_toml}
 
 [assembly]
 quiet_period_s = {quiet}
@@ -178,6 +182,7 @@ port = {dport}
             .as_deref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "/nonexistent/model".into()),
+        model_toml = o.model_toml,
         memory = o
             .worker_memory_mb
             .map(|m| format!("worker_memory_mb = {m}"))

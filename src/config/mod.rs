@@ -33,7 +33,7 @@ pub use destinations::Destination;
 pub use explain::ExplainSection;
 pub use http::HttpSection;
 pub use live::{LiveConfig, SharedConfig};
-pub use model::ModelSection;
+pub use model::{ModelSection, HEARTBEAT_EVERY_S};
 pub use node::NodeSection;
 pub use outbox::OutboxSection;
 pub use sources::{canonical_ip, resolve_host, ResolvedSource, Source};

@@ -18,6 +18,15 @@ pub struct ModelSection {
     /// the OOM killer, and the node carries on. None: no limit of ours.
     #[serde(default)]
     pub worker_memory_mb: Option<u64>,
+    /// Longest one job may take in the worker process, whatever its size (seconds). A job's
+    /// own deadline is derived from its size and this machine's measured speed, up to this.
+    #[serde(default = "default_job_timeout_s")]
+    pub job_timeout_s: f64,
+    /// The worker process says it is alive every few seconds; silent this long (stopped,
+    /// wedged in the kernel or a driver), it is killed and the job tried again like after a
+    /// crash (seconds).
+    #[serde(default = "default_heartbeat_timeout_s")]
+    pub heartbeat_timeout_s: f64,
 }
 
 fn default_device() -> String {
@@ -26,6 +35,16 @@ fn default_device() -> String {
 fn default_max_crashes() -> u32 {
     2
 }
+fn default_job_timeout_s() -> f64 {
+    3600.0
+}
+fn default_heartbeat_timeout_s() -> f64 {
+    30.0
+}
+
+/// How often the worker process says it is alive (seconds); `heartbeat_timeout_s` must
+/// leave room for a few of them.
+pub const HEARTBEAT_EVERY_S: f64 = 1.0;
 
 impl ModelSection {
     pub fn problems(&self) -> Vec<String> {
@@ -40,6 +59,18 @@ impl ModelSection {
             p.push(
                 "[model] worker_memory_mb: at least 256 (the model and libtorch need it)".into(),
             );
+        }
+        if !(self.job_timeout_s.is_finite() && self.job_timeout_s >= 10.0) {
+            p.push("[model] job_timeout_s: at least 10 seconds".into());
+        }
+        if !(self.heartbeat_timeout_s.is_finite()
+            && self.heartbeat_timeout_s >= 3.0 * HEARTBEAT_EVERY_S)
+        {
+            p.push(format!(
+                "[model] heartbeat_timeout_s: at least {} seconds (heartbeats come every {} s)",
+                3.0 * HEARTBEAT_EVERY_S,
+                HEARTBEAT_EVERY_S
+            ));
         }
         if !device_ok(&self.device) {
             p.push(format!(
@@ -74,7 +105,8 @@ mod tests {
     #[test]
     fn each_bad_value_is_named() {
         let m: ModelSection = toml::from_str(
-            "dir = \"\"\ndevice = \"gpu\"\nmax_crashes = 0\nworker_memory_mb = 255\n",
+            "dir = \"\"\ndevice = \"gpu\"\nmax_crashes = 0\nworker_memory_mb = 255\n\
+             job_timeout_s = 5\nheartbeat_timeout_s = 1\n",
         )
         .unwrap();
         assert_eq!(
@@ -83,6 +115,8 @@ mod tests {
                 "[model] dir: empty path",
                 "[model] max_crashes: must be at least 1",
                 "[model] worker_memory_mb: at least 256 (the model and libtorch need it)",
+                "[model] job_timeout_s: at least 10 seconds",
+                "[model] heartbeat_timeout_s: at least 3 seconds (heartbeats come every 1 s)",
                 "[model] device: \"gpu\" is not \"cpu\", \"cuda\" or \"cuda:N\"",
             ]
         );

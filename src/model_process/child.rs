@@ -4,16 +4,23 @@
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tracing::{info, info_span};
 
 use super::protocol::{self, FromWorker, ToWorker};
-use crate::config::Config;
+use crate::config::{Config, HEARTBEAT_EVERY_S};
 use crate::job::{panic_message, ProcessError, ProcessorFactory};
 
 /// Runs jobs from `sock` with the processor `factory` builds. Returns when the node is gone.
 pub fn serve(mut sock: UnixStream, factory: ProcessorFactory, cfg: &Config) -> io::Result<()> {
+    let writer = Arc::new(Mutex::new(sock.try_clone()?));
+    heartbeat(writer.clone())?;
+    let send = |msg: &FromWorker, blobs: &[Vec<u8>]| -> io::Result<()> {
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        protocol::send(&mut *w, msg, blobs)
+    };
     let t0 = Instant::now();
     let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory(cfg)))
         .unwrap_or_else(|p| Err(ProcessError::Load(panic_message(p))));
@@ -21,12 +28,12 @@ pub fn serve(mut sock: UnixStream, factory: ProcessorFactory, cfg: &Config) -> i
         Ok(p) => p,
         Err(e) => {
             let reason = e.to_string();
-            return protocol::send(&mut sock, &FromWorker::LoadFailed { reason }, &[]);
+            return send(&FromWorker::LoadFailed { reason }, &[]);
         }
     };
     info!(device = %cfg.model.device, ms = t0.elapsed().as_millis() as u64, "model loaded");
     let model = cfg.model.dir.display().to_string();
-    protocol::send(&mut sock, &FromWorker::Ready { model }, &[])?;
+    send(&FromWorker::Ready { model }, &[])?;
     loop {
         let (ToWorker::Job { job_id, job }, _) = match protocol::receive(&mut sock) {
             Ok(m) => m,
@@ -46,14 +53,33 @@ pub fn serve(mut sock: UnixStream, factory: ProcessorFactory, cfg: &Config) -> i
         match result {
             Ok(p) => {
                 let (msg, blobs) = FromWorker::done(job_id, p, t0.elapsed().as_secs_f64());
-                protocol::send(&mut sock, &msg, &blobs)?;
+                send(&msg, &blobs)?;
             }
             Err(e) => {
                 let reason = match e {
                     ProcessError::Failed(m) | ProcessError::Load(m) | ProcessError::Crashed(m) => m,
                 };
-                protocol::send(&mut sock, &FromWorker::Failed { job_id, reason }, &[])?;
+                send(&FromWorker::Failed { job_id, reason }, &[])?;
             }
         }
     }
+}
+
+/// Says `Alive` every [`HEARTBEAT_EVERY_S`] on its own thread, whatever the job does, until
+/// the node is gone. Messages never interleave: every write holds the writer's lock.
+fn heartbeat(writer: Arc<Mutex<UnixStream>>) -> io::Result<()> {
+    let every = Duration::from_secs_f64(HEARTBEAT_EVERY_S);
+    std::thread::Builder::new()
+        .name("prima-heartbeat".into())
+        .spawn(move || loop {
+            let sent = {
+                let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                protocol::send(&mut *w, &FromWorker::Alive, &[])
+            };
+            if sent.is_err() {
+                return;
+            }
+            std::thread::sleep(every);
+        })
+        .map(drop)
 }

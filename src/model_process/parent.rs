@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -29,6 +29,8 @@ pub fn factory(config_path: &Path) -> ProcessorFactory {
     Box::new(move |cfg| {
         let limits = Limits {
             data_mb: cfg.model.worker_memory_mb,
+            heartbeat: Duration::from_secs_f64(cfg.model.heartbeat_timeout_s),
+            job_ceiling: Duration::from_secs_f64(cfg.model.job_timeout_s),
         };
         let marker = Marker::in_state_dir(&cfg.node.state_dir);
         Ok(Box::new(ModelProcess::start(config_path, limits, marker)?))
@@ -40,10 +42,70 @@ pub fn factory(config_path: &Path) -> ProcessorFactory {
 const BACKGROUND_RESTARTS: u32 = 3;
 
 /// Resource limits of the model process.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// RLIMIT_DATA in MB.
     pub data_mb: Option<u64>,
+    /// Silence after which the process is taken for stopped or wedged, and killed.
+    pub heartbeat: Duration,
+    /// The most one job may take ([`job_deadline`]).
+    pub job_ceiling: Duration,
+}
+
+/// A job's deadline: twenty times what this machine has needed per instance at worst so
+/// far, and at least two minutes; the ceiling while nothing has been measured; never more
+/// than the ceiling.
+pub fn job_deadline(instances: usize, per_instance_s: Option<f64>, ceiling: Duration) -> Duration {
+    match per_instance_s {
+        Some(s) if s.is_finite() => {
+            Duration::from_secs_f64((s * instances.max(1) as f64 * 20.0).clamp(120.0, 1e9))
+                .min(ceiling)
+        }
+        _ => ceiling,
+    }
+}
+
+/// Why an answer to a job never came.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the worker process gave no sign of life for {:.0} s (stopped or hung) and was killed", .0.as_secs_f64())]
+    Silent(Duration),
+    #[error("the worker process did not finish the job within its deadline of {:.0} s and was killed", .0.as_secs_f64())]
+    Deadline(Duration),
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// The next message that is not a heartbeat, waiting at most `heartbeat` for any message
+/// and in all until `until`.
+fn receive_until(
+    sock: &mut UnixStream,
+    heartbeat: Duration,
+    until: Instant,
+) -> Result<(FromWorker, Vec<Vec<u8>>), Lost> {
+    loop {
+        let now = Instant::now();
+        let Some(left) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+            return Err(Lost::Deadline(Duration::ZERO));
+        };
+        sock.set_read_timeout(Some(left.min(heartbeat)))?;
+        match protocol::receive::<FromWorker>(sock) {
+            Ok((FromWorker::Alive, _)) => continue,
+            Ok(m) => return Ok(m),
+            Err(e) if timed_out(&e) && Instant::now() >= until => {
+                return Err(Lost::Deadline(Duration::ZERO))
+            }
+            Err(e) if timed_out(&e) => return Err(Lost::Silent(heartbeat)),
+            Err(e) => return Err(Lost::Io(e)),
+        }
+    }
 }
 
 pub struct ModelProcess {
@@ -53,6 +115,8 @@ pub struct ModelProcess {
     running: Option<Running>,
     /// The job sent to the child now, so a crash can be told from a protocol error.
     next_job_id: i64,
+    /// The most seconds per instance a job has taken here (for [`job_deadline`]).
+    per_instance_s: Option<f64>,
 }
 
 struct Running {
@@ -75,14 +139,21 @@ impl ModelProcess {
             marker,
             running: Some(running),
             next_job_id: 0,
+            per_instance_s: None,
         })
     }
 
     fn exchange(
+        &mut self,
         r: &mut Running,
-        job_id: i64,
         job: &StudyJob,
-    ) -> std::io::Result<Result<ProcessedStudy, ProcessError>> {
+    ) -> Result<Result<ProcessedStudy, ProcessError>, Lost> {
+        let job_id = self.next_job_id;
+        let deadline = job_deadline(
+            job.instances.len(),
+            self.per_instance_s,
+            self.limits.job_ceiling,
+        );
         let t0 = Instant::now();
         protocol::send(
             &mut r.sock,
@@ -92,7 +163,11 @@ impl ModelProcess {
             },
             &[],
         )?;
-        let (msg, blobs) = protocol::receive::<FromWorker>(&mut r.sock)?;
+        let (msg, blobs) = receive_until(&mut r.sock, self.limits.heartbeat, t0 + deadline)
+            .map_err(|e| match e {
+                Lost::Deadline(_) => Lost::Deadline(deadline),
+                other => other,
+            })?;
         match msg {
             FromWorker::Done {
                 job_id: id,
@@ -103,15 +178,17 @@ impl ModelProcess {
             } if id == job_id => {
                 let boundary_ms = ((t0.elapsed().as_secs_f64() - seconds) * 1000.0).max(0.0);
                 debug!(boundary_ms, "job results received from the worker process");
+                let per_instance = seconds / job.instances.len().max(1) as f64;
+                self.per_instance_s = Some(self.per_instance_s.unwrap_or(0.0).max(per_instance));
                 Ok(protocol::processed(outputs, blobs, predictions_json, run)
                     .map_err(|e| ProcessError::Failed(format!("worker results: {e}"))))
             }
             FromWorker::Failed { job_id: id, reason } if id == job_id => {
                 Ok(Err(ProcessError::Failed(reason)))
             }
-            other => Err(std::io::Error::other(format!(
+            other => Err(Lost::Io(std::io::Error::other(format!(
                 "unexpected message from the worker: {other:?}"
-            ))),
+            )))),
         }
     }
 }
@@ -126,7 +203,7 @@ impl StudyProcessor for ModelProcess {
                     .map_err(|e| ProcessError::Crashed(e.to_string()))?,
             };
             self.next_job_id += 1;
-            let io = match Self::exchange(&mut r, self.next_job_id, job) {
+            let io = match self.exchange(&mut r, job) {
                 Ok(result) => {
                     self.running = Some(r);
                     return result;
@@ -134,6 +211,10 @@ impl StudyProcessor for ModelProcess {
                 Err(io) => io,
             };
             let status = reap(&mut r.child);
+            if matches!(io, Lost::Silent(_) | Lost::Deadline(_)) {
+                warn!(reason = %io, %status, "worker process stalled on this study");
+                return Err(ProcessError::Crashed(io.to_string()));
+            }
             debug!(error = %io, "worker connection lost");
             match self.marker.read() {
                 Some((study, series))
@@ -167,6 +248,8 @@ pub enum SpawnError {
     Unexpected { message: String, status: String },
     #[error("worker process died while loading the model: {0}")]
     DiedLoading(String),
+    #[error("worker process gave no sign of life for {:.0} s while loading the model: killed", .0.as_secs_f64())]
+    Silent(Duration),
 }
 
 /// Starts `prima-node worker` and waits for its `Ready`.
@@ -220,7 +303,18 @@ fn spawn(config_path: &Path, limits: Limits) -> Result<Running, SpawnError> {
     let t0 = Instant::now();
     let mut child = cmd.spawn().map_err(SpawnError::Start)?;
     drop(theirs);
-    match protocol::receive::<FromWorker>(&mut ours) {
+    // Loading has no deadline of its own (a full-size model on a slow disk), only the
+    // heartbeat.
+    let loading = receive_until(
+        &mut ours,
+        limits.heartbeat,
+        t0 + Duration::from_secs(86_400),
+    );
+    if let Err(Lost::Silent(d)) = &loading {
+        let _ = reap(&mut child);
+        return Err(SpawnError::Silent(*d));
+    }
+    match loading {
         Ok((FromWorker::Ready { model }, _)) => {
             info!(
                 pid = child.id(),
@@ -272,5 +366,56 @@ fn describe(s: ExitStatus) -> String {
         format!("killed by signal {sig}{name}")
     } else {
         format!("exited with {s}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_follows_the_measured_speed_within_the_ceiling() {
+        let ceiling = Duration::from_secs(3600);
+        assert_eq!(job_deadline(500, None, ceiling), ceiling);
+        // 0.1 s per instance: 20 × 50 s.
+        assert_eq!(
+            job_deadline(500, Some(0.1), ceiling),
+            Duration::from_secs(1000)
+        );
+        // Small jobs still get two minutes.
+        assert_eq!(
+            job_deadline(3, Some(0.1), ceiling),
+            Duration::from_secs(120)
+        );
+        assert_eq!(job_deadline(100_000, Some(1.0), ceiling), ceiling);
+        assert_eq!(job_deadline(10, Some(f64::NAN), ceiling), ceiling);
+    }
+
+    #[test]
+    fn a_silent_peer_is_lost_and_a_chatty_one_meets_its_deadline() {
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let beat = Duration::from_millis(300);
+        // Nothing at all: silent after one heartbeat period.
+        let t0 = Instant::now();
+        let r = receive_until(&mut ours, beat, t0 + Duration::from_secs(10));
+        assert!(matches!(r, Err(Lost::Silent(_))), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        // Heartbeats but no answer: the deadline, not the heartbeat, ends the wait.
+        let beating = std::thread::spawn(move || {
+            for _ in 0..20 {
+                if protocol::send(&mut theirs, &FromWorker::Alive, &[]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = protocol::send(&mut theirs, &FromWorker::Ready { model: "m".into() }, &[]);
+        });
+        let t0 = Instant::now();
+        let r = receive_until(&mut ours, beat, t0 + Duration::from_millis(800));
+        assert!(matches!(r, Err(Lost::Deadline(_))), "{r:?}");
+        // Heartbeats are skipped on the way to the answer.
+        let r = receive_until(&mut ours, beat, Instant::now() + Duration::from_secs(10));
+        assert!(matches!(r, Ok((FromWorker::Ready { .. }, _))), "{r:?}");
+        beating.join().unwrap();
     }
 }

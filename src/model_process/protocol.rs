@@ -29,6 +29,9 @@ pub enum ToWorker {
 /// From the model process to the node.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
+    /// Sent every [`crate::config::HEARTBEAT_EVERY_S`] from the moment the process starts:
+    /// a process that stops sending it (stopped, wedged) is killed.
+    Alive,
     /// The model is loaded; jobs may come.
     Ready { model: String },
     /// The model could not be loaded; the model process exits.
