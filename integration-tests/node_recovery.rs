@@ -471,6 +471,80 @@ fn a_job_past_its_deadline_is_killed_and_failed_with_the_reason() {
     assert!(echoscu(node.opts.port, SCU_AE, NODE_AE).status.success());
 }
 
+/// Replaces `from` by `to` in the configuration file, sends a two-series study and kills
+/// the worker process once it runs the job: the fresh worker must still run the study with
+/// the configuration the node runs with. Returns the node once the results arrived.
+fn edit_then_crash(from: &str, to: &str, expect_in_log: &str) -> (Node, StoreScp) {
+    let fx = fixtures::reference_dir().expect("fixtures");
+    let o = NodeOpts {
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "2000".into())],
+        ..NodeOpts::default()
+    };
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    assert!(text.contains(from));
+    std::fs::write(&node.config, text.replace(from, to)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .log_text()
+            .contains(expect_in_log)),
+        "{}",
+        node.log_text()
+    );
+    let a = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &a[..2], 2);
+    assert!(wait_until(Duration::from_secs(30), || node
+        .log_text()
+        .contains("processing study")));
+    kill_worker(&node, 0);
+    assert!(
+        wait_until(Duration::from_secs(60), || !dest.received().is_empty()),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    (node, dest)
+}
+
+#[test]
+fn an_invalid_edit_and_a_worker_crash_do_not_fail_the_study() {
+    if fixtures::reference_dir().is_none() || !have_dcmtk() {
+        return;
+    }
+    let (node, _dest) = edit_then_crash(
+        "state_dir",
+        "state_directory",
+        "configuration change refused",
+    );
+    assert_eq!(node.log_text().matches("worker process ready").count(), 2);
+    assert!(!node.log_text().contains("died while loading"));
+}
+
+#[test]
+fn a_restart_only_change_does_not_reach_a_restarted_worker() {
+    if fixtures::reference_dir().is_none() || !have_dcmtk() {
+        return;
+    }
+    let (node, _dest) = edit_then_crash(
+        "/nonexistent/model",
+        "/nonexistent/other-model",
+        "need a restart and were not applied",
+    );
+    let log = node.log_text();
+    let ready: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("worker process ready"))
+        .collect();
+    assert_eq!(ready.len(), 2, "{log}");
+    assert!(
+        ready
+            .iter()
+            .all(|l| l.contains("/nonexistent/model") && !l.contains("other-model")),
+        "{ready:#?}"
+    );
+}
+
 /// A destination that answers every C-STORE with Success but names another request
 /// (Message ID Being Responded To off by 100): raw PDUs, accepting every context proposed
 /// with its first transfer syntax. Returns the number of data sets it was sent.

@@ -188,9 +188,10 @@ fn model_processor() -> (ProcessorFactory, Option<Arc<PrepareCache>>) {
     let cache = Arc::new(PrepareCache::new());
     let for_worker = cache.clone();
     (
-        Box::new(move |cfg| {
+        Box::new(move |shared| {
             Ok(Box::new(crate::process::PrimaProcessor::new(
-                cfg, for_worker,
+                &shared.get(),
+                for_worker,
             )?))
         }),
         Some(cache),
@@ -199,24 +200,31 @@ fn model_processor() -> (ProcessorFactory, Option<Arc<PrepareCache>>) {
 
 /// `prima-node worker`, the model process: runs the study processor for the node that
 /// started this process, over the socket on [`crate::model_process::WORKER_FD`], and
-/// background preparation beside it. Returns when the node is gone.
-pub fn serve_model_process(config_path: &Path) -> Result<(), AppError> {
+/// background preparation beside it. The configuration is the node's, sent over the socket
+/// (the file on disk, `_config_path`, may hold an edit the node refused or has not applied).
+/// Returns when the node is gone.
+pub fn serve_model_process(_config_path: &Path) -> Result<(), AppError> {
     use std::os::fd::FromRawFd;
     let (make_processor, prepare_cache) = model_processor();
-    let cfg = Config::load(config_path)?;
     // SAFETY: the node passes our end of the socket on this descriptor and nothing else in
     // this process owns it.
-    let sock =
+    let mut sock =
         unsafe { std::os::unix::net::UnixStream::from_raw_fd(crate::model_process::WORKER_FD) };
+    let link = |source| AppError::Io {
+        what: "worker connection to the node".into(),
+        source,
+    };
+    let Some(cfg) = crate::model_process::child::receive_config(&mut sock).map_err(link)? else {
+        return Ok(());
+    };
     let shared = SharedConfig::new(cfg.clone());
-    let _watcher = watch_config(config_path, shared.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let _background = match prepare_cache {
         Some(cache) => Some(
             background::spawn(
                 BackgroundCtx {
                     state: Arc::new(State::open_read_only(&cfg.node.state_dir)?),
-                    config: shared,
+                    config: shared.clone(),
                     cache,
                     marker: Some(Marker::in_state_dir(&cfg.node.state_dir)),
                 },
@@ -229,10 +237,7 @@ pub fn serve_model_process(config_path: &Path) -> Result<(), AppError> {
         ),
         None => None,
     };
-    let served = crate::model_process::child::serve(sock, make_processor, &cfg);
+    let served = crate::model_process::child::serve(sock, make_processor, &shared);
     stop.store(true, Ordering::SeqCst);
-    served.map_err(|source| AppError::Io {
-        what: "worker connection to the node".into(),
-        source,
-    })
+    served.map_err(link)
 }

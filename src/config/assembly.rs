@@ -1,11 +1,11 @@
 //! `[assembly]`: when a study that is still arriving counts as complete.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::checks::finite_nonneg;
 use super::default_true;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AssemblySection {
     #[serde(default = "default_quiet_period_s")]

@@ -1,11 +1,11 @@
 //! `[explain]`: LIME explanations of the top finding (restart-only: the worker reads it at
 //! start).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::default_true;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainSection {
     #[serde(default)]

@@ -1,10 +1,10 @@
 //! `[outbox]`: how deliveries to the destinations are retried.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::checks::finite_nonneg;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxSection {
     #[serde(default = "default_retry_initial_s")]

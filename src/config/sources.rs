@@ -2,11 +2,11 @@
 
 use std::net::{IpAddr, ToSocketAddrs};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::checks::ae_title_problem;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     pub ae_title: String,

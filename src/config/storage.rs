@@ -1,7 +1,7 @@
 //! `[storage]`: the SOP classes accepted, and the free space kept on the state directory.
 
 use dicom_dictionary_std::uids;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::checks::is_uid;
 
@@ -10,7 +10,7 @@ pub const MR_IMAGE_STORAGE: &str = uids::MR_IMAGE_STORAGE;
 pub const ENHANCED_MR_IMAGE_STORAGE: &str = uids::ENHANCED_MR_IMAGE_STORAGE;
 pub const MODEL_SOP_CLASSES: [&str; 2] = [MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE];
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     #[serde(default = "default_min_free_mb")]

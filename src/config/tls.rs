@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The checks that read the `[tls]` and `tls_ca` files and build TLS contexts from them.
 /// `net::tls` implements it; taking it as a parameter keeps this module free of the network
@@ -19,7 +19,7 @@ pub trait TlsCheck {
 /// Why a TLS context cannot be built: the network layer's own error, kept whole.
 pub type TlsCheckError = Box<dyn std::error::Error + Send + Sync>;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM certificate chain the listener presents (leaf first).

@@ -162,9 +162,12 @@ pub trait StudyProcessor: Send + 'static {
     fn process(&mut self, job: &StudyJob) -> Result<ProcessedStudy, ProcessError>;
 }
 
-/// Builds the processor on the worker thread (where the model must live).
-pub type ProcessorFactory =
-    Box<dyn FnOnce(&crate::config::Config) -> Result<Box<dyn StudyProcessor>, ProcessError> + Send>;
+/// Builds the processor on the worker thread (where the model must live), from the
+/// configuration in force.
+pub type ProcessorFactory = Box<
+    dyn FnOnce(&crate::config::SharedConfig) -> Result<Box<dyn StudyProcessor>, ProcessError>
+        + Send,
+>;
 
 /// The message of a caught panic.
 pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

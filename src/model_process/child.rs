@@ -10,11 +10,29 @@ use std::time::{Duration, Instant};
 use tracing::{info, info_span};
 
 use super::protocol::{self, FromWorker, ToWorker};
-use crate::config::{Config, HEARTBEAT_EVERY_S};
+use crate::config::{Config, SharedConfig, HEARTBEAT_EVERY_S};
 use crate::job::{panic_message, ProcessError, ProcessorFactory};
 
-/// Runs jobs from `sock` with the processor `factory` builds. Returns when the node is gone.
-pub fn serve(mut sock: UnixStream, factory: ProcessorFactory, cfg: &Config) -> io::Result<()> {
+/// The configuration the node sends first ([`ToWorker::Start`]). `None`: the node is gone.
+pub fn receive_config(sock: &mut UnixStream) -> io::Result<Option<Config>> {
+    match protocol::receive::<ToWorker>(sock) {
+        Ok((ToWorker::Start { config }, _)) => Ok(Some(*config)),
+        Ok((ToWorker::Job { .. }, _)) => Err(io::Error::other(
+            "the node sent a job before the configuration",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs jobs from `sock` with the processor `factory` builds, keeping `shared` to the
+/// configuration each job comes with. Returns when the node is gone.
+pub fn serve(
+    mut sock: UnixStream,
+    factory: ProcessorFactory,
+    shared: &SharedConfig,
+) -> io::Result<()> {
+    let cfg = shared.get();
     let writer = Arc::new(Mutex::new(sock.try_clone()?));
     heartbeat(writer.clone())?;
     let send = |msg: &FromWorker, blobs: &[Vec<u8>]| -> io::Result<()> {
@@ -22,7 +40,7 @@ pub fn serve(mut sock: UnixStream, factory: ProcessorFactory, cfg: &Config) -> i
         protocol::send(&mut *w, msg, blobs)
     };
     let t0 = Instant::now();
-    let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory(cfg)))
+    let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory(shared)))
         .unwrap_or_else(|p| Err(ProcessError::Load(panic_message(p))));
     let mut processor = match built {
         Ok(p) => p,
@@ -35,8 +53,22 @@ pub fn serve(mut sock: UnixStream, factory: ProcessorFactory, cfg: &Config) -> i
     let model = cfg.model.dir.display().to_string();
     send(&FromWorker::Ready { model }, &[])?;
     loop {
-        let (ToWorker::Job { job_id, job }, _) = match protocol::receive(&mut sock) {
-            Ok(m) => m,
+        let (job_id, job) = match protocol::receive(&mut sock) {
+            Ok((
+                ToWorker::Job {
+                    job_id,
+                    job,
+                    config,
+                },
+                _,
+            )) => {
+                // Only the live sections can differ from what this process started with.
+                shared.apply(*config);
+                (job_id, job)
+            }
+            Ok((ToWorker::Start { .. }, _)) => {
+                return Err(io::Error::other("the node sent a second configuration"))
+            }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };

@@ -19,21 +19,29 @@ use tracing::{debug, info, warn};
 
 use super::protocol::{self, FromWorker, ToWorker};
 use super::WORKER_FD;
+use crate::config::{Config, SharedConfig};
 use crate::job::{ProcessError, ProcessedStudy, ProcessorFactory, StudyJob, StudyProcessor};
 use crate::process::marker::Marker;
 
-/// The processor factory of `serve`: the processor runs in a model process started with
-/// `config_path`.
+/// The processor factory of `serve`: the processor runs in a model process. It is given
+/// the node's configuration over its socket; `config_path` only names the node's file on
+/// its command line (for `ps`).
 pub fn factory(config_path: &Path) -> ProcessorFactory {
     let config_path = config_path.to_owned();
-    Box::new(move |cfg| {
+    Box::new(move |shared| {
+        let cfg = shared.get();
         let limits = Limits {
             data_mb: cfg.model.worker_memory_mb,
             heartbeat: Duration::from_secs_f64(cfg.model.heartbeat_timeout_s),
             job_ceiling: Duration::from_secs_f64(cfg.model.job_timeout_s),
         };
         let marker = Marker::in_state_dir(&cfg.node.state_dir);
-        Ok(Box::new(ModelProcess::start(config_path, limits, marker)?))
+        Ok(Box::new(ModelProcess::start(
+            config_path,
+            shared.clone(),
+            limits,
+            marker,
+        )?))
     })
 }
 
@@ -110,6 +118,8 @@ fn receive_until(
 
 pub struct ModelProcess {
     config_path: PathBuf,
+    /// The configuration in force, sent to every process and with every job.
+    config: SharedConfig,
     limits: Limits,
     marker: Marker,
     running: Option<Running>,
@@ -129,12 +139,15 @@ impl ModelProcess {
     /// that cannot be loaded stops the node at start as it always did.
     pub fn start(
         config_path: PathBuf,
+        config: SharedConfig,
         limits: Limits,
         marker: Marker,
     ) -> Result<Self, ProcessError> {
-        let running = spawn(&config_path, limits).map_err(|e| ProcessError::Load(e.to_string()))?;
+        let running = spawn(&config_path, &config.get(), limits)
+            .map_err(|e| ProcessError::Load(e.to_string()))?;
         Ok(ModelProcess {
             config_path,
+            config,
             limits,
             marker,
             running: Some(running),
@@ -160,6 +173,7 @@ impl ModelProcess {
             &ToWorker::Job {
                 job_id,
                 job: job.clone(),
+                config: Box::new(self.config.get().as_ref().clone()),
             },
             &[],
         )?;
@@ -199,7 +213,7 @@ impl StudyProcessor for ModelProcess {
         loop {
             let mut r = match self.running.take() {
                 Some(r) => r,
-                None => spawn(&self.config_path, self.limits)
+                None => spawn(&self.config_path, &self.config.get(), self.limits)
                     .map_err(|e| ProcessError::Crashed(e.to_string()))?,
             };
             self.next_job_id += 1;
@@ -253,7 +267,7 @@ pub enum SpawnError {
 }
 
 /// Starts `prima-node worker` and waits for its `Ready`.
-fn spawn(config_path: &Path, limits: Limits) -> Result<Running, SpawnError> {
+fn spawn(config_path: &Path, config: &Config, limits: Limits) -> Result<Running, SpawnError> {
     let exe = std::env::current_exe().map_err(SpawnError::OwnBinary)?;
     let (mut ours, theirs) = UnixStream::pair().map_err(SpawnError::Socket)?;
     let fd = theirs.as_raw_fd();
@@ -303,6 +317,15 @@ fn spawn(config_path: &Path, limits: Limits) -> Result<Running, SpawnError> {
     let t0 = Instant::now();
     let mut child = cmd.spawn().map_err(SpawnError::Start)?;
     drop(theirs);
+    let start = ToWorker::Start {
+        config: Box::new(config.clone()),
+    };
+    if let Err(e) = protocol::send(&mut ours, &start, &[]) {
+        return Err(SpawnError::DiedLoading(format!(
+            "{e} ({})",
+            reap(&mut child)
+        )));
+    }
     // Loading has no deadline of its own (a full-size model on a slow disk), only the
     // heartbeat.
     let loading = receive_until(

@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::job::{OutputKind, OutputObject, ProcessedStudy, RunRecord, StudyJob};
 
 /// Largest header accepted (a job lists a study's instances: 3,000 instances are ~1 MB).
@@ -23,7 +24,16 @@ const MAX_BLOBS: u32 = 16;
 /// From the node to the model process.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    Job { job_id: i64, job: StudyJob },
+    /// First, before anything else: the configuration the node validated and runs with. The
+    /// model process never reads the file: an invalid edit or a restart-only change on disk
+    /// cannot reach it.
+    Start { config: Box<Config> },
+    /// A job, with the configuration in force now (live sections may have changed).
+    Job {
+        job_id: i64,
+        job: StudyJob,
+        config: Box<Config>,
+    },
 }
 
 /// From the model process to the node.
@@ -204,12 +214,24 @@ mod tests {
             &ToWorker::Job {
                 job_id: 9,
                 job: job.clone(),
+                config: Box::new(crate::study::policy::tests::example_config()),
             },
             &[],
         )
         .unwrap();
-        let (ToWorker::Job { job_id, job: got }, blobs) = receive(&mut buf.as_slice()).unwrap();
+        let (msg, blobs) = receive(&mut buf.as_slice()).unwrap();
+        let ToWorker::Job {
+            job_id,
+            job: got,
+            config,
+        } = msg
+        else {
+            panic!("not a job")
+        };
         assert_eq!((job_id, got, blobs.len()), (9, job, 0));
+        // The configuration crosses whole: what the node validated is what the model
+        // process runs with.
+        assert_eq!(*config, crate::study::policy::tests::example_config());
 
         let p = ProcessedStudy {
             outputs: vec![OutputObject {

@@ -86,7 +86,7 @@ where
         .name(name.into())
         .spawn(move || {
             let t0 = Instant::now();
-            let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory(cfg.as_ref())))
+            let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory(&config)))
                 .unwrap_or_else(|_| Err(ProcessError::Load("panic while loading".into())));
             match built {
                 Ok(p) => {
