@@ -441,6 +441,48 @@ fn a_stopped_worker_is_killed_the_study_tried_again_then_failed_and_the_next_stu
 }
 
 #[test]
+fn a_worker_stopped_while_idle_does_not_hold_a_job_larger_than_its_socket_buffer() {
+    if !have_dcmtk() {
+        return;
+    }
+    let o = NodeOpts {
+        model_toml: "heartbeat_timeout_s = 3".into(),
+        ..NodeOpts::default()
+    };
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    stop_worker(&node, 0);
+    // 1,500 instances: the job message (~0.5 MB) outgrows the socket's buffer, so writing
+    // it to the stopped process cannot complete.
+    let study = tempfile::tempdir().unwrap();
+    assert!(Command::new(bin())
+        .args([
+            "synth-study",
+            "--seed",
+            "9",
+            "--instances",
+            "1500",
+            "--series",
+            "2"
+        ])
+        .args(["--rows", "16", "--cols", "16", "--out"])
+        .arg(study.path())
+        .status()
+        .unwrap()
+        .success());
+    let files = walk_files(study.path());
+    send_study(node.opts.port, std::slice::from_ref(&files), 4);
+    assert!(
+        wait_until(Duration::from_secs(90), || !dest.received().is_empty()),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+    assert!(node.log_text().contains("no sign of life for 3 s"));
+    assert_eq!(node.log_text().matches("worker process ready").count(), 2);
+}
+
+#[test]
 fn a_job_past_its_deadline_is_killed_and_failed_with_the_reason() {
     let Some(fx) = fixtures::reference_dir() else {
         return;

@@ -168,15 +168,21 @@ impl ModelProcess {
             self.limits.job_ceiling,
         );
         let t0 = Instant::now();
-        protocol::send(
-            &mut r.sock,
-            &ToWorker::Job {
-                job_id,
-                job: job.clone(),
-                config: Box::new(self.config.get().as_ref().clone()),
-            },
-            &[],
-        )?;
+        // A job naming thousands of instances outgrows the socket's buffer: a stopped
+        // process that never reads it must not hold the worker in this write.
+        r.sock.set_write_timeout(Some(self.limits.heartbeat))?;
+        let job_msg = ToWorker::Job {
+            job_id,
+            job: job.clone(),
+            config: Box::new(self.config.get().as_ref().clone()),
+        };
+        protocol::send(&mut r.sock, &job_msg, &[]).map_err(|e| {
+            if timed_out(&e) {
+                Lost::Silent(self.limits.heartbeat)
+            } else {
+                Lost::Io(e)
+            }
+        })?;
         let (msg, blobs) = receive_until(&mut r.sock, self.limits.heartbeat, t0 + deadline)
             .map_err(|e| match e {
                 Lost::Deadline(_) => Lost::Deadline(deadline),
