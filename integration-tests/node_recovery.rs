@@ -262,8 +262,35 @@ fn failed_after_three_attempts(node: &Node) -> (String, String) {
     (status, line)
 }
 
-/// Kills the node's worker process, as the OOM killer would, once it is running a job.
-fn kill_worker(node: &Node, ready_before: usize) {
+/// A fresh synthetic study (`seed`) sent to the node gets its results at `dest`.
+fn next_study_is_answered(node: &Node, dest: &StoreScp, seed: &str) {
+    let other = tempfile::tempdir().unwrap();
+    assert!(Command::new(bin())
+        .args(["synth-study", "--seed", seed, "--out"])
+        .arg(other.path())
+        .status()
+        .unwrap()
+        .success());
+    let files = walk_files(other.path());
+    send_study(node.opts.port, std::slice::from_ref(&files), 1);
+    let uid = study_uid_of(&files[0]);
+    assert!(
+        wait_until(Duration::from_secs(60), || dest
+            .received_objects()
+            .iter()
+            .any(|(_, _, o)| o
+                .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .is_some_and(|s| s.trim_end_matches('\0') == uid))),
+        "{}\n{}",
+        node.status(),
+        node.log_text()
+    );
+}
+
+/// Sends `signal` to the node's worker process once it is running a job.
+fn signal_worker(node: &Node, ready_before: usize, signal: &str) {
     assert!(
         wait_until(Duration::from_secs(30), || node
             .log_text()
@@ -278,8 +305,19 @@ fn kill_worker(node: &Node, ready_before: usize) {
     let kids = children_of(node.pid().unwrap());
     assert_eq!(kids.len(), 1, "one worker process: {kids:?}");
     let _ = Command::new("kill")
-        .args(["-9", &kids[0].to_string()])
+        .args([signal, &kids[0].to_string()])
         .status();
+}
+
+/// Kills the node's worker process, as the OOM killer would, once it is running a job.
+fn kill_worker(node: &Node, ready_before: usize) {
+    signal_worker(node, ready_before, "-9");
+}
+
+/// Stops the node's worker process (SIGSTOP), as a wedged driver or a livelocked library
+/// would leave it, once it is running a job.
+fn stop_worker(node: &Node, ready_before: usize) {
+    signal_worker(node, ready_before, "-STOP");
 }
 
 #[test]
@@ -320,50 +358,8 @@ fn a_study_that_keeps_killing_the_worker_fails_and_the_next_study_gets_its_resul
         "nothing sent for the failed study"
     );
     // The node goes on: a fresh worker takes the next study, whose results arrive.
-    let other = tempfile::tempdir().unwrap();
-    assert!(Command::new(bin())
-        .args(["synth-study", "--seed", "7", "--out"])
-        .arg(other.path())
-        .status()
-        .unwrap()
-        .success());
-    let files = walk_files(other.path());
-    send_study(node.opts.port, std::slice::from_ref(&files), 1);
-    let c_uid = study_uid_of(&files[0]);
-    assert!(
-        wait_until(Duration::from_secs(60), || dest
-            .received_objects()
-            .iter()
-            .any(|(_, _, o)| o
-                .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .is_some_and(|s| s.trim_end_matches('\0') == c_uid))),
-        "{}\n{}",
-        node.status(),
-        node.log_text()
-    );
+    next_study_is_answered(&node, &dest, "7");
     assert_eq!(node.log_text().matches("worker process ready").count(), 3);
-}
-
-/// Stops the node's worker process (SIGSTOP), as a wedged driver or a livelocked library
-/// would leave it, once it is running a job.
-fn stop_worker(node: &Node, ready_before: usize) {
-    assert!(
-        wait_until(Duration::from_secs(30), || node
-            .log_text()
-            .matches("worker process ready")
-            .count()
-            > ready_before),
-        "{}",
-        node.log_text()
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let kids = children_of(node.pid().unwrap());
-    assert_eq!(kids.len(), 1, "one worker process: {kids:?}");
-    let _ = Command::new("kill")
-        .args(["-STOP", &kids[0].to_string()])
-        .status();
 }
 
 #[test]
@@ -408,29 +404,7 @@ fn a_stopped_worker_is_killed_the_study_tried_again_then_failed_and_the_next_stu
         "nothing sent for the failed study"
     );
     // A fresh worker answers the next study.
-    let other = tempfile::tempdir().unwrap();
-    assert!(Command::new(bin())
-        .args(["synth-study", "--seed", "8", "--out"])
-        .arg(other.path())
-        .status()
-        .unwrap()
-        .success());
-    let files = walk_files(other.path());
-    send_study(node.opts.port, std::slice::from_ref(&files), 1);
-    let uid = study_uid_of(&files[0]);
-    assert!(
-        wait_until(Duration::from_secs(60), || dest
-            .received_objects()
-            .iter()
-            .any(|(_, _, o)| o
-                .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .is_some_and(|s| s.trim_end_matches('\0') == uid))),
-        "{}\n{}",
-        node.status(),
-        node.log_text()
-    );
+    next_study_is_answered(&node, &dest, "8");
     assert_eq!(node.log_text().matches("worker process ready").count(), 3);
     assert_eq!(
         node.log_text()

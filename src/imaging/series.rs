@@ -285,12 +285,7 @@ fn scan_by_folder(dir: &Path) -> Result<StudyScan, ImagingError> {
     Ok(scan)
 }
 
-/// Largest series the model accepts (§8.1): 5000 patches.
-pub const MAX_PATCHES: usize = 5000;
-
-/// Voxels of one decoded series (f64 each, for ITK parity): 4 GiB, eight times a large
-/// 512×512×256 brain series, so a header claiming more is refused, not allocated.
-pub const MAX_VOLUME_VALUES: usize = 1 << 29;
+pub use super::skip::{MAX_PATCHES, MAX_VOLUME_VALUES};
 
 /// Patches a series of `n` slices yields after the in-plane resample: the two in-plane
 /// axes are 256 (8 patches each); the slice axis is padded to a multiple of 4.

@@ -3,7 +3,13 @@
 //! each text is part of the node's output and stays as it is.
 
 use super::header::SliceHeaderError;
-use super::series::{MAX_PATCHES, MAX_VOLUME_VALUES};
+
+/// Largest series the model accepts (`docs/prima-inference-spec.md` §8.1): 5000 patches.
+pub const MAX_PATCHES: usize = 5000;
+
+/// Voxels of one decoded series (f64 each, for ITK parity): 4 GiB, eight times a large
+/// 512×512×256 brain series, so a header claiming more is refused, not allocated.
+pub const MAX_VOLUME_VALUES: usize = 1 << 29;
 
 /// A series that cannot be used. It is skipped and reported; it never aborts the study.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,28 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::pdv::{self, Reply, Step};
-use super::store::{self, PendingStore};
+use super::pdv::{self, Step};
+use super::store::{self, Conn, Reply};
 use super::ScpCtx;
 use crate::config::Config;
 use crate::net::pdata;
-
-/// What one association negotiated and has in flight; the state PDV handling works on.
-pub(super) struct Conn {
-    pub(super) calling_ae: String,
-    pub(super) peer: String,
-    /// Accepted presentation contexts: id → (abstract syntax, transfer syntax).
-    pub(super) pcs: HashMap<u8, (String, String)>,
-    /// Storage SOP classes accepted when the association was negotiated.
-    pub(super) storage_classes: Vec<String>,
-    /// `storage.min_free_mb` when the association was negotiated.
-    pub(super) floor_mb: u64,
-    pub(super) cmd_buf: Vec<u8>,
-    pub(super) cmd_pc: Option<u8>,
-    pub(super) pending: Option<PendingStore>,
-    pub(super) stored: u64,
-    pub(super) refused: u64,
-}
 
 enum Event {
     /// A whole P-DATA-TF PDU of this many bytes is at the start of the read buffer.

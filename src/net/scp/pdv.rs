@@ -11,22 +11,13 @@
 
 use tracing::{debug, warn};
 
-use super::association::Conn;
-use super::store::{self, Committing, PendingStore, Sink};
+use super::store::{self, Conn, PendingStore, Reply, Sink};
 use super::ScpCtx;
 use crate::net::dimse::{self, status, Command, CommandError};
 use crate::net::pdata::{self, PDataError};
 
 /// Largest command set accepted (real ones are ~200 bytes).
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
-
-/// What to answer a PDV with.
-pub(super) enum Reply {
-    /// This response, now.
-    Now(u8, Vec<u8>),
-    /// A checked instance: the response waits for the spool to make it durable.
-    AfterCommit(Box<Committing>),
-}
 
 /// What a PDV asks for: nothing yet, a reply, or aborting the association.
 pub(super) type Step = Result<Option<Reply>, Violation>;

@@ -3,16 +3,41 @@
 //! is checked against the command, and the instance is made durable and recorded before
 //! the response says Success. Every refusal carries its precise status.
 
+use std::collections::HashMap;
+
 use tracing::{debug, error, info, warn};
 
-use super::association::Conn;
-use super::pdv::Reply;
 use super::ScpCtx;
 use crate::net::dimse::{self, status, Command};
 use crate::store::header::{read_header, HeaderError, InstanceHeader};
 use crate::store::spool::{FinishedInstance, TempInstance};
 use crate::store::state::{InstanceRecord, RecordOutcome};
 use crate::uid;
+
+/// What one association negotiated and has in flight; the state PDV handling works on.
+pub(super) struct Conn {
+    pub(super) calling_ae: String,
+    pub(super) peer: String,
+    /// Accepted presentation contexts: id → (abstract syntax, transfer syntax).
+    pub(super) pcs: HashMap<u8, (String, String)>,
+    /// Storage SOP classes accepted when the association was negotiated.
+    pub(super) storage_classes: Vec<String>,
+    /// `storage.min_free_mb` when the association was negotiated.
+    pub(super) floor_mb: u64,
+    pub(super) cmd_buf: Vec<u8>,
+    pub(super) cmd_pc: Option<u8>,
+    pub(super) pending: Option<PendingStore>,
+    pub(super) stored: u64,
+    pub(super) refused: u64,
+}
+
+/// What to answer a PDV with.
+pub(super) enum Reply {
+    /// This response, now.
+    Now(u8, Vec<u8>),
+    /// A checked instance: the response waits for the spool to make it durable.
+    AfterCommit(Box<Committing>),
+}
 
 /// The status a C-STORE is answered with, and its Error Comment.
 type StoreStatus = (u16, Option<String>);
