@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Buf;
 use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::association::AsyncAssociation;
-use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -249,18 +249,8 @@ where
 
 /// Accepted presentation contexts: id → (abstract syntax, transfer syntax).
 fn accepted_contexts<S>(assoc: &AsyncServerAssociation<S>) -> HashMap<u8, (String, String)> {
-    assoc
-        .presentation_contexts()
-        .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| {
-            (
-                pc.id,
-                (
-                    pc.abstract_syntax.trim_end_matches('\0').to_string(),
-                    pc.transfer_syntax.trim_end_matches('\0').to_string(),
-                ),
-            )
-        })
+    crate::net::accepted_contexts(assoc.presentation_contexts())
+        .into_iter()
+        .map(|(id, abstract_syntax, ts)| (id, (abstract_syntax, ts)))
         .collect()
 }

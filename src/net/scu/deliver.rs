@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::client::CloseSocket;
-use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
 use tracing::{error, info, warn};
 
@@ -37,18 +37,7 @@ pub(super) fn deliver<S>(
 ) where
     S: CloseSocket + Read + Write,
 {
-    let accepted: Vec<(u8, String, String)> = assoc
-        .presentation_contexts()
-        .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| {
-            (
-                pc.id,
-                pc.abstract_syntax.trim_end_matches('\0').to_string(),
-                pc.transfer_syntax.trim_end_matches('\0').to_string(),
-            )
-        })
-        .collect();
+    let accepted = crate::net::accepted_contexts(assoc.presentation_contexts());
     let mut message_id: u16 = 0;
     let mut link = Link::Open;
     for (r, fts) in rows.iter().zip(file_ts) {
