@@ -190,8 +190,7 @@ fn model_processor() -> (ProcessorFactory, Option<Arc<PrepareCache>>) {
     (
         Box::new(move |shared| {
             Ok(Box::new(crate::process::PrimaProcessor::new(
-                &shared.get(),
-                for_worker,
+                shared, for_worker,
             )?))
         }),
         Some(cache),

@@ -211,10 +211,15 @@ impl ResultSink for NatsResults {
         let lease = taken.ticket;
         let _ = std::fs::remove_dir_all(&lease.dir);
         // Unusable results fail the study, as on the single node.
-        let outcome = outcome.and_then(|p| match p.check(&lease.job.study_uid) {
-            Ok(()) => Ok(p),
-            Err(e) => Err(ProcessError::Failed(e.to_string())),
-        });
+        // A study the model did not run on (too few usable series) fails with its reasons.
+        let outcome =
+            outcome.and_then(
+                |p| match (&p.run.not_analysed, p.check(&lease.job.study_uid)) {
+                    (Some(why), _) => Err(ProcessError::Failed(format!("not analysed: {why}"))),
+                    (None, Ok(())) => Ok(p),
+                    (None, Err(e)) => Err(ProcessError::Failed(e.to_string())),
+                },
+            );
         let recorded = match &outcome {
             Ok(p) => rt.block_on(publish(cl, &lease.job, p)),
             Err(e) => rt

@@ -250,7 +250,7 @@ port = 104
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.assembly.quiet_period_s, 30.0);
         assert!(c.assembly.speculative_prepare, "on unless turned off");
-        assert_eq!(c.storage_sop_classes().len(), 2);
+        assert_eq!(c.storage_sop_classes().len(), 3);
     }
 
     #[test]

@@ -8,7 +8,15 @@ use super::checks::is_uid;
 /// MR Image Storage and Enhanced MR Image Storage: the classes Prima reads.
 pub const MR_IMAGE_STORAGE: &str = uids::MR_IMAGE_STORAGE;
 pub const ENHANCED_MR_IMAGE_STORAGE: &str = uids::ENHANCED_MR_IMAGE_STORAGE;
-pub const MODEL_SOP_CLASSES: [&str; 2] = [MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE];
+/// Legacy Converted Enhanced MR: classic images a PACS or archive re-packed as one
+/// multi-frame instance; read like Enhanced MR, frame by frame.
+pub const LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE: &str =
+    uids::LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE;
+pub const MODEL_SOP_CLASSES: [&str; 3] = [
+    MR_IMAGE_STORAGE,
+    ENHANCED_MR_IMAGE_STORAGE,
+    LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE,
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -91,7 +99,12 @@ mod tests {
         };
         assert_eq!(
             s.sop_classes(),
-            vec![MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE, "1.2.3"]
+            vec![
+                MR_IMAGE_STORAGE,
+                ENHANCED_MR_IMAGE_STORAGE,
+                LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE,
+                "1.2.3"
+            ]
         );
     }
 }

@@ -9,6 +9,7 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 
+use super::acquisition::{self, Acquisition};
 use super::itk;
 
 const SHARED_FG: Tag = Tag(0x5200, 0x9229);
@@ -47,6 +48,8 @@ pub struct SliceMeta {
     pub series_description: Result<Option<String>, ()>,
     pub protocol_name: Result<Option<String>, ()>,
     pub study_description: Option<String>,
+    /// What tells this image's volume apart from the series' other volumes.
+    pub acquisition: Acquisition,
 }
 
 impl SliceMeta {
@@ -80,6 +83,7 @@ impl SliceMeta {
             series_description: Ok(None),
             protocol_name: Ok(None),
             study_description: None,
+            acquisition: Acquisition::default(),
         }
     }
 
@@ -91,7 +95,7 @@ impl SliceMeta {
     }
 }
 
-fn read_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+pub(super) fn read_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let e = obj.get(tag)?;
     let s = e.value().to_str().ok()?;
     let s = s.trim_end_matches(['\0', ' ']).trim_start_matches(' ');
@@ -119,7 +123,7 @@ fn read_single_str(obj: &InMemDicomObject, tag: Tag) -> Result<Option<String>, (
 }
 
 /// Decimal strings parsed with Rust's correctly rounded parser (as ITK reads them).
-fn read_ds(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
+pub(super) fn read_ds(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     let e = obj.get(tag)?;
     if let Ok(s) = e.value().to_str() {
         let parsed: Option<Vec<f64>> = s
@@ -139,7 +143,7 @@ fn read_ds(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     e.value().to_multi_float64().ok().filter(|v| !v.is_empty())
 }
 
-fn read_int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+pub(super) fn read_int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     obj.get(tag)?.value().to_int::<i64>().ok()
 }
 
@@ -225,6 +229,7 @@ pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, SliceHeaderErro
         series_description: read_single_str(&obj, tags::SERIES_DESCRIPTION),
         protocol_name: read_single_str(&obj, tags::PROTOCOL_NAME),
         study_description: read_str(&obj, tags::STUDY_DESCRIPTION),
+        acquisition: acquisition::read_acquisition(&obj),
     };
     let frames = read_int(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     check_frames_fit(path, &obj, frames, &base)?;
@@ -233,11 +238,13 @@ pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, SliceHeaderErro
         return Ok(vec![base]);
     }
     let shared = first_item(&obj, SHARED_FG);
+    let dimensions = acquisition::dimensions(&obj);
     let mut out = Vec::with_capacity(frames as usize);
     for f in 0..frames as usize {
         let pf = per_frame_items.and_then(|items| items.get(f));
         let mut m = base.clone();
         m.frame = Some(f as u32);
+        acquisition::apply_frame(&mut m.acquisition, f, pf, shared, &dimensions);
         if let Some(pos) = fg_lookup(pf, shared, tags::PLANE_POSITION_SEQUENCE) {
             m.ipp = read_ds(pos, tags::IMAGE_POSITION_PATIENT).and_then(|v| v.try_into().ok());
         }

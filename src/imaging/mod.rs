@@ -15,6 +15,8 @@
 //! - [`tokens`]: padding, mask, scaling, patches, otsu values, 4→8 (§5, §7).
 //! - [`otsu`]: bins, hole filling, token selection with fallback (§6).
 //! - [`text`]: `chartovec` (§9.4).
+pub mod acquisition;
+pub mod csa;
 pub mod header;
 pub mod itk;
 pub mod natsort;
@@ -27,6 +29,7 @@ pub mod skip;
 pub mod text;
 pub mod tokens;
 pub mod volume;
+pub mod volumes;
 
 pub use pixel::PixelType;
 pub use volume::{Array3, Geometry, Volume};

@@ -24,6 +24,7 @@ pub use super::header::{read_slice_headers, SliceHeaderError, SliceMeta};
 use super::natsort;
 /// Every stage that gives up on a series reports it in these terms.
 pub use super::skip::{SeriesSkip, SkipReason};
+use super::volumes::{self, NotUsed};
 use super::{itk, Geometry, PixelType, Volume};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,22 +34,29 @@ pub enum SliceOrder {
     FileName,
 }
 
-/// One series ready to load: its slices in stacking order.
+/// One volume ready to load: its slices in stacking order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesCandidate {
     /// Folder name (file-name mode) or SeriesInstanceUID (position mode).
     pub key: String,
     pub series_instance_uid: String,
+    /// Which volume of its series this is ([`super::volumes::SplitVolume::label`]; "" when
+    /// the series is one volume).
+    pub volume: String,
     /// Images of the series UID before the size filter (GDCM's file count).
     pub images_found: usize,
     pub slices: Vec<SliceMeta>,
     pub name: String,
 }
 
-/// A study's series, in model order, and the ones that could not be used.
+/// A study's volumes, in model order, and the ones that could not be used.
 #[derive(Debug, Clone, Default)]
 pub struct StudyScan {
+    /// The volumes the model reads.
     pub series: Vec<SeriesCandidate>,
+    /// Volumes split from a series that the model does not read, and why (also in
+    /// `skipped`, as text).
+    pub not_used: Vec<(SeriesCandidate, NotUsed)>,
     pub skipped: Vec<SeriesSkip>,
     pub study_instance_uid: Option<String>,
     pub study_description: Option<String>,
@@ -126,7 +134,7 @@ fn most_common_size(slices: Vec<SliceMeta>) -> Vec<SliceMeta> {
 }
 
 /// Spatial order: projection on the slice normal, ties by InstanceNumber then frame.
-fn sort_by_position(slices: &mut [SliceMeta]) {
+pub(super) fn sort_by_position(slices: &mut [SliceMeta]) {
     let normal = slices
         .iter()
         .min_by_key(|s| (s.instance_number.unwrap_or(i64::MAX), s.frame))
@@ -212,18 +220,41 @@ pub fn group_by_series_uid(headers: Vec<SliceMeta>) -> StudyScan {
     for (_, uid) in keys {
         let slices = groups.remove(&uid).unwrap_or_default();
         let found = slices.len();
-        let mut by_pos = slices;
-        sort_by_position(&mut by_pos);
-        let mut kept = most_common_size(by_pos);
-        sort_by_position(&mut kept);
-        let name = series_name(&kept[0], &format!("UNK-{uid}"));
-        scan.series.push(SeriesCandidate {
-            key: uid.clone(),
-            series_instance_uid: uid,
-            images_found: found,
-            slices: kept,
-            name,
-        });
+        let split = volumes::split(slices);
+        let verdicts = volumes::choose(&split);
+        let used = verdicts.iter().filter(|v| v.is_ok()).count();
+        for (v, verdict) in split.into_iter().zip(verdicts) {
+            let base = series_name(&v.slices[0], &format!("UNK-{uid}"));
+            // The series' name as always when one volume of it is used; the volume's label
+            // added when several are, so the text encoder can tell them apart.
+            let name = if used > 1 && !v.label.is_empty() {
+                format!("{base}_{}", sanitize(&v.label))
+            } else {
+                base
+            };
+            let c = SeriesCandidate {
+                key: uid.clone(),
+                series_instance_uid: uid.clone(),
+                volume: v.label,
+                images_found: found,
+                slices: v.slices,
+                name,
+            };
+            match verdict {
+                Ok(()) => scan.series.push(c),
+                Err(why) => {
+                    scan.skipped.push(
+                        SeriesSkip::new(
+                            c.key.clone(),
+                            Some(uid.clone()),
+                            &SkipReason::NotUsed(why.clone()),
+                        )
+                        .volume(&c.volume, c.slices.len()),
+                    );
+                    scan.not_used.push((c, why));
+                }
+            }
+        }
     }
     scan
 }
@@ -277,6 +308,7 @@ fn scan_by_folder(dir: &Path) -> Result<StudyScan, ImagingError> {
         scan.series.push(SeriesCandidate {
             key,
             series_instance_uid: uid,
+            volume: String::new(),
             images_found: found,
             slices: kept,
             name,
@@ -413,12 +445,29 @@ fn read_pixels(
         }
         let obj = &cache.as_ref().unwrap().1;
         let decoded = decode_frame(obj, s.frame.unwrap_or(0))?;
-        if decoded.rows() as usize != h || decoded.columns() as usize != w {
+        let mosaic = s.acquisition.mosaic;
+        let (fw, fh) = mosaic.map_or((w, h), |m| (m.full_cols as usize, m.full_rows as usize));
+        if decoded.rows() as usize != fh || decoded.columns() as usize != fw {
             return Err(SkipReason::FrameSize);
         }
         let bytes = decoded.frame_data(0).map_err(SkipReason::FrameData)?;
         let before = data.len();
-        push_stored_values(data, bytes, decoded.bits_allocated(), s.signed, plane)?;
+        match mosaic {
+            None => push_stored_values(data, bytes, decoded.bits_allocated(), s.signed, plane)?,
+            Some(m) => {
+                // One tile: `h` rows of `w` values, each row a slice of the mosaic's row.
+                let bpp = (decoded.bits_allocated() as usize).div_ceil(8);
+                let (x0, y0) = m.origin(w as u32, h as u32);
+                for y in 0..h {
+                    let start = ((y0 + y) * fw + x0) * bpp;
+                    let row = bytes.get(start..).ok_or(SkipReason::PixelDataShort {
+                        have: bytes.len(),
+                        need: start + w * bpp,
+                    })?;
+                    push_stored_values(data, row, decoded.bits_allocated(), s.signed, w)?;
+                }
+            }
+        }
         for v in &mut data[before..] {
             *v = pixel_type.cast(s.slope * *v + s.intercept);
         }

@@ -17,6 +17,10 @@ pub struct SeriesSkip {
     /// Folder name (file-name mode) or SeriesInstanceUID.
     pub key: String,
     pub series_instance_uid: Option<String>,
+    /// The volume of the series this is about ("" for the whole series).
+    pub volume: String,
+    /// Images it holds (0 when not known).
+    pub images: usize,
     /// The [`SkipReason`]'s text, as the outputs carry it.
     pub reason: String,
 }
@@ -26,8 +30,20 @@ impl SeriesSkip {
         SeriesSkip {
             key,
             series_instance_uid,
+            volume: String::new(),
+            images: 0,
             reason: reason.to_string(),
         }
+    }
+
+    /// About one volume of the series (`label`, `images` images): the reason names it.
+    pub fn volume(mut self, label: &str, images: usize) -> Self {
+        self.volume = label.to_string();
+        self.images = images;
+        if !label.is_empty() {
+            self.reason = format!("volume {label} ({images} images): {}", self.reason);
+        }
+        self
     }
 }
 
@@ -93,6 +109,8 @@ pub enum SkipReason {
     TooManyPatches { patches: usize },
     #[error("cancelled")]
     Cancelled,
+    #[error("{0}")]
+    NotUsed(super::volumes::NotUsed),
     #[error("series was not prepared")]
     NotPrepared,
 }

@@ -41,9 +41,13 @@ impl StageTimings {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SeriesRecord {
     pub key: String,
     pub series_instance_uid: String,
+    /// Which volume of the series ("" when the series is one volume).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub volume: String,
     pub name: String,
     pub instances_used: usize,
     pub images_found: usize,
@@ -60,10 +64,20 @@ pub struct SeriesRecord {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SkipRecord {
     pub key: String,
     pub series_instance_uid: Option<String>,
+    /// The volume of the series it is about ("" for the whole series), and its images.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub volume: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub images: usize,
     pub reason: String,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The run record: what one run of the model read, skipped and took, and what it was run
@@ -89,6 +103,10 @@ pub struct RunRecord {
     pub vqvae_gflop: f64,
     pub timings: StageTimings,
     pub warnings: Vec<String>,
+    /// Why the model did not run on the study (too few usable series after the split and
+    /// the skips): the study fails with this reason and nothing is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_analysed: Option<String>,
     /// LIME's explanation (only when asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explanation: Option<ExplanationRecord>,

@@ -54,10 +54,16 @@ pub struct PrimaProcessor {
     report: ReportConfig,
     node: NodeIdentity,
     cache: Arc<PrepareCache>,
+    /// The node's configuration: `[assembly] min_series` is live.
+    config: crate::config::SharedConfig,
 }
 
 impl PrimaProcessor {
-    pub fn new(cfg: &Config, cache: Arc<PrepareCache>) -> Result<Self, ProcessError> {
+    pub fn new(
+        shared: &crate::config::SharedConfig,
+        cache: Arc<PrepareCache>,
+    ) -> Result<Self, ProcessError> {
+        let cfg: &Config = &shared.get();
         let load_err = |e: crate::model::ModelError| ProcessError::Load(e.to_string());
         let requested = parse_device(&cfg.model.device).map_err(load_err)?;
         // A node configured for a GPU still answers its studies when the GPU is gone (a
@@ -97,8 +103,63 @@ impl PrimaProcessor {
                 None => outputs::node_identity(&cfg.node.ae_title, &cfg.report_identity_source()),
             },
             cache,
+            config: shared.clone(),
         })
     }
+}
+
+/// At info level, what became of each series: the volumes it was split into, and every
+/// volume or series not used with its reason (the run record and the SR say the same).
+fn log_volumes(input: &prepare::PreparedStudy) {
+    let mut splits: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for c in &input.scan.series {
+        splits
+            .entry(&c.series_instance_uid)
+            .or_default()
+            .push(&c.volume);
+    }
+    for (c, _) in &input.scan.not_used {
+        splits
+            .entry(&c.series_instance_uid)
+            .or_default()
+            .push(&c.volume);
+    }
+    for (series, volumes) in splits.iter().filter(|(_, v)| v.len() > 1) {
+        tracing::info!(%series, volumes = volumes.len(), labels = %volumes.join(" "), "series split into volumes");
+    }
+    for s in &input.skipped {
+        tracing::info!(series = %s.key, volume = %s.volume, images = s.images, reason = %s.reason, "series skipped");
+    }
+}
+
+/// Why a study is not analysed: fewer distinct series with a usable volume than
+/// `[assembly] min_series` (at least one). The reason lists what was not used.
+pub fn not_enough_series(input: &prepare::PreparedStudy, min_series: usize) -> Option<String> {
+    let usable: std::collections::BTreeSet<&str> = input
+        .prepared
+        .iter()
+        .map(|p| p.series_instance_uid.as_str())
+        .collect();
+    if usable.len() >= min_series.max(1) {
+        return None;
+    }
+    const LISTED: usize = 8;
+    let mut why: Vec<String> = input
+        .skipped
+        .iter()
+        .take(LISTED)
+        .map(|s| format!("{}: {}", s.key, s.reason))
+        .collect();
+    if input.skipped.len() > LISTED {
+        why.push(format!("{} more", input.skipped.len() - LISTED));
+    }
+    Some(format!(
+        "{} usable series, min_series is {}{}{}",
+        usable.len(),
+        min_series.max(1),
+        if why.is_empty() { "" } else { "; not used: " },
+        why.join("; ")
+    ))
 }
 
 fn cpu_options() -> ModelOptions {
@@ -122,11 +183,25 @@ impl StudyProcessor for PrimaProcessor {
                 "series prepared in the background used"
             );
         }
-        for s in &input.skipped {
-            tracing::info!(series = %s.key, reason = %s.reason, "series skipped");
-        }
-        if input.prepared.is_empty() {
-            return Err(fail("no usable series".into()));
+        log_volumes(&input);
+        let min_series = self.config.get().assembly.min_series;
+        if let Some(reason) = not_enough_series(&input, min_series) {
+            tracing::info!(%reason, "study not analysed");
+            let mut run = crate::job::RunRecord {
+                study: job.study_instance_uid.clone(),
+                study_instance_uid: input.scan.study_instance_uid.clone(),
+                skipped: run::skip_records(&input.skipped),
+                not_analysed: Some(reason),
+                ..Default::default()
+            };
+            run.timings.scan_s = input.scan_s;
+            run.timings.prepare_s = input.prepare_s;
+            run.timings.total_s = t_start.elapsed().as_secs_f64();
+            return Ok(ProcessedStudy {
+                outputs: Vec::new(),
+                predictions_json: String::new(),
+                run,
+            });
         }
         let description = input.scan.study_description.clone().unwrap_or_default();
         let log = |m: &str| tracing::info!("{m}");

@@ -358,9 +358,10 @@ mod tests {
         let n = cache.len();
         assert!(n >= 2);
         let cached = prepare_job(Some(&cache), &j);
+        // Volumes the split sets aside (the localizer images) are never prepared.
         assert_eq!(
             cached.cached_series(),
-            fresh.prepared.len() + fresh.skipped.len()
+            fresh.prepared.len() + fresh.skipped.len() - fresh.scan.not_used.len()
         );
         assert!(cached.background.unwrap().speculative_s > 0.0);
         assert!(cache.is_empty(), "the job took the study's entries");

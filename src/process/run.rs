@@ -264,6 +264,7 @@ impl RunRecord {
             threads: tch::get_num_threads(),
             series: series_records(c.prepared),
             skipped: skip_records(c.skipped),
+            not_analysed: None,
             tokens_encoded: c.run.tokens_encoded,
             vqvae_gflop: c.run.vqvae_flops / 1e9,
             timings: StageTimings {
@@ -287,6 +288,7 @@ pub fn series_records(prepared: &[PreparedSeries]) -> Vec<SeriesRecord> {
         .map(|p| SeriesRecord {
             key: p.key.clone(),
             series_instance_uid: p.series_instance_uid.clone(),
+            volume: p.volume.clone(),
             name: p.name.clone(),
             instances_used: p.slices.len(),
             images_found: p.images_found,
@@ -313,6 +315,8 @@ pub fn skip_records(skipped: &[SeriesSkip]) -> Vec<SkipRecord> {
         .map(|s| SkipRecord {
             key: s.key.clone(),
             series_instance_uid: s.series_instance_uid.clone(),
+            volume: s.volume.clone(),
+            images: s.images,
             reason: s.reason.clone(),
         })
         .collect()

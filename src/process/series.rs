@@ -11,6 +11,8 @@ use crate::imaging::{orient, resample, text, Array3, Geometry, PixelType};
 pub struct PreparedSeries {
     pub key: String,
     pub series_instance_uid: String,
+    /// Which volume of its series ("" when the series is one volume).
+    pub volume: String,
     pub name: String,
     pub name_ids: Vec<i64>,
     /// Images used, in stacking order.
@@ -113,6 +115,7 @@ pub fn prepare_series_until(
     Some(Ok(PreparedSeries {
         key: c.key.clone(),
         series_instance_uid: c.series_instance_uid.clone(),
+        volume: c.volume.clone(),
         name_ids: text::chartovec(&c.name),
         name: c.name.clone(),
         slices: c.slices.clone(),

@@ -76,6 +76,15 @@ impl ResultSink for LocalOutbox {
         // and every write is atomic and idempotent. The worker waits meanwhile, which is the
         // back-pressure wanted when nothing can be written anyway.
         let kept = outcome.and_then(|p| {
+            if let Some(reason) = &p.run.not_analysed {
+                // Nothing to send; the run record keeps what was not used, and why.
+                return retry_storage("store the run record", || {
+                    let run_json = serde_json::to_string_pretty(&p.run).unwrap_or_default();
+                    self.outbox
+                        .persist_results(study, job_id, "", &run_json)
+                        .map(|_| Err(ProcessError::Failed(format!("not analysed: {reason}"))))
+                });
+            }
             retry_storage("store the results", || match finish(self, &taken, &p) {
                 Err(FinishError::Invalid(m)) => Ok(Err(ProcessError::Failed(m))),
                 Err(FinishError::Storage(m)) => Err(m),
