@@ -3,6 +3,8 @@
 //!
 //! - [`natsort`]: natsort's default key (§1.2), for upstream's file-name slice order.
 //! - [`pixel`]: ITK pixel type chosen from rescale + bits stored (§1.6), cast-back (§3.5).
+//! - [`charset`]: text decoded as its Specific Character Set (ISO 2022 code extensions,
+//!   GB18030, ISO 8859, UTF-8); headers opened with their text so decoded.
 //! - [`header`]: one instance's header → one [`header::SliceMeta`] per image (file or
 //!   frame), with the header values that size buffers checked against the file.
 //! - [`series`]: grouping instances into series, slice order, geometry (§1.7), series
@@ -15,6 +17,7 @@
 //! - [`tokens`]: padding, mask, scaling, patches, otsu values, 4→8 (§5, §7).
 //! - [`otsu`]: bins, hole filling, token selection with fallback (§6).
 //! - [`text`]: `chartovec` (§9.4).
+pub mod charset;
 pub mod header;
 pub mod itk;
 pub mod natsort;
