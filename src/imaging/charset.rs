@@ -1017,14 +1017,15 @@ mod tests {
         let mut seed = 0x2545F4914F6CDD1Du64;
         for set in &sets {
             for _ in 0..2000 {
-                let len = (seed % 24) as usize;
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let len = (seed >> 59) as usize + (seed >> 62) as usize;
                 let mut bytes = Vec::with_capacity(len);
                 for _ in 0..len {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     let b = (seed >> 24) as u8;
-                    bytes.push(if b % 5 == 0 { 0x1B } else { b });
+                    bytes.push(if b.is_multiple_of(5) { 0x1B } else { b });
                 }
                 for vr in [VR::PN, VR::LO, VR::UT] {
                     let d = set.decode(&bytes, vr);
