@@ -165,7 +165,14 @@ impl From<SliceOrderArg> for SliceOrder {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // dicom-rs warns on every parse of a file whose first (0008,0005) value it does not
+        // know (an empty one, as Japanese data sets have): imaging::charset decodes those.
+        .add_directive(
+            "dicom_parser::stateful::decode=error"
+                .parse()
+                .expect("directive"),
+        );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

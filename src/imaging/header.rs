@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_object::InMemDicomObject;
 
 use super::acquisition::{self, Acquisition};
 use super::itk;
@@ -189,10 +189,10 @@ pub enum SliceHeaderError {
 
 /// Header(s) of one file: one entry per frame. `Err` if the file is not a DICOM image.
 pub fn read_slice_headers(path: &Path) -> Result<Vec<SliceMeta>, SliceHeaderError> {
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| SliceHeaderError::NotDicom(Box::new(e)))?;
+    // Text decoded as (0008,0005) says: the series name comes from it, and whether a
+    // description is multi-valued is decided on the decoded text.
+    let obj =
+        super::charset::open_header(path).map_err(|e| SliceHeaderError::NotDicom(Box::new(e)))?;
     let rows = read_int(&obj, tags::ROWS).ok_or(SliceHeaderError::NoRows)?;
     let cols = read_int(&obj, tags::COLUMNS).ok_or(SliceHeaderError::NoColumns)?;
     let base = SliceMeta {
@@ -341,6 +341,40 @@ mod tests {
         let p = d.path().join("changed.dcm");
         obj.write_to_file(&p).unwrap();
         (d, p)
+    }
+
+    /// Issue 28 item 5: 淺 is 0x9C 0x5C in GB18030. Split on the raw 0x5C, the
+    /// description looked two-valued and the series lost its name.
+    #[test]
+    fn a_gb18030_description_with_a_0x5c_trail_byte_is_one_value() {
+        let d = tempfile::tempdir().unwrap();
+        let files =
+            crate::synth::write_study(&crate::synth::SynthStudy::brain(1), d.path()).unwrap();
+        let mut obj = dicom_object::open_file(&files[0]).unwrap();
+        for (tag, vr, bytes) in [
+            (
+                tags::SPECIFIC_CHARACTER_SET,
+                dicom_core::VR::CS,
+                &b"GB18030 "[..],
+            ),
+            (
+                tags::SERIES_DESCRIPTION,
+                dicom_core::VR::LO,
+                b"\x9c\x5c T1 ",
+            ),
+            (tags::PROTOCOL_NAME, dicom_core::VR::LO, b"\x9c\x5c"),
+        ] {
+            obj.put(dicom_core::DataElement::new(
+                tag,
+                vr,
+                dicom_core::PrimitiveValue::U8(bytes.into()),
+            ));
+        }
+        let p = d.path().join("changed.dcm");
+        obj.write_to_file(&p).unwrap();
+        let m = &read_slice_headers(&p).unwrap()[0];
+        assert_eq!(m.series_description, Ok(Some("淺 T1".to_string())));
+        assert_eq!(m.protocol_name, Ok(Some("淺".to_string())));
     }
 
     #[test]

@@ -3,6 +3,14 @@
 //!
 //! - [`natsort`]: natsort's default key (§1.2), for upstream's file-name slice order.
 //! - [`pixel`]: ITK pixel type chosen from rescale + bits stored (§1.6), cast-back (§3.5).
+//! - [`charset`]: text decoded as its Specific Character Set (ISO 2022 code extensions,
+//!   GB18030, ISO 8859, UTF-8); headers opened with their text so decoded.
+//! - [`charset`]: text values decoded by their Specific Character Set (ISO 2022 code
+//!   extensions, GB18030, ISO 8859), so names and series descriptions are the patient's.
+//! - [`acquisition`], [`csa`]: what tells a series' volumes apart (b-value, echo, image
+//!   type, time, dimension indices, mosaic tiling; Siemens' CSA header).
+//! - [`volumes`]: one series → its volumes, as dcm2niix separates them, and which of them
+//!   the model reads.
 //! - [`header`]: one instance's header → one [`header::SliceMeta`] per image (file or
 //!   frame), with the header values that size buffers checked against the file.
 //! - [`series`]: grouping instances into series, slice order, geometry (§1.7), series
@@ -16,6 +24,7 @@
 //! - [`otsu`]: bins, hole filling, token selection with fallback (§6).
 //! - [`text`]: `chartovec` (§9.4).
 pub mod acquisition;
+pub mod charset;
 pub mod csa;
 pub mod header;
 pub mod itk;

@@ -5,9 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use dicom_dictionary_std::tags;
-use dicom_object::OpenFileOptions;
-
 use super::outputs::{build_reports, input_set_hash, node_identity, ReportArgs};
 use super::prepare::{prepare_folder, PreparedStudy};
 use super::run::predictions_json;
@@ -183,9 +180,7 @@ fn write_reports(
                 .map(|s| (s.sop_instance_uid.clone(), s.path.clone()))
         })
         .collect();
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(&files[0].1)
+    let header = crate::imaging::charset::open_header(&files[0].1)
         .map_err(InferError::Header)?
         .into_inner();
     let hash = input_set_hash(&files).map_err(|source| InferError::Io {

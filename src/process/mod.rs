@@ -26,9 +26,6 @@ pub mod series;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dicom_dictionary_std::tags;
-use dicom_object::OpenFileOptions;
-
 use crate::config::Config;
 use crate::job::{ProcessError, ProcessedStudy, StudyJob, StudyProcessor};
 use crate::model::{is_gpu_out_of_memory, parse_device, usable_device, ModelOptions, PrimaModel};
@@ -245,9 +242,7 @@ impl StudyProcessor for PrimaProcessor {
             Some(x) => analysis.explain(used, x, log),
             None => {}
         }
-        let header = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(&job.instances[0].path)
+        let header = crate::imaging::charset::open_header(&job.instances[0].path)
             .map_err(|e| fail(format!("source header: {e}")))?
             .into_inner();
         let outputs = outputs::build_reports(&ReportArgs {
