@@ -5,8 +5,6 @@
 //! - [`pixel`]: ITK pixel type chosen from rescale + bits stored (§1.6), cast-back (§3.5).
 //! - [`charset`]: text decoded as its Specific Character Set (ISO 2022 code extensions,
 //!   GB18030, ISO 8859, UTF-8); headers opened with their text so decoded.
-//! - [`charset`]: text values decoded by their Specific Character Set (ISO 2022 code
-//!   extensions, GB18030, ISO 8859), so names and series descriptions are the patient's.
 //! - [`acquisition`], [`csa`]: what tells a series' volumes apart (b-value, echo, image
 //!   type, time, dimension indices, mosaic tiling; Siemens' CSA header).
 //! - [`volumes`]: one series → its volumes, as dcm2niix separates them, and which of them
