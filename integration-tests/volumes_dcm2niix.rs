@@ -123,7 +123,7 @@ fn differences(node: &[NodeVolume], reference: &[RefVolume]) -> Vec<String> {
             None => {
                 let why: Vec<String> = used
                     .iter()
-                    .map(|n| same_volume(n, r).unwrap_err())
+                    .map(|n| same_volume(n, r).err().unwrap_or("matched already".into()))
                     .collect();
                 out.push(format!(
                     "dcm2niix {}[t={}] {:?}: no node volume is it ({})",
@@ -144,6 +144,28 @@ fn differences(node: &[NodeVolume], reference: &[RefVolume]) -> Vec<String> {
         }
     }
     out
+}
+
+/// How many of `r`'s slices are, position and values, a slice of some node volume used
+/// or not (a check of this harness's reading of dcm2niix that needs no grouping).
+fn slices_in_node(node: &[NodeVolume], r: &RefVolume) -> usize {
+    let plane = r.dims[0] * r.dims[1];
+    r.slices
+        .iter()
+        .zip(&r.positions)
+        .filter(|(values, at)| {
+            node.iter()
+                .filter(|n| n.dims[0] == r.dims[0] && n.dims[1] == r.dims[1])
+                .any(|n| {
+                    n.positions.iter().enumerate().any(|(j, p)| {
+                        (0..3).all(|i| (p[i] - at[i]).abs() <= POSITION_TOLERANCE)
+                            && n.values
+                                .as_ref()
+                                .is_some_and(|v| v[j * plane..(j + 1) * plane] == values[..])
+                    })
+                })
+        })
+        .count()
 }
 
 /// Where a case is written and converted: a temporary folder, or `PRIMA_VENDOR_OUT`.
@@ -183,13 +205,16 @@ struct Outcome {
     differences: Vec<String>,
 }
 
-fn convert(name: &str) -> Outcome {
+/// `test` names the folder under `PRIMA_VENDOR_OUT`: tests run in parallel.
+fn convert(test: &str, name: &str) -> Outcome {
     let w = workdir();
     let c = case(name);
-    let dicom = w.root.join("dicom");
+    let root = w.root.join(test);
+    let _ = std::fs::remove_dir_all(&root);
+    let dicom = root.join("dicom");
     vendor::write_case(&c, &dicom, 28).unwrap();
     let input = dicom.join(name);
-    let run = dcm2niix::run(&input, &w.root.join("nifti").join(name));
+    let run = dcm2niix::run(&input, &root.join("nifti").join(name));
     let node = node_volumes(&input);
     let differences = differences(&node, &run.volumes());
     Outcome {
@@ -213,6 +238,15 @@ fn summary(name: &str, o: &Outcome) -> String {
     for w in o.run.warnings() {
         s += &format!("  | {w}\n");
     }
+    for r in o.run.volumes() {
+        let found = slices_in_node(&o.node, &r);
+        if found != r.dims[2] {
+            s += &format!(
+                "  {}[t={}]: {found} of {} slices are node slices\n",
+                r.file, r.t, r.dims[2]
+            );
+        }
+    }
     s += " node:\n";
     for n in &o.node {
         s += &format!("  {:?} {:?}\n", n.dims, n.used);
@@ -227,7 +261,7 @@ fn assert_same(name: &str) {
     if !dcm2niix::have_dcm2niix() {
         return;
     }
-    let o = convert(name);
+    let o = convert(name, name);
     let s = summary(name, &o);
     eprintln!("{s}");
     assert!(o.differences.is_empty(), "{s}");
@@ -303,7 +337,7 @@ fn siemens_mosaic() {
 }
 
 #[test]
-#[ignore = "issue 28: the node makes one volume per series until it splits them as dcm2niix does"]
+#[ignore = "dcm2niix 1.0.20220720 makes the axial and the coronal stack one 8x2 4D NIfTI with the axial geometry: not a reference for this case"]
 fn enhanced_two_stacks() {
     assert_same("enhanced_two_stacks");
 }
@@ -321,9 +355,77 @@ fn enhanced_two_echoes() {
 }
 
 #[test]
-#[ignore = "issue 28: the node makes one volume per series until it splits them as dcm2niix does"]
+#[ignore = "issue 28, and dcm2niix gives the 256x256 volume equidistant slices where its positions have gaps (NIfTI cannot say otherwise)"]
 fn mixed_matrix() {
     assert_same("mixed_matrix");
+}
+
+/// Every slice dcm2niix writes is, at the same position and with the same values, one
+/// of the node's slices: the harness reads NIfTI (row flip, RAS→LPS, 4D layout, scaling)
+/// right even where the grouping differs. Mosaics (the node has no tiles), the mixed
+/// matrix and the two stacks (dcm2niix's geometry is not the slices') are left out, and
+/// SWI: today's node casts the phase slices (slope 2, intercept -4096) to the unsigned
+/// type of the magnitude slices it stacks them with, so negative phase values clamp.
+#[test]
+fn every_dcm2niix_slice_is_a_node_slice() {
+    if !dcm2niix::have_dcm2niix() {
+        return;
+    }
+    for name in [
+        "plain_axial",
+        "siemens_dwi_trace",
+        "siemens_dwi_standard_bvalue",
+        "ge_dwi_multib",
+        "ge_dwi_multib_1e9",
+        "philips_dwi_isotropic",
+        "perfusion_4d",
+        "localizer_3plane",
+        "enhanced_plain",
+        "enhanced_time_series",
+        "enhanced_two_echoes",
+        "legacy_converted",
+    ] {
+        let o = convert("slices", name);
+        let volumes = o.run.volumes();
+        assert!(!volumes.is_empty(), "{}", summary(name, &o));
+        for r in &volumes {
+            let found = slices_in_node(&o.node, r);
+            assert_eq!(found, r.dims[2], "{}", summary(name, &o));
+        }
+    }
+}
+
+/// dciodvfy's errors about a generated file that are not our generator's to fix.
+const DCIODVFY_KNOWN: &[&str] = &[];
+
+/// Each realistic case's files are valid DICOM as dciodvfy (dicom3tools) checks it.
+#[test]
+fn generated_files_pass_dciodvfy() {
+    if std::process::Command::new("dciodvfy").output().is_err() {
+        eprintln!("SKIPPED: dciodvfy not installed");
+        return;
+    }
+    let w = workdir();
+    let mut errors = Vec::new();
+    for c in vendor::cases() {
+        let files = vendor::write_case(&c, &w.root.join("dciodvfy"), 28).unwrap();
+        let mut check = vec![files[0].clone(), files[files.len() - 1].clone()];
+        check.dedup();
+        for f in check {
+            let out = std::process::Command::new("dciodvfy")
+                .arg(&f)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            for line in text.lines().filter(|l| l.starts_with("Error")) {
+                if !DCIODVFY_KNOWN.iter().any(|k| line.contains(k)) {
+                    errors.push(format!("{}: {line}", c.name));
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
 /// Every realistic case has a test above (a new generator without one is caught here).
@@ -401,7 +503,7 @@ fn notes() {
         return;
     }
     for c in vendor::cases().iter().chain(vendor::hostile_cases().iter()) {
-        let o = convert(c.name);
+        let o = convert("notes", c.name);
         eprintln!("{}", summary(c.name, &o));
     }
 }

@@ -444,6 +444,7 @@ impl Case {
         put_str(&mut o, tags::CONTENT_TIME, VR::TM, "120000");
         put_str(&mut o, tags::PATIENT_POSITION, VR::CS, "HFS");
         put_str(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+        put_str(&mut o, tags::BODY_PART_EXAMINED, VR::CS, "BRAIN");
         us(&mut o, tags::ROWS, rows);
         us(&mut o, tags::COLUMNS, cols);
         o
@@ -574,6 +575,8 @@ fn put_mr_params(o: &mut InMemDicomObject, p: &MrParams) {
     put_str(o, tags::IMAGING_FREQUENCY, VR::DS, "123.2");
     put_str(o, tags::IMAGED_NUCLEUS, VR::SH, "1H");
     put_str(o, tags::FLIP_ANGLE, VR::DS, "90");
+    // dcm2niix wants it to give diffusion gradients in image space.
+    put_str(o, tags::IN_PLANE_PHASE_ENCODING_DIRECTION, VR::CS, "COL");
     put_str(
         o,
         tags::ACQUISITION_NUMBER,
@@ -898,6 +901,9 @@ pub fn philips_dwi(dir: &Path, seed: u64, fault: BValueFault) -> std::io::Result
             private_creator(&mut o, 0x2001, "Philips Imaging DD 001");
             fl(&mut o, Tag(0x2001, 0x1003), &[written as f32]);
             put_str(&mut o, Tag(0x2001, 0x1004), VR::CS, label);
+            // Slice number and gradient number: how Philips says which volume an image is.
+            put_str(&mut o, Tag(0x2001, 0x100A), VR::IS, &(k + 1).to_string());
+            put_str(&mut o, Tag(0x2005, 0x1413), VR::IS, &(v + 1).to_string());
             private_creator(&mut o, 0x2005, "Philips MR Imaging DD 001");
             fl(&mut o, Tag(0x2005, 0x10B0), &[g[0] as f32]);
             fl(&mut o, Tag(0x2005, 0x10B1), &[g[1] as f32]);
@@ -1315,7 +1321,7 @@ fn multiframe(
         if enhanced {
             "ORIGINAL\\PRIMARY\\VOLUME\\NONE"
         } else {
-            "ORIGINAL\\PRIMARY\\OTHER\\NONE"
+            "ORIGINAL\\PRIMARY\\VOLUME\\NONE"
         },
     );
     put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
@@ -1340,17 +1346,22 @@ fn multiframe(
     put_str(&mut o, tags::MAGNETIC_FIELD_STRENGTH, VR::DS, "3");
     put_str(&mut o, tags::RESONANT_NUCLEUS, VR::CS, "1H");
     put_str(&mut o, tags::K_SPACE_FILTERING, VR::CS, "NONE");
-    put_str(&mut o, tags::IMAGING_FREQUENCY, VR::DS, "127.7");
+    put_str(
+        &mut o,
+        tags::APPLICABLE_SAFETY_STANDARD_AGENCY,
+        VR::CS,
+        "IEC",
+    );
     fd(&mut o, tags::ACQUISITION_DURATION, &[60.0]);
+    put_str(&mut o, tags::PIXEL_PRESENTATION, VR::CS, "MONOCHROME");
+    put_str(&mut o, tags::VOLUMETRIC_PROPERTIES, VR::CS, "VOLUME");
+    put_str(
+        &mut o,
+        tags::VOLUME_BASED_CALCULATION_TECHNIQUE,
+        VR::CS,
+        "NONE",
+    );
     if enhanced {
-        put_str(&mut o, tags::PIXEL_PRESENTATION, VR::CS, "MONOCHROME");
-        put_str(&mut o, tags::VOLUMETRIC_PROPERTIES, VR::CS, "VOLUME");
-        put_str(
-            &mut o,
-            tags::VOLUME_BASED_CALCULATION_TECHNIQUE,
-            VR::CS,
-            "NONE",
-        );
         put_str(&mut o, tags::COMPLEX_IMAGE_COMPONENT, VR::CS, "MAGNITUDE");
         put_str(&mut o, tags::ACQUISITION_CONTRAST, VR::CS, "T2");
         put_mr_pulse_sequence(&mut o);
@@ -1396,6 +1407,7 @@ fn multiframe(
     put_str(&mut pv, tags::RESCALE_INTERCEPT, VR::DS, "0");
     put_str(&mut pv, tags::RESCALE_TYPE, VR::LO, "US");
     shared.put(seq(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![pv]));
+    shared.put(seq(tags::MR_IMAGE_FRAME_TYPE_SEQUENCE, vec![frame_type()]));
     if enhanced {
         put_shared_mr_macros(&mut shared, frames.iter().all(|f| f.echo_time.is_none()));
     }
@@ -1466,6 +1478,10 @@ fn multiframe(
                     &uid(case.seed, &["vendor", case.name, "source", &i.to_string()]),
                 );
                 pf.put(seq(tags::CONVERSION_SOURCE_ATTRIBUTES_SEQUENCE, vec![src]));
+                pf.put(seq(
+                    tags::UNASSIGNED_PER_FRAME_CONVERTED_ATTRIBUTES_SEQUENCE,
+                    vec![InMemDicomObject::new_empty()],
+                ));
             }
             pf
         })
@@ -1497,18 +1513,14 @@ fn put_mr_pulse_sequence(o: &mut InMemDicomObject) {
         (tags::GEOMETRY_OF_K_SPACE_TRAVERSAL, VR::CS, "RECTILINEAR"),
         (tags::SEGMENTED_K_SPACE_TRAVERSAL, VR::CS, "SINGLE"),
         (tags::RECTILINEAR_PHASE_ENCODE_REORDERING, VR::CS, "LINEAR"),
-        (tags::TAGGING, VR::CS, "NONE"),
-        (tags::SPECTRALLY_SELECTED_EXCITATION, VR::CS, "NONE"),
-        (tags::SPATIAL_PRESATURATION, VR::CS, "NONE"),
-        (tags::PARTIAL_FOURIER, VR::CS, "NO"),
     ] {
         put_str(o, tag, vr, v);
     }
     us(o, tags::NUMBER_OF_K_SPACE_TRAJECTORIES, 1);
 }
 
-/// The MR functional group macros every frame of an ORIGINAL Enhanced MR image carries.
-fn put_shared_mr_macros(shared: &mut InMemDicomObject, with_echo: bool) {
+/// The MR Image Frame Type macro of every frame.
+fn frame_type() -> InMemDicomObject {
     let mut ft = item(tags::FRAME_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\VOLUME\\NONE");
     for (tag, v) in [
         (tags::PIXEL_PRESENTATION, "MONOCHROME"),
@@ -1519,15 +1531,30 @@ fn put_shared_mr_macros(shared: &mut InMemDicomObject, with_echo: bool) {
     ] {
         put_str(&mut ft, tag, VR::CS, v);
     }
-    shared.put(seq(tags::MR_IMAGE_FRAME_TYPE_SEQUENCE, vec![ft]));
+    ft
+}
+
+/// The MR functional group macros every frame of an ORIGINAL Enhanced MR image carries.
+fn put_shared_mr_macros(shared: &mut InMemDicomObject, with_echo: bool) {
     let mut timing = InMemDicomObject::new_empty();
-    fd(&mut timing, tags::REPETITION_TIME, &[3000.0]);
-    fd(&mut timing, tags::FLIP_ANGLE, &[90.0]);
-    us(&mut timing, tags::ECHO_TRAIN_LENGTH, 1);
+    put_str(&mut timing, tags::REPETITION_TIME, VR::DS, "3000");
+    put_str(&mut timing, tags::FLIP_ANGLE, VR::DS, "90");
+    put_str(&mut timing, tags::ECHO_TRAIN_LENGTH, VR::IS, "1");
     us(&mut timing, tags::RF_ECHO_TRAIN_LENGTH, 1);
     us(&mut timing, tags::GRADIENT_ECHO_TRAIN_LENGTH, 0);
-    timing.put(seq(tags::OPERATING_MODE_SEQUENCE, vec![]));
-    timing.put(seq(tags::SPECIFIC_ABSORPTION_RATE_SEQUENCE, vec![]));
+    let modes = ["STATIC FIELD", "RF", "GRADIENT"].map(|t| {
+        let mut m = item(tags::OPERATING_MODE_TYPE, VR::CS, t);
+        put_str(&mut m, tags::OPERATING_MODE, VR::CS, "IEC_NORMAL");
+        m
+    });
+    timing.put(seq(tags::OPERATING_MODE_SEQUENCE, modes.to_vec()));
+    let mut sar = item(
+        tags::SPECIFIC_ABSORPTION_RATE_DEFINITION,
+        VR::CS,
+        "IEC_WHOLE_BODY",
+    );
+    fd(&mut sar, tags::SPECIFIC_ABSORPTION_RATE_VALUE, &[0.5]);
+    timing.put(seq(tags::SPECIFIC_ABSORPTION_RATE_SEQUENCE, vec![sar]));
     put_str(&mut timing, tags::GRADIENT_OUTPUT_TYPE, VR::CS, "DB_DT");
     fd(&mut timing, tags::GRADIENT_OUTPUT, &[10.0]);
     shared.put(seq(
@@ -1546,6 +1573,8 @@ fn put_shared_mr_macros(shared: &mut InMemDicomObject, with_echo: bool) {
         tags::MR_ACQUISITION_PHASE_ENCODING_STEPS_IN_PLANE,
         64,
     );
+    put_str(&mut fov, tags::PERCENT_SAMPLING, VR::DS, "100");
+    put_str(&mut fov, tags::PERCENT_PHASE_FIELD_OF_VIEW, VR::DS, "100");
     shared.put(seq(tags::MRFOV_GEOMETRY_SEQUENCE, vec![fov]));
     let mut m = item(tags::INVERSION_RECOVERY, VR::CS, "NO");
     put_str(&mut m, tags::FLOW_COMPENSATION, VR::CS, "NONE");
@@ -1560,17 +1589,19 @@ fn put_shared_mr_macros(shared: &mut InMemDicomObject, with_echo: bool) {
     put_str(&mut im, tags::BLOOD_SIGNAL_NULLING, VR::CS, "NO");
     put_str(&mut im, tags::TAGGING, VR::CS, "NONE");
     fd(&mut im, tags::TRANSMITTER_FREQUENCY, &[127.7]);
-    fd(&mut im, tags::PIXEL_BANDWIDTH, &[200.0]);
+    put_str(&mut im, tags::PIXEL_BANDWIDTH, VR::DS, "200");
     shared.put(seq(tags::MR_IMAGING_MODIFIER_SEQUENCE, vec![im]));
     let mut rc = item(tags::RECEIVE_COIL_NAME, VR::SH, "HEAD");
-    put_str(&mut rc, tags::RECEIVE_COIL_TYPE, VR::CS, "MULTICOIL");
+    put_str(&mut rc, tags::RECEIVE_COIL_MANUFACTURER_NAME, VR::LO, "");
+    put_str(&mut rc, tags::RECEIVE_COIL_TYPE, VR::CS, "VOLUME");
     put_str(&mut rc, tags::QUADRATURE_RECEIVE_COIL, VR::CS, "NO");
     shared.put(seq(tags::MR_RECEIVE_COIL_SEQUENCE, vec![rc]));
     let mut tc = item(tags::TRANSMIT_COIL_NAME, VR::SH, "BODY");
+    put_str(&mut tc, tags::TRANSMIT_COIL_MANUFACTURER_NAME, VR::LO, "");
     put_str(&mut tc, tags::TRANSMIT_COIL_TYPE, VR::CS, "BODY");
     shared.put(seq(tags::MR_TRANSMIT_COIL_SEQUENCE, vec![tc]));
     let mut av = InMemDicomObject::new_empty();
-    fd(&mut av, tags::NUMBER_OF_AVERAGES, &[1.0]);
+    put_str(&mut av, tags::NUMBER_OF_AVERAGES, VR::DS, "1");
     shared.put(seq(tags::MR_AVERAGES_SEQUENCE, vec![av]));
     let mut an = item(tags::FRAME_LATERALITY, VR::CS, "B");
     an.put(seq(
