@@ -2,6 +2,8 @@
 //! DICOM MR (or Enhanced MR) files. Used by the demo (`prima-node synth-study`), tests
 //! of edge cases (256 slices, oblique, multi-frame, …) and benchmarks. Deterministic for
 //! a given seed. Contains no patient data.
+pub mod vendor;
+
 use std::path::{Path, PathBuf};
 
 use dicom_core::value::DataSetSequence;
