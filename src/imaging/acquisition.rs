@@ -12,6 +12,8 @@ use super::header::{read_ds, read_int, read_str};
 
 /// Siemens CSA image header, the usual private block.
 const SIEMENS_CSA_IMAGE: Tag = Tag(0x0029, 0x1010);
+/// Siemens' own copy of NumberOfImagesInMosaic, for a CSA header that cannot be read.
+const SIEMENS_MOSAIC_IMAGES: Tag = Tag(0x0019, 0x100a);
 /// GE: slop_int_6..9; the first value is the b-value (plus 10^9 on some software).
 const GE_BVALUE: Tag = Tag(0x0043, 0x1039);
 const GE_GRADIENT: [Tag; 3] = [
@@ -220,16 +222,22 @@ fn siemens(obj: &InMemDicomObject, a: &mut Acquisition) {
         .get(SIEMENS_CSA_IMAGE)
         .and_then(|e| e.value().to_bytes().ok())
     else {
+        // No CSA header (an anonymiser may strip it): Siemens' own (0019,100A) still gives
+        // the tile count (dcm2niix reads it too); the slice normal comes from the
+        // orientation.
         if mosaic {
-            a.defect = Some(HeaderDefect::MosaicWithoutCount);
+            match private_numbers(obj, SIEMENS_MOSAIC_IMAGES, false) {
+                Some(n) => mosaic_from_count(obj, a, n[0], None),
+                None => a.defect = Some(HeaderDefect::MosaicWithoutCount),
+            }
         }
         return;
     };
     let h = match csa::parse(&bytes) {
         Ok(h) => h,
         Err(e) => {
-            // Only images that need the header for their geometry or diffusion facts are
-            // unusable without it.
+            // A corrupt header says nothing trustworthy about the tiles or the diffusion
+            // encoding; only images that need neither are usable without it.
             if mosaic || a.b_value.is_none() {
                 a.defect = Some(HeaderDefect::Csa(e));
             }
@@ -243,33 +251,42 @@ fn siemens(obj: &InMemDicomObject, a: &mut Acquisition) {
         a.gradient = vec3(h.numbers("DiffusionGradientDirection"));
     }
     if mosaic {
-        let rows = read_int(obj, tags::ROWS)
-            .unwrap_or(0)
-            .clamp(0, u32::MAX as i64) as u32;
-        let cols = read_int(obj, tags::COLUMNS)
-            .unwrap_or(0)
-            .clamp(0, u32::MAX as i64) as u32;
         match h.number("NumberOfImagesInMosaic") {
             None => a.defect = Some(HeaderDefect::MosaicWithoutCount),
-            Some(n) => match mosaic_layout(n, cols, rows) {
-                Some(across) => {
-                    a.mosaic_layout = Some(MosaicTile {
-                        index: 0,
-                        across,
-                        images: n as u32,
-                        full_cols: cols,
-                        full_rows: rows,
-                        normal: vec3(h.numbers("SliceNormalVector")),
-                    });
-                }
-                None => {
-                    a.defect = Some(HeaderDefect::MosaicCount {
-                        images: n as i64,
-                        cols,
-                        rows,
-                    })
-                }
-            },
+            Some(n) => mosaic_from_count(obj, a, n, vec3(h.numbers("SliceNormalVector"))),
+        }
+    }
+}
+
+fn mosaic_from_count(
+    obj: &InMemDicomObject,
+    a: &mut Acquisition,
+    n: f64,
+    normal: Option<[f64; 3]>,
+) {
+    let rows = read_int(obj, tags::ROWS)
+        .unwrap_or(0)
+        .clamp(0, u32::MAX as i64) as u32;
+    let cols = read_int(obj, tags::COLUMNS)
+        .unwrap_or(0)
+        .clamp(0, u32::MAX as i64) as u32;
+    match mosaic_layout(n, cols, rows) {
+        Some(across) => {
+            a.mosaic_layout = Some(MosaicTile {
+                index: 0,
+                across,
+                images: n as u32,
+                full_cols: cols,
+                full_rows: rows,
+                normal,
+            })
+        }
+        None => {
+            a.defect = Some(HeaderDefect::MosaicCount {
+                images: n as i64,
+                cols,
+                rows,
+            })
         }
     }
 }
@@ -363,12 +380,7 @@ pub fn dimensions(obj: &InMemDicomObject) -> Vec<(Tag, Option<Tag>)> {
     else {
         return Vec::new();
     };
-    let tag_of = |item: &InMemDicomObject, t: Tag| {
-        item.get(t)
-            .and_then(|e| e.value().to_multi_int::<u16>().ok())
-            .filter(|v| v.len() >= 2)
-            .map(|v| Tag(v[0], v[1]))
-    };
+    let tag_of = |item: &InMemDicomObject, t: Tag| item.get(t)?.value().to_tag().ok();
     items
         .iter()
         .map(|item| {
