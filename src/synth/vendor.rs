@@ -46,7 +46,7 @@ pub struct VendorCase {
 pub fn cases() -> Vec<VendorCase> {
     let c = |name, write| VendorCase { name, write };
     vec![
-        c("plain_axial", |d, s| plain_axial(d, s)),
+        c("plain_axial", plain_axial),
         c("siemens_dwi_trace", |d, s| {
             siemens_dwi_trace(d, s, SiemensDwi::default())
         }),
@@ -68,9 +68,9 @@ pub fn cases() -> Vec<VendorCase> {
         c("philips_dwi_isotropic", |d, s| {
             philips_dwi(d, s, BValueFault::None)
         }),
-        c("swi_mag_phase", |d, s| swi_mag_phase(d, s)),
-        c("perfusion_4d", |d, s| perfusion_4d(d, s)),
-        c("localizer_3plane", |d, s| localizer_3plane(d, s)),
+        c("swi_mag_phase", swi_mag_phase),
+        c("perfusion_4d", perfusion_4d),
+        c("localizer_3plane", localizer_3plane),
         c("siemens_mosaic", |d, s| {
             siemens_mosaic(d, s, Mosaic::default())
         }),
@@ -86,8 +86,8 @@ pub fn cases() -> Vec<VendorCase> {
         c("enhanced_two_echoes", |d, s| {
             enhanced_mr(d, s, EnhancedLayout::TwoEchoes, DimensionFault::None)
         }),
-        c("legacy_converted", |d, s| legacy_converted_enhanced(d, s)),
-        c("mixed_matrix", |d, s| mixed_matrix(d, s)),
+        c("legacy_converted", legacy_converted_enhanced),
+        c("mixed_matrix", mixed_matrix),
     ]
 }
 
@@ -422,7 +422,7 @@ impl Case {
     }
 
     fn rng(&self) -> Lcg {
-        Lcg(self.seed ^ 0x5eed_0000 ^ self.name.len() as u64 * 0x9e37_79b9)
+        Lcg(self.seed ^ 0x5eed_0000 ^ (self.name.len() as u64 * 0x9e37_79b9))
     }
 
     /// The patient/study/series/equipment and image pixel attributes of one instance.
@@ -768,7 +768,7 @@ pub fn siemens_dwi_trace(dir: &Path, seed: u64, opt: SiemensDwi) -> std::io::Res
                         "CS",
                         &[if b == 0.0 { "NONE" } else { "ISOTROPIC" }.to_string()],
                     ),
-                    csa("SliceNormalVector", "FD", &normal.map(num).to_vec()),
+                    csa("SliceNormalVector", "FD", normal.map(num).as_ref()),
                 ];
                 if b == 0.0 {
                     elements.push(csa("DiffusionGradientDirection", "FD", &[]));
@@ -1138,7 +1138,7 @@ pub fn siemens_mosaic(dir: &Path, seed: u64, opt: Mosaic) -> std::io::Result<Vec
         let elements = vec![
             csa("EchoLinePosition", "IS", &["36".to_string()]),
             csa("NumberOfImagesInMosaic", "US", &[images.to_string()]),
-            csa("SliceNormalVector", "FD", &slab.normal().map(num).to_vec()),
+            csa("SliceNormalVector", "FD", slab.normal().map(num).as_ref()),
             csa("MosaicRefAcqTimes", "FD", &times),
             csa("PhaseEncodingDirectionPositive", "IS", &["1".to_string()]),
         ];
@@ -1314,16 +1314,7 @@ fn multiframe(
     let mut o = case.instance(sop_class, "mf", first.rows, first.cols);
     let mut rng = case.rng();
     let enhanced = dimensions.is_some();
-    put_str(
-        &mut o,
-        tags::IMAGE_TYPE,
-        VR::CS,
-        if enhanced {
-            "ORIGINAL\\PRIMARY\\VOLUME\\NONE"
-        } else {
-            "ORIGINAL\\PRIMARY\\VOLUME\\NONE"
-        },
-    );
+    put_str(&mut o, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\VOLUME\\NONE");
     put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
     put_str(&mut o, tags::ACQUISITION_NUMBER, VR::IS, "1");
     put_str(
