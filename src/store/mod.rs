@@ -10,6 +10,7 @@
 pub mod durable;
 pub mod error;
 pub mod hash;
+pub mod identity;
 pub mod header;
 pub mod length_guard;
 pub mod outbox;
