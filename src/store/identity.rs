@@ -41,6 +41,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PixelDecoder, PlanarConfiguration};
+use tracing::warn;
 
 /// How an identity is tagged among recorded content hashes (next to
 /// [`crate::store::hash::CONTENT_HASH_PREFIX`], the byte hash); the number is the
@@ -64,7 +65,9 @@ pub enum IdentityError {
     Read(#[source] std::io::Error),
     #[error("data set does not parse: {0}")]
     Parse(String),
-    #[error("pixel data would decode to {0} bytes, over the {MAX_DECODED_BYTES} decoded at reception")]
+    #[error(
+        "pixel data would decode to {0} bytes, over the {MAX_DECODED_BYTES} decoded at reception"
+    )]
     DecodedTooLarge(u64),
     #[error("an RLE fragment declares more than 15 segments")]
     RleSegments,
@@ -99,7 +102,11 @@ pub fn identity(file: &[u8]) -> Result<String, IdentityError> {
         .read_preamble(ReadPreamble::Always)
         .from_reader(file)
         .map_err(|e| IdentityError::Parse(e.to_string()))?;
-    let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
     let mut h = Canonical::default();
     h.bytes(b"prima-node instance identity 1\0");
     h.bytes(&[u8::from(lossy(&ts, &obj))]);
@@ -124,6 +131,27 @@ pub fn identity_of_file(file: &File) -> Result<String, IdentityError> {
     file.read_exact_at(&mut buf, 0)
         .map_err(IdentityError::Read)?;
     identity(&buf)
+}
+
+/// The content hash to record for a received file: its identity, or where that cannot
+/// be computed its byte hash (`byte_hash`, [`crate::store::hash::content_hash`] of the data
+/// set), with the reason logged.
+pub fn identity_or_bytes(
+    identity: Result<String, IdentityError>,
+    byte_hash: impl FnOnce() -> String,
+) -> String {
+    identity.unwrap_or_else(|reason| {
+        warn!(%reason, "instance identity not computed: recording its byte hash (a re-send will count as unchanged only byte for byte)");
+        byte_hash()
+    })
+}
+
+/// [`identity`] of a file already in memory, within the size parsed at reception.
+pub fn identity_of_bytes(file: &[u8]) -> Result<String, IdentityError> {
+    if file.len() as u64 > MAX_IDENTITY_FILE_BYTES {
+        return Err(IdentityError::FileTooLarge(file.len() as u64));
+    }
+    identity(file)
 }
 
 /// Transfer syntaxes whose encoding loses nothing. Any other, unknown ones included,
@@ -313,16 +341,15 @@ fn decoded_pixels(
     {
         check_fragments(ts, fragments, [columns, rows, samples])?;
     }
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        obj.decode_pixel_data()
-    }))
-    .map_err(|_| IdentityError::DecoderPanicked {
-        transfer_syntax: ts.to_string(),
-    })?
-    .map_err(|e| IdentityError::Decode {
-        transfer_syntax: ts.to_string(),
-        message: e.to_string(),
-    })?;
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+            .map_err(|_| IdentityError::DecoderPanicked {
+                transfer_syntax: ts.to_string(),
+            })?
+            .map_err(|e| IdentityError::Decode {
+                transfer_syntax: ts.to_string(),
+                message: e.to_string(),
+            })?;
     let planar = decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
     let samples_per_pixel = usize::from(decoded.samples_per_pixel());
     let pixels_per_frame = decoded.rows() as usize * decoded.columns() as usize;
@@ -401,8 +428,8 @@ pub fn check_fragments(
     fragments: &[Vec<u8>],
     [columns, rows, samples]: [u32; 3],
 ) -> Result<(), IdentityError> {
-    let size_error = |codec, (width, height, components): (u32, u32, u32)| {
-        IdentityError::CodestreamSize {
+    let size_error =
+        |codec, (width, height, components): (u32, u32, u32)| IdentityError::CodestreamSize {
             codec,
             width,
             height,
@@ -410,8 +437,7 @@ pub fn check_fragments(
             columns,
             rows,
             samples,
-        }
-    };
+        };
     let fits = |(w, h, c): (u32, u32, u32)| w <= columns && h <= rows && c <= samples.max(1);
     let j2k = J2K_TRANSFER_SYNTAXES.contains(&ts);
     let jpeg = !j2k && ts.starts_with("1.2.840.10008.1.2.4.");
@@ -445,7 +471,10 @@ const J2K_TRANSFER_SYNTAXES: [&str; 7] = [
 
 /// (width, height, components) of a J2K codestream starting in this fragment (SOC, SIZ).
 fn j2k_size(f: &[u8]) -> Option<(u32, u32, u32)> {
-    let at = f.windows(4).take(1024).position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
+    let at = f
+        .windows(4)
+        .take(1024)
+        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
     let siz = f.get(at + 4..at + 4 + 38)?;
     let u = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
     // Lsiz(2) Rsiz(2) Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz(2)
@@ -504,8 +533,16 @@ pub(crate) mod tests {
         s(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
         s(tags::SOP_CLASS_UID, VR::UI, uids::MR_IMAGE_STORAGE);
         s(tags::SOP_INSTANCE_UID, VR::UI, SOP);
-        s(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.2.1143.77");
-        s(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.2.1143.77.0");
+        s(
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            "1.2.826.0.1.3680043.2.1143.77",
+        );
+        s(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            "1.2.826.0.1.3680043.2.1143.77.0",
+        );
         s(tags::MODALITY, VR::CS, "MR");
         s(tags::PATIENT_NAME, VR::PN, "MÜLLER^ANNA");
         s(tags::SERIES_DESCRIPTION, VR::LO, "AX T1");
@@ -592,9 +629,13 @@ pub(crate) mod tests {
         add("big endian (dicom-rs)", &|p| {
             write(obj, "1.2.840.10008.1.2.2", p)
         });
-        add("implicit (dcmconv)", &|p| convert("dcmconv", &["+ti"], &e, p));
+        add("implicit (dcmconv)", &|p| {
+            convert("dcmconv", &["+ti"], &e, p)
+        });
         add("rle (dcmcrle)", &|p| convert("dcmcrle", &[], &e, p));
-        add("rle (gdcmconv)", &|p| convert("gdcmconv", &["--rle"], &e, p));
+        add("rle (gdcmconv)", &|p| {
+            convert("gdcmconv", &["--rle"], &e, p)
+        });
         add("j2k lossless", &|p| convert("gdcmconv", &["--j2k"], &e, p));
         add("jpeg lossless (dcmcjpeg)", &|p| {
             convert("dcmcjpeg", &["+e1", "+un"], &e, p)
@@ -699,7 +740,11 @@ pub(crate) mod tests {
         o.put(DataElement::new(
             tags::PIXEL_DATA,
             VR::OB,
-            PrimitiveValue::U8((0..32 * 32).map(|i| if i < 512 { 0 } else { 255 }).collect()),
+            PrimitiveValue::U8(
+                (0..32 * 32)
+                    .map(|i| if i < 512 { 0 } else { 255 })
+                    .collect(),
+            ),
         ));
         let e = d.path().join("e.dcm");
         write(&o, uids::EXPLICIT_VR_LITTLE_ENDIAN, &e);
@@ -707,8 +752,23 @@ pub(crate) mod tests {
         convert("dcmcjpeg", &["+eb", "+un"], &e, &jpeg);
         // Without the attributes the compressor added: only the transfer syntax tells.
         let out = Command::new("dcmodify")
-            .args(["-nb", "-ea", "(0028,2110)", "-ea", "(0028,2112)", "-ea", "(0028,2114)"])
-            .args(["-ea", "(0008,2111)", "-ea", "(0008,9215)", "-ea", "(0008,0008)"])
+            .args([
+                "-nb",
+                "-ea",
+                "(0028,2110)",
+                "-ea",
+                "(0028,2112)",
+                "-ea",
+                "(0028,2114)",
+            ])
+            .args([
+                "-ea",
+                "(0008,2111)",
+                "-ea",
+                "(0008,9215)",
+                "-ea",
+                "(0008,0008)",
+            ])
             .arg(&jpeg)
             .output()
             .unwrap();
@@ -760,8 +820,7 @@ pub(crate) mod tests {
         );
         // A JPEG frame header claiming 65535×65535.
         let jpeg = vec![
-            0xFF, 0xD8, 0xFF, 0xC3, 0, 11, 16, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0, 0xFF,
-            0xD9,
+            0xFF, 0xD8, 0xFF, 0xC3, 0, 11, 16, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0, 0xFF, 0xD9,
         ];
         let f = encapsulated(uids::JPEG_LOSSLESS_SV1, jpeg, 16, 16);
         assert!(matches!(
@@ -778,7 +837,10 @@ pub(crate) mod tests {
             let f = encapsulated(ts, vec![0x5A; 64], 16, 16);
             assert!(identity(&f).is_err(), "{ts}");
         }
-        assert!(matches!(identity(b"not dicom"), Err(IdentityError::Parse(_))));
+        assert!(matches!(
+            identity(b"not dicom"),
+            Err(IdentityError::Parse(_))
+        ));
     }
 
     #[test]
@@ -794,5 +856,62 @@ pub(crate) mod tests {
             Err(IdentityError::BitsAllocated(12))
         ));
         assert_eq!(interleave(&[1, 2, 3, 4, 5, 6], 2, 3, 1), [1, 3, 5, 2, 4, 6]);
+    }
+}
+
+/// `cargo test --features stand-in --lib store::identity::cost -- --ignored --nocapture`:
+/// the time to compute an identity per instance, by size and encoding.
+#[cfg(test)]
+mod cost {
+    use super::tests::{convert, mr, phantom, write};
+    use super::*;
+    use std::time::Instant;
+
+    fn per_call(f: impl Fn()) -> f64 {
+        f();
+        let n = 20;
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed().as_secs_f64() * 1000.0 / n as f64
+    }
+
+    #[test]
+    #[ignore]
+    fn identity_cost() {
+        let d = tempfile::tempdir().unwrap();
+        for size in [256u16, 512] {
+            let e = d.path().join(format!("{size}.dcm"));
+            write(
+                &mr(size, size, phantom(size, size)),
+                uids::EXPLICIT_VR_LITTLE_ENDIAN,
+                &e,
+            );
+            let mut files = vec![("explicit LE", e.clone())];
+            for (name, tool, args) in [
+                ("implicit LE", "dcmconv", &["+ti"][..]),
+                ("RLE", "dcmcrle", &[][..]),
+                ("J2K lossless", "gdcmconv", &["--j2k"][..]),
+                ("JPEG lossless", "dcmcjpeg", &["+e1"][..]),
+            ] {
+                let p = d.path().join(format!("{size}-{name}.dcm"));
+                convert(tool, args, &e, &p);
+                files.push((name, p));
+            }
+            for (name, p) in files {
+                let bytes = std::fs::read(&p).unwrap();
+                let ms = per_call(|| {
+                    identity(&bytes).unwrap();
+                });
+                let bytes_ms = per_call(|| {
+                    crate::store::hash::content_hash(&bytes);
+                });
+                println!(
+                    "{size}x{size} 16-bit {name:>14}: {:>8} bytes, identity {ms:7.3} ms, byte hash {bytes_ms:6.3} ms",
+                    bytes.len()
+                );
+            }
+        }
     }
 }
