@@ -130,8 +130,8 @@ fn study_a_is_delivered_exactly_once() {
         "every instance spooled"
     );
     assert!(node.spool_tmp().is_empty());
-    // The content hash recorded at reception is BLAKE3 of the data set exactly as it was
-    // spooled (what a restart's rescan computes for a file it has to re-index).
+    // The content hash recorded at reception is the instance's identity, computed from
+    // the file as spooled (what a restart's rescan computes for a file it re-indexes).
     let db = rusqlite::Connection::open_with_flags(
         node.state_dir.join("state.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -147,11 +147,9 @@ fn study_a_is_delivered_exactly_once() {
     assert_eq!(rows.len(), n_files);
     for (path, hash) in rows {
         let bytes = std::fs::read(&path).unwrap();
-        let meta_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
-        let data_set = &bytes[144 + meta_len..];
         assert_eq!(
             hash,
-            format!("blake3:{}", blake3::hash(data_set).to_hex()),
+            prima_node::store::identity::identity(&bytes).unwrap(),
             "{path}"
         );
     }

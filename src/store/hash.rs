@@ -16,9 +16,11 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// are bare SHA-256 hex ([`legacy_content_hash`]).
 pub const CONTENT_HASH_PREFIX: &str = "blake3:";
 
-/// The content hash of a received data set (the bytes after the meta group, as received):
-/// what tells a byte-identical re-send from a replacement, and what the input-set hash
-/// (and so the output UIDs) is built from. BLAKE3, not SHA-256: both are cryptographic
+/// The byte hash of a received data set (the bytes after the meta group, as received).
+/// What the node records is the instance's identity
+/// ([`crate::store::identity`], independent of the transfer syntax); this hash is
+/// recorded instead where the identity cannot be computed, and was recorded by versions
+/// before it. BLAKE3, not SHA-256: both are cryptographic
 /// (a sender must not be able to swap an image for another with the same hash and skip
 /// re-analysis), and on this node's CPUs BLAKE3 takes 0.19 ms per 512 KiB image where
 /// SHA-256, even with the SHA extensions, takes 0.37 ms: a fifth of the node's CPU per
@@ -66,6 +68,15 @@ impl ContentHasher {
         h.update(&self.carry);
         format!("{CONTENT_HASH_PREFIX}{}", h.finalize().to_hex())
     }
+}
+
+/// [`content_hash`] of a Part-10 file's data set, read from disk: to compare a re-sent
+/// instance with a row that recorded a byte hash.
+pub fn file_content_hash(path: &Path) -> io::Result<String> {
+    let bytes = fs::read(path)?;
+    let ds = data_set_of(&bytes)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a Part-10 file"))?;
+    Ok(content_hash(ds))
 }
 
 /// The content hash as recorded before [`CONTENT_HASH_PREFIX`]: bare SHA-256 hex of the

@@ -11,6 +11,7 @@ pub mod durable;
 pub mod error;
 pub mod hash;
 pub mod header;
+pub mod identity;
 pub mod length_guard;
 pub mod outbox;
 pub mod recover;

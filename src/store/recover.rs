@@ -16,6 +16,7 @@ use tracing::warn;
 use crate::store::durable::{create_durable_dir, fsync_dir};
 use crate::store::hash::content_hash;
 use crate::store::header::{data_set_of, read_header, HeaderError};
+use crate::store::identity::{identity_of_bytes, identity_or_bytes};
 use crate::store::spool::Spool;
 use crate::store::state::{InstanceRecord, State, StateError};
 
@@ -144,8 +145,9 @@ fn recover_instance(spool: &Spool, path: &Path) -> Result<InstanceRecord, Recove
         return Err(RecoverError::Misplaced);
     }
     let bytes = fs::read(path).map_err(RecoverError::Read)?;
-    // Hashed as the SCP hashes it: the data set, without the meta group.
     let ds = data_set_of(&bytes).ok_or(RecoverError::NoDataSet)?;
+    // Hashed as the SCP hashes it: its identity, else the data set's bytes.
+    let hash = identity_or_bytes(identity_of_bytes(&bytes), || content_hash(ds));
     Ok(InstanceRecord {
         sop_uid: h.sop_instance_uid,
         study_uid: h.study_instance_uid,
@@ -156,7 +158,7 @@ fn recover_instance(spool: &Spool, path: &Path) -> Result<InstanceRecord, Recove
         series_number: h.series_number,
         series_description: h.series_description,
         path: path.to_owned(),
-        content_hash: content_hash(ds),
+        content_hash: hash,
         size: ds.len() as u64,
         calling_ae: "(recovered)".into(),
         peer: String::new(),
@@ -228,5 +230,47 @@ mod tests {
         assert_eq!(quarantined_count(d.path()), 1);
         // A second rescan finds nothing more to do.
         assert_eq!(rescan(&spool, &state, d.path()).unwrap(), Rescan::default());
+    }
+
+    /// A file found on restart is recorded with the identity the SCP records when it
+    /// receives the instance, in whatever encoding: a re-send after a crash that took
+    /// the record is unchanged.
+    #[test]
+    fn rescan_records_the_identity_the_scp_records() {
+        use crate::store::identity::tests::{convert, mr, phantom, write, SOP};
+        use crate::store::identity::{identity, IDENTITY_PREFIX};
+        let d = tempfile::tempdir().unwrap();
+        let spool = Spool::open(d.path()).unwrap();
+        let state = State::open(d.path()).unwrap();
+        let e = d.path().join("e.dcm");
+        write(
+            &mr(32, 32, phantom(32, 32)),
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            &e,
+        );
+        let rle = d.path().join("rle.dcm");
+        convert("dcmcrle", &[], &e, &rle);
+        // As the SCP receives it: meta group from the command, then the data set bytes.
+        let bytes = fs::read(&rle).unwrap();
+        let mut t = spool
+            .begin(
+                crate::config::MR_IMAGE_STORAGE,
+                SOP,
+                dicom_dictionary_std::uids::RLE_LOSSLESS,
+                "SCU",
+                0,
+            )
+            .unwrap();
+        t.write(data_set_of(&bytes).unwrap()).unwrap();
+        let committed = spool.commit(t.finish().unwrap(), SOP).unwrap();
+        assert!(committed.content_hash.starts_with(IDENTITY_PREFIX));
+        assert_eq!(
+            Some(committed.content_hash.clone()),
+            identity(&fs::read(&e).unwrap()).ok()
+        );
+        let r = rescan(&spool, &state, d.path()).unwrap();
+        assert_eq!(r.indexed, 1);
+        let rows = state.instances_of("1.2.826.0.1.3680043.2.1143.77").unwrap();
+        assert_eq!(rows[0].content_hash, committed.content_hash);
     }
 }

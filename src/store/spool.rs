@@ -23,6 +23,13 @@
 //! which made latency depend on unrelated writers.) Write-back of each file starts while
 //! it is still arriving (every 256 KiB) and for the rest at its last byte. The content is
 //! durable before the rename and the entry before Success.
+//!
+//! What is recorded for the instance is its identity ([`crate::store::identity`]: the
+//! decoded data set, so a re-send in another transfer syntax is "unchanged"). It needs the
+//! whole file parsed and its pixel data decoded, so it is computed while the commit's
+//! fsyncs wait for the device, on another thread, from a second descriptor of the same
+//! file (the rename does not disturb it). The byte hash, fed as the data arrives, is what
+//! is recorded where the identity cannot be computed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -37,6 +44,7 @@ use crate::store::durable::{
 use crate::store::error::io_err;
 pub use crate::store::error::SpoolError;
 use crate::store::hash::ContentHasher;
+use crate::store::identity::{identity_of_file, identity_or_bytes, IdentityError};
 use crate::uid::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 use crate::store::durable::{create_private_dir, free_mb};
@@ -162,7 +170,9 @@ impl Spool {
         let path = self
             .tmp
             .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        // Readable too: the identity is read back through it (see `Hashing`).
         let mut file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -196,43 +206,65 @@ impl Spool {
     }
 
     /// Make a finished temporary file durable and move it into place (on the sync pool, its
-    /// fsyncs sharing device flushes with other instances' commits). Blocks; durable when
-    /// this returns Ok: the content was fdatasynced before the rename, and the directory
-    /// entry after it.
+    /// fsyncs sharing device flushes with other instances' commits), and compute the
+    /// content hash to record ([`crate::store::identity`]) on this thread meanwhile.
+    /// Blocks; durable when this returns Ok: the content was fdatasynced before the
+    /// rename, and the directory entry after it.
     /// Not for async contexts: use [`Spool::commit_async`] there.
     pub fn commit(
         &self,
         done: FinishedInstance,
         sop_instance_uid: &str,
-    ) -> Result<PathBuf, SpoolError> {
-        let (dst, answer) = self.submit(done, sop_instance_uid);
-        Self::answered(dst, answer.blocking_recv())
+    ) -> Result<Committed, SpoolError> {
+        let (dst, answer, hashing) = self.submit(done, sop_instance_uid);
+        let content_hash = hashing.run();
+        Self::answered(dst, answer.blocking_recv()).map(|path| Committed { path, content_hash })
     }
 
-    /// [`Spool::commit`] for async callers: the task waits for the batch without blocking
-    /// a runtime thread, so other associations are served meanwhile.
+    /// [`Spool::commit`] for async callers: the task waits for the fsyncs and the identity
+    /// (on the blocking pool) without blocking a runtime thread, so other associations are
+    /// served meanwhile.
     pub async fn commit_async(
         &self,
         done: FinishedInstance,
         sop_instance_uid: &str,
-    ) -> Result<PathBuf, SpoolError> {
-        let (dst, answer) = self.submit(done, sop_instance_uid);
-        Self::answered(dst, answer.await)
+    ) -> Result<Committed, SpoolError> {
+        let (dst, answer, hashing) = self.submit(done, sop_instance_uid);
+        let byte_hash = hashing.byte_hash.clone();
+        let content_hash = tokio::task::spawn_blocking(move || hashing.run());
+        let committed = Self::answered(dst, answer.await);
+        // A panic outside the decoders (which are caught) leaves the byte hash.
+        let content_hash = content_hash.await.unwrap_or(byte_hash);
+        committed.map(|path| Committed { path, content_hash })
     }
 
     fn submit(
         &self,
         done: FinishedInstance,
         sop_instance_uid: &str,
-    ) -> (PathBuf, tokio::sync::oneshot::Receiver<io::Result<()>>) {
+    ) -> (
+        PathBuf,
+        tokio::sync::oneshot::Receiver<io::Result<()>>,
+        Hashing,
+    ) {
         let dst = self.path_for(sop_instance_uid);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let FinishedInstance { path, file, .. } = done;
+        let FinishedInstance {
+            path,
+            file,
+            content_hash,
+            ..
+        } = done;
+        // Read through a second descriptor: positional reads, unaffected by the rename.
+        let hashing = Hashing {
+            file: file.try_clone(),
+            byte_hash: content_hash,
+        };
         let (to, objects) = (dst.clone(), self.objects.clone());
         run_on_pool(Box::new(move || {
             let _ = reply.send(commit_file(&file, &path, &to, &objects));
         }));
-        (dst, answer)
+        (dst, answer, hashing)
     }
 
     fn answered(
@@ -244,6 +276,30 @@ impl Spool {
             Ok(()) => Ok(dst),
             Err(source) => Err(SpoolError::Io { path: dst, source }),
         }
+    }
+}
+
+/// A committed instance: where it is, and the content hash to record for it (its
+/// identity, or its byte hash where that cannot be computed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub path: PathBuf,
+    pub content_hash: String,
+}
+
+/// The identity computation that overlaps a commit's fsyncs.
+struct Hashing {
+    file: io::Result<File>,
+    byte_hash: String,
+}
+
+impl Hashing {
+    fn run(self) -> String {
+        let identity = self
+            .file
+            .map_err(IdentityError::Read)
+            .and_then(|f| identity_of_file(&f));
+        identity_or_bytes(identity, || self.byte_hash)
     }
 }
 
@@ -268,7 +324,8 @@ pub struct TempInstance {
 pub struct FinishedInstance {
     pub path: PathBuf,
     file: File,
-    /// [`content_hash`] of the data set bytes (not the meta group).
+    /// [`crate::store::hash::content_hash`] of the data set bytes (not the meta group):
+    /// recorded where the identity cannot be computed.
     pub content_hash: String,
     pub size: u64,
 }
@@ -376,7 +433,7 @@ mod tests {
             .unwrap();
         t.write(b"\x08\x00\x60\x00CS\x02\x00MR").unwrap();
         let f = t.finish().unwrap();
-        let p = s.commit(f, "1.2.3.4").unwrap();
+        let p = s.commit(f, "1.2.3.4").unwrap().path;
         assert!(p.exists());
         let t = s
             .begin(
@@ -414,7 +471,7 @@ mod tests {
                         )
                         .unwrap();
                     t.write(format!("data {i}").as_bytes()).unwrap();
-                    let p = s.commit(t.finish().unwrap(), &uid).unwrap();
+                    let p = s.commit(t.finish().unwrap(), &uid).unwrap().path;
                     assert_eq!(p, s.path_for(&uid));
                     assert!(std::fs::read(&p)
                         .unwrap()

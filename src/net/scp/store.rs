@@ -302,10 +302,9 @@ async fn record(
     header: InstanceHeader,
     done: FinishedInstance,
 ) -> StoreStatus {
-    let content_hash = done.content_hash.clone();
     let size = done.size;
-    let path = match ctx.spool.commit_async(done, &header.sop_instance_uid).await {
-        Ok(p) => p,
+    let (path, content_hash) = match ctx.spool.commit_async(done, &header.sop_instance_uid).await {
+        Ok(c) => (c.path, c.content_hash),
         Err(e) => {
             error!(calling_ae = %conn.calling_ae, error = %e, "cannot move instance into the spool: refusing (A700)");
             return (status::OUT_OF_RESOURCES, Some("write failed".into()));

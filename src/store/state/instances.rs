@@ -6,7 +6,8 @@ use rusqlite::{params, OptionalExtension};
 
 use super::db::{now_ms, State, StateError};
 use super::schema::StudyState;
-use crate::store::hash::{legacy_content_hash, CONTENT_HASH_PREFIX};
+use crate::store::hash::{file_content_hash, legacy_content_hash, CONTENT_HASH_PREFIX};
+use crate::store::identity::IDENTITY_PREFIX;
 
 /// One received instance, as recorded.
 #[derive(Debug, Clone)]
@@ -20,7 +21,8 @@ pub struct InstanceRecord {
     pub series_number: String,
     pub series_description: String,
     pub path: PathBuf,
-    /// [`crate::store::hash::content_hash`] of the data set.
+    /// The instance's identity ([`crate::store::identity`]), or where it could not be
+    /// computed the byte hash of its data set ([`crate::store::hash::content_hash`]).
     pub content_hash: String,
     pub size: u64,
     pub calling_ae: String,
@@ -30,9 +32,11 @@ pub struct InstanceRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordOutcome {
     New,
-    /// Same SOP Instance UID, different bytes: the earlier copy was replaced.
+    /// Same SOP Instance UID, another identity (a changed attribute or image, a lossy
+    /// re-encoding): the earlier copy was replaced.
     Replaced,
-    /// Byte-identical re-send.
+    /// A re-send with the same identity, in whatever transfer syntax: the file is the
+    /// new copy, the record (and so the study's input) stays.
     Unchanged,
 }
 
@@ -47,13 +51,24 @@ pub struct StoredInstance {
     pub content_hash: String,
 }
 
-/// Whether a recorded content hash is the received instance's. A hash recorded before the
-/// algorithm tag (bare SHA-256) is compared with the new file's SHA-256, so upgrading the
-/// node does not make a byte-identical re-send look like a replacement (which would
-/// re-open a finished study and send a second report).
+/// Whether a recorded content hash is the received instance's.
+///
+/// Both identities ([`IDENTITY_PREFIX`]): equal or not, whatever the encodings. A recorded
+/// byte hash ([`CONTENT_HASH_PREFIX`]: written before identities, or for an instance
+/// whose identity could not be computed) can only be compared with the new file's bytes;
+/// a hash recorded before the algorithm tag (bare SHA-256) with the new file's SHA-256.
+/// So upgrading the node does not make a byte-identical re-send look like a replacement
+/// (which would re-open a finished study and send a second report); a re-send of such an
+/// instance in another encoding is a replacement once, and recorded by identity after.
 fn same_content(recorded: &str, r: &InstanceRecord) -> bool {
-    if recorded.starts_with(CONTENT_HASH_PREFIX) {
+    if recorded == r.content_hash || recorded.starts_with(IDENTITY_PREFIX) {
         return recorded == r.content_hash;
+    }
+    if recorded.starts_with(CONTENT_HASH_PREFIX) {
+        // The new one's is a byte hash too when its identity could not be computed: then
+        // the two differ (they were compared above).
+        return r.content_hash.starts_with(IDENTITY_PREFIX)
+            && file_content_hash(&r.path).is_ok_and(|h| h == recorded);
     }
     legacy_content_hash(&r.path).is_ok_and(|h| h == recorded)
 }
@@ -92,8 +107,12 @@ impl State {
             // The re-sent copy replaced the file (a rename): its record is as recent as
             // the file, or the rescan would take it for a replacement whose record was
             // lost and hash it again at every start.
-            tx.prepare_cached("UPDATE instances SET received_ms = ?2 WHERE sop_uid = ?1")?
-                .execute(params![r.sop_uid, now])?;
+            // The new copy's encoding and size are the file's now.
+            tx.prepare_cached(
+                "UPDATE instances SET received_ms = ?2, transfer_syntax = ?3, size = ?4
+                 WHERE sop_uid = ?1",
+            )?
+            .execute(params![r.sop_uid, now, r.transfer_syntax, r.size as i64])?;
             tx.commit()?;
             return Ok(outcome);
         }

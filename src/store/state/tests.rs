@@ -186,3 +186,68 @@ fn cluster_ingest_forgets_only_what_was_replicated_and_can_leave_studies_aside()
         super::schema::StudyState::Replicated
     );
 }
+
+/// Rows written by the version that recorded BLAKE3 byte hashes: a byte-identical re-send
+/// (now carrying an identity) is unchanged, other bytes are a replacement, recorded by
+/// identity; from then on the encoding no longer matters.
+#[test]
+fn byte_hash_rows_meet_identities() {
+    use crate::store::identity::IDENTITY_PREFIX;
+    let d = tempfile::tempdir().unwrap();
+    let s = State::open(d.path()).unwrap();
+    let mut old = rec("1.2.3.1.1", "");
+    old.path = part10(d.path(), "a.dcm", b"same bytes");
+    old.content_hash = content_hash(b"same bytes");
+    assert_eq!(s.record_instance(&old).unwrap(), RecordOutcome::New);
+    let resend = |name: &str, bytes: &[u8], identity: &str| {
+        let mut r = rec("1.2.3.1.1", "");
+        r.path = part10(d.path(), name, bytes);
+        r.content_hash = format!("{IDENTITY_PREFIX}{identity}");
+        r
+    };
+    assert_eq!(
+        s.record_instance(&resend("b.dcm", b"same bytes", "i1"))
+            .unwrap(),
+        RecordOutcome::Unchanged
+    );
+    // Kept as recorded: the study's input did not change.
+    assert_eq!(
+        s.instances_of("1.2.3").unwrap()[0].content_hash,
+        content_hash(b"same bytes")
+    );
+    assert_eq!(
+        s.record_instance(&resend("c.dcm", b"other encoding", "i1"))
+            .unwrap(),
+        RecordOutcome::Replaced
+    );
+    assert_eq!(
+        s.instances_of("1.2.3").unwrap()[0].content_hash,
+        format!("{IDENTITY_PREFIX}i1")
+    );
+    assert_eq!(
+        s.record_instance(&resend("d.dcm", b"a third encoding", "i1"))
+            .unwrap(),
+        RecordOutcome::Unchanged
+    );
+    assert_eq!(
+        s.record_instance(&resend("e.dcm", b"a third encoding", "i2"))
+            .unwrap(),
+        RecordOutcome::Replaced
+    );
+    // An instance whose identity could not be computed is recorded by its bytes; a
+    // re-send whose identity is known then compares bytes.
+    let mut undecodable = rec("1.2.3.1.1", "");
+    undecodable.path = part10(d.path(), "f.dcm", b"undecodable");
+    undecodable.content_hash = content_hash(b"undecodable");
+    assert_eq!(
+        s.record_instance(&undecodable).unwrap(),
+        RecordOutcome::Replaced
+    );
+    assert_eq!(
+        s.record_instance(&undecodable).unwrap(),
+        RecordOutcome::Unchanged
+    );
+    let mut other = undecodable.clone();
+    other.content_hash = content_hash(b"undecodable, other bytes");
+    assert_eq!(s.record_instance(&other).unwrap(), RecordOutcome::Replaced);
+}
