@@ -553,3 +553,156 @@ fn a_study_that_crashes_the_worker_every_time_fails_and_the_next_one_is_reported
         node.log_text()
     );
 }
+
+/// Vendor-like series written as one study (`study` UID, one patient): each case's files.
+fn vendor_study(dir: &std::path::Path, study: &str, names: &[&str]) -> Vec<Vec<PathBuf>> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let cases = prima_node::synth::vendor::cases();
+    names
+        .iter()
+        .map(|name| {
+            let case = cases.iter().find(|c| c.name == *name).unwrap();
+            let files = prima_node::synth::vendor::write_case(case, dir, 5).unwrap();
+            for f in &files {
+                let mut o = dicom_object::open_file(f).unwrap();
+                for (tag, vr, v) in [
+                    (tags::STUDY_INSTANCE_UID, VR::UI, study),
+                    (tags::PATIENT_ID, VR::LO, "VENDOR-1"),
+                    (tags::PATIENT_NAME, VR::PN, "Vendor^Study"),
+                ] {
+                    o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+                }
+                o.write_to_file(f).unwrap();
+            }
+            files
+        })
+        .collect()
+}
+
+/// The run record kept for `study`.
+fn run_record_of(state_dir: &std::path::Path, study: &str) -> Option<serde_json::Value> {
+    common::walk_files(state_dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "run.json"))
+        .find(|p| {
+            std::fs::read_to_string(p.with_file_name("study_instance_uid.txt"))
+                .is_ok_and(|s| s == study)
+        })
+        .map(|p| fixtures::json(&p))
+}
+
+/// Issue 28: real scanner series through `serve`. A study whose only other series is a
+/// 3-plane localizer has one usable series: not analysed (min_series 2), nothing sent, the
+/// reasons in its run record. Then a study of diffusion (b0 + trace), SWI magnitude+phase,
+/// 4D perfusion, a mosaic, two echoes, a localizer and a mixed matrix: split into volumes,
+/// analysed, the SR PARTIAL with one reason per volume not used, and the log says so.
+#[test]
+fn real_scanner_series_are_split_into_volumes_and_every_volume_not_used_is_reported() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    let (tmp, pacs, node) = demo_node("cpu");
+    let thin = "2.25.2801";
+    let series = vendor_study(
+        &tmp.path().join("thin"),
+        thin,
+        &["plain_axial", "localizer_3plane"],
+    );
+    common::send_study(node.opts.port, &series, 1);
+    assert!(
+        common::wait_until(Duration::from_secs(120), || node
+            .log_text()
+            .contains("study not analysed")),
+        "{}",
+        node.log_text()
+    );
+    let run = common::wait_until(Duration::from_secs(30), || {
+        run_record_of(&node.state_dir, thin).is_some()
+    });
+    assert!(run, "a run record is kept for a study not analysed");
+    let run = run_record_of(&node.state_dir, thin).unwrap();
+    let why = run["not_analysed"].as_str().unwrap();
+    assert!(why.starts_with("1 usable series, min_series is 2"), "{why}");
+    assert!(why.contains("(3 images): localizer"), "{why}");
+
+    let full = "2.25.2802";
+    let names = [
+        "plain_axial",
+        "siemens_dwi_trace",
+        "swi_mag_phase",
+        "perfusion_4d",
+        "siemens_mosaic",
+        "enhanced_two_echoes",
+        "localizer_3plane",
+        "mixed_matrix",
+    ];
+    let series = vendor_study(&tmp.path().join("full"), full, &names);
+    common::send_study(node.opts.port, &series, 2);
+    assert!(
+        common::wait_until(Duration::from_secs(300), || studies_at(&pacs)
+            .contains(&full.to_string())),
+        "no result for the study:\n{}",
+        node.log_text()
+    );
+    assert!(
+        !studies_at(&pacs).contains(&thin.to_string()),
+        "nothing sent for the thin study"
+    );
+    let run = run_record_of(&node.state_dir, full).expect("run record");
+    let reasons: Vec<&str> = run["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap())
+        .collect();
+    for want in [
+        "ph image: Prima reads magnitude images",
+        "time point 10 of 10 of a 4D series",
+        "time point 3 of 3 of a 4D series",
+        "(3 images): localizer",
+        "not a volume: slice spacing varies",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:#?}"
+        );
+    }
+    let used = run["series"].as_array().unwrap();
+    let volumes: Vec<&str> = used
+        .iter()
+        .map(|s| s["volume"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        volumes.iter().filter(|v| v.contains("b")).count() >= 2,
+        "{volumes:?}"
+    );
+    assert!(
+        volumes.contains(&"te10") && volumes.contains(&"te40"),
+        "{volumes:?}"
+    );
+    let sr_of = || {
+        pacs.received_objects().into_iter().find(|(_, s, o)| {
+            s == full
+                && o.element(dicom_dictionary_std::tags::MODALITY)
+                    .ok()
+                    .and_then(|e| e.to_str().ok())
+                    .is_some_and(|m| m.trim() == "SR")
+        })
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(60), || sr_of().is_some()),
+        "SR at the PACS"
+    );
+    let sr = sr_of().unwrap().2;
+    let flag = sr
+        .element(dicom_dictionary_std::tags::COMPLETION_FLAG)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(flag.trim(), "PARTIAL");
+    let log = node.log_text();
+    assert!(log.contains("series split into volumes"), "{log}");
+    assert!(log.contains("series skipped"), "{log}");
+}

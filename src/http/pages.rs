@@ -235,6 +235,21 @@ fn stages(run: &RunRecord) -> Vec<Vec<Cell>> {
     rows
 }
 
+/// The volumes the latest run read: a split series shows one row per volume used.
+fn used(run: &RunRecord) -> Vec<Vec<Cell>> {
+    run.series
+        .iter()
+        .map(|s| {
+            vec![
+                s.series_instance_uid.clone().into(),
+                s.volume.clone().into(),
+                s.name.clone().into(),
+                s.instances_used.to_string().into(),
+            ]
+        })
+        .collect()
+}
+
 fn skipped(run: &RunRecord) -> Vec<Vec<Cell>> {
     run.skipped
         .iter()
@@ -260,6 +275,14 @@ pub fn study(d: &StudyDetail, actions: bool) -> String {
         if let Some(run) = &d.run {
             h.text_el("h2", &[], "Stages of the latest run");
             h.table(&["stage", "seconds"], &stages(run));
+            if let Some(why) = &run.not_analysed {
+                h.text_el("p", &[("class", "warn")], &format!("Not analysed: {why}"));
+            }
+            let u = used(run);
+            if !u.is_empty() {
+                h.text_el("h2", &[], "Volumes used");
+                h.table(&["series", "volume", "name", "images"], &u);
+            }
             let sk = skipped(run);
             if !sk.is_empty() {
                 h.text_el("h2", &[], "Series skipped");

@@ -96,7 +96,10 @@ pub struct GroupKey {
     pub component: Component,
     pub derived: Vec<String>,
     pub localizer: bool,
+    /// EchoNumbers where the scanner gives it.
     pub echo: Option<i64>,
+    /// Else the echo time, in hundredths of a ms (Enhanced MR's EffectiveEchoTime).
+    pub echo_time: Option<i64>,
     /// b-value in s/mm² (rounded).
     pub b_value: Option<i64>,
     /// Gradient direction, thousandths.
@@ -127,10 +130,11 @@ fn key_of(s: &SliceMeta) -> GroupKey {
             .image_type
             .iter()
             .any(|t| t == "LOCALIZER" || t == "SCOUT"),
-        // Echo number where the scanner gives one; else the echo time (Enhanced MR).
-        echo: a
-            .echo_number
-            .or_else(|| a.echo_time.map(|t| (t * 100.0).round() as i64)),
+        echo: a.echo_number,
+        echo_time: a
+            .echo_time
+            .filter(|_| a.echo_number.is_none())
+            .map(|t| (t * 100.0).round() as i64),
         b_value: a.b_value.map(|b| b.round() as i64),
         gradient: a
             .gradient
@@ -391,6 +395,11 @@ fn label(volumes: &mut [SplitVolume]) {
     };
     type Part = (bool, Box<dyn Fn(&SplitVolume) -> String>);
     let matrix_varies = varies(&|v| format!("{:?}", v.key.matrix));
+    let others_vary = varies(&|v| {
+        let mut k = v.key.clone();
+        k.dimensions.clear();
+        format!("{:?}{}", k, v.plane)
+    });
     let parts: Vec<Part> = vec![
         (
             varies(&|v| v.plane.to_string()),
@@ -437,6 +446,13 @@ fn label(volumes: &mut [SplitVolume]) {
             }),
         ),
         (
+            varies(&|v| format!("{:?}", v.key.echo_time)),
+            Box::new(|v| match v.key.echo_time {
+                Some(t) => format!("te{}", t as f64 / 100.0),
+                None => String::new(),
+            }),
+        ),
+        (
             varies(&|v| format!("{:?}", v.key.b_value)),
             Box::new(|v| match v.key.b_value {
                 Some(b) => format!("b{b}"),
@@ -452,7 +468,8 @@ fn label(volumes: &mut [SplitVolume]) {
             }),
         ),
         (
-            varies(&|v| format!("{:?}", v.key.dimensions)),
+            // Dimension index values only where nothing above tells the volumes apart.
+            !others_vary && varies(&|v| format!("{:?}", v.key.dimensions)),
             Box::new(|v| {
                 let d: Vec<String> = v.key.dimensions.iter().map(|d| d.to_string()).collect();
                 format!("d{}", d.join("."))

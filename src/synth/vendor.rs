@@ -1314,7 +1314,12 @@ fn multiframe(
     let mut o = case.instance(sop_class, "mf", first.rows, first.cols);
     let mut rng = case.rng();
     let enhanced = dimensions.is_some();
-    put_str(&mut o, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\VOLUME\\NONE");
+    put_str(
+        &mut o,
+        tags::IMAGE_TYPE,
+        VR::CS,
+        "ORIGINAL\\PRIMARY\\VOLUME\\NONE",
+    );
     put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
     put_str(&mut o, tags::ACQUISITION_NUMBER, VR::IS, "1");
     put_str(

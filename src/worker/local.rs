@@ -81,7 +81,7 @@ impl ResultSink for LocalOutbox {
                 return retry_storage("store the run record", || {
                     let run_json = serde_json::to_string_pretty(&p.run).unwrap_or_default();
                     self.outbox
-                        .persist_results(study, job_id, "", &run_json)
+                        .persist_results(study, job_id, "{}", &run_json)
                         .map(|_| Err(ProcessError::Failed(format!("not analysed: {reason}"))))
                 });
             }
