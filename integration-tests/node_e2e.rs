@@ -558,12 +558,20 @@ fn a_study_that_crashes_the_worker_every_time_fails_and_the_next_one_is_reported
 fn vendor_study(dir: &std::path::Path, study: &str, names: &[&str]) -> Vec<Vec<PathBuf>> {
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::tags;
-    let cases = prima_node::synth::vendor::cases();
+    let cases: Vec<_> = prima_node::synth::vendor::cases()
+        .into_iter()
+        .chain(prima_node::synth::vendor::hostile_cases())
+        .collect();
     names
         .iter()
         .map(|name| {
             let case = cases.iter().find(|c| c.name == *name).unwrap();
-            let files = prima_node::synth::vendor::write_case(case, dir, 5).unwrap();
+            // A hostile variant shares its generator's UIDs: another seed keeps it apart.
+            let hostile = prima_node::synth::vendor::hostile_cases()
+                .iter()
+                .any(|h| h.name == *name);
+            let seed = if hostile { 6 } else { 5 };
+            let files = prima_node::synth::vendor::write_case(case, dir, seed).unwrap();
             for f in &files {
                 let mut o = dicom_object::open_file(f).unwrap();
                 for (tag, vr, v) in [
@@ -592,17 +600,66 @@ fn run_record_of(state_dir: &std::path::Path, study: &str) -> Option<serde_json:
         .map(|p| fixtures::json(&p))
 }
 
+/// A colour Secondary Capture (a console screenshot, modality OT) in `study`, made by
+/// DCMTK's img2dcm from a 24-bit BMP with the study of `template`.
+fn colour_capture(dir: &std::path::Path, template: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let (w, h) = (64u32, 48u32);
+    let mut bmp = Vec::new();
+    let row = (w * 3).next_multiple_of(4);
+    let size = 54 + row * h;
+    bmp.extend_from_slice(b"BM");
+    for v in [size, 0, 54, 40] {
+        bmp.extend_from_slice(&v.to_le_bytes());
+    }
+    bmp.extend_from_slice(&(w as i32).to_le_bytes());
+    bmp.extend_from_slice(&(h as i32).to_le_bytes());
+    bmp.extend_from_slice(&1u16.to_le_bytes());
+    bmp.extend_from_slice(&24u16.to_le_bytes());
+    for v in [0u32, row * h, 2835, 2835, 0, 0] {
+        bmp.extend_from_slice(&v.to_le_bytes());
+    }
+    for y in 0..h {
+        for x in 0..w {
+            bmp.extend_from_slice(&[(x * 4) as u8, (y * 5) as u8, 200]);
+        }
+        bmp.resize(bmp.len() + (row - w * 3) as usize, 0);
+    }
+    let (src, out) = (dir.join("map.bmp"), dir.join("map.dcm"));
+    std::fs::write(&src, bmp).unwrap();
+    let o = Command::new("img2dcm")
+        .args(["-i", "BMP"])
+        .arg(&src)
+        .arg(&out)
+        .arg("-stf")
+        .arg(template)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_file(&src).unwrap();
+    out
+}
+
 /// Issue 28: real scanner series through `serve`. A study whose only other series is a
 /// 3-plane localizer has one usable series: not analysed (min_series 2), nothing sent, the
-/// reasons in its run record. Then a study of diffusion (b0 + trace), SWI magnitude+phase,
-/// 4D perfusion, a mosaic, two echoes, a localizer and a mixed matrix: split into volumes,
-/// analysed, the SR PARTIAL with one reason per volume not used, and the log says so.
+/// reasons in its run record. Then a 16-series study of diffusion (Siemens, GE, Philips),
+/// SWI magnitude+phase, 4D perfusion, a mosaic, Enhanced MR (stacks, time, echoes), Legacy
+/// Converted, a localizer, a mixed matrix, a mosaic with a corrupt CSA header and a colour
+/// Secondary Capture: split into volumes, analysed, the SR PARTIAL with one reason per
+/// volume or object not used, and the log says so. A good study afterwards is answered.
 #[test]
 fn real_scanner_series_are_split_into_volumes_and_every_volume_not_used_is_reported() {
     if !common::have_dcmtk() {
         return;
     }
-    let (tmp, pacs, node) = demo_node("cpu");
+    let (tmp, model, pacs_port, pacs) = demo_model_and_pacs();
+    let node = Node::start(NodeOpts {
+        dest_port: pacs_port,
+        model_dir: Some(model),
+        device: "cpu".into(),
+        extra_sop_classes: vec!["1.2.840.10008.5.1.4.1.1.7".into()],
+        ..NodeOpts::default()
+    });
     let thin = "2.25.2801";
     let series = vendor_study(
         &tmp.path().join("thin"),
@@ -630,14 +687,37 @@ fn real_scanner_series_are_split_into_volumes_and_every_volume_not_used_is_repor
     let names = [
         "plain_axial",
         "siemens_dwi_trace",
+        "ge_dwi_multib",
+        "philips_dwi_isotropic",
         "swi_mag_phase",
         "perfusion_4d",
         "siemens_mosaic",
+        "enhanced_plain",
+        "enhanced_two_stacks",
+        "enhanced_time_series",
         "enhanced_two_echoes",
+        "legacy_converted",
         "localizer_3plane",
         "mixed_matrix",
+        "mosaic_csa_truncated",
     ];
-    let series = vendor_study(&tmp.path().join("full"), full, &names);
+    let mut series = vendor_study(&tmp.path().join("full"), full, &names);
+    series.push(vec![colour_capture(&tmp.path().join("sc"), &series[0][0])]);
+    assert_eq!(series.len(), 16);
+    // storescu does not propose Legacy Converted Enhanced MR; dcmsend proposes each file's
+    // own SOP class.
+    let legacy = series.remove(names.iter().position(|n| *n == "legacy_converted").unwrap());
+    let o = Command::new("dcmsend")
+        .args(["-aet", common::SCU_AE, "-aec", common::NODE_AE, "127.0.0.1"])
+        .arg(node.opts.port.to_string())
+        .args(&legacy)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "dcmsend: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     common::send_study(node.opts.port, &series, 2);
     assert!(
         common::wait_until(Duration::from_secs(300), || studies_at(&pacs)
@@ -662,6 +742,9 @@ fn real_scanner_series_are_split_into_volumes_and_every_volume_not_used_is_repor
         "time point 3 of 3 of a 4D series",
         "(3 images): localizer",
         "not a volume: slice spacing varies",
+        "not a volume: Siemens CSA header unreadable",
+        "1 instance(s): not an MR image the model reads (SOP Class 1.2.840.10008.5.1.4.1.1.7)",
+        "diffusion direction at b=1000: the isotropic (trace) image is used",
     ] {
         assert!(
             reasons.iter().any(|r| r.contains(want)),
@@ -705,4 +788,13 @@ fn real_scanner_series_are_split_into_volumes_and_every_volume_not_used_is_repor
     let log = node.log_text();
     assert!(log.contains("series split into volumes"), "{log}");
     assert!(log.contains("series skipped"), "{log}");
+    let good = synth(&tmp.path().join("good"), 7);
+    let good_study = common::study_uid_of(&good[0]);
+    common::send_study(node.opts.port, &[good], 1);
+    assert!(
+        common::wait_until(Duration::from_secs(120), || studies_at(&pacs)
+            .contains(&good_study)),
+        "no result for the next study:\n{}",
+        node.log_text()
+    );
 }

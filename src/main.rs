@@ -60,6 +60,11 @@ enum Command {
         #[arg(long, default_value_t = 512, requires = "instances",
               value_parser = clap::value_parser!(u16).range(1..))]
         cols: u16,
+        /// Instead: vendor-like series of real scanners (diffusion, SWI, 4D, mosaics,
+        /// Enhanced MR, localizer, mixed matrix) in one study, at least this many instances.
+        #[arg(long, conflicts_with = "instances",
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        vendor: Option<usize>,
     },
     /// Run Prima on one study folder: writes `<name>_predictions.json` (upstream's format)
     /// and `<name>_run.json` (series used/skipped, timings) into `--out`.
@@ -262,7 +267,14 @@ fn run(command: Command) -> Result<()> {
             series,
             rows,
             cols,
+            vendor,
         } => {
+            if let Some(n) = vendor {
+                let files = prima_node::synth::vendor::write_study(&out, seed, n)
+                    .with_context(|| format!("writing study to {}", out.display()))?;
+                eprintln!("wrote {} instances under {}", files.len(), out.display());
+                return Ok(());
+            }
             let study = match instances {
                 Some(n) => prima_node::synth::SynthStudy::bench(seed, n, series, rows, cols),
                 None => prima_node::synth::SynthStudy::brain(seed),

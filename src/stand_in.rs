@@ -216,6 +216,7 @@ mod tests {
             }],
             forced_complete: false,
             attempt: 1,
+            set_aside: Vec::new(),
         };
         let a = FakeProcessor.process(&job).unwrap();
         let b = FakeProcessor.process(&job).unwrap();

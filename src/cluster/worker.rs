@@ -387,6 +387,7 @@ async fn fetch(
         predecessors: job.predecessors.clone(),
         forced_complete: job.forced,
         attempt,
+        set_aside: Vec::new(),
     })
 }
 

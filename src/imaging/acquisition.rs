@@ -36,8 +36,14 @@ const MR_ECHO_SEQUENCE: Tag = Tag(0x0018, 0x9114);
 const MR_IMAGE_FRAME_TYPE_SEQUENCE: Tag = Tag(0x0018, 0x9226);
 const FRAME_CONTENT_SEQUENCE: Tag = Tag(0x0020, 0x9111);
 const DIMENSION_INDEX_SEQUENCE: Tag = Tag(0x0020, 0x9222);
-/// Dimensions that say where a frame lies in space: not what separates volumes.
-const SPATIAL_DIMENSIONS: [Tag; 2] = [tags::IN_STACK_POSITION_NUMBER, tags::IMAGE_POSITION_PATIENT];
+/// Dimensions that say where a frame lies in space (not what separates volumes), or when
+/// (time points are split by `temporal_position`, so the first can be chosen).
+const SPATIAL_DIMENSIONS: [Tag; 4] = [
+    tags::IN_STACK_POSITION_NUMBER,
+    tags::IMAGE_POSITION_PATIENT,
+    tags::TEMPORAL_POSITION_INDEX,
+    tags::TEMPORAL_POSITION_IDENTIFIER,
+];
 
 /// Largest b-value taken as real (s/mm²); clinical ones stay under 10,000.
 const MAX_B_VALUE: f64 = 100_000.0;

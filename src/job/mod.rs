@@ -48,6 +48,18 @@ pub struct StudyJob {
     pub forced_complete: bool,
     /// 1 for the first start of this job, more after restarts.
     pub attempt: u32,
+    /// Instances of the study the model does not read, per series, with the reason.
+    #[serde(default)]
+    pub set_aside: Vec<SetAside>,
+}
+
+/// Instances of one series that the model does not read (not a model SOP class, not a
+/// configured modality), reported with the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetAside {
+    pub series_instance_uid: String,
+    pub instances: usize,
+    pub reason: String,
 }
 
 /// A job as it travels to the worker: the database's job id with the job.

@@ -207,6 +207,7 @@ mod tests {
             predecessors: vec![],
             forced_complete: true,
             attempt: 2,
+            set_aside: Vec::new(),
         };
         let mut buf = Vec::new();
         send(

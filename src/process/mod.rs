@@ -172,7 +172,16 @@ impl StudyProcessor for PrimaProcessor {
         let t_start = Instant::now();
         // The cache is always there: `[assembly] speculative_prepare` is applied live, by
         // the background thread, which leaves it empty when off.
-        let input = prepare::prepare_job(Some(&self.cache), job);
+        let mut input = prepare::prepare_job(Some(&self.cache), job);
+        for a in &job.set_aside {
+            input.skipped.push(crate::imaging::series::SeriesSkip {
+                key: a.series_instance_uid.clone(),
+                series_instance_uid: Some(a.series_instance_uid.clone()),
+                volume: String::new(),
+                images: a.instances,
+                reason: format!("{} instance(s): {}", a.instances, a.reason),
+            });
+        }
         if let Some(b) = input.background.filter(|b| b.cached_series > 0) {
             tracing::info!(
                 series = b.cached_series,

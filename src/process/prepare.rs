@@ -289,6 +289,7 @@ mod tests {
             predecessors: vec![],
             forced_complete: false,
             attempt: 1,
+            set_aside: Vec::new(),
         }
     }
 

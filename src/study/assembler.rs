@@ -94,6 +94,7 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
             })
             .collect();
         let attempt = state.mark_job_dispatched(j.id, &hex::encode(hash))?;
+        let set_aside = policy::set_aside(&state.instances_of(&j.study_uid)?, cfg);
         let job = StudyJob {
             study_instance_uid: j.study_uid.clone(),
             instances: inst
@@ -111,6 +112,7 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
             predecessors,
             forced_complete: j.forced,
             attempt: attempt.max(1) as u32,
+            set_aside,
         };
         if tx.send(WorkItem { job_id: j.id, job }).is_err() {
             break;

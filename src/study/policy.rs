@@ -121,6 +121,44 @@ pub fn eligible(instances: Vec<StoredInstance>, cfg: &Config) -> Vec<StoredInsta
         .collect()
 }
 
+/// Per series, the instances of a study the model does not read and why (not a model SOP
+/// class, or not a configured modality): reported with the results so a study's PARTIAL
+/// says what was received and not used.
+pub fn set_aside(instances: &[StoredInstance], cfg: &Config) -> Vec<SetAside> {
+    let mut out: Vec<SetAside> = Vec::new();
+    for i in instances {
+        let reason = if !MODEL_SOP_CLASSES.contains(&i.sop_class_uid.as_str()) {
+            format!(
+                "not an MR image the model reads (SOP Class {})",
+                i.sop_class_uid
+            )
+        } else if !cfg
+            .assembly
+            .modalities
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(&i.modality))
+        {
+            format!("modality {:?} is not in [assembly] modalities", i.modality)
+        } else {
+            continue;
+        };
+        match out
+            .iter_mut()
+            .find(|s| s.series_instance_uid == i.series_uid && s.reason == reason)
+        {
+            Some(s) => s.instances += 1,
+            None => out.push(SetAside {
+                series_instance_uid: i.series_uid.clone(),
+                instances: 1,
+                reason,
+            }),
+        }
+    }
+    out
+}
+
+pub use crate::job::SetAside;
+
 fn distinct_series(instances: &[StoredInstance]) -> usize {
     instances
         .iter()

@@ -191,6 +191,38 @@ pub fn write_case(case: &VendorCase, out: &Path, seed: u64) -> std::io::Result<V
     (case.write)(&dir, seed)
 }
 
+/// A realistic study of at least `min_instances` instances: every realistic case, again
+/// with the next seed (new series) until there are enough, all put in one study of one
+/// patient (`prima-node synth-study --vendor`, the preparation benchmark).
+pub fn write_study(out: &Path, seed: u64, min_instances: usize) -> std::io::Result<Vec<PathBuf>> {
+    let study = uid(seed, &["vendor", "study"]);
+    let mut files = Vec::new();
+    let mut round = 0;
+    while files.len() < min_instances.max(1) {
+        // The variants of one generator share its UIDs: one of each.
+        for case in cases()
+            .into_iter()
+            .filter(|c| !matches!(c.name, "siemens_dwi_standard_bvalue" | "ge_dwi_multib_1e9"))
+        {
+            let dir = out.join(format!("set{round}"));
+            files.extend(write_case(&case, &dir, seed + round)?);
+        }
+        round += 1;
+    }
+    for f in &files {
+        let mut o = dicom_object::open_file(f).map_err(std::io::Error::other)?;
+        for (tag, vr, v) in [
+            (tags::STUDY_INSTANCE_UID, VR::UI, study.as_str()),
+            (tags::PATIENT_ID, VR::LO, "VENDOR-1"),
+            (tags::PATIENT_NAME, VR::PN, "Vendor^Study"),
+        ] {
+            o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        o.write_to_file(f).map_err(std::io::Error::other)?;
+    }
+    Ok(files)
+}
+
 /// A b-value broken the ways a header can break it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BValueFault {
