@@ -41,7 +41,8 @@ measure() {  # prints "images seconds..." for one folder
     ts+=("$(echo "$out" | awk '/^prepare_seconds/ {print $2}')")
   done
   imgs=$(echo "$out" | awk '/^series / {for (i=1;i<=NF;i++) if ($i=="images") s+=$(i+1)}
-                            /^skipped / {if (match($0, /\(([0-9]+) images\)/, m)) s+=m[1]}
+                            /^skipped / {if (match($0, /\([0-9]+ images\)/)) {
+                                           split(substr($0, RSTART + 1), a, " "); s += a[1]}}
                             END {print s+0}')
   echo "$imgs ${ts[*]}"
 }
