@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use dicom_dictionary_std::tags;
-use dicom_object::OpenFileOptions;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -131,10 +130,9 @@ fn header_of(state: &State, study_uid: &str, show_ids: bool) -> (StudyHeader, i6
     let Some(first) = first else {
         return (StudyHeader::default(), n);
     };
-    let Ok(obj) = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(&first)
-    else {
+    // Decoded by its Specific Character Set: names in ISO 2022 or GB18030 read as the
+    // patient's, not as Latin-1.
+    let Ok(obj) = crate::imaging::charset::open_header(&first) else {
         return (StudyHeader::default(), n);
     };
     let get = |t| {
