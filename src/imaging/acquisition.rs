@@ -8,7 +8,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::csa;
-use super::header::{read_ds, read_int, read_str};
+use super::elements::{read_ds, read_int, read_str};
 
 /// Siemens CSA image header, the usual private block.
 const SIEMENS_CSA_IMAGE: Tag = Tag(0x0029, 0x1010);
@@ -110,7 +110,7 @@ pub struct Acquisition {
     pub dimension_values: Vec<u32>,
     /// A Siemens mosaic image's tiling (index 0), as its header gives it.
     pub mosaic_layout: Option<MosaicTile>,
-    /// Set on the slices [`mosaic_tiles`] cuts from a mosaic: which tile this slice is.
+    /// Set on the slices [`super::stack::mosaic_tiles`] cuts from a mosaic: which tile this slice is.
     pub mosaic: Option<MosaicTile>,
     /// SliceThickness: a mosaic's slice step when SpacingBetweenSlices is absent.
     pub slice_thickness: Option<f64>,
@@ -394,63 +394,6 @@ pub fn dimensions(obj: &InMemDicomObject) -> Vec<(Tag, Option<Tag>)> {
                 tag_of(item, tags::DIMENSION_INDEX_POINTER).unwrap_or(Tag(0, 0)),
                 tag_of(item, tags::FUNCTIONAL_GROUP_POINTER),
             )
-        })
-        .collect()
-}
-
-/// The slices of one mosaic image: `base` (the whole image's header, with the tiling in
-/// `base.acquisition.mosaic`) → one header per tile, each with the tile's size and position.
-/// Siemens gives ImagePositionPatient for the top-left corner of the whole mosaic as if it
-/// were one slice; the first tile's corner is half the unused width and height further
-/// along the row and column directions (nibabel's and dcm2niix's correction); slices follow
-/// along the CSA SliceNormalVector at SpacingBetweenSlices (or SliceThickness).
-pub fn mosaic_tiles(base: super::header::SliceMeta) -> Vec<super::header::SliceMeta> {
-    let Some(m) = base.acquisition.mosaic_layout else {
-        return vec![base];
-    };
-    let (cols, rows) = (m.full_cols / m.across, m.full_rows / m.across);
-    // The correction uses the unrounded tile size (nibabel's rule; dcm2niix agrees).
-    let (exact_cols, exact_rows) = (
-        m.full_cols as f64 / m.across as f64,
-        m.full_rows as f64 / m.across as f64,
-    );
-    let mut first = base.ipp;
-    if let (Some(ipp), Some(iop), Some(ps)) = (base.ipp, base.iop, base.pixel_spacing) {
-        let (dr, dc) = (
-            (m.full_rows as f64 - exact_rows) / 2.0,
-            (m.full_cols as f64 - exact_cols) / 2.0,
-        );
-        let mut p = ipp;
-        for k in 0..3 {
-            // PixelSpacing is (row spacing, column spacing); IOP is (row dir, column dir).
-            p[k] += iop[3 + k] * ps[0] * dr + iop[k] * ps[1] * dc;
-        }
-        first = Some(p);
-    }
-    let normal = m.normal.or_else(|| {
-        base.iop.map(|iop| {
-            let d = super::itk::direction_from_iop(&iop);
-            [d[0][2], d[1][2], d[2][2]]
-        })
-    });
-    let dz = base
-        .spacing_between_slices
-        .or(base.acquisition.slice_thickness)
-        .unwrap_or(1.0);
-    (0..m.images)
-        .map(|k| {
-            let mut s = base.clone();
-            s.cols = cols;
-            s.rows = rows;
-            s.acquisition.mosaic = Some(MosaicTile { index: k, ..m });
-            if let (Some(p), Some(n)) = (first, normal) {
-                s.ipp = Some([
-                    p[0] + n[0] * dz * k as f64,
-                    p[1] + n[1] * dz * k as f64,
-                    p[2] + n[2] * dz * k as f64,
-                ]);
-            }
-            s
         })
         .collect()
 }

@@ -10,6 +10,7 @@ use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 
 use super::acquisition::{self, Acquisition};
+use super::elements::{read_ds, read_int, read_str};
 use super::itk;
 
 const SHARED_FG: Tag = Tag(0x5200, 0x9229);
@@ -95,13 +96,6 @@ impl SliceMeta {
     }
 }
 
-pub(super) fn read_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let e = obj.get(tag)?;
-    let s = e.value().to_str().ok()?;
-    let s = s.trim_end_matches(['\0', ' ']).trim_start_matches(' ');
-    Some(s.to_string())
-}
-
 /// Single-valued text: `Err(())` if the attribute holds several values.
 fn read_single_str(obj: &InMemDicomObject, tag: Tag) -> Result<Option<String>, ()> {
     match obj.get(tag) {
@@ -120,31 +114,6 @@ fn read_single_str(obj: &InMemDicomObject, tag: Tag) -> Result<Option<String>, (
             }
         }
     }
-}
-
-/// Decimal strings parsed with Rust's correctly rounded parser (as ITK reads them).
-pub(super) fn read_ds(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
-    let e = obj.get(tag)?;
-    if let Ok(s) = e.value().to_str() {
-        let parsed: Option<Vec<f64>> = s
-            .split('\\')
-            .map(|p| {
-                p.trim_matches(|c: char| c == ' ' || c == '\0')
-                    .parse::<f64>()
-                    .ok()
-            })
-            .collect();
-        if let Some(v) = parsed {
-            if !v.is_empty() {
-                return Some(v);
-            }
-        }
-    }
-    e.value().to_multi_float64().ok().filter(|v| !v.is_empty())
-}
-
-pub(super) fn read_int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
-    obj.get(tag)?.value().to_int::<i64>().ok()
 }
 
 fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {

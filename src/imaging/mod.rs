@@ -7,6 +7,7 @@
 //!   GB18030, ISO 8859, UTF-8); headers opened with their text so decoded.
 //! - [`acquisition`], [`csa`]: what tells a series' volumes apart (b-value, echo, image
 //!   type, time, dimension indices, mosaic tiling; Siemens' CSA header).
+//! - [`stack`]: slice order along the normal, and the slices a Siemens mosaic holds.
 //! - [`volumes`]: one series → its volumes, as dcm2niix separates them, and which of them
 //!   the model reads.
 //! - [`header`]: one instance's header → one [`header::SliceMeta`] per image (file or
@@ -24,6 +25,7 @@
 pub mod acquisition;
 pub mod charset;
 pub mod csa;
+mod elements;
 pub mod header;
 pub mod itk;
 pub mod natsort;
@@ -33,6 +35,7 @@ pub mod pixel;
 pub mod resample;
 pub mod series;
 pub mod skip;
+pub mod stack;
 pub mod text;
 pub mod tokens;
 pub mod volume;

@@ -24,6 +24,7 @@ pub use super::header::{read_slice_headers, SliceHeaderError, SliceMeta};
 use super::natsort;
 /// Every stage that gives up on a series reports it in these terms.
 pub use super::skip::{SeriesSkip, SkipReason};
+use super::stack::sort_by_position;
 use super::volumes::{self, NotUsed};
 use super::{itk, Geometry, PixelType, Volume};
 
@@ -131,28 +132,6 @@ fn most_common_size(slices: Vec<SliceMeta>) -> Vec<SliceMeta> {
             .collect(),
         None => slices,
     }
-}
-
-/// Spatial order: projection on the slice normal, ties by InstanceNumber then frame.
-pub(super) fn sort_by_position(slices: &mut [SliceMeta]) {
-    let normal = slices
-        .iter()
-        .min_by_key(|s| (s.instance_number.unwrap_or(i64::MAX), s.frame))
-        .and_then(|s| s.iop)
-        .map(|iop| {
-            let d = itk::direction_from_iop(&iop);
-            [d[0][2], d[1][2], d[2][2]]
-        });
-    let pos = |s: &SliceMeta| match (normal, s.ipp) {
-        (Some(n), Some(p)) => p[0] * n[0] + p[1] * n[1] + p[2] * n[2],
-        _ => 0.0,
-    };
-    slices.sort_by(|a, b| {
-        pos(a)
-            .total_cmp(&pos(b))
-            .then_with(|| a.instance_number.cmp(&b.instance_number))
-            .then_with(|| a.frame.cmp(&b.frame))
-    });
 }
 
 fn list_files(dir: &Path, recursive: bool) -> Result<Vec<PathBuf>, ImagingError> {
