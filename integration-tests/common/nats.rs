@@ -7,8 +7,24 @@ use std::time::Duration;
 
 use super::{free_port, wait_until};
 
+/// The recommended nats-server: `$PRIMA_NATS_SERVER` (scripts/env.sh names the release
+/// setup installs), else the one on PATH.
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var_os("PRIMA_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// Debian 12's nats-server 2.9.10, with the compare-and-set bug (nats-server#4320).
+pub const DEBIAN_NATS_SERVER: &str = "/usr/sbin/nats-server";
+
 pub fn have_nats_server() -> bool {
-    let ok = Command::new("nats-server")
+    if std::env::var("CI").is_ok_and(|v| v == "true")
+        && std::env::var_os("PRIMA_NATS_SERVER").is_none()
+    {
+        panic!("PRIMA_NATS_SERVER not set (scripts/setup.sh installs the pinned nats-server, scripts/env.sh names it)");
+    }
+    let ok = Command::new(nats_server_bin())
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -32,12 +48,18 @@ pub struct NatsServer {
 
 pub struct NatsCluster {
     pub dir: tempfile::TempDir,
+    pub binary: PathBuf,
     pub servers: Vec<NatsServer>,
 }
 
 impl NatsCluster {
-    /// Three servers, JetStream on, one cluster.
+    /// Three servers of the recommended release, JetStream on, one cluster.
     pub fn start() -> NatsCluster {
+        NatsCluster::start_bin(&nats_server_bin())
+    }
+
+    /// Three servers run from `binary`.
+    pub fn start_bin(binary: &std::path::Path) -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let mut servers = Vec::new();
@@ -65,7 +87,11 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut c = NatsCluster { dir, servers };
+        let mut c = NatsCluster {
+            dir,
+            binary: binary.to_path_buf(),
+            servers,
+        };
         for i in 0..3 {
             c.start_server(i);
         }
@@ -85,6 +111,7 @@ impl NatsCluster {
     }
 
     pub fn start_server(&mut self, i: usize) {
+        let binary = self.binary.clone();
         let s = &mut self.servers[i];
         assert!(s.child.is_none());
         let log = std::fs::OpenOptions::new()
@@ -92,7 +119,7 @@ impl NatsCluster {
             .append(true)
             .open(&s.log)
             .unwrap();
-        let child = Command::new("nats-server")
+        let child = Command::new(&binary)
             .arg("-c")
             .arg(&s.config)
             .stdout(log.try_clone().unwrap())
