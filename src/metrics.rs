@@ -51,6 +51,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub outbox_pending: Gauge,
     pub free_disk_bytes: Gauge,
+    pub cluster_events: Family<Reason, Counter>,
 }
 
 fn stage_histogram() -> Histogram {
@@ -73,6 +74,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             outbox_pending: Gauge::default(),
             free_disk_bytes: Gauge::default(),
+            cluster_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +132,11 @@ impl Metrics {
             "Free bytes on the state directory's file system",
             m.free_disk_bytes.clone(),
         );
+        registry.register(
+            "cluster_events",
+            "Cluster faults worked around, by kind (cas_lost: an accepted compare-and-set overwritten; handover: a delivery claim given up; fenced: a send held back by a lapsed claim; partial: a study analysed without an unreachable node's instances)",
+            m.cluster_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -162,6 +169,14 @@ impl Metrics {
         self.studies
             .get_or_create(&Reason {
                 reason: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn cluster_event(&self, kind: &str) {
+        self.cluster_events
+            .get_or_create(&Reason {
+                reason: kind.to_string(),
             })
             .inc();
     }

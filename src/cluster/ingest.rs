@@ -7,7 +7,7 @@
 //! before the study record says so; a result is queued in the local outbox once, and
 //! marked delivered only when the outbox has sent it to every destination.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +15,11 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::records::{
-    decide, instance_object, node_key, study_key, Decision, InstanceEntry, NodeRecord,
-    ResultRecord, ResultState, StudyRecord,
+    decide, holders, instance_object, node_key, study_key, Decision, InstanceEntry, NodeRecord,
+    NodeState, ResultRecord, ResultState, StudyRecord,
 };
 use super::tracked::Bucket;
 use super::{nats, nats_at, Cluster, ClusterError};
@@ -70,7 +70,15 @@ fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
         results: Bucket::new(&section.results_bucket),
         aside: SetAside::new(),
         announced: None,
+        heard: HashMap::new(),
     };
+    if section.node_silent_s >= cfg.assembly.quiet_period_s {
+        warn!(
+            node_silent_s = section.node_silent_s,
+            quiet_period_s = cfg.assembly.quiet_period_s,
+            "[cluster] node_silent_s is not shorter than the quiet period: a study may be decided before an ingest node cut off in the middle of it is known to be unreachable"
+        );
+    }
     while !stop.load(Ordering::SeqCst) {
         let r = rt.block_on(pass(&ctx, &cl, &mut known));
         if viewed.is_none_or(|t| t.elapsed() >= VIEW_INTERVAL) {
@@ -115,6 +123,14 @@ fn run(ctx: IngestCtx, stop: Arc<AtomicBool>) {
         };
         let _ = ctx.arrivals.recv_timeout(wait);
     }
+    // The last announcement: a node that stopped with nothing pending holds nothing, and
+    // no study need wait for it.
+    let done = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), announce_stop(&ctx, &cl)).await
+    });
+    if !matches!(done, Ok(Ok(()))) {
+        warn!("could not announce this node's stop to the cluster: studies it sent instances of wait up to partition_wait_s for it");
+    }
 }
 
 /// What this node knows of the cluster's records (see [`Bucket`]).
@@ -124,10 +140,15 @@ struct Known {
     aside: SetAside,
     /// What this node last announced, and when.
     announced: Option<(std::collections::BTreeSet<String>, std::time::Instant)>,
+    /// Each ingest node's last announcement time as this node saw it change.
+    heard: HashMap<String, (i64, std::time::Instant)>,
 }
 
-/// An unchanged announcement is written again this often (its time shows the node alive).
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+/// An unchanged announcement is written again this often (its time shows the node alive):
+/// three times within `node_silent_s`.
+fn announce_every(cl: &Cluster) -> Duration {
+    Duration::from_secs_f64((cl.section.node_silent_s / 3.0).max(0.2))
+}
 
 /// Tell the cluster which studies this node holds instances of that are not replicated
 /// yet ([`NodeRecord`]), before replicating them and again after.
@@ -136,7 +157,7 @@ async fn announce(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<()
     if known
         .announced
         .as_ref()
-        .is_some_and(|(p, t)| *p == pending && t.elapsed() < ANNOUNCE_EVERY)
+        .is_some_and(|(p, t)| *p == pending && t.elapsed() < announce_every(cl))
     {
         return Ok(());
     }
@@ -144,6 +165,7 @@ async fn announce(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<()
         node: cl.node.clone(),
         updated_ms: now_ms(),
         pending: pending.clone(),
+        stopped: false,
     };
     let bytes = Bytes::from(serde_json::to_vec(&rec).map_err(nats)?);
     cl.nodes
@@ -154,15 +176,52 @@ async fn announce(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<()
     Ok(())
 }
 
-/// The studies some ingest node announced it still holds instances of.
-async fn held_studies(cl: &Cluster) -> Result<std::collections::HashSet<String>, ClusterError> {
-    let mut held = std::collections::HashSet::new();
+async fn announce_stop(ctx: &IngestCtx, cl: &Cluster) -> Result<(), ClusterError> {
+    let rec = NodeRecord {
+        node: cl.node.clone(),
+        updated_ms: now_ms(),
+        pending: ctx.state.unreplicated_studies()?,
+        stopped: true,
+    };
+    let bytes = Bytes::from(serde_json::to_vec(&rec).map_err(nats)?);
+    cl.nodes
+        .put(node_key(&cl.node), bytes)
+        .await
+        .map_err(nats_at("announcing this node's stop"))?;
+    Ok(())
+}
+
+/// Every ingest node's announcement, and whether it is heard from: this node always; another
+/// while its announcement is younger than `node_silent_s`, by its own clock and by this
+/// node's (it must also have changed within that time as this node saw it), so that
+/// neither a clock ahead nor a stalled writer passes for alive.
+async fn node_states(cl: &Cluster, known: &mut Known) -> Result<Vec<NodeState>, ClusterError> {
+    let silent_ms = (cl.section.node_silent_s * 1000.0) as i64;
+    let now = now_ms();
+    let mut out = Vec::new();
     for key in cl.keys(&cl.nodes).await? {
-        if let Some((rec, _)) = cl.read::<NodeRecord>(&cl.nodes, &key).await? {
-            held.extend(rec.pending);
+        let Some((rec, _)) = cl.read::<NodeRecord>(&cl.nodes, &key).await? else {
+            continue;
+        };
+        let heard = known
+            .heard
+            .entry(rec.node.clone())
+            .or_insert((rec.updated_ms, std::time::Instant::now()));
+        if heard.0 != rec.updated_ms {
+            *heard = (rec.updated_ms, std::time::Instant::now());
         }
+        let unchanged_ms = heard.1.elapsed().as_millis() as i64;
+        let me = rec.node == cl.node;
+        let reachable =
+            me || (now - rec.updated_ms < silent_ms && unchanged_ms < silent_ms && !rec.stopped);
+        let last_seen_ms = rec.updated_ms.min(now - unchanged_ms);
+        out.push(NodeState {
+            record: rec,
+            reachable,
+            last_seen_ms,
+        });
     }
-    Ok(held)
+    Ok(out)
 }
 
 async fn pass(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<(), ClusterError> {
@@ -170,8 +229,8 @@ async fn pass(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<(), Cl
     while replicate(ctx, cl, &mut known.aside).await? == REPLICATE_BATCH {}
     announce(ctx, cl, known).await?;
     known.studies.refresh(cl).await?;
-    let held = held_studies(cl).await?;
-    decide_all(ctx, cl, &known.studies, &held).await?;
+    let nodes = node_states(cl, known).await?;
+    decide_all(ctx, cl, &known.studies, &nodes).await?;
     known.results.refresh(cl).await?;
     deliver_all(ctx, cl, &known.results).await?;
     Ok(())
@@ -302,15 +361,20 @@ async fn decide_all(
     ctx: &IngestCtx,
     cl: &Cluster,
     studies: &Bucket<StudyRecord>,
-    held: &std::collections::HashSet<String>,
+    nodes: &[NodeState],
 ) -> Result<(), ClusterError> {
     let cfg = ctx.config.get();
     for rec in studies.open.values() {
         let now = now_ms();
-        let Some(d) = decide(rec, &cfg, now, held.contains(&rec.study_uid)) else {
+        let h = holders(rec, nodes);
+        let Some(d) = decide(rec, &cfg, now, &h) else {
             continue;
         };
         let span = info_span!("study", study = %rec.study_uid);
+        if let (Decision::Wait(until), Some(u)) = (&d, &h.unreachable) {
+            let _g = span.enter();
+            debug!(nodes = ?u.nodes, decide_by_ms = until - now, "waiting for unreachable ingest nodes that may hold instances of the study");
+        }
         apply(cl, rec, d).instrument(span).await?;
     }
     Ok(())
@@ -390,6 +454,10 @@ async fn apply(cl: &Cluster, rec: &StudyRecord, d: Decision) -> Result<(), Clust
                 },
             )
             .await?;
+            if let Some(nodes) = &job.without {
+                warn!(?nodes, "study analysed without unreachable ingest nodes (partition_wait_s passed): the report is partial, and amended when their instances arrive");
+                crate::metrics::get().cluster_event("partial");
+            }
             info!(
                 instances = job.instances.len(),
                 forced = job.forced,

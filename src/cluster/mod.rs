@@ -19,6 +19,7 @@
 //! With `[cluster]` absent none of this runs: the single node is unchanged.
 
 pub mod ingest;
+pub mod reads;
 pub mod records;
 pub mod tracked;
 pub mod view;
@@ -80,6 +81,9 @@ pub struct Cluster {
     pub section: ClusterSection,
     /// This node's name in claims and records.
     pub node: String,
+    /// The server may accept two updates with one expected revision: a check after each
+    /// update is ordered after any rival ([`Cluster::modify`]).
+    pub cas_barrier: bool,
 }
 
 impl Cluster {
@@ -87,32 +91,49 @@ impl Cluster {
         jobs_subject(&self.section)
     }
 
-    /// Read a JSON record with its revision.
+    /// Read a JSON record with its revision (any replica, else the stream leader:
+    /// [`reads`]).
     pub async fn read<T: serde::de::DeserializeOwned>(
         &self,
         bucket: &kv::Store,
         key: &str,
     ) -> Result<Option<(T, u64)>, ClusterError> {
-        let Some(e) = bucket
-            .entry(key.to_string())
-            .await
-            .map_err(nats_at(format_args!("reading {key}")))?
-        else {
+        match self.read_json(bucket, key, Replica::Any).await? {
+            Some((v, rev)) => Ok(Some((record_from(key, v)?, rev))),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_json(
+        &self,
+        bucket: &kv::Store,
+        key: &str,
+        from: Replica,
+    ) -> Result<Option<(serde_json::Value, u64)>, ClusterError> {
+        let subject = format!("{}{key}", bucket.prefix);
+        let m = match from {
+            Replica::Any => reads::last_for_subject(&bucket.stream, &subject).await?,
+            Replica::Leader => reads::last_from_leader(&bucket.stream, &subject).await?,
+        };
+        let Some(m) = m.filter(|m| !reads::is_kv_delete(m)) else {
             return Ok(None);
         };
-        if !matches!(e.operation, kv::Operation::Put) {
-            return Ok(None);
-        }
-        let v = serde_json::from_slice(&e.value).map_err(|err| ClusterError::Record {
+        let v = serde_json::from_slice(&m.payload).map_err(|err| ClusterError::Record {
             key: key.into(),
             message: err.to_string(),
         })?;
-        Ok(Some((v, e.revision)))
+        Ok(Some((v, m.sequence)))
     }
 
     /// Change a record by compare-and-set: `f` sees the current value (or `None`) and
     /// returns the new one, or `None` to leave it; on a concurrent change it runs again on
     /// the newer value. Returns the value written (or the one left).
+    ///
+    /// A successful update is checked, not trusted: nats-server 2.9 may accept two updates
+    /// made with the same expected revision (nats-server#4320), and the second then erases
+    /// the first. Each write carries a fresh id in the record's [`CAS_LOG`], copied forward
+    /// by every later write; the stream leader's copy must list ours, or the change is
+    /// made again on the record as it stands. `f` must therefore be safe to apply again.
     pub async fn modify<T, F>(
         &self,
         bucket: &kv::Store,
@@ -123,33 +144,47 @@ impl Cluster {
         T: serde::Serialize + serde::de::DeserializeOwned + Clone,
         F: FnMut(Option<T>) -> Option<T>,
     {
+        // After a lost race the next read goes to the leader: the replica that answered
+        // may be behind, and would lose every race again.
+        let mut from = Replica::Any;
         for _ in 0..50 {
-            let cur: Option<(T, u64)> = self.read(bucket, key).await?;
-            let (old, rev) = match cur {
-                Some((v, r)) => (Some(v), Some(r)),
-                None => (None, None),
+            let cur = self.read_json(bucket, key, from).await?;
+            from = Replica::Leader;
+            let (old, log, rev) = match cur {
+                Some((v, r)) => {
+                    let log = cas_log(&v);
+                    (Some(record_from::<T>(key, v)?), log, Some(r))
+                }
+                None => (None, Vec::new(), None),
             };
             let Some(new) = f(old.clone()) else {
                 return Ok(old);
             };
-            let bytes =
-                Bytes::from(serde_json::to_vec(&new).map_err(|e| ClusterError::Record {
-                    key: key.into(),
-                    message: e.to_string(),
-                })?);
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let bytes = Bytes::from(with_cas_log(key, &new, log, &id)?);
             self.fits(key, bytes.len())?;
             let written = match rev {
-                Some(r) => bucket.update(key, bytes, r).await.map(|_| ()).map_err(|e| {
-                    let stale = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                Some(r) => bucket.update(key, bytes, r).await.map_err(|e| {
+                    // Servers from 2.10 answer with another error code than the one the
+                    // client maps to `WrongLastRevision`.
+                    let stale = e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                        || e.to_string().contains("wrong last sequence");
                     (stale, nats_at(format_args!("updating {key}"))(e))
                 }),
-                None => bucket.create(key, bytes).await.map(|_| ()).map_err(|e| {
-                    let exists = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                None => bucket.create(key, bytes).await.map_err(|e| {
+                    let exists = e.kind() == kv::CreateErrorKind::AlreadyExists
+                        || e.to_string().contains("wrong last sequence");
                     (exists, nats_at(format_args!("creating {key}"))(e))
                 }),
             };
             match written {
-                Ok(()) => return Ok(Some(new)),
+                Ok(_) => {
+                    if self.stands(bucket, key, &id).await? {
+                        return Ok(Some(new));
+                    }
+                    warn!(%key, "a compare-and-set the server accepted was overwritten by a concurrent one (nats-server#4320, fixed in 2.10): change made again");
+                    crate::metrics::get().cluster_event("cas_lost");
+                }
                 Err((true, _)) => continue,
                 Err((false, e)) => return Err(e),
             }
@@ -158,6 +193,25 @@ impl Cluster {
             key: key.into(),
             message: "changed concurrently 50 times in a row".into(),
         })
+    }
+
+    /// Whether the write with this id is part of the record as the leader has it.
+    ///
+    /// On a server with the double-accept bug the rival update is proposed before ours is
+    /// applied, but may be applied after the leader answered our read. A write of our own
+    /// to the same stream, made now, is ordered after the rival in the leader's log: once
+    /// it is acknowledged, the rival is applied and the read below sees it.
+    async fn stands(&self, bucket: &kv::Store, key: &str, id: &str) -> Result<bool, ClusterError> {
+        if self.cas_barrier {
+            bucket
+                .put(format!("{CAS_BARRIER}{}", self.node), Bytes::new())
+                .await
+                .map_err(nats_at(format_args!("checking the update of {key}")))?;
+        }
+        Ok(self
+            .read_json(bucket, key, Replica::Leader)
+            .await?
+            .is_some_and(|(v, _)| cas_log(&v).iter().any(|w| w == id)))
     }
 
     /// A record must fit in one NATS message. A study record holds every instance (about
@@ -196,12 +250,85 @@ impl Cluster {
         while let Some(s) = subjects.next().await {
             let (subject, _) = s.map_err(nats_at(format_args!("listing keys of {name}")))?;
             if let Some(k) = subject.strip_prefix(&prefix) {
+                if k.starts_with(CAS_BARRIER) {
+                    continue;
+                }
                 out.push(k.to_string());
             }
         }
         out.sort();
         Ok(out)
     }
+}
+
+/// Keys of the per-node writes that order a check after a rival update (not records).
+pub const CAS_BARRIER: &str = "cas-barrier.";
+
+/// Whether a server of this version may accept two updates with one expected revision
+/// (nats-server#4320: releases before 2.10).
+pub fn double_accepts(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) < (2, 10)
+}
+
+/// Which copy of a record to read.
+#[derive(Clone, Copy)]
+enum Replica {
+    /// Whichever answers (the leader when none does).
+    Any,
+    /// The stream leader: every acknowledged write.
+    Leader,
+}
+
+/// The field of a record's JSON that lists the ids of its last writes (readers of the
+/// record type ignore it).
+pub const CAS_LOG: &str = "cas_log";
+/// Write ids kept: a write is checked right after it is made, when fewer than this many
+/// writes can have followed it.
+const CAS_LOG_LEN: usize = 16;
+
+fn record_from<T: serde::de::DeserializeOwned>(
+    key: &str,
+    v: serde_json::Value,
+) -> Result<T, ClusterError> {
+    serde_json::from_value(v).map_err(|e| ClusterError::Record {
+        key: key.into(),
+        message: e.to_string(),
+    })
+}
+
+fn cas_log(v: &serde_json::Value) -> Vec<String> {
+    v.get(CAS_LOG)
+        .and_then(|l| l.as_array())
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `new` as JSON with the write log: the previous value's ids and this write's.
+fn with_cas_log<T: serde::Serialize>(
+    key: &str,
+    new: &T,
+    mut log: Vec<String>,
+    id: &str,
+) -> Result<Vec<u8>, ClusterError> {
+    let bad = |e: serde_json::Error| ClusterError::Record {
+        key: key.into(),
+        message: e.to_string(),
+    };
+    let mut v = serde_json::to_value(new).map_err(bad)?;
+    log.push(id.to_string());
+    let skip = log.len().saturating_sub(CAS_LOG_LEN);
+    log.drain(..skip);
+    if let Some(o) = v.as_object_mut() {
+        o.insert(CAS_LOG.into(), serde_json::json!(log));
+    }
+    serde_json::to_vec(&v).map_err(bad)
 }
 
 /// A KV bucket's name (its stream is `KV_<name>`).
@@ -242,27 +369,18 @@ impl Objects {
     ) -> Result<u64, ClusterError> {
         use base64::Engine;
         use sha2::Digest;
-        let info = self
-            .store
-            .info(name)
-            .await
-            .map_err(nats_at(format_args!("object {name} info")))?;
-        if info.deleted {
-            return Err(ClusterError::Record {
-                key: name.into(),
-                message: "object deleted".into(),
-            });
-        }
+        let info = self.info(name).await?;
         let subject = format!("$O.{}.C.{}", self.bucket, info.nuid);
         let mut hasher = sha2::Sha256::new();
         let mut len = 0usize;
         let mut seq = 1;
         for _ in 0..info.chunks {
-            let m = self
-                .stream
-                .direct_get_next_for_subject(subject.as_str(), Some(seq))
-                .await
-                .map_err(nats_at(format_args!("fetching object {name}")))?;
+            let Some(m) = reads::next_for_subject(&self.stream, &subject, seq).await? else {
+                return Err(ClusterError::Record {
+                    key: name.into(),
+                    message: format!("object incomplete: chunk after sequence {seq} missing"),
+                });
+            };
             hasher.update(&m.payload);
             out.write_all(&m.payload)?;
             len += m.payload.len();
@@ -284,6 +402,34 @@ impl Objects {
             });
         }
         Ok(len as u64)
+    }
+
+    /// An object's description (any replica, else the stream leader: [`reads`]).
+    pub async fn info(&self, name: &str) -> Result<object_store::ObjectInfo, ClusterError> {
+        use base64::Engine;
+        let subject = format!(
+            "$O.{}.M.{}",
+            self.bucket,
+            base64::engine::general_purpose::URL_SAFE.encode(name)
+        );
+        let Some(m) = reads::last_for_subject(&self.stream, &subject).await? else {
+            return Err(ClusterError::Record {
+                key: name.into(),
+                message: "object not found".into(),
+            });
+        };
+        let info: object_store::ObjectInfo =
+            serde_json::from_slice(&m.payload).map_err(|e| ClusterError::Record {
+                key: name.into(),
+                message: format!("object description: {e}"),
+            })?;
+        if info.deleted {
+            return Err(ClusterError::Record {
+                key: name.into(),
+                message: "object deleted".into(),
+            });
+        }
+        Ok(info)
     }
 
     /// Store a file as an object, read as it is sent (memory holds one chunk), unless an
@@ -362,8 +508,16 @@ pub async fn connect(c: &ClusterSection, ae_title: &str) -> Result<Cluster, Clus
     let instances = ensure_objects(&js, &c.instances_bucket, c.replicas, max_age).await?;
     let outputs = ensure_objects(&js, &c.outputs_bucket, c.replicas, max_age).await?;
     ensure_jobs(&js, c, max_age).await?;
-    let max_payload = client.server_info().max_payload;
-    info!(node = %node, servers = ?c.servers, max_payload, "connected to the cluster");
+    let info = client.server_info();
+    let max_payload = info.max_payload;
+    info!(node = %node, servers = ?c.servers, max_payload, server_version = %info.version, "connected to the cluster");
+    let cas_barrier = double_accepts(&info.version);
+    if cas_barrier {
+        warn!(
+            server_version = %info.version,
+            "this nats-server may accept two compare-and-set updates of one record (nats-server#4320): each update is checked at the cost of one more write; upgrade the servers to 2.10 or later (docs/cluster.md)"
+        );
+    }
     if max_payload < RECOMMENDED_MAX_PAYLOAD {
         warn!(
             max_payload,
@@ -382,6 +536,7 @@ pub async fn connect(c: &ClusterSection, ae_title: &str) -> Result<Cluster, Clus
         outputs,
         section: c.clone(),
         node,
+        cas_barrier,
     })
 }
 

@@ -119,23 +119,93 @@ pub enum Decision {
     Publish(JobMessage),
 }
 
+/// An ingest node as a decider sees it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    pub record: NodeRecord,
+    /// Its announcements arrive (it is this node, or it announced within `node_silent_s`).
+    pub reachable: bool,
+    /// When it was last heard of (ms).
+    pub last_seen_ms: i64,
+}
+
+/// What a decider knows of the ingest nodes that hold or sent instances of one study.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holders {
+    /// A reachable node announced instances of the study it has not replicated yet.
+    pub held: bool,
+    /// Unreachable nodes that may hold instances of the study.
+    pub unreachable: Option<Unreachable>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreachable {
+    pub nodes: Vec<String>,
+    /// When the last of them was heard of (ms): the wait for them counts from there.
+    pub since_ms: i64,
+}
+
+/// Which ingest nodes the decision on `rec` must wait for. A node that cannot be heard
+/// from may hold acknowledged instances of the study that nobody else knows of: the
+/// pending ones it announced, or more of a study it sent instances of (a partition cuts
+/// a node off in the middle of an association). A node that announced a clean stop with
+/// nothing pending holds nothing.
+pub fn holders(rec: &StudyRecord, nodes: &[NodeState]) -> Holders {
+    let mut h = Holders::default();
+    let mut since = i64::MIN;
+    let mut gone = Vec::new();
+    for n in nodes {
+        let pending = n.record.pending.contains(&rec.study_uid);
+        if n.reachable {
+            h.held |= pending;
+            continue;
+        }
+        let sent = rec.instances.values().any(|e| e.node == n.record.node);
+        let stopped_empty = n.record.stopped && n.record.pending.is_empty();
+        if pending || (sent && !stopped_empty) {
+            gone.push(n.record.node.clone());
+            since = since.max(n.last_seen_ms);
+        }
+    }
+    if !gone.is_empty() {
+        h.unreachable = Some(Unreachable {
+            nodes: gone,
+            since_ms: since,
+        });
+    }
+    h
+}
+
 /// The study policy ([`crate::study::policy`]) on the cluster's view of the study: quiet
 /// since the last arrival on any ingest node, or forced at the deadline; the last
 /// published input stands for the last run.
 ///
-/// `held`: an ingest node announced instances of the study it acknowledged and has not
-/// replicated yet (its [`NodeRecord`]): the study is not quiet until they are in, but the
-/// force deadline still holds.
-pub fn decide(rec: &StudyRecord, cfg: &Config, now: i64, held: bool) -> Option<Decision> {
+/// `holders`: a reachable ingest node that announced instances of the study it has not
+/// replicated yet keeps the study from being quiet until they are in (the force deadline
+/// still holds). An unreachable one that may hold instances of it holds the decision
+/// itself, deadline included, for up to `[cluster] partition_wait_s` after it was last
+/// heard of; then the study is analysed without it, as partial (and analysed again, with
+/// an amended report, when its instances arrive).
+pub fn decide(rec: &StudyRecord, cfg: &Config, now: i64, holders: &Holders) -> Option<Decision> {
     if rec.state != StudyState::Receiving {
         return None;
+    }
+    let wait_ms = cfg
+        .cluster
+        .as_ref()
+        .map_or(0, |c| (c.partition_wait_s * 1000.0) as i64);
+    if let Some(u) = &holders.unreachable {
+        let until = u.since_ms.saturating_add(wait_ms);
+        if now < until {
+            return Some(Decision::Wait(until));
+        }
     }
     let stored = rec.stored();
     let snapshot = StudySnapshot {
         instances: &stored,
         last_arrival_ms: rec.last_ms,
         opened_ms: rec.opened_ms,
-        held,
+        held: holders.held,
         last_input_hash: rec.published_input.as_deref(),
     };
     Some(match policy::decide(&snapshot, cfg, now) {
@@ -153,7 +223,8 @@ pub fn decide(rec: &StudyRecord, cfg: &Config, now: i64, held: bool) -> Option<D
                 })
                 .collect(),
             predecessors: rec.outputs.clone(),
-            forced: input.forced,
+            forced: input.forced || holders.unreachable.is_some(),
+            without: holders.unreachable.as_ref().map(|u| u.nodes.clone()),
         }),
     })
 }
@@ -166,6 +237,9 @@ pub struct NodeRecord {
     pub node: String,
     pub updated_ms: i64,
     pub pending: BTreeSet<String>,
+    /// Written by a node that stopped cleanly (its last announcement).
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 pub fn node_key(node: &str) -> String {
@@ -180,6 +254,10 @@ pub struct JobMessage {
     pub instances: BTreeMap<String, InstanceEntry>,
     pub predecessors: Vec<PredecessorRef>,
     pub forced: bool,
+    /// Decided without these unreachable ingest nodes (after `partition_wait_s`): they may
+    /// hold instances of the study that are not in this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub without: Option<Vec<String>>,
 }
 
 impl JobMessage {
@@ -282,6 +360,17 @@ mod tests {
         Config::parse(std::path::Path::new("t.toml"), &text).unwrap()
     }
 
+    fn free() -> Holders {
+        Holders::default()
+    }
+
+    fn held() -> Holders {
+        Holders {
+            held: true,
+            unreachable: None,
+        }
+    }
+
     fn entry(series: &str, hash: &str) -> InstanceEntry {
         InstanceEntry {
             series_uid: series.into(),
@@ -301,17 +390,17 @@ mod tests {
         let mut r = StudyRecord::new("1.2.3", 0);
         assert!(r.add("1.1", entry("9.1", "h1"), 0));
         assert!(r.add("1.2", entry("9.2", "h2"), 1500));
-        assert_eq!(decide(&r, &c, 2000, false), Some(Decision::Wait(3500)));
+        assert_eq!(decide(&r, &c, 2000, &free()), Some(Decision::Wait(3500)));
         // Another node still holds instances of it: not quiet, until the force deadline.
         assert!(matches!(
-            decide(&r, &c, 9000, true),
+            decide(&r, &c, 9000, &held()),
             Some(Decision::Wait(_))
         ));
         assert!(matches!(
-            decide(&r, &c, 10_000, true),
+            decide(&r, &c, 10_000, &held()),
             Some(Decision::Publish(JobMessage { forced: true, .. }))
         ));
-        match decide(&r, &c, 3500, false) {
+        match decide(&r, &c, 3500, &free()) {
             Some(Decision::Publish(j)) => {
                 assert_eq!(j.instances.len(), 2);
                 assert!(!j.forced);
@@ -328,7 +417,7 @@ mod tests {
         let mut r = StudyRecord::new("1.2.3", 0);
         r.add("1.1", entry("9.1", "h1"), 0);
         r.add("1.2", entry("9.2", "h2"), 0);
-        let Some(Decision::Publish(j)) = decide(&r, &c, 5000, false) else {
+        let Some(Decision::Publish(j)) = decide(&r, &c, 5000, &free()) else {
             panic!()
         };
         r.published_input = Some(j.input_hash.clone());
@@ -338,7 +427,7 @@ mod tests {
         assert!(r.add("1.1", entry("9.1", "h1b"), 7000));
         assert_eq!(r.state, StudyState::Receiving);
         assert_eq!(r.opened_ms, 7000);
-        let Some(Decision::Publish(j2)) = decide(&r, &c, 9000, false) else {
+        let Some(Decision::Publish(j2)) = decide(&r, &c, 9000, &free()) else {
             panic!()
         };
         assert_ne!(j2.input_hash, j.input_hash);
@@ -356,19 +445,79 @@ mod tests {
                 t,
             );
         }
-        match decide(&r, &c, 11_500, false) {
+        match decide(&r, &c, 11_500, &free()) {
             Some(Decision::Publish(j)) => assert!(j.forced),
             other => panic!("{other:?}"),
         }
         let mut one = StudyRecord::new("1.2.4", 0);
         one.add("1.1", entry("9.1", "h1"), 0);
         assert!(matches!(
-            decide(&one, &c, 5000, false),
+            decide(&one, &c, 5000, &free()),
             Some(Decision::Settle {
                 state: StudyState::NotQualified,
                 ..
             })
         ));
+    }
+
+    fn node(name: &str, pending: &[&str], reachable: bool, seen: i64) -> NodeState {
+        NodeState {
+            record: NodeRecord {
+                node: name.into(),
+                updated_ms: seen,
+                pending: pending.iter().map(|s| s.to_string()).collect(),
+                stopped: false,
+            },
+            reachable,
+            last_seen_ms: seen,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_node_that_sent_or_holds_instances_holds_the_decision_until_the_bound() {
+        // partition_wait_s = 300 (the default), quiet 2 s, deadline 10 s.
+        let text = format!(
+            "{}[assembly]\nquiet_period_s = 2\nforce_complete_s = 10\nmin_series = 2\n\
+             [cluster]\nrole = \"ingest\"\nservers = [\"nats://a:4222\"]\n",
+            crate::config::MINIMAL_FOR_TESTS
+        );
+        let c = Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let mut r = StudyRecord::new("1.2.3", 0);
+        let mut from_b = entry("9.2", "h2");
+        from_b.node = "b".into();
+        assert!(r.add("1.1", entry("9.1", "h1"), 0));
+        assert!(r.add("1.2", from_b, 500));
+        // b sent instances and went silent at 1000: no decision, not even at the deadline.
+        let nodes = [node("a", &[], true, 20_000), node("b", &[], false, 1000)];
+        let h = holders(&r, &nodes);
+        assert_eq!(h.unreachable.as_ref().unwrap().nodes, vec!["b".to_string()]);
+        assert_eq!(decide(&r, &c, 20_000, &h), Some(Decision::Wait(301_000)));
+        // Past the bound: analysed without it, as partial, naming it.
+        match decide(&r, &c, 301_000, &h) {
+            Some(Decision::Publish(j)) => {
+                assert!(j.forced);
+                assert_eq!(j.without, Some(vec!["b".to_string()]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Reachable again (or never involved): the ordinary quiet period.
+        let back = [node("a", &[], true, 20_000), node("b", &[], true, 20_000)];
+        match decide(&r, &c, 3000, &holders(&r, &back)) {
+            Some(Decision::Publish(j)) => assert!(!j.forced && j.without.is_none()),
+            other => panic!("{other:?}"),
+        }
+        let other = [node("c", &[], false, 1000)];
+        assert_eq!(holders(&r, &other), Holders::default());
+        // A silent node that announced the study pending holds it without having sent any.
+        let pend = [node("c", &["1.2.3"], false, 1000)];
+        assert!(holders(&r, &pend).unreachable.is_some());
+        // A reachable node's pending instances only keep the study from being quiet.
+        let live = [node("c", &["1.2.3"], true, 1000)];
+        assert_eq!(holders(&r, &live), held());
+        // A node that stopped cleanly with nothing pending holds nothing.
+        let mut stopped = node("b", &[], false, 1000);
+        stopped.record.stopped = true;
+        assert_eq!(holders(&r, &[stopped]), Holders::default());
     }
 
     #[test]

@@ -10,11 +10,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use serde::de::DeserializeOwned;
 
 use super::records::{ResultRecord, ResultState, StudyRecord};
-use super::{nats_at, Cluster, ClusterError};
+use super::{nats_at, reads, Cluster, ClusterError};
 use crate::store::state::StudyState;
 
 /// Changes read in one pass at most (the rest in the next passes).
@@ -145,41 +144,37 @@ impl<T: Tracked> Bucket<T> {
             return Ok(());
         }
         let prefix = format!("$KV.{}.", self.name);
+        let filter = format!("{prefix}>");
         let to = last.min(self.seen + MAX_CHANGES);
-        for seq in self.seen + 1..=to {
-            match stream.direct_get(seq).await {
-                Ok(m) => {
-                    let Some(key) = m.subject.strip_prefix(&prefix).map(str::to_string) else {
-                        self.seen = seq;
-                        continue;
-                    };
-                    let deleted = m
-                        .headers
-                        .get("KV-Operation")
-                        .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-                    if deleted {
-                        self.forget(&key);
-                    } else {
-                        match serde_json::from_slice::<T>(&m.payload) {
-                            Ok(rec) => self.put(&key, rec),
-                            Err(e) => {
-                                tracing::warn!(%key, error = %e, "unreadable cluster record ignored")
-                            }
-                        }
-                    }
-                }
-                // Overwritten since (one message per key) or expired: its newer version
-                // comes later in the sequence, or there is none.
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(nats_at(format_args!(
-                        "reading change {seq} of {}",
-                        self.name
-                    ))(e))
-                }
+        let mut seq = self.seen + 1;
+        while seq <= to {
+            // The next change still held: the versions in between were overwritten since
+            // (one message per key) or expired. A replica that has not caught up says
+            // "none" where the leader has some: `next_for_subject` then asks the leader.
+            let Some(m) = reads::next_for_subject(&stream, &filter, seq).await? else {
+                break;
+            };
+            if m.sequence > to {
+                break;
             }
-            self.seen = seq;
+            seq = m.sequence + 1;
+            self.seen = m.sequence;
+            let Some(key) = m.subject.strip_prefix(&prefix).map(str::to_string) else {
+                continue;
+            };
+            if key.starts_with(super::CAS_BARRIER) {
+                continue;
+            }
+            if reads::is_kv_delete(&m) {
+                self.forget(&key);
+                continue;
+            }
+            match serde_json::from_slice::<T>(&m.payload) {
+                Ok(rec) => self.put(&key, rec),
+                Err(e) => tracing::warn!(%key, error = %e, "unreadable cluster record ignored"),
+            }
         }
+        self.seen = to;
         Ok(())
     }
 

@@ -166,7 +166,7 @@ impl NatsJobs {
         rt.block_on(claim(cl, &job))?;
         let progress = keep_lease(rt, cl, &msg, self.ctx.heartbeat.clone());
         let dir = self.ctx.scratch.join(&job.input_hash);
-        let fetched = rt.block_on(fetch(cl, &job, &dir, delivered));
+        let fetched = rt.block_on(fetch_patiently(cl, &job, &dir, delivered, &self.stop));
         let study_job = match fetched {
             Ok(j) => j,
             Err(e) => {
@@ -338,6 +338,37 @@ fn give_up_or_retry(
         return Ok(());
     }
     Err(why)
+}
+
+/// How long a worker keeps trying to fetch a job's instances while the cluster does not
+/// answer (a partition, a leader election, a replica catching up), holding the job by
+/// its progress reports, before the delivery counts as failed.
+const FETCH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// [`fetch`], tried again while the failure is the cluster's availability rather than the
+/// job's: a redelivery would spend one of the job's `max_deliver` deliveries on a fault
+/// that has nothing to do with the study (a study failed for good by a healing server).
+async fn fetch_patiently(
+    cl: &Cluster,
+    job: &JobMessage,
+    dir: &Path,
+    attempt: u32,
+    stop: &AtomicBool,
+) -> Result<StudyJob, ClusterError> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match fetch(cl, job, dir, attempt).await {
+            Err(ClusterError::Nats(e))
+                if started.elapsed() < FETCH_PATIENCE && !stop.load(Ordering::SeqCst) =>
+            {
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot fetch the job's instances from the cluster: trying again (the job stays held)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The job's instances into `dir`, as a [`StudyJob`].

@@ -86,6 +86,20 @@ pub struct ClusterSection {
     /// Days the records and objects are kept (the buckets' max age); 0 = forever.
     #[serde(default = "default_keep_days")]
     pub keep_days: f64,
+    /// Seconds after its last announcement an ingest node counts as unreachable (cut off
+    /// or dead): the studies it holds or contributed to wait for it. Each node announces
+    /// itself every 5 s.
+    #[serde(default = "default_node_silent_s")]
+    pub node_silent_s: f64,
+    /// Longest a study waits for an unreachable ingest node that holds or sent instances
+    /// of it; then it is analysed without them (the report says partial, and is amended
+    /// when the rest arrives).
+    #[serde(default = "default_partition_wait_s")]
+    pub partition_wait_s: f64,
+    /// Failed delivery attempts (to any destination) after which a node hands its claim
+    /// over, so that a node that can reach the destination delivers.
+    #[serde(default = "default_handover_after_failures")]
+    pub handover_after_failures: u32,
 }
 
 fn default_jobs_stream() -> String {
@@ -117,6 +131,15 @@ fn default_claim_lease_s() -> f64 {
 }
 fn default_keep_days() -> f64 {
     14.0
+}
+fn default_node_silent_s() -> f64 {
+    15.0
+}
+fn default_partition_wait_s() -> f64 {
+    300.0
+}
+fn default_handover_after_failures() -> u32 {
+    3
 }
 
 /// NATS stream and bucket names: letters, digits, `-` and `_`.
@@ -195,6 +218,15 @@ impl ClusterSection {
         if !(self.claim_lease_s.is_finite() && self.claim_lease_s >= 1.0) {
             p.push("[cluster] claim_lease_s: at least 1 second".into());
         }
+        if !(self.node_silent_s.is_finite() && self.node_silent_s >= 1.0) {
+            p.push("[cluster] node_silent_s: at least 1 second".into());
+        }
+        if !(self.partition_wait_s.is_finite() && self.partition_wait_s >= 0.0) {
+            p.push("[cluster] partition_wait_s: seconds, 0 or more".into());
+        }
+        if self.handover_after_failures == 0 {
+            p.push("[cluster] handover_after_failures: at least 1".into());
+        }
         if !(self.keep_days.is_finite() && self.keep_days >= 0.0) {
             p.push("[cluster] keep_days: a number of days, 0 for forever".into());
         }
@@ -272,6 +304,14 @@ mod tests {
         assert!(s.role.works() && !s.role.ingests());
         assert_eq!((s.replicas, s.max_deliver), (3, 3));
         assert_eq!(s.jobs_stream, "PRIMA_JOBS");
+        assert_eq!(
+            (
+                s.node_silent_s,
+                s.partition_wait_s,
+                s.handover_after_failures
+            ),
+            (15.0, 300.0, 3)
+        );
     }
 
     #[test]
@@ -279,6 +319,7 @@ mod tests {
         let p = problems(
             "[cluster]\nrole = \"ingest\"\nservers = [\"nats1\", \"nats://:4222\"]\nname = \"a b\"\n\
              replicas = 7\nack_wait_s = 0.1\nmax_deliver = 0\nclaim_lease_s = 0\nkeep_days = -1\n\
+             node_silent_s = 0\npartition_wait_s = -1\nhandover_after_failures = 0\n\
              studies_bucket = \"x\"\nresults_bucket = \"x\"\njobs_stream = \"a.b\"\n\
              credentials = \"relative.creds\"\ntls_certificate = \"/nonexistent/c.pem\"\n",
         )
@@ -292,6 +333,9 @@ mod tests {
             "max_deliver",
             "claim_lease_s",
             "keep_days",
+            "node_silent_s",
+            "partition_wait_s",
+            "handover_after_failures",
             "bucket name \"x\" is used twice",
             "jobs_stream: \"a.b\"",
             "credentials: \"relative.creds\" must be an absolute path",
