@@ -107,6 +107,8 @@ impl Node {
         let (wake_sender, sender_wakes) = crossbeam_channel::bounded::<()>(1);
         let (wakers, wakes) = assembler::wakes();
         let cluster_snapshot = crate::cluster::view::SharedSnapshot::default();
+        // An ingest node of a cluster sends only what it holds a claim on.
+        let fence = crate::cluster::fence::Fence::default();
         let processing = roles::spawn_processing(
             &cfg,
             make_processor,
@@ -119,6 +121,7 @@ impl Node {
                 wake_assembler: wakers.room.clone(),
                 arrivals: wakes.arrivals.clone(),
                 cluster_snapshot: cluster_snapshot.clone(),
+                fence: fence.clone(),
             },
             &stop,
         )?;
@@ -126,6 +129,7 @@ impl Node {
             let ctx = scu::SenderCtx {
                 state: state.clone(),
                 config: shared.clone(),
+                fence: cfg.cluster.is_some().then_some(fence),
             };
             let stop = stop.clone();
             spawn_thread("prima-sender", "sender", move || {

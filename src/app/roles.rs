@@ -42,6 +42,8 @@ pub struct ProcessingLinks {
     /// Told after each instance is recorded (cluster ingest replicates then).
     pub arrivals: crossbeam_channel::Receiver<()>,
     pub cluster_snapshot: crate::cluster::view::SharedSnapshot,
+    /// The claims the cluster thread holds, which the sender obeys.
+    pub fence: crate::cluster::fence::Fence,
 }
 
 /// Starts the processing of an ingest node: without `[cluster]`, the worker on the local
@@ -97,6 +99,7 @@ pub fn spawn_processing(
                 wake_sender: links.wake_sender,
                 arrivals: links.arrivals,
                 snapshot: links.cluster_snapshot,
+                fence: links.fence,
             },
             stop.clone(),
         )

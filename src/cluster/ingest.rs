@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use super::fence::{self, Fence};
 use super::records::{
     decide, holders, instance_object, node_key, study_key, Decision, InstanceEntry, NodeRecord,
     NodeState, ResultRecord, ResultState, StudyRecord,
@@ -37,6 +38,8 @@ pub struct IngestCtx {
     pub arrivals: Receiver<()>,
     /// Where the cluster view for the status page is kept.
     pub snapshot: super::view::SharedSnapshot,
+    /// What the sender may send: the objects of the claims this node holds.
+    pub fence: Fence,
 }
 
 /// How often the cluster view for the status page is refreshed.
@@ -502,6 +505,7 @@ async fn deliver(
         .map(|o| o.sop_instance_uid.clone())
         .collect();
     if !rec.claimable_by(me, now_ms()) {
+        ctx.fence.revoke(&sops);
         return withdraw_taken_over(ctx, &rec, &sops);
     }
     let mine = rec.state == ResultState::Claimed && rec.claimed_by.as_deref() == Some(me);
@@ -509,27 +513,103 @@ async fn deliver(
         rec
     } else {
         match claim(cl, key).await? {
-            Some(r) => r,
+            Some(r) => {
+                // Entries this node withdrew or handed over before are its to send again.
+                let delivered_to: Vec<String> = r.delivered_to.iter().cloned().collect();
+                let n = ctx.state.reopen_outbox(&sops, &delivered_to)?;
+                if n > 0 {
+                    info!(entries = n, "delivery taken up again here");
+                    let _ = ctx.wake_sender.try_send(());
+                }
+                r
+            }
             None => return Ok(()),
         }
     };
+    ctx.fence
+        .grant(&sops, fence::send_until(rec.lease_until_ms, lease_ms(cl)));
     if !ctx
         .state
         .knows_cluster_result(&rec.study_uid, &rec.input_hash)?
     {
         return queue_locally(ctx, cl, &rec).await;
     }
-    let states = local_states(ctx, &sops)?;
-    let all_sent = !states.is_empty() && states.iter().all(|&s| s == OutboxState::Done);
+    let entries = ctx.state.outbox_entries(&sops)?;
+    // No entries at all: every destination configured here had it already.
+    let all_sent = (!entries.is_empty() || !rec.delivered_to.is_empty())
+        && entries
+            .iter()
+            .all(|(d, s, _)| *s == OutboxState::Done || rec.delivered_to.contains(d.as_str()));
     if all_sent {
         update_claimed(cl, key, |r| {
             r.state = ResultState::Delivered;
             r.delivered_ms = Some(now_ms());
         })
         .await?;
+        ctx.fence.revoke(&sops);
         info!(outputs = sops.len(), "result delivered");
-    } else if rec.lease_until_ms - now_ms() < lease_ms(cl) / 2 {
-        update_claimed(cl, key, |r| r.lease_until_ms = now_ms() + lease_ms(cl)).await?;
+        return Ok(());
+    }
+    if handover_due(&entries, cl.section.handover_after_failures) {
+        return hand_over(ctx, cl, key, &sops, &entries).await;
+    }
+    if rec.lease_until_ms - now_ms() < lease_ms(cl) / 2 {
+        if let Some(r) =
+            update_claimed(cl, key, |r| r.lease_until_ms = now_ms() + lease_ms(cl)).await?
+        {
+            ctx.fence
+                .grant(&sops, fence::send_until(r.lease_until_ms, lease_ms(cl)));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this node should give its claim up: a delivery still pending after
+/// `handover_after_failures` failed attempts (the destination unreachable, or failing
+/// in a way it may not fail for another node). A destination that refused for good
+/// (its attempts spent) would refuse another node too: no hand-over for that.
+fn handover_due(entries: &[(String, OutboxState, i64)], after: u32) -> bool {
+    entries
+        .iter()
+        .any(|(_, s, attempts)| *s == OutboxState::Pending && *attempts >= i64::from(after))
+}
+
+/// Give the claim up so that a node that can reach the destinations delivers: the
+/// record says which destinations have everything already and that this node leaves
+/// the delivery to others for two leases; what is queued here is withdrawn.
+async fn hand_over(
+    ctx: &IngestCtx,
+    cl: &Cluster,
+    key: &str,
+    sops: &[String],
+    entries: &[(String, OutboxState, i64)],
+) -> Result<(), ClusterError> {
+    let mut delivered_to: std::collections::BTreeSet<String> =
+        entries.iter().map(|(d, _, _)| d.clone()).collect();
+    for (d, s, _) in entries {
+        if *s != OutboxState::Done {
+            delivered_to.remove(d);
+        }
+    }
+    let me = cl.node.clone();
+    // Stop sending before the claim is released: another node may claim at once.
+    ctx.fence.revoke(sops);
+    let released = update_claimed(cl, key, |r| {
+        r.state = ResultState::Ready;
+        r.claimed_by = None;
+        r.lease_until_ms = 0;
+        r.declined.insert(me.clone(), now_ms() + 2 * lease_ms(cl));
+        r.delivered_to.extend(delivered_to.iter().cloned());
+    })
+    .await?;
+    if released.is_some() {
+        let why = format!(
+            "handed over to another node after {} failed attempts",
+            cl.section.handover_after_failures
+        );
+        let n = ctx.state.cancel_outbox(sops, &why)?;
+        warn!(withdrawn = n, %why, "delivery handed over: this node cannot deliver it");
+        crate::metrics::get().cluster_event("handover");
     }
     Ok(())
 }
@@ -614,7 +694,13 @@ async fn queue_locally(
         })
         .collect();
     let cfg = ctx.config.get();
-    let dests: Vec<String> = cfg.destinations.iter().map(|d| d.key()).collect();
+    // Destinations that have every object already (from the node that handed it over).
+    let dests: Vec<String> = cfg
+        .destinations
+        .iter()
+        .map(|d| d.key())
+        .filter(|d| !rec.delivered_to.contains(d))
+        .collect();
     ctx.state
         .queue_cluster_result(&rec.study_uid, &rec.input_hash, &rows, &dests)?;
     let _ = ctx.wake_sender.try_send(());
@@ -622,23 +708,28 @@ async fn queue_locally(
     Ok(())
 }
 
-/// Changes the result record while this node holds its claim.
+/// Changes the result record while this node holds its claim; the record as changed, or
+/// `None` when the claim is no longer this node's.
 async fn update_claimed(
     cl: &Cluster,
     key: &str,
     change: impl Fn(&mut ResultRecord),
-) -> Result<(), ClusterError> {
+) -> Result<Option<ResultRecord>, ClusterError> {
     let me = cl.node.as_str();
-    cl.modify(&cl.results, key, |cur: Option<ResultRecord>| {
-        let mut r = cur?;
-        if r.claimed_by.as_deref() != Some(me) || r.state != ResultState::Claimed {
-            return None;
-        }
-        change(&mut r);
-        Some(r)
-    })
-    .await?;
-    Ok(())
+    let mut changed = false;
+    let r = cl
+        .modify(&cl.results, key, |cur: Option<ResultRecord>| {
+            changed = false;
+            let mut r = cur?;
+            if r.claimed_by.as_deref() != Some(me) || r.state != ResultState::Claimed {
+                return None;
+            }
+            change(&mut r);
+            changed = true;
+            Some(r)
+        })
+        .await?;
+    Ok(r.filter(|_| changed))
 }
 
 fn local_states(ctx: &IngestCtx, sops: &[String]) -> Result<Vec<OutboxState>, ClusterError> {

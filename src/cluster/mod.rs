@@ -18,6 +18,7 @@
 //!
 //! With `[cluster]` absent none of this runs: the single node is unchanged.
 
+pub mod fence;
 pub mod ingest;
 pub mod reads;
 pub mod records;

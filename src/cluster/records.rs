@@ -314,11 +314,22 @@ pub struct ResultRecord {
     pub lease_until_ms: i64,
     #[serde(default)]
     pub delivered_ms: Option<i64>,
+    /// Nodes that handed the delivery over (they could not reach a destination), and until
+    /// when they leave it to others (ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub declined: BTreeMap<String, i64>,
+    /// Destinations (`AE@host:port`) that have every object already: a node taking the
+    /// delivery over does not send to them again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub delivered_to: BTreeSet<String>,
 }
 
 impl ResultRecord {
     /// Whether `node` may take (or keep) the delivery now.
     pub fn claimable_by(&self, node: &str, now: i64) -> bool {
+        if self.declined.get(node).is_some_and(|&until| now < until) {
+            return false;
+        }
         match self.state {
             ResultState::Ready => true,
             ResultState::Claimed => {
@@ -535,11 +546,20 @@ mod tests {
             claimed_by: Some("a".into()),
             lease_until_ms: 100,
             delivered_ms: None,
+            declined: BTreeMap::new(),
+            delivered_to: BTreeSet::new(),
         };
         assert!(r.claimable_by("a", 50));
         assert!(!r.claimable_by("b", 50));
         assert!(r.claimable_by("b", 100));
         r.state = ResultState::Delivered;
         assert!(!r.claimable_by("a", 50));
+        // Handed over by a: the others may take it at once, a itself only later.
+        r.state = ResultState::Ready;
+        r.claimed_by = None;
+        r.declined.insert("a".into(), 200);
+        assert!(r.claimable_by("b", 150));
+        assert!(!r.claimable_by("a", 150));
+        assert!(r.claimable_by("a", 200));
     }
 }

@@ -459,6 +459,8 @@ async fn publish(
         claimed_by: None,
         lease_until_ms: 0,
         delivered_ms: None,
+        declined: Default::default(),
+        delivered_to: Default::default(),
     };
     create_result(cl, &rec).await?;
     let refs: Vec<PredecessorRef> = outputs
@@ -519,6 +521,8 @@ async fn record_failure(cl: &Cluster, job: &JobMessage, reason: &str) -> Result<
         claimed_by: None,
         lease_until_ms: 0,
         delivered_ms: None,
+        declined: Default::default(),
+        delivered_to: Default::default(),
     };
     create_result(cl, &rec).await?;
     cl.modify(

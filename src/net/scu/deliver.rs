@@ -41,7 +41,8 @@ pub(super) fn deliver<S>(
     let mut message_id: u16 = 0;
     let mut link = Link::Open;
     for (r, fts) in rows.iter().zip(file_ts) {
-        if link == Link::Broken || stop.load(Ordering::SeqCst) {
+        // A claim may lapse while an association is under way: what is left stays queued.
+        if link == Link::Broken || stop.load(Ordering::SeqCst) || !ctx.may_send(r) {
             break;
         }
         let out = Outgoing {

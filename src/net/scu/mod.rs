@@ -27,6 +27,7 @@ use dicom_ul::pdu::AssociationRJResult;
 use dicom_ul::ClientAssociationOptions;
 use tracing::{error, info, info_span, warn};
 
+use crate::cluster::fence::Fence;
 use crate::config::{Config, Destination, SharedConfig};
 use crate::store::state::{now_ms, OutboxRow, State};
 use deliver::deliver;
@@ -34,20 +35,45 @@ use deliver::deliver;
 pub struct SenderCtx {
     pub state: Arc<State>,
     pub config: SharedConfig,
+    /// On a cluster ingest node: the objects whose delivery claim this node holds now
+    /// ([`crate::cluster::fence`]); nothing else is sent.
+    pub fence: Option<Fence>,
+}
+
+impl SenderCtx {
+    /// Whether `r` may be sent now: always on a single node; on a cluster ingest node only
+    /// while this node's claim on its result is valid.
+    fn may_send(&self, r: &OutboxRow) -> bool {
+        self.fence
+            .as_ref()
+            .is_none_or(|f| f.allows(&r.sop_uid, now_ms()))
+    }
 }
 
 /// The sender loop; returns when `stop` is set.
 pub fn run(ctx: SenderCtx, wake: Receiver<()>, stop: Arc<AtomicBool>) {
     let mut configured = destination_keys(&ctx.config.get());
+    // Entries held back by the fence, logged once each.
+    let mut fenced: BTreeSet<i64> = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
         let cfg = ctx.config.get();
         configured = retry_returned_destinations(&ctx, &cfg, configured);
         match ctx.state.due_outbox(now_ms()) {
             Ok(due) => {
                 let mut by_dest: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
+                let mut now_fenced = BTreeSet::new();
                 for r in due {
+                    if !ctx.may_send(&r) {
+                        if !fenced.contains(&r.id) {
+                            info!(study = %r.study_uid, sop = %r.sop_uid, destination = %r.destination, "delivery held back: this node holds no valid claim on the result (the cluster decides who sends it)");
+                            crate::metrics::get().cluster_event("fenced");
+                        }
+                        now_fenced.insert(r.id);
+                        continue;
+                    }
                     by_dest.entry(r.destination.clone()).or_default().push(r);
                 }
+                fenced = now_fenced;
                 for (key, rows) in by_dest {
                     if stop.load(Ordering::SeqCst) {
                         break;

@@ -183,6 +183,57 @@ impl State {
         Ok(out)
     }
 
+    /// Each outbox entry of these objects: (destination, state, attempts made).
+    pub fn outbox_entries(
+        &self,
+        sop_uids: &[String],
+    ) -> Result<Vec<(String, OutboxState, i64)>, StateError> {
+        let c = self.c();
+        let mut st =
+            c.prepare("SELECT destination, state, attempts FROM outbox WHERE sop_uid = ?1")?;
+        let mut out = Vec::new();
+        for uid in sop_uids {
+            let rows = st
+                .query_map(params![uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// This node holds the delivery (again): entries it withdrew or handed over before are
+    /// pending again, due now and with their attempts counted from zero, except for the
+    /// destinations the result reached already. Returns how many.
+    pub fn reopen_outbox(
+        &self,
+        sop_uids: &[String],
+        delivered_to: &[String],
+    ) -> Result<usize, StateError> {
+        let c = self.c();
+        let now = now_ms();
+        let mut n = 0;
+        for uid in sop_uids {
+            let mut st =
+                c.prepare("SELECT id, destination FROM outbox WHERE sop_uid = ?1 AND state = ?2")?;
+            let rows = st
+                .query_map(params![uid, OutboxState::Failed], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (id, dest) in rows {
+                if delivered_to.contains(&dest) {
+                    continue;
+                }
+                n += c.execute(
+                    "UPDATE outbox SET state = ?2, attempts = 0, next_attempt_ms = ?3,
+                        last_error = NULL WHERE id = ?1",
+                    params![id, OutboxState::Pending, now],
+                )?;
+            }
+        }
+        Ok(n)
+    }
+
     /// Another node holds the delivery now: stop sending these objects from here.
     pub fn cancel_outbox(&self, sop_uids: &[String], reason: &str) -> Result<usize, StateError> {
         let c = self.c();
