@@ -488,3 +488,66 @@ fn address_no_source_allows_is_closed_at_accept() {
     );
     assert!(node.is_running());
 }
+
+/// The refusal audit rows of one peer address: (detail) in order.
+fn refusal_rows(node: &Node, peer: &str) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        node.state_dir.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = db
+        .prepare("SELECT detail FROM audit WHERE event = 'association_rejected' AND peer = ?1 ORDER BY id")
+        .unwrap();
+    st.query_map([peer], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_refused_connections_writes_one_line_and_one_row_a_minute_with_the_count() {
+    // Before: one WARN line and one audit row per refused connection (5,497 rows in 15 s
+    // from one client), growing the disk until every C-STORE was refused.
+    let mut node = Node::start(NodeOpts {
+        sources: vec![(SCU_AE.into(), Some("192.0.2.7".into()))],
+        ..NodeOpts::default()
+    });
+    let flood = 2000;
+    for _ in 0..flood {
+        drop(std::net::TcpStream::connect(("127.0.0.1", node.opts.port)).unwrap());
+    }
+    let refused_lines = |n: &Node| {
+        n.log_text()
+            .lines()
+            .filter(|l| l.contains("connection refused: address not allowed"))
+            .count()
+    };
+    // The first occurrence is there at once.
+    assert!(
+        wait_until(Duration::from_secs(5), || refusal_rows(&node, "127.0.0.1")
+            .len()
+            == 1),
+        "{} audit rows for {flood} refused connections",
+        refusal_rows(&node, "127.0.0.1").len()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(refused_lines(&node), 1, "{}", node.log_text());
+    assert_eq!(refusal_rows(&node, "127.0.0.1").len(), 1);
+    // The rest, counted, when the minute ends or (here) the node stops.
+    assert_eq!(node.sigterm(), Some(0));
+    let rows = refusal_rows(&node, "127.0.0.1");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0], "address not allowed by any [[sources]] entry");
+    assert_eq!(
+        rows[1],
+        format!(
+            "{} more within a minute: address not allowed by any [[sources]] entry",
+            flood - 1
+        )
+    );
+    assert!(node.log_text().contains(&format!(
+        "{} more connections refused in the last minute",
+        flood - 1
+    )));
+}

@@ -78,6 +78,7 @@ impl Listeners {
             transfer_syntaxes: scp::decodable_transfer_syntaxes(),
             tls: tls.clone(),
             arrivals: links.arrivals,
+            refusals: Default::default(),
         });
         let (shut, shut_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod dimse;
 pub mod pdata;
+pub mod refusals;
 pub mod scp;
 pub mod scu;
 pub mod tls;

@@ -83,6 +83,8 @@ pub struct ScpCtx {
     /// Told after each instance is recorded, so the assembler re-plans at once instead of
     /// polling the database (a full channel already carries the news).
     pub arrivals: crossbeam_channel::Sender<()>,
+    /// Connections refused at accept, reported once a minute per address and reason.
+    pub refusals: super::refusals::Refusals,
 }
 
 /// Accept associations until `shutdown` turns true; `abort` makes live ones abort.
@@ -114,9 +116,14 @@ struct Listener {
 
 impl Listener {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut report = tokio::time::interval(Duration::from_secs(5));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = report.tick() => {
+                    report_counted(&self.ctx, false);
+                    continue;
+                }
                 r = self.listener.accept() => r,
             };
             match accepted {
@@ -128,6 +135,7 @@ impl Listener {
                 }
             }
         }
+        report_counted(&self.ctx, true);
         info!("listener closed");
     }
 
@@ -139,14 +147,11 @@ impl Listener {
         let live = ctx.config.snapshot();
         if !admission::address_allowed(&live.sources, peer.ip()) {
             // Before reading a byte: an address no source may use costs nothing more.
-            warn!(id, peer = %peer, "connection refused: address not allowed by any [[sources]] entry");
             drop(sock);
-            refused(
-                ctx,
-                &peer,
-                "address",
-                "address not allowed by any [[sources]] entry",
-            );
+            let detail = "address not allowed by any [[sources]] entry";
+            if refused(ctx, &peer, "address", detail) {
+                warn!(id, peer = %peer, "connection refused: {detail} (more from this address within a minute are counted, then reported once)");
+            }
             return;
         }
         let deadline = admission::negotiation_deadline(live.config.read_timeout());
@@ -165,22 +170,43 @@ impl Listener {
                 );
             }
             Err(_) => {
-                warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded)");
-                refused(ctx, &peer, "limit", "association limit reached");
+                if refused(ctx, &peer, "limit", "association limit reached") {
+                    warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded; more from this address within a minute are counted, then reported once)");
+                }
                 tokio::spawn(admission::reject_busy(sock, deadline));
             }
         }
     }
 }
 
-/// A connection or association refused before its calling AE title is known: counted and
-/// written to the audit trail.
-fn refused(ctx: &ScpCtx, peer: &SocketAddr, reason: &str, detail: &str) {
+/// A connection refused before its calling AE title is known: counted, and written to the
+/// audit trail when it is the first of its address and reason this minute (returns
+/// whether it was: the caller logs it then).
+fn refused(ctx: &ScpCtx, peer: &SocketAddr, reason: &'static str, detail: &str) -> bool {
     crate::metrics::get().association("rejected", reason);
-    ctx.state.audit(
-        "association_rejected",
-        None,
-        Some(&peer.ip().to_string()),
-        detail,
-    );
+    let first = ctx
+        .refusals
+        .note(peer.ip(), reason, detail, std::time::Instant::now());
+    if first {
+        ctx.state.audit(
+            "association_rejected",
+            None,
+            Some(&peer.ip().to_string()),
+            detail,
+        );
+    }
+    first
+}
+
+/// The refusals counted after a first one, as one line and one audit row each.
+fn report_counted(ctx: &ScpCtx, all: bool) {
+    for c in ctx.refusals.ended(std::time::Instant::now(), all) {
+        warn!(peer = %c.peer, reason = c.reason, more = c.more, "{} more connections refused in the last minute: {}", c.more, c.detail);
+        ctx.state.audit(
+            "association_rejected",
+            None,
+            Some(&c.peer.to_string()),
+            &format!("{} more within a minute: {}", c.more, c.detail),
+        );
+    }
 }
