@@ -565,6 +565,16 @@ fn a_restart_only_change_does_not_reach_a_restarted_worker() {
 /// (Message ID Being Responded To off by 100): raw PDUs, accepting every context proposed
 /// with its first transfer syntax. Returns the number of data sets it was sent.
 fn misanswering_destination(port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    scripted_destination(port, 100, 0x0000)
+}
+
+/// A destination that accepts every association and answers each C-STORE with `status`,
+/// naming the request `id_offset` after the one it answers (0: the right one).
+fn scripted_destination(
+    port: u16,
+    id_offset: u16,
+    status: u16,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let seen = std::sync::Arc::new(AtomicUsize::new(0));
@@ -675,9 +685,13 @@ fn misanswering_destination(port: u16) -> std::sync::Arc<std::sync::atomic::Atom
                             let mut b = Vec::new();
                             el(&mut b, 0x0002, &class);
                             el(&mut b, 0x0100, &0x8001u16.to_le_bytes());
-                            el(&mut b, 0x0120, &msg_id.wrapping_add(100).to_le_bytes());
+                            el(
+                                &mut b,
+                                0x0120,
+                                &msg_id.wrapping_add(id_offset).to_le_bytes(),
+                            );
                             el(&mut b, 0x0800, &0x0101u16.to_le_bytes());
-                            el(&mut b, 0x0900, &0u16.to_le_bytes());
+                            el(&mut b, 0x0900, &status.to_le_bytes());
                             el(&mut b, 0x1000, &inst);
                             let mut rsp = Vec::new();
                             el(&mut rsp, 0x0000, &(b.len() as u32).to_le_bytes());
@@ -731,6 +745,54 @@ fn success_naming_another_request_is_not_a_delivery() {
             .lines()
             .any(|l| l.contains(" -> ") && l.contains(" done attempts=")),
         "an output counted as delivered:\n{status}"
+    );
+}
+
+#[test]
+fn a_delivery_accepted_with_a_warning_status_is_audited_with_it() {
+    // Before: marked done with no audit row (only a log line said the PACS coerced it).
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let opts = NodeOpts::default();
+    let seen = scripted_destination(opts.dest_port, 0, 0xB000);
+    let node = Node::start(opts);
+    let series = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &series[..2], 2);
+    let rows = || -> Vec<String> {
+        let db = rusqlite::Connection::open_with_flags(
+            node.state_dir.join("state.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut st = db
+            .prepare("SELECT detail FROM audit WHERE event = 'delivery_attempt' ORDER BY id")
+            .unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || !rows().is_empty()),
+        "{:?}\n{}",
+        rows(),
+        node.log_text()
+    );
+    let rows = rows();
+    assert!(
+        rows.iter()
+            .all(|r| r.ends_with("attempt 1: delivered with warning status 0xB000")),
+        "{rows:?}"
+    );
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(
+        node.status().contains(" done attempts=1"),
+        "{}",
+        node.status()
     );
 }
 

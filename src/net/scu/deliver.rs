@@ -210,6 +210,18 @@ fn settle(ctx: &SenderCtx, cfg: &Config, r: &OutboxRow, verdict: Verdict) -> Lin
         Verdict::DeliveredWithWarning(w) => {
             warn!(sop = %r.sop_uid, status = %w, "output delivered with a warning");
             crate::metrics::get().output(&r.destination, "delivered");
+            // A warning may mean the PACS changed what it stored (B000: coerced): the
+            // administrator finds it with the delivery, not only in the log.
+            ctx.state.audit_action(
+                "delivery_attempt",
+                &r.destination,
+                Some(&r.study_uid),
+                &format!(
+                    "{} attempt {}: delivered with {w}",
+                    r.sop_uid,
+                    r.attempts + 1
+                ),
+            );
             if let Err(e) = ctx.state.outbox_delivered(r.id, Some(&w)) {
                 error!(error = %e, "delivered but not recorded: may be sent again");
             }
