@@ -193,6 +193,10 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     let token = "t0ken-for-the-status-page-test";
     let token_file = tmp.path().join("http-token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let http_port = common::free_port();
     let base = format!("http://127.0.0.1:{http_port}");
     let pacs_port = common::free_port();
@@ -217,6 +221,21 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     );
     let before = parse_metrics(&curl(&format!("{base}/metrics"), &[]).1);
     let received0 = sample(&before, "prima_node_instances_received_total");
+    // Every response tells the browser to load nothing from elsewhere, not to sniff
+    // types, not to frame or keep the page, not to send its address on.
+    for path in ["/", "/api/studies", "/healthz", "/no-such-page"] {
+        let (_, head) = curl(&format!("{base}{path}"), &["-D", "-", "-o", "/dev/null"]);
+        let head = head.to_ascii_lowercase();
+        for want in [
+            "x-content-type-options: nosniff",
+            "content-security-policy: default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "x-frame-options: deny",
+            "referrer-policy: no-referrer",
+            "cache-control: no-store",
+        ] {
+            assert!(head.contains(want), "GET {path}: no {want:?} in\n{head}");
+        }
+    }
 
     let series = hostile_copy(&common::study_series(&root, "STUDY_A"), tmp.path());
     let n_files: usize = series.iter().map(Vec::len).sum();

@@ -35,6 +35,16 @@ impl HttpSection {
             ));
         }
         if let Some(f) = &self.token_file {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = std::fs::metadata(f) {
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    p.push(format!(
+                        "[http] token_file: {} may be read by other users (mode {mode:04o}): chmod 600 it",
+                        f.display()
+                    ));
+                }
+            }
             match std::fs::read_to_string(f) {
                 Ok(t) if t.trim().len() >= 16 => {}
                 Ok(_) => p.push(format!(
@@ -72,11 +82,17 @@ mod tests {
         }
     }
 
+    fn write_private(f: &std::path::Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(f, text).unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     #[test]
     fn a_good_section_passes_and_its_token_is_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("token");
-        std::fs::write(&f, "  0123456789abcdef\n").unwrap();
+        write_private(&f, "  0123456789abcdef\n");
         let h = http("127.0.0.1:8080", Some(f));
         assert_eq!(h.problems(), Vec::<String>::new());
         assert_eq!(h.token().as_deref(), Some("0123456789abcdef"));
@@ -87,7 +103,7 @@ mod tests {
     fn each_bad_value_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let short = dir.path().join("short");
-        std::fs::write(&short, "0123456789abcde\n").unwrap();
+        write_private(&short, "0123456789abcde\n");
         assert_eq!(
             http("localhost:8080", Some(short.clone())).problems(),
             vec![
@@ -101,6 +117,17 @@ mod tests {
             vec![format!(
                 "[http] token_file: cannot read {}: No such file or directory (os error 2)",
                 missing.display()
+            )]
+        );
+        let open = dir.path().join("open");
+        write_private(&open, "0123456789abcdef\n");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            http("127.0.0.1:8080", Some(open.clone())).problems(),
+            vec![format!(
+                "[http] token_file: {} may be read by other users (mode 0644): chmod 600 it",
+                open.display()
             )]
         );
     }
