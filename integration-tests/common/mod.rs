@@ -2,6 +2,7 @@
 //! processor, talk to it with DCMTK's `echoscu`/`storescu`, receive results with `storescp`.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod nats;
 
 use std::io::{BufRead, BufReader};
