@@ -1020,6 +1020,8 @@ fn randomized_partitions_lose_nothing_and_answer_each_study_once() {
         33
     };
     let n_studies: u64 = if full { 50 } else { 6 };
+    // At least this many faults, however fast the studies go in.
+    let min_faults = if full { 25 } else { 6 };
     eprintln!("partitions: seed {seed}, {n_studies} studies");
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
@@ -1035,7 +1037,7 @@ fn randomized_partitions_lose_nothing_and_answer_each_study_once() {
     let ports = [w.node("ingest-a").opts.port, w.node("ingest-b").opts.port];
     // The sending plan: to which node, after which pause.
     let plan: Vec<(usize, Duration)> = (0..n_studies)
-        .map(|_| (rng.below(2) as usize, rng.secs(0.5, 3.0)))
+        .map(|_| (rng.below(2) as usize, rng.secs(1.0, 5.0)))
         .collect();
     let t0 = Instant::now();
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -1051,9 +1053,9 @@ fn randomized_partitions_lose_nothing_and_answer_each_study_once() {
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             acked
         });
-        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || faults.len() < min_faults {
             let f = random_fault(&mut rng, &names);
-            let hold = rng.secs(2.0, 8.0);
+            let hold = rng.secs(2.0, 6.0);
             eprintln!(
                 "{:6.1} s fault {f:?} for {:.1} s",
                 t0.elapsed().as_secs_f64(),
