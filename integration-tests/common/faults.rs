@@ -320,10 +320,12 @@ fn pump(
             }
             Chunk::Data(due, bytes) => {
                 while (Instant::now() < due || wc.held(d)) && !wc.over(epoch) {
-                    std::thread::sleep(
+                    let wait = if wc.held(d) {
+                        POLL
+                    } else {
                         POLL.min(due.saturating_duration_since(Instant::now()))
-                            .max(Duration::from_millis(1)),
-                    );
+                    };
+                    std::thread::sleep(wait.max(Duration::from_millis(1)));
                 }
                 if wc.over(epoch) {
                     return;
