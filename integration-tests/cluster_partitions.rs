@@ -981,12 +981,19 @@ enum Fault {
     SlowNode(String),
     KillNode(String),
     KillServer(usize),
+    /// An ingest node's PACS refuses it (down for that node only).
+    PacsDown(String),
 }
 
 fn random_fault(rng: &mut Rng, names: &[String]) -> Fault {
     let node = names[rng.below(names.len() as u64) as usize].clone();
     let k = rng.below(3) as usize;
-    match rng.below(8) {
+    match rng.below(9) {
+        8 => Fault::PacsDown(if rng.below(2) == 0 {
+            "ingest-a".into()
+        } else {
+            "ingest-b".into()
+        }),
         0 => Fault::CutServer(k),
         1 => Fault::CutNode(node),
         2 => Fault::OneWayServer(k, rng.below(2) == 0),
@@ -1015,6 +1022,7 @@ fn begin(w: &mut World, f: &Fault) {
         Fault::SlowNode(n) => w.nats.latency_node(n, Duration::from_secs(2)),
         Fault::KillNode(n) => w.node_mut(n).sigkill(),
         Fault::KillServer(k) => w.nats.sigkill(*k),
+        Fault::PacsDown(n) => w.dest[n].refuse(),
     }
 }
 
@@ -1022,6 +1030,7 @@ fn end(w: &mut World, f: &Fault) {
     match f {
         Fault::KillNode(n) => w.node_mut(n).restart(),
         Fault::KillServer(k) => w.nats.start_server(*k),
+        Fault::PacsDown(n) => w.dest[n].pass(),
         _ => w.nats.heal_all(),
     }
 }
@@ -1076,7 +1085,8 @@ fn randomized_partitions_lose_nothing_and_answer_each_study_once() {
         });
         while !done.load(std::sync::atomic::Ordering::SeqCst) || faults.len() < min_faults {
             let f = random_fault(&mut rng, &names);
-            let hold = rng.secs(2.0, 6.0);
+            // Full mode holds long enough to outlast node_silent_s and claim_lease_s.
+            let hold = rng.secs(2.0, if full { 14.0 } else { 6.0 });
             eprintln!(
                 "{:6.1} s fault {f:?} for {:.1} s",
                 t0.elapsed().as_secs_f64(),
