@@ -210,7 +210,9 @@ fn home_server(name: &str) -> usize {
 impl Default for Cfg {
     fn default() -> Self {
         Cfg {
-            quiet_s: 1.5,
+            // Longer than node_silent_s, as the node asks: a node cut off in the middle of
+            // a study is known unreachable before the study could be decided.
+            quiet_s: 4.0,
             node_silent_s: 3.0,
             partition_wait_s: 120.0,
             handover_after_failures: 3,
