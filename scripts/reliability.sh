@@ -41,7 +41,7 @@ field() {
 echo "seed: $PRIMA_RELIABILITY_SEED; logs: $LOGDIR"
 cargo build --quiet --features stand-in --bins --test crash_consistency --test node_limits --test node_recovery \
   --test node_storage --test hostile_input --test durability_trace --test node_e2e \
-  --test cluster_partitions 2>&1 | tail -n 20
+  --test cluster_partitions --test cluster_cas 2>&1 | tail -n 20
 
 part crash cargo test --quiet --features stand-in --test crash_consistency -- --nocapture
 part limits cargo test --quiet --features stand-in --test node_limits -- --nocapture --test-threads=1
@@ -54,6 +54,8 @@ part durability cargo test --quiet --features stand-in --test durability_trace -
 part poison cargo test --quiet --features stand-in --test node_e2e an_absurd_frame_count
 # The worker killed on every try of a study: failed after [model] max_crashes, next study ok.
 part crashloop cargo test --quiet --features stand-in --test node_recovery a_study_that_keeps_killing_the_worker
+# Two writers racing on one cluster record, on the recommended nats-server and on 2.9.10.
+part cas cargo test --quiet --features stand-in --test cluster_cas -- --nocapture
 # The cluster under partitions (issue 33): fault proxies on routes, clients and PACS paths.
 part partitions cargo test --quiet --features stand-in --test cluster_partitions -- --nocapture --test-threads=1
 
@@ -101,6 +103,7 @@ printf '%-34s %s\n' "crash loop" "$(passed crashloop "study failed after 2 worke
 printf '%-34s %s\n' "durability trace (objects checked)" "$(grep -ho '[0-9]* objects checked' "$LOGDIR/durability.log" | head -n 1 | cut -d' ' -f1)"
 printf '%-34s %s\n' "poison header through processing" "$(passed poison "series skipped with its reason, next study ok")"
 printf '%-34s %s\n' "partitions (seed, studies)" "$(field partitions partitions seed) $(field partitions partitions studies): sr $(field partitions partitions sr), amended $(field partitions partitions amended), failed $(field partitions partitions failed), lost $(field partitions partitions lost), duplicates $(field partitions partitions duplicates), $(field partitions partitions wall_s) s"
+printf '%-34s %s\n' "CAS race (2.9.10: accepted twice)" "$(grep -ho 'cas-race server=/usr/sbin/nats-server .*' "$LOGDIR/cas.log" 2>/dev/null | sed -n 's/.*raw_double_accepts=\([0-9]*\) lost_with_modify=\([0-9]*\).*/\1 of 300 rounds, lost through modify: \2/p' | head -n 1)"
 printf '%-34s %s\n' "fuzz executions" "$fuzz_execs"
 printf '%-34s %s\n' "fuzz crashes" "$fuzz_crashes"
 printf '%-34s %s\n' "parts failed" "${failed_parts[*]:-none}"

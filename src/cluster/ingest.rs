@@ -229,13 +229,16 @@ async fn node_states(cl: &Cluster, known: &mut Known) -> Result<Vec<NodeState>, 
 
 async fn pass(ctx: &IngestCtx, cl: &Cluster, known: &mut Known) -> Result<(), ClusterError> {
     announce(ctx, cl, known).await?;
+    // Deliveries first: a result sent must be marked delivered (and a lease renewed)
+    // before anything else of a slow pass, or the lease may run out and another node
+    // send the result again.
+    known.results.refresh(cl).await?;
+    deliver_all(ctx, cl, &known.results).await?;
     while replicate(ctx, cl, &mut known.aside).await? == REPLICATE_BATCH {}
     announce(ctx, cl, known).await?;
     known.studies.refresh(cl).await?;
     let nodes = node_states(cl, known).await?;
     decide_all(ctx, cl, &known.studies, &nodes).await?;
-    known.results.refresh(cl).await?;
-    deliver_all(ctx, cl, &known.results).await?;
     Ok(())
 }
 

@@ -350,6 +350,7 @@ pub struct Objects {
     pub bucket: String,
     pub store: object_store::ObjectStore,
     stream: stream::Stream,
+    js: jetstream::Context,
 }
 
 impl Objects {
@@ -437,32 +438,114 @@ impl Objects {
     /// object of that name and size is there already.
     pub async fn put_file(&self, name: &str, file: std::fs::File) -> Result<(), ClusterError> {
         let size = file.metadata()?.len();
-        if let Ok(i) = self.store.info(name).await {
-            if !i.deleted && i.size as u64 == size {
-                return Ok(());
-            }
+        let old = self.info(name).await.ok();
+        if old.as_ref().is_some_and(|i| i.size as u64 == size) {
+            return Ok(());
         }
         let mut f = tokio::fs::File::from_std(file);
-        self.store
-            .put(name, &mut f)
-            .await
-            .map_err(nats_at(format_args!("storing object {name}")))?;
-        Ok(())
+        self.put_reader(name, &mut f, old).await
     }
 
     /// Store an object unless one of that name and size is there already (names carry
     /// content: a re-replication is the same object).
     pub async fn put(&self, name: &str, bytes: &[u8]) -> Result<(), ClusterError> {
-        if let Ok(i) = self.store.info(name).await {
-            if !i.deleted && i.size == bytes.len() {
-                return Ok(());
-            }
+        let old = self.info(name).await.ok();
+        if old.as_ref().is_some_and(|i| i.size == bytes.len()) {
+            return Ok(());
         }
         let mut r = bytes;
-        self.store
-            .put(name, &mut r)
+        self.put_reader(name, &mut r, old).await
+    }
+
+    /// Store an object in the object store's published layout (chunks on
+    /// `$O.<bucket>.C.<id>`, then its description on `$O.<bucket>.M.<base64url name>` as a
+    /// roll-up, with the SHA-256 digest), so the `nats object` tools read it. Not the
+    /// library's `put`: that first reads any earlier description by a direct get with no
+    /// deadline of its own, which a silent replica holds for the whole request timeout —
+    /// for every object, while the rest of the cluster is healthy. `old` is that earlier
+    /// description (read with [`Objects::info`]); its chunks are purged once the new
+    /// description is stored.
+    async fn put_reader(
+        &self,
+        name: &str,
+        data: &mut (impl tokio::io::AsyncRead + Unpin),
+        old: Option<object_store::ObjectInfo>,
+    ) -> Result<(), ClusterError> {
+        use base64::Engine;
+        use sha2::Digest;
+        use tokio::io::AsyncReadExt;
+        const CHUNK: usize = 128 * 1024;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let chunks_subject = format!("$O.{}.C.{id}", self.bucket);
+        let mut hasher = sha2::Sha256::new();
+        let (mut size, mut chunks) = (0usize, 0usize);
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+        loop {
+            buf.clear();
+            while buf.len() < CHUNK {
+                if data.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let chunk = buf.split().freeze();
+            hasher.update(&chunk);
+            size += chunk.len();
+            chunks += 1;
+            self.js
+                .publish(chunks_subject.clone(), chunk)
+                .await
+                .map_err(nats_at(format_args!("storing object {name}")))?
+                .await
+                .map_err(nats_at(format_args!(
+                    "storing object {name} (acknowledgement)"
+                )))?;
+            buf.reserve(CHUNK);
+        }
+        let info = object_store::ObjectInfo {
+            name: name.to_string(),
+            description: None,
+            metadata: Default::default(),
+            headers: None,
+            options: None,
+            bucket: self.bucket.clone(),
+            nuid: id,
+            size,
+            chunks,
+            modified: None,
+            digest: Some(format!(
+                "SHA-256={}",
+                base64::engine::general_purpose::URL_SAFE.encode(hasher.finalize())
+            )),
+            deleted: false,
+        };
+        let meta = serde_json::to_vec(&info).map_err(nats)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Rollup", "sub");
+        let subject = format!(
+            "$O.{}.M.{}",
+            self.bucket,
+            base64::engine::general_purpose::URL_SAFE.encode(name)
+        );
+        self.js
+            .publish_with_headers(subject, headers, meta.into())
             .await
-            .map_err(nats_at(format_args!("storing object {name}")))?;
+            .map_err(nats_at(format_args!("describing object {name}")))?
+            .await
+            .map_err(nats_at(format_args!(
+                "describing object {name} (acknowledgement)"
+            )))?;
+        if let Some(old) = old.filter(|o| !o.nuid.is_empty()) {
+            // What the old version's chunks cost until the bucket's max age: nothing reads
+            // them any more.
+            let _ = self
+                .stream
+                .purge()
+                .filter(format!("$O.{}.C.{}", self.bucket, old.nuid))
+                .await;
+        }
         Ok(())
     }
 }
@@ -483,7 +566,10 @@ pub async fn connect(c: &ClusterSection, ae_title: &str) -> Result<Cluster, Clus
     opts = opts
         .name(format!("prima-node {node}"))
         .connection_timeout(Duration::from_secs(3))
-        .request_timeout(Some(Duration::from_secs(10)))
+        // A JetStream API request is answered in milliseconds; one that went to a stream
+        // leader silenced by a partition waits this long before the next pass asks the
+        // newly elected one (10 s cost every pass that long under a cut).
+        .request_timeout(Some(Duration::from_secs(5)))
         .max_reconnects(None);
     if let Some(ca) = &c.tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
@@ -609,6 +695,7 @@ async fn ensure_objects(
         bucket: bucket.into(),
         store,
         stream,
+        js: js.clone(),
     })
 }
 
