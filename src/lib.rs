@@ -29,7 +29,7 @@
 //!    results to send (`outbox`).
 //! 9. [`net`] — DICOM networking: associations and C-STORE in (`scp`), C-STORE out (`scu`),
 //!    DICOM TLS (`tls`), what a stranger may cost before an association (`admission`,
-//!    `refusals`).
+//!    `refusals`), what the sender may send (`fence`: a cluster node's claims).
 //! 10. [`job`] — the study job, the processor contract and the run record: what crosses
 //!     the model process and cluster boundaries.
 //! 11. [`report`] — the findings SR, the priority KOS and the summary card.
@@ -44,7 +44,7 @@
 //!     `ResultSink`; the single node's transport (`local`: the assembler's channel, the
 //!     outbox).
 //! 16. [`cluster`] — `[cluster]` over NATS JetStream: ingest nodes (`ingest`: replication,
-//!     the study policy on the cluster's view, claimed delivery, fenced by `fence`) and the
+//!     the study policy on the cluster's view, claimed delivery, fenced by `net::fence`) and the
 //!     worker's NATS transport (`worker`); `reads` survive a lagging or silent replica.
 //! 17. [`http`] — the status page, its JSON API, `/metrics` and the health endpoints.
 //! 18. [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.

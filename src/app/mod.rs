@@ -108,7 +108,7 @@ impl Node {
         let (wakers, wakes) = assembler::wakes();
         let cluster_snapshot = crate::cluster::view::SharedSnapshot::default();
         // An ingest node of a cluster sends only what it holds a claim on.
-        let fence = crate::cluster::fence::Fence::default();
+        let fence = crate::net::fence::Fence::default();
         let processing = roles::spawn_processing(
             &cfg,
             make_processor,

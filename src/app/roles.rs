@@ -43,7 +43,7 @@ pub struct ProcessingLinks {
     pub arrivals: crossbeam_channel::Receiver<()>,
     pub cluster_snapshot: crate::cluster::view::SharedSnapshot,
     /// The claims the cluster thread holds, which the sender obeys.
-    pub fence: crate::cluster::fence::Fence,
+    pub fence: crate::net::fence::Fence,
 }
 
 /// Starts the processing of an ingest node: without `[cluster]`, the worker on the local

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::fence::{self, Fence};
 use super::records::{
     decide, holders, instance_object, node_key, study_key, Decision, InstanceEntry, NodeRecord,
     NodeState, ResultRecord, ResultState, StudyRecord,
@@ -25,6 +24,7 @@ use super::records::{
 use super::tracked::Bucket;
 use super::{nats, nats_at, Cluster, ClusterError};
 use crate::config::SharedConfig;
+use crate::net::fence::{self, Fence};
 use crate::store::outbox::Outbox;
 use crate::store::state::{now_ms, LocalInstance, OutboxState, OutputRow, State, StudyState};
 

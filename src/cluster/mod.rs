@@ -18,7 +18,6 @@
 //!
 //! With `[cluster]` absent none of this runs: the single node is unchanged.
 
-pub mod fence;
 pub mod ingest;
 pub mod reads;
 pub mod records;

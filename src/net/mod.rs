@@ -2,6 +2,7 @@
 //! results ([`scu`]) and the DIMSE command sets both use ([`dimse`]).
 pub mod admission;
 pub mod dimse;
+pub mod fence;
 pub mod pdata;
 pub mod refusals;
 pub mod scp;

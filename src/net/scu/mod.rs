@@ -27,8 +27,8 @@ use dicom_ul::pdu::AssociationRJResult;
 use dicom_ul::ClientAssociationOptions;
 use tracing::{error, info, info_span, warn};
 
-use crate::cluster::fence::Fence;
 use crate::config::{Config, Destination, SharedConfig};
+use crate::net::fence::Fence;
 use crate::store::state::{now_ms, OutboxRow, State};
 use deliver::deliver;
 
@@ -36,7 +36,7 @@ pub struct SenderCtx {
     pub state: Arc<State>,
     pub config: SharedConfig,
     /// On a cluster ingest node: the objects whose delivery claim this node holds now
-    /// ([`crate::cluster::fence`]); nothing else is sent.
+    /// ([`crate::net::fence`]); nothing else is sent.
     pub fence: Option<Fence>,
 }
 

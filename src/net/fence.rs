@@ -1,5 +1,6 @@
-//! Delivery fenced by the claim: an ingest node sends a claimed result's objects only while
-//! its claim on the result is valid.
+//! Delivery fenced by the claim: a cluster ingest node's sender sends a claimed result's
+//! objects only while the node's claim on the result is valid (the cluster grants, the
+//! sender obeys: the fence sits below both).
 //!
 //! The claim is a lease in the result record (`lease_until_ms`), renewed by the node's
 //! cluster pass. A node cut off from NATS cannot renew it, and after the lease another
