@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::faults::{Direction, FaultProxy};
-use super::{free_port, wait_until};
+use super::wait_until;
 
 /// The recommended nats-server: `$PRIMA_NATS_SERVER` (scripts/env.sh names the release
 /// setup installs), else the one on PATH.
@@ -89,7 +89,18 @@ impl NatsCluster {
 
     fn start_with(binary: &std::path::Path, proxied: bool) -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        // The servers' ports stay bound here until each server starts: a proxy (or another
+        // test) asking the kernel for a free port meanwhile could otherwise be handed one
+        // of them, and the server would fail to listen.
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut reserved: Vec<Option<(std::net::TcpListener, std::net::TcpListener)>> =
+            (0..3).map(|_| Some((bind(), bind()))).collect();
+        let port = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
+        let ports: Vec<(u16, u16)> = reserved
+            .iter()
+            .flatten()
+            .map(|(c, r)| (port(c), port(r)))
+            .collect();
         let mut route_proxies = Vec::new();
         if proxied {
             for i in 0..3 {
@@ -155,7 +166,8 @@ impl NatsCluster {
             route_proxies,
             client_proxies: Default::default(),
         };
-        for i in 0..3 {
+        for (i, r) in reserved.iter_mut().enumerate() {
+            drop(r.take());
             c.start_server(i);
         }
         // JetStream answers once the servers elected a metadata leader.
