@@ -13,8 +13,8 @@
 mod common;
 mod fixtures;
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -153,30 +153,15 @@ fn have_strace() -> bool {
     false
 }
 
-#[test]
-fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
-    let Some(fx) = fixtures::reference_dir() else {
-        return;
-    };
-    if !have_dcmtk() {
-        return;
-    }
-    if !have_strace() {
-        return;
-    }
-    let o = NodeOpts::default();
-    let dest = StoreScp::start(o.dest_port);
-    let node = Node::start(o);
+/// `strace -f -yy` attached to the running node, tracing `calls`, writing up to 8 KiB of
+/// each buffer (a WAL page and its frame header): (strace, its trace, its own log).
+fn attach_strace(node: &Node, calls: &str) -> (std::process::Child, PathBuf, PathBuf) {
     let trace = node.state_dir.parent().unwrap().join("trace.txt");
     let strace_log = node.state_dir.parent().unwrap().join("strace.log");
-    let mut strace = Command::new("strace")
-        .args(["-f", "-ttt", "-yy", "-s", "4096", "-o"])
+    let strace = Command::new("strace")
+        .args(["-f", "-ttt", "-yy", "-s", "8192", "-o"])
         .arg(&trace)
-        .args([
-            "-e",
-            "trace=write,writev,pwrite64,sendto,sendmsg,fdatasync,fsync,rename,renameat,renameat2,mkdir,mkdirat",
-            "-p",
-        ])
+        .args(["-e", &format!("trace={calls}"), "-p"])
         .arg(node.pid().unwrap().to_string())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&strace_log).unwrap())
@@ -192,6 +177,27 @@ fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
         std::fs::read_to_string(&strace_log).unwrap_or_default()
     );
     std::thread::sleep(Duration::from_millis(500));
+    (strace, trace, strace_log)
+}
+
+#[test]
+fn acknowledged_instances_and_delivered_outputs_are_durable_first() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    if !have_strace() {
+        return;
+    }
+    let o = NodeOpts::default();
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let (mut strace, trace, strace_log) = attach_strace(
+        &node,
+        "write,writev,pwrite64,sendto,sendmsg,fdatasync,fsync,rename,renameat,renameat2,mkdir,mkdirat",
+    );
     let series = study_series(&fx, "STUDY_A");
     let sent: Vec<_> = series[..2].to_vec();
     send_study(node.opts.port, &sent, 1);
@@ -351,4 +357,143 @@ fn directories_created_at_first_start_are_synced_into_their_parents() {
             parent.display()
         );
     }
+}
+
+/// Retention removes received instances only after its intent is durable, and forgets
+/// them only after their removal is: the eviction's intent (a WAL frame naming the files)
+/// is fsynced before the first file is unlinked, and every shard directory that lost a
+/// file is fsynced before the commit that deletes the rows (the frame with the eviction's
+/// audit row). Without the first, a power loss right after the unlinks leaves rows whose
+/// files are gone and no intent to finish; without the second, files come back that no
+/// row names, and the rescan takes them for new arrivals.
+#[test]
+fn an_eviction_is_recorded_durably_before_files_go_and_their_removal_before_rows_go() {
+    if !have_dcmtk() || !have_strace() {
+        return;
+    }
+    let o = NodeOpts {
+        quiet_s: 0.5,
+        force_complete_s: 1.0,
+        retention_toml: Some(
+            "evict_below_free_mb = 2\nevict_until_free_mb = 2\nkeep_days = 0.00005".into(),
+        ),
+        ..NodeOpts::default()
+    };
+    let dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let (mut strace, trace, _) = attach_strace(
+        &node,
+        "write,writev,pwrite64,sendto,sendmsg,fdatasync,fsync,unlink,unlinkat",
+    );
+    let dir = node.state_dir.parent().unwrap().join("study");
+    let out = Command::new(bin())
+        .args([
+            "synth-study",
+            "--seed",
+            "5",
+            "--instances",
+            "8",
+            "--series",
+            "2",
+        ])
+        .args(["--rows", "64", "--cols", "64", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut files = walk_files(&dir);
+    files.sort();
+    let o = storescu(node.opts.port, SCU_AE, &files);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        wait_until(Duration::from_secs(60), || node
+            .log_text()
+            .contains("removed by the retention policy")),
+        "not evicted:\n{}",
+        node.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a signal to our own child; SIGINT makes strace detach and flush.
+    unsafe {
+        libc::kill(strace.id() as i32, libc::SIGINT);
+    }
+    let _ = strace.wait();
+    assert!(!dest.received().is_empty());
+    let calls = parse(&std::fs::read_to_string(&trace).unwrap());
+    let wal = node.state_dir.join("state.db-wal");
+    let wal = wal.to_string_lossy();
+    let on_wal = |c: &Call| fd_path(c) == Some(wal.as_ref());
+    let objects = node.state_dir.join("spool/objects");
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let h = prima_node::store::hash::sha256_hex(sop_uid_of(f).as_bytes());
+            objects
+                .join(&h[0..2])
+                .join(format!("{h}.dcm"))
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    let unlinks: Vec<&Call> = paths
+        .iter()
+        .map(|p| {
+            calls
+                .iter()
+                .find(|c| c.name.starts_with("unlink") && ok(c) && c.args.contains(p.as_str()))
+                .unwrap_or_else(|| panic!("{p} never unlinked"))
+        })
+        .collect();
+    let first_unlink = unlinks.iter().map(|c| c.start).fold(f64::MAX, f64::min);
+    let last_unlink = unlinks.iter().map(|c| c.end).fold(0.0, f64::max);
+    // The intent: the last WAL write naming an evicted file before the first unlink,
+    // then a sync of the WAL, all before that unlink.
+    let name = paths[0].rsplit('/').next().unwrap();
+    let intent = calls
+        .iter()
+        .rfind(|c| {
+            on_wal(c) && c.name.contains("write") && c.end <= first_unlink && c.args.contains(name)
+        })
+        .expect("no WAL write naming the files before they were unlinked");
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c.name.as_str(), "fsync" | "fdatasync")
+                && on_wal(c)
+                && ok(c)
+                && c.start >= intent.end
+                && c.end <= first_unlink),
+        "the eviction's intent was not synced before its first file was unlinked"
+    );
+    // The end: the WAL frame carrying the eviction's audit row, after every shard
+    // directory that lost a file was synced.
+    let end = calls
+        .iter()
+        .find(|c| {
+            on_wal(c)
+                && c.name.contains("write")
+                && c.start >= last_unlink
+                && c.args.contains("reason=age instances=8")
+        })
+        .expect("no WAL write of the eviction's end");
+    let shards: BTreeSet<String> = paths
+        .iter()
+        .map(|p| p.rsplit_once('/').unwrap().0.to_string())
+        .collect();
+    for d in &shards {
+        assert!(
+            calls.iter().any(|c| c.name == "fsync"
+                && ok(c)
+                && fd_path(c) == Some(d.as_str())
+                && c.start >= last_unlink
+                && c.end <= end.start),
+            "{d} not synced between the unlinks and the rows' removal"
+        );
+    }
+    eprintln!(
+        "eviction of {} files in {} shards checked against {} traced calls",
+        paths.len(),
+        shards.len(),
+        calls.len()
+    );
 }

@@ -41,7 +41,7 @@ field() {
 echo "seed: $PRIMA_RELIABILITY_SEED; logs: $LOGDIR"
 cargo build --quiet --features stand-in --bins --test crash_consistency --test node_limits --test node_recovery \
   --test node_storage --test hostile_input --test durability_trace --test node_e2e \
-  --test cluster_partitions --test cluster_cas 2>&1 | tail -n 20
+  --test cluster_partitions --test cluster_cas --test node_retention 2>&1 | tail -n 20
 
 part crash cargo test --quiet --features stand-in --test crash_consistency -- --nocapture
 part limits cargo test --quiet --features stand-in --test node_limits -- --nocapture --test-threads=1
@@ -58,6 +58,9 @@ part crashloop cargo test --quiet --features stand-in --test node_recovery a_stu
 part cas cargo test --quiet --features stand-in --test cluster_cas -- --nocapture
 # The cluster under partitions (issue 33): fault proxies on routes, clients and PACS paths.
 part partitions cargo test --quiet --features stand-in --test cluster_partitions -- --nocapture --test-threads=1
+# Retention (issue 32): a simulated week of small studies (disk and database flat), disk
+# pressure on a tmpfs, keep_days, a late series, SIGKILL at every step of an eviction.
+part retention cargo test --quiet --features stand-in --test node_retention -- --nocapture --test-threads=1
 
 fuzz_execs="n/a"
 fuzz_crashes="n/a"
@@ -104,6 +107,7 @@ printf '%-34s %s\n' "durability trace (objects checked)" "$(grep -ho '[0-9]* obj
 printf '%-34s %s\n' "poison header through processing" "$(passed poison "series skipped with its reason, next study ok")"
 printf '%-34s %s\n' "partitions (seed, studies)" "$(field partitions partitions seed) $(field partitions partitions studies): sr $(field partitions partitions sr), amended $(field partitions partitions amended), failed $(field partitions partitions failed), lost $(field partitions partitions lost), duplicates $(field partitions partitions duplicates), $(field partitions partitions wall_s) s"
 printf '%-34s %s\n' "CAS race (2.9.10: accepted twice)" "$(grep -ho 'cas-race server=/usr/sbin/nats-server .*' "$LOGDIR/cas.log" 2>/dev/null | sed -n 's/.*raw_double_accepts=\([0-9]*\) lost_with_modify=\([0-9]*\).*/\1 of 300 rounds, lost through modify: \2/p' | head -n 1)"
+printf '%-34s %s\n' "retention week (spool, state.db max)" "$(grep -ho 'RETENTION-SOAK spool max.*' "$LOGDIR/retention.log" 2>/dev/null | head -n 1 | cut -d' ' -f4-)"
 printf '%-34s %s\n' "fuzz executions" "$fuzz_execs"
 printf '%-34s %s\n' "fuzz crashes" "$fuzz_crashes"
 printf '%-34s %s\n' "parts failed" "${failed_parts[*]:-none}"

@@ -26,7 +26,7 @@
 //!    configuration.
 //! 8. [`store`] — durable storage: received instances (`spool`, where an instance is made
 //!    durable before Success), the SQLite bookkeeping and the life-cycle enums (`state`),
-//!    results to send (`outbox`).
+//!    results to send (`outbox`), and what is removed when (`retention`).
 //! 9. [`net`] — DICOM networking: associations and C-STORE in (`scp`), C-STORE out (`scu`),
 //!    DICOM TLS (`tls`), what a stranger may cost before an association (`admission`,
 //!    `refusals`), what the sender may send (`fence`: a cluster node's claims).
@@ -50,8 +50,8 @@
 //! 18. [`synth`] — synthetic head-phantom MR studies for the demo, tests and benchmarks.
 //! 19. [`fuzzing`] — entry points the fuzz targets and their corpus test share.
 //! 20. [`stand_in`] — a model-free processor for tests (feature `stand-in` only).
-//! 21. [`app`] — `serve` built, run and drained per role; the model process's `main`;
-//!     `check-config` and `status`.
+//! 21. [`app`] — `serve` built, run and drained per role (with the retention thread); the
+//!     model process's `main`; `check-config` and `status`.
 //!
 //! Where to look:
 //! - an instance is made durable: `store::spool` (`Spool::begin`, `Spool::commit`), before `net::scp`
@@ -62,6 +62,8 @@
 //!   (`ModelProcess`) → `model_process::child` → `process::PrimaProcessor`;
 //! - results leave: the worker's sink (`worker::local`) writes the outbox, `net::scu`
 //!   sends it;
+//! - received instances are removed: `store::retention` (decided and done), run by the
+//!   `prima-retention` thread (`app`'s `retention`);
 //! - a cluster worker differs from a single node only in its transport:
 //!   `cluster::worker` (`NatsJobs`, `NatsResults`) instead of `worker::local`.
 pub mod app;

@@ -52,6 +52,15 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     pub free_disk_bytes: Gauge,
     pub cluster_events: Family<Reason, Counter>,
+    pub spool_bytes: Family<StudyHold, Gauge>,
+    pub evictions: Family<Reason, Counter>,
+    pub evicted_bytes: Counter,
+    pub storage_pressure: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StudyHold {
+    pub state: String,
 }
 
 fn stage_histogram() -> Histogram {
@@ -75,6 +84,10 @@ impl Metrics {
             outbox_pending: Gauge::default(),
             free_disk_bytes: Gauge::default(),
             cluster_events: Family::default(),
+            spool_bytes: Family::default(),
+            evictions: Family::default(),
+            evicted_bytes: Counter::default(),
+            storage_pressure: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,7 +150,52 @@ impl Metrics {
             "Cluster faults worked around, by kind (cas_lost: an accepted compare-and-set overwritten; handover: a delivery claim given up; fenced: a send held back by a lapsed claim; partial: a study analysed without an unreachable node's instances)",
             m.cluster_events.clone(),
         );
+        registry.register(
+            "spool_bytes",
+            "Bytes of received instances by where their study stands for retention (pending: unfinished, undelivered or still arriving; done: kept until keep_days, evicted earlier under disk pressure; evictable: past keep_days)",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Studies whose received instances the retention policy removed, by reason (age, pressure)",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "evicted_bytes",
+            "Bytes of received instances removed by the retention policy",
+            m.evicted_bytes.clone(),
+        );
+        registry.register(
+            "storage_pressure",
+            "1 while free space is below evict_below_free_mb and nothing is left to evict",
+            m.storage_pressure.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// One eviction done.
+    pub fn evicted(&self, reason: &str, bytes: u64) {
+        self.evictions
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+        self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// Bytes held, by retention state.
+    pub fn spool_usage(&self, pending: u64, done: u64, evictable: u64) {
+        for (state, bytes) in [
+            ("pending", pending),
+            ("done", done),
+            ("evictable", evictable),
+        ] {
+            self.spool_bytes
+                .get_or_create(&StudyHold {
+                    state: state.to_string(),
+                })
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 
     /// The registry in the Prometheus text exposition format.

@@ -93,6 +93,11 @@ pub struct NodeOpts {
     pub device: String,
     /// `[node] serial_number` (the reports' device identity); `None`: derived.
     pub serial_number: Option<String>,
+    /// `[storage]` retention keys (TOML lines); `None`: eviction thresholds just above
+    /// `min_free_mb`, so that a test never evicts unless it asks to.
+    pub retention_toml: Option<String>,
+    /// `[assembly] force_complete_s` (also how long a finished study is not evicted).
+    pub force_complete_s: f64,
 }
 
 impl Default for NodeOpts {
@@ -119,6 +124,8 @@ impl Default for NodeOpts {
             extra_toml: String::new(),
             device: "cpu".into(),
             serial_number: None,
+            retention_toml: None,
+            force_complete_s: 120.0,
         }
     }
 }
@@ -141,12 +148,13 @@ device = "{device}"
 
 [assembly]
 quiet_period_s = {quiet}
-force_complete_s = 120
+force_complete_s = {force}
 min_series = 2
 
 [storage]
 min_free_mb = {free}
 extra_sop_classes = [{extra}]
+{retention}
 
 [outbox]
 retry_initial_s = {ri}
@@ -170,7 +178,12 @@ port = {dport}
             .join(", "),
         state = state_dir.display(),
         quiet = o.quiet_s,
+        force = o.force_complete_s,
         free = o.min_free_mb,
+        retention = o.retention_toml.clone().unwrap_or_else(|| format!(
+            "evict_below_free_mb = {0}\nevict_until_free_mb = {0}",
+            o.min_free_mb + 1
+        )),
         ri = o.retry_initial_s,
         rm = o.retry_max_s,
         dport = o.dest_port,

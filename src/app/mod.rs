@@ -16,6 +16,7 @@ mod assembler;
 pub mod config_watch;
 pub mod lifecycle;
 mod listeners;
+mod retention;
 pub mod roles;
 pub mod status;
 
@@ -82,7 +83,7 @@ struct Node {
     spool: Spool,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
-    /// Threads joined at shutdown: the assembler and the sender.
+    /// Threads joined at shutdown: the assembler, the sender and retention.
     joined: Vec<JoinHandle<()>>,
     /// Threads left to end with the process (the cluster's, which stop on `stop`).
     _detached: Vec<JoinHandle<()>>,
@@ -136,6 +137,18 @@ impl Node {
                 scu::run(ctx, sender_wakes, stop)
             })?
         };
+        let retention = {
+            let ctx = retention::RetentionCtx {
+                state: state.clone(),
+                spool: spool.clone(),
+                state_dir: cfg.node.state_dir.clone(),
+                config: shared.clone(),
+            };
+            let stop = stop.clone();
+            spawn_thread("prima-retention", "retention", move || {
+                retention::run(ctx, stop)
+            })?
+        };
         let assembler = {
             let (state, shared, stop) = (state.clone(), shared.clone(), stop.clone());
             let jobs: Option<crossbeam_channel::Sender<WorkItem>> = processing.jobs;
@@ -150,7 +163,7 @@ impl Node {
             spool,
             state,
             stop,
-            joined: vec![assembler, sender],
+            joined: vec![assembler, sender, retention],
             _detached: processing.threads,
             arrivals: wakers.arrivals,
             wake_sender,
@@ -210,18 +223,22 @@ impl Node {
 
 /// The state directory opened and reconciled: stale temporary files removed, spool files
 /// the database does not know indexed (or quarantined when they cannot be:
-/// `crate::store::recover`), unfinished jobs and outbox entries queued again.
+/// `crate::store::recover`) once interrupted evictions are finished
+/// (`crate::store::retention`), unfinished jobs and outbox entries queued again.
 fn open_state(state_dir: &Path) -> Result<(Spool, Arc<State>, Outbox), AppError> {
     lifecycle::prepare_state_dir(state_dir)?;
     let spool = Spool::open(state_dir)?;
     let state = Arc::new(State::open(state_dir)?);
     let outbox = Outbox::open(state_dir)?;
     let stale = spool.clean_tmp() + outbox.clean_tmp();
+    // Before the rescan, which would read an interrupted eviction's rows as lost instances.
+    let evictions = crate::store::retention::finish_pending(&spool, &state)?;
     let rescan = crate::store::recover::rescan(&spool, &state, state_dir)?;
     let (jobs, pending) = state.requeue_unfinished()?;
     info!(
         state_dir = %state_dir.display(),
         stale_temp_files_removed = stale,
+        interrupted_evictions_finished = evictions,
         missing_instances_forgotten = rescan.forgotten,
         unindexed_instances_recovered = rescan.indexed,
         replaced_instances_reindexed = rescan.reindexed,

@@ -67,6 +67,38 @@ pub fn status_report(config_path: &Path) -> Result<String, AppError> {
         crate::store::recover::quarantined_count(&cfg.node.state_dir),
         crate::store::recover::quarantine_dir(&cfg.node.state_dir).display()
     );
+    let free = crate::store::durable::free_mb(&cfg.node.state_dir).ok();
+    let v = crate::http::data::storage_view(&state, &cfg, free)?;
+    let (u, mb) = (&v.usage, |b: u64| b / (1024 * 1024));
+    let _ = writeln!(
+        out,
+        "disk: {} MB free (refused below {} MB; evicting below {} MB until {} MB)",
+        free.map_or("?".into(), |f| f.to_string()),
+        cfg.storage.min_free_mb,
+        v.evict_below_free_mb,
+        v.evict_until_free_mb
+    );
+    let _ = writeln!(
+        out,
+        "received instances held: pending {} studies {} MB, done {} studies {} MB (kept {} days), evictable {} studies {} MB",
+        u.pending_studies,
+        mb(u.pending_bytes),
+        u.done_studies,
+        mb(u.done_bytes),
+        v.keep_days,
+        u.evictable_studies,
+        mb(u.evictable_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "oldest study held: {}; next eviction by age: {}",
+        u.oldest_held_ms.map_or("none".into(), state::utc_text),
+        u.next_eviction_ms
+            .map_or("none due".into(), state::utc_text)
+    );
+    if let Some(p) = &v.pressure {
+        let _ = writeln!(out, "disk pressure: {p}");
+    }
     let _ = writeln!(out, "studies by state:");
     if c.studies.is_empty() {
         let _ = writeln!(out, "  (none)");

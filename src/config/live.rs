@@ -57,7 +57,10 @@ fn merge(old: &Config, new: Config) -> (Config, Vec<String>) {
     if new.model != old.model {
         ignored.push("[model]".to_string());
     }
-    if new.storage != old.storage {
+    // The retention policy is live; the rest of [storage] is read when the listener and
+    // the spool start.
+    let storage = old.storage.with_retention(new.storage.retention());
+    if new.storage != storage {
         ignored.push("[storage]".to_string());
     }
     if new.tls != old.tls {
@@ -75,7 +78,7 @@ fn merge(old: &Config, new: Config) -> (Config, Vec<String>) {
     let merged = Config {
         node: old.node.clone(),
         model: old.model.clone(),
-        storage: old.storage.clone(),
+        storage,
         tls: old.tls.clone(),
         http: old.http.clone(),
         explain: old.explain.clone(),
@@ -94,6 +97,22 @@ mod tests {
 
     use super::*;
     use crate::config::MINIMAL_FOR_TESTS;
+
+    #[test]
+    fn retention_keys_are_live_and_the_rest_of_storage_is_not() {
+        let c = Config::parse(Path::new("x.toml"), crate::config::tests::GOOD).unwrap();
+        let shared = SharedConfig::new(c.clone());
+        let mut n = c.clone();
+        n.storage.keep_days = 0.5;
+        n.storage.evict_below_free_mb = 5000;
+        assert_eq!(shared.apply(n.clone()), Vec::<String>::new());
+        assert_eq!(shared.get().storage.keep_days, 0.5);
+        assert_eq!(shared.get().storage.evict_below_free_mb, 5000);
+        n.storage.min_free_mb = 1;
+        assert_eq!(shared.apply(n), vec!["[storage]".to_string()]);
+        assert_eq!(shared.get().storage.min_free_mb, 100);
+        assert_eq!(shared.get().storage.keep_days, 0.5);
+    }
 
     #[test]
     fn reload_keeps_node_section() {

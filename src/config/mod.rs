@@ -37,7 +37,9 @@ pub use model::{ModelSection, HEARTBEAT_EVERY_S};
 pub use node::NodeSection;
 pub use outbox::OutboxSection;
 pub use sources::{canonical_ip, resolve_host, ResolvedSource, Source};
-pub use storage::{StorageSection, ENHANCED_MR_IMAGE_STORAGE, MODEL_SOP_CLASSES, MR_IMAGE_STORAGE};
+pub use storage::{
+    Retention, StorageSection, ENHANCED_MR_IMAGE_STORAGE, MODEL_SOP_CLASSES, MR_IMAGE_STORAGE,
+};
 pub use tls::{TlsCheck, TlsCheckError, TlsSection};
 
 #[derive(Debug, thiserror::Error)]

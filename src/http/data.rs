@@ -38,7 +38,60 @@ pub struct Overview {
     pub outbox_by_state: Vec<(String, i64)>,
     pub free_disk_mb: Option<u64>,
     pub min_free_mb: u64,
+    pub storage: StorageView,
     pub last_error: Option<(i64, String)>,
+}
+
+/// Disk held by received instances and the retention policy that frees it.
+#[derive(Debug, Serialize)]
+pub struct StorageView {
+    pub usage: crate::store::retention::Usage,
+    pub keep_days: f64,
+    pub evict_below_free_mb: u64,
+    pub evict_until_free_mb: u64,
+    /// Why C-STORE will be refused soon, when free space is below `evict_below_free_mb`.
+    pub pressure: Option<String>,
+}
+
+/// [`StorageView`] of a state directory (the status page and `prima-node status`).
+pub fn storage_view(
+    state: &State,
+    cfg: &Config,
+    free_disk_mb: Option<u64>,
+) -> Result<StorageView, StateError> {
+    let r = cfg.storage.retention();
+    let window = crate::store::retention::window_ms(cfg);
+    let usage = crate::store::retention::usage(
+        &state.holdings()?,
+        crate::store::state::now_ms(),
+        r.keep_ms(),
+        window,
+    );
+    let pressure = free_disk_mb
+        .filter(|&f| f < r.evict_below_free_mb)
+        .map(|f| {
+            if usage.done_studies + usage.evictable_studies > 0 {
+                format!(
+                    "{f} MB free, below evict_below_free_mb = {}: finished studies are being evicted",
+                    r.evict_below_free_mb
+                )
+            } else {
+                format!(
+                    "{f} MB free, below evict_below_free_mb = {}, and nothing can be evicted: {} studies ({} MB) are unfinished, undelivered or still arriving; C-STORE is refused below min_free_mb = {}",
+                    r.evict_below_free_mb,
+                    usage.pending_studies,
+                    usage.pending_bytes / (1024 * 1024),
+                    cfg.storage.min_free_mb
+                )
+            }
+        });
+    Ok(StorageView {
+        usage,
+        keep_days: r.keep_days,
+        evict_below_free_mb: r.evict_below_free_mb,
+        evict_until_free_mb: r.evict_until_free_mb,
+        pressure,
+    })
 }
 
 /// Who and what a study is, from one of its instances' headers. Patient name and ID only
@@ -83,6 +136,8 @@ pub struct StudyDetail {
     /// The latest run record (stage seconds, series used and skipped with reasons).
     pub run: Option<RunRecord>,
     pub has_predictions: bool,
+    /// Series whose received instances the retention policy removed.
+    pub evicted: Vec<crate::store::state::EvictedSeries>,
 }
 
 pub fn model_info(cfg: &Config) -> Option<ModelInfo> {
@@ -109,6 +164,7 @@ pub fn overview(
     uptime_s: u64,
 ) -> Result<Overview, StateError> {
     let c = state.counts()?;
+    let free_disk_mb = crate::store::durable::free_mb(&cfg.node.state_dir).ok();
     Ok(Overview {
         version: env!("CARGO_PKG_VERSION"),
         ae_title: cfg.node.ae_title.clone(),
@@ -119,8 +175,9 @@ pub fn overview(
         instances: c.instances,
         queue_depth: state.queue_depth()?,
         outbox_by_state: c.outbox,
-        free_disk_mb: crate::store::durable::free_mb(&cfg.node.state_dir).ok(),
+        free_disk_mb,
         min_free_mb: cfg.storage.min_free_mb,
+        storage: storage_view(state, cfg, free_disk_mb)?,
         last_error: state.last_error()?,
     })
 }
@@ -242,6 +299,7 @@ pub fn study(
         events: state.audit_of_study(study_uid)?,
         run: read_json(&dir.join("run.json")),
         has_predictions: dir.join("predictions.json").is_file(),
+        evicted: state.evicted_series_of(study_uid)?,
     }))
 }
 

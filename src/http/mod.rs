@@ -405,7 +405,7 @@ async fn rerun_study(
             Some(&uid),
             &match job {
                 Some(j) => format!("job {j} queued"),
-                None => "not queued: unknown, still receiving, or a job is waiting".into(),
+                None => "not queued: unknown, still receiving, its instances removed by the retention policy, or a job is waiting".into(),
             },
         );
         Ok(job)
@@ -416,7 +416,7 @@ async fn rerun_study(
     if job.is_none() {
         return Ok((
             StatusCode::CONFLICT,
-            "not queued: unknown study, still receiving, or a job is already waiting\n",
+            "not queued: unknown study, still receiving, its instances removed by the retention policy (send it again), or a job is already waiting\n",
         )
             .into_response());
     }

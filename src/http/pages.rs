@@ -1,33 +1,13 @@
 //! The pages: each renders one `data` value with the escaping builder.
 
-use super::data::{Overview, StudyDetail, StudySummary};
+use super::data::{Overview, StorageView, StudyDetail, StudySummary};
 use super::html::{page, Cell, Html};
 use crate::job::RunRecord;
 use crate::store::state::{AuditView, DeliveryView};
 
 /// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
 pub fn when(ms: i64) -> String {
-    if ms <= 0 {
-        return "—".into();
-    }
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::store::state::utc_text(ms)
 }
 
 fn opt(s: &Option<String>) -> String {
@@ -93,6 +73,7 @@ pub fn overview(o: &Overview) -> String {
             })
             .collect();
         h.table(&["state", "studies"], &rows);
+        storage(h, &o.storage);
         h.text_el("h2", &[], "Outbox");
         let rows: Vec<Vec<Cell>> = o
             .outbox_by_state
@@ -101,6 +82,57 @@ pub fn overview(o: &Overview) -> String {
             .collect();
         h.table(&["state", "deliveries"], &rows);
     })
+}
+
+/// Disk held by received instances, by where their studies stand, and the policy.
+fn storage(h: &mut Html, v: &StorageView) {
+    let mb = |b: u64| format!("{} MB", b / (1024 * 1024));
+    let u = &v.usage;
+    h.text_el("h2", &[], "Storage");
+    if let Some(p) = &v.pressure {
+        h.text_el("p", &[("class", "warn")], p);
+    }
+    let rows = vec![
+        vec![
+            "pending (unfinished, undelivered or still arriving; never evicted)".into(),
+            u.pending_studies.to_string().into(),
+            mb(u.pending_bytes).into(),
+        ],
+        vec![
+            format!(
+                "done (kept {} days; evicted earlier under disk pressure)",
+                v.keep_days
+            )
+            .into(),
+            u.done_studies.to_string().into(),
+            mb(u.done_bytes).into(),
+        ],
+        vec![
+            "evictable (past keep_days)".into(),
+            u.evictable_studies.to_string().into(),
+            mb(u.evictable_bytes).into(),
+        ],
+    ];
+    h.table(&["received instances", "studies", "disk"], &rows);
+    let rows = vec![
+        vec![
+            "oldest study held".into(),
+            u.oldest_held_ms.map_or("none".into(), when).into(),
+        ],
+        vec![
+            "next eviction by age".into(),
+            u.next_eviction_ms.map_or("none due".into(), when).into(),
+        ],
+        vec![
+            "disk pressure eviction".into(),
+            format!(
+                "below {} MB free, until {} MB",
+                v.evict_below_free_mb, v.evict_until_free_mb
+            )
+            .into(),
+        ],
+    ];
+    h.table(&[], &rows);
 }
 
 fn summary_row(s: &StudySummary) -> Vec<Cell> {
@@ -288,6 +320,26 @@ pub fn study(d: &StudyDetail, actions: bool) -> String {
                 h.text_el("h2", &[], "Series skipped");
                 h.table(&["series", "reason"], &sk);
             }
+        }
+        if !d.evicted.is_empty() {
+            h.text_el("h2", &[], "Received instances removed (retention policy)");
+            let rows: Vec<Vec<Cell>> = d
+                .evicted
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.series_uid.as_str().into(),
+                        e.instances.to_string().into(),
+                        format!("{} MB", e.bytes / (1024 * 1024)).into(),
+                        when(e.evicted_ms).into(),
+                        e.reason.as_str().into(),
+                    ]
+                })
+                .collect();
+            h.table(
+                &["series", "instances", "disk", "removed (UTC)", "reason"],
+                &rows,
+            );
         }
         h.text_el("h2", &[], "Series received");
         h.table(

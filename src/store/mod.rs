@@ -7,6 +7,8 @@
 //!   primitives the spool and the outbox share; [`error`] their error.
 //! - [`recover`] reconciles the database with the spool at start (quarantining, never
 //!   deleting, what it cannot index).
+//! - [`retention`] removes finished studies' instances when they are due or the disk
+//!   fills, crash-safely.
 pub mod durable;
 pub mod error;
 pub mod hash;
@@ -15,5 +17,6 @@ pub mod identity;
 pub mod length_guard;
 pub mod outbox;
 pub mod recover;
+pub mod retention;
 pub mod spool;
 pub mod state;

@@ -159,7 +159,7 @@ fn recover_instance(spool: &Spool, path: &Path) -> Result<InstanceRecord, Recove
         series_description: h.series_description,
         path: path.to_owned(),
         content_hash: hash,
-        size: ds.len() as u64,
+        size: bytes.len() as u64,
         calling_ae: "(recovered)".into(),
         peer: String::new(),
     })

@@ -137,6 +137,25 @@ impl Spool {
             .collect()
     }
 
+    /// Remove the spool file at `path` if it is still the file with `inode` (retention's
+    /// removal: a copy committed since has another inode and stays). Not synced: the
+    /// caller syncs the directories once for all its removals.
+    pub fn remove_if_inode(&self, path: &Path, inode: u64) -> io::Result<Removal> {
+        use std::os::unix::fs::MetadataExt;
+        let _shard = shard_lock(path);
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.ino() == inode => {}
+            Ok(_) => return Ok(Removal::Replaced),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Absent),
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(path) {
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Removal::Absent),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn check_space(&self, floor_mb: u64) -> Result<(), SpoolError> {
         let free = free_mb(&self.root).map_err(io_err(&self.root))?;
         if free < floor_mb {
@@ -190,7 +209,9 @@ impl Spool {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
+        let head_len = head.len() as u64;
         Ok(TempInstance {
+            head_len,
             // Small on purpose: the command-sized writes of the meta group are gathered, while
             // data PDVs (usually ≥ this) go straight to the kernel without an extra copy.
             file: Some(std::io::BufWriter::with_capacity(32 * 1024, file)),
@@ -262,6 +283,8 @@ impl Spool {
         };
         let (to, objects) = (dst.clone(), self.objects.clone());
         run_on_pool(Box::new(move || {
+            // Never between an eviction's inode check and its removal of this path.
+            let _shard = shard_lock(&to);
             let _ = reply.send(commit_file(&file, &path, &to, &objects));
         }));
         (dst, answer, hashing)
@@ -277,6 +300,31 @@ impl Spool {
             Err(source) => Err(SpoolError::Io { path: dst, source }),
         }
     }
+}
+
+/// What [`Spool::remove_if_inode`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// No file there.
+    Absent,
+    /// Another file there now (received again): left.
+    Replaced,
+}
+
+/// One lock per spool shard directory, taken by a commit's rename and by retention's
+/// check-then-remove of a file there: a re-sent copy renamed between the check and the
+/// removal would otherwise be removed after it was acknowledged.
+fn shard_lock(path: &Path) -> std::sync::MutexGuard<'static, ()> {
+    static SHARDS: [std::sync::Mutex<()>; 256] = [const { std::sync::Mutex::new(()) }; 256];
+    let shard = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| u8::from_str_radix(&n.to_string_lossy(), 16).ok())
+        .unwrap_or(0);
+    SHARDS[shard as usize]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// A committed instance: where it is, and the content hash to record for it (its
@@ -308,6 +356,8 @@ const WRITEBACK_EVERY: u64 = 256 * 1024;
 
 /// An instance being received. Dropping it without `finish` deletes the file.
 pub struct TempInstance {
+    /// Preamble and meta group: part of the file, not of `written`.
+    head_len: u64,
     file: Option<std::io::BufWriter<File>>,
     path: PathBuf,
     hasher: ContentHasher,
@@ -327,6 +377,7 @@ pub struct FinishedInstance {
     /// [`crate::store::hash::content_hash`] of the data set bytes (not the meta group):
     /// recorded where the identity cannot be computed.
     pub content_hash: String,
+    /// The file's size (what retention frees by removing it).
     pub size: u64,
 }
 
@@ -383,7 +434,7 @@ impl TempInstance {
         };
         start_writeback(&file);
         let content_hash = self.hasher.finalize();
-        let size = self.written;
+        let size = self.head_len + self.written;
         // Defuse Drop: the file is handed over.
         self.path = PathBuf::new();
         Ok(FinishedInstance {

@@ -94,7 +94,8 @@ pub fn dispatch(state: &State, cfg: &Config, tx: &Sender<WorkItem>) -> Result<us
             })
             .collect();
         let attempt = state.mark_job_dispatched(j.id, &hex::encode(hash))?;
-        let set_aside = policy::set_aside(&state.instances_of(&j.study_uid)?, cfg);
+        let mut set_aside = policy::set_aside(&state.instances_of(&j.study_uid)?, cfg);
+        set_aside.extend(policy::evicted(&state.evicted_series_of(&j.study_uid)?));
         let job = StudyJob {
             study_instance_uid: j.study_uid.clone(),
             instances: inst

@@ -13,7 +13,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, MODEL_SOP_CLASSES};
-use crate::store::state::{StoredInstance, StudyState};
+use crate::store::state::{utc_text, EvictReason, EvictedSeries, StoredInstance, StudyState};
 
 /// What the policy needs to know about one study.
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +157,26 @@ pub fn set_aside(instances: &[StoredInstance], cfg: &Config) -> Vec<SetAside> {
     out
 }
 
+/// Series whose instances the retention policy removed (and that hold none now), set
+/// aside so that a later run's report names each series it could not read, and why.
+pub fn evicted(series: &[EvictedSeries]) -> Vec<SetAside> {
+    series
+        .iter()
+        .map(|e| SetAside {
+            series_instance_uid: e.series_uid.clone(),
+            instances: e.instances as usize,
+            reason: format!(
+                "removed by the retention policy on {} UTC ({}), before this run: not read",
+                utc_text(e.evicted_ms),
+                match e.reason {
+                    EvictReason::Age => "keep_days",
+                    EvictReason::Pressure => "disk space",
+                }
+            ),
+        })
+        .collect()
+}
+
 pub use crate::job::SetAside;
 
 fn distinct_series(instances: &[StoredInstance]) -> usize {
@@ -188,6 +208,25 @@ pub fn input_set_hash(instances: &[StoredInstance]) -> [u8; 32] {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn evicted_series_say_when_and_why() {
+        let e = EvictedSeries {
+            series_uid: "1.2.3".into(),
+            instances: 24,
+            bytes: 1 << 20,
+            evicted_ms: 1_796_342_400_000,
+            reason: EvictReason::Pressure,
+        };
+        assert_eq!(
+            evicted(&[e]),
+            vec![SetAside {
+                series_instance_uid: "1.2.3".into(),
+                instances: 24,
+                reason: "removed by the retention policy on 2026-12-04 00:00:00 UTC (disk space), before this run: not read".into(),
+            }]
+        );
+    }
 
     /// The example configuration with a 1 s quiet period and a 10 s deadline.
     pub(crate) fn example_config() -> Config {

@@ -10,6 +10,7 @@ mod db;
 mod instances;
 mod jobs;
 mod outbox;
+mod retention;
 mod schema;
 mod studies;
 #[cfg(test)]
@@ -17,11 +18,12 @@ mod tests;
 mod views;
 
 pub use cluster::LocalInstance;
-pub use db::{now_ms, Counts, State, StateError};
+pub use db::{now_ms, utc_text, Counts, State, StateError};
 pub use instances::{InstanceRecord, RecordOutcome, StoredInstance};
 pub use jobs::{JobRow, OutputRow};
 pub use outbox::OutboxRow;
+pub use retention::{EvictedSeries, EvictionIntent, EvictionRecord, Holding, PrunedStudy};
 pub(crate) use schema::state_enum;
-pub use schema::{JobState, OutboxState, StudyState};
+pub use schema::{EvictReason, JobState, OutboxState, StudyState};
 pub use studies::StudyRow;
 pub use views::{AuditView, DeliveryView, JobView, SeriesView};

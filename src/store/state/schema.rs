@@ -101,6 +101,16 @@ state_enum! {
     }
 }
 
+state_enum! {
+    /// Why a study's received instances were removed.
+    EvictReason {
+        /// `[storage] keep_days` after its last activity.
+        Age = "age",
+        /// Free space below `[storage] evict_below_free_mb`; the oldest finished first.
+        Pressure = "pressure",
+    }
+}
+
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
@@ -170,6 +180,41 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE(sop_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS outputs_study ON outputs(study_uid);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
+-- An eviction under way: written durably before any file is removed, so that a restart
+-- finishes it (`store::retention`) before the rescan could take its files for arrivals
+-- or its rows for lost instances. `evicting` names each file with the inode it had, so a
+-- copy re-sent meanwhile (a new inode at the same path) is never removed.
+CREATE TABLE IF NOT EXISTS evictions (
+    study_uid TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    started_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evicting (
+    sop_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    inode INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evicting_study ON evicting(study_uid);
+-- What an eviction removed, per series: a later run reports these series as missing.
+CREATE TABLE IF NOT EXISTS evicted_series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    instances INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    evicted_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evicted_series_study ON evicted_series(study_uid);
+-- Audit rows past `[storage] keep_audit_days`, folded into counts per day and event.
+CREATE TABLE IF NOT EXISTS audit_counts (
+    day TEXT NOT NULL,
+    event TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (day, event)
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms INTEGER NOT NULL,
@@ -180,6 +225,7 @@ CREATE TABLE IF NOT EXISTS audit (
     sop_uid TEXT,
     detail TEXT
 );
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at_ms);
 "#;
 
 /// Bring a database written by an older version up to this schema.

@@ -116,9 +116,12 @@ impl State {
             params![study_uid],
             |r| r.get(0),
         )?;
+        // Once the retention policy removed the instances, the study's header is read from
+        // a result sent for it (the SR and KOS copy it).
         let path: Option<String> = c
             .query_row(
-                "SELECT path FROM instances WHERE study_uid = ?1 LIMIT 1",
+                "SELECT path FROM instances WHERE study_uid = ?1
+                 UNION ALL SELECT path FROM outputs WHERE study_uid = ?1 LIMIT 1",
                 params![study_uid],
                 |r| r.get(0),
             )
@@ -278,7 +281,9 @@ impl State {
         let busy: bool = {
             let c = self.c();
             let known: bool = c.query_row(
-                "SELECT COUNT(*) > 0 FROM studies WHERE study_uid = ?1 AND state != ?2",
+                // A study whose instances the retention policy removed has nothing to run on.
+                "SELECT COUNT(*) > 0 FROM studies WHERE study_uid = ?1 AND state != ?2
+                   AND EXISTS (SELECT 1 FROM instances WHERE study_uid = ?1)",
                 params![study_uid, StudyState::Receiving],
                 |r| r.get(0),
             )?;
