@@ -98,6 +98,8 @@ pub struct NodeOpts {
     pub retention_toml: Option<String>,
     /// `[assembly] force_complete_s` (also how long a finished study is not evicted).
     pub force_complete_s: f64,
+    /// More `[outbox]` keys (TOML lines).
+    pub outbox_toml: String,
 }
 
 impl Default for NodeOpts {
@@ -126,6 +128,7 @@ impl Default for NodeOpts {
             serial_number: None,
             retention_toml: None,
             force_complete_s: 120.0,
+            outbox_toml: String::new(),
         }
     }
 }
@@ -161,6 +164,7 @@ retry_initial_s = {ri}
 retry_max_s = {rm}
 max_attempts = {maxatt}
 connect_timeout_s = 2
+{outbox_toml}
 
 [[destinations]]
 ae_title = "{dae}"
@@ -179,6 +183,7 @@ port = {dport}
         state = state_dir.display(),
         quiet = o.quiet_s,
         force = o.force_complete_s,
+        outbox_toml = o.outbox_toml,
         free = o.min_free_mb,
         retention = o.retention_toml.clone().unwrap_or_else(|| format!(
             "evict_below_free_mb = {0}\nevict_until_free_mb = {0}",

@@ -17,6 +17,14 @@ pub struct OutboxSection {
     pub max_attempts: u32,
     #[serde(default = "default_connect_timeout_s")]
     pub connect_timeout_s: f64,
+    /// Longest wait for any one answer of a destination: the association's acceptance, each
+    /// C-STORE response, each write to it.
+    #[serde(default = "default_response_timeout_s")]
+    pub response_timeout_s: f64,
+    /// Longest one association may take from connect to release, whatever the destination
+    /// trickles meanwhile; what is not sent by then is retried later.
+    #[serde(default = "default_transfer_timeout_s")]
+    pub transfer_timeout_s: f64,
 }
 
 fn default_retry_initial_s() -> f64 {
@@ -31,6 +39,12 @@ fn default_max_attempts() -> u32 {
 fn default_connect_timeout_s() -> f64 {
     10.0
 }
+fn default_response_timeout_s() -> f64 {
+    30.0
+}
+fn default_transfer_timeout_s() -> f64 {
+    300.0
+}
 
 impl Default for OutboxSection {
     fn default() -> Self {
@@ -39,6 +53,8 @@ impl Default for OutboxSection {
             retry_max_s: default_retry_max_s(),
             max_attempts: default_max_attempts(),
             connect_timeout_s: default_connect_timeout_s(),
+            response_timeout_s: default_response_timeout_s(),
+            transfer_timeout_s: default_transfer_timeout_s(),
         }
     }
 }
@@ -57,6 +73,14 @@ impl OutboxSection {
         }
         if !finite_nonneg(self.connect_timeout_s) || self.connect_timeout_s <= 0.0 {
             p.push("[outbox] connect_timeout_s: must be a positive number of seconds".into());
+        }
+        if !finite_nonneg(self.response_timeout_s) || self.response_timeout_s <= 0.0 {
+            p.push("[outbox] response_timeout_s: must be a positive number of seconds".into());
+        }
+        if !finite_nonneg(self.transfer_timeout_s)
+            || self.transfer_timeout_s < self.response_timeout_s
+        {
+            p.push("[outbox] transfer_timeout_s: must be >= response_timeout_s".into());
         }
         p
     }

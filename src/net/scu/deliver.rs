@@ -13,7 +13,7 @@ use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
 use tracing::{error, info, warn};
 
-use super::{failed, SenderCtx};
+use super::{failed, Deadline, SenderCtx};
 use crate::config::Config;
 use crate::net::dimse::{self, classify_status, CommandError, StatusClass};
 use crate::store::state::OutboxRow;
@@ -27,12 +27,14 @@ enum Link {
 }
 
 /// Send `rows` on an established association (plain TCP or TLS), then release it.
+/// What is not sent when the deadline passes stays pending, due at once, uncounted.
 pub(super) fn deliver<S>(
     ctx: &SenderCtx,
     cfg: &Config,
     rows: &[OutboxRow],
     file_ts: &[Option<String>],
     stop: &AtomicBool,
+    deadline: &Deadline,
     mut assoc: dicom_ul::ClientAssociation<S>,
 ) where
     S: CloseSocket + Read + Write,
@@ -40,16 +42,39 @@ pub(super) fn deliver<S>(
     let accepted = crate::net::accepted_contexts(assoc.presentation_contexts());
     let mut message_id: u16 = 0;
     let mut link = Link::Open;
+    let mut tried = 0;
     for (r, fts) in rows.iter().zip(file_ts) {
         // A claim may lapse while an association is under way: what is left stays queued.
-        if link == Link::Broken || stop.load(Ordering::SeqCst) || !ctx.may_send(r) {
+        if link == Link::Broken
+            || stop.load(Ordering::SeqCst)
+            || deadline.passed()
+            || !ctx.may_send(r)
+        {
             break;
         }
         let out = Outgoing {
             row: r,
             file_ts: fts.as_ref(),
         };
-        link = deliver_one(ctx, cfg, &mut assoc, &accepted, out, &mut message_id);
+        link = deliver_one(
+            ctx,
+            cfg,
+            &mut assoc,
+            &accepted,
+            out,
+            &mut message_id,
+            deadline,
+        );
+        tried += 1;
+    }
+    if deadline.passed() {
+        // Too slow a destination is backed off like an unreachable one: what this
+        // association did not reach waits for the next attempt, after the backoff.
+        let reason = deadline.too_slow("not sent");
+        for r in &rows[tried..] {
+            failed(ctx, cfg, r, &reason, false);
+        }
+        link = Link::Broken;
     }
     if link == Link::Broken {
         let _ = assoc.abort();
@@ -72,6 +97,7 @@ fn deliver_one<S>(
     accepted: &[(u8, String, String)],
     out: Outgoing<'_>,
     message_id: &mut u16,
+    deadline: &Deadline,
 ) -> Link
 where
     S: CloseSocket + Read + Write,
@@ -105,7 +131,7 @@ where
             ctx,
             cfg,
             r,
-            &format!("connection lost while sending: {e}"),
+            &deadline.reason("connection lost while sending", &e),
             false,
         );
         return Link::Broken;
@@ -114,7 +140,13 @@ where
     match read_response(assoc) {
         Ok(rsp) => settle(ctx, cfg, r, judge_response(rsp, *message_id, ours)),
         Err(e) => {
-            failed(ctx, cfg, r, &format!("no C-STORE response: {e}"), false);
+            failed(
+                ctx,
+                cfg,
+                r,
+                &deadline.reason("no C-STORE response", &e),
+                false,
+            );
             Link::Broken
         }
     }
@@ -165,6 +197,8 @@ enum Verdict {
     /// Delivered; the warning is recorded with it.
     DeliveredWithWarning(String),
     Failed(String),
+    /// Refused for lack of resources (A7xx, a full PACS): retried without limit.
+    Busy(String),
 }
 
 fn judge_response(rsp: dimse::Command, message_id: u16, ours: (&str, &str)) -> Verdict {
@@ -181,6 +215,9 @@ fn judge_response(rsp: dimse::Command, message_id: u16, ours: (&str, &str)) -> V
         StatusClass::Warning => {
             Verdict::DeliveredWithWarning(format!("warning status {st:#06X}{comment}"))
         }
+        StatusClass::Failure if st & 0xFF00 == 0xA700 => Verdict::Busy(format!(
+            "C-STORE refused for lack of resources, status {st:#06X}{comment}: retried until it has room"
+        )),
         StatusClass::Failure => {
             Verdict::Failed(format!("C-STORE failed with status {st:#06X}{comment}"))
         }
@@ -227,6 +264,7 @@ fn settle(ctx: &SenderCtx, cfg: &Config, r: &OutboxRow, verdict: Verdict) -> Lin
             }
         }
         Verdict::Failed(reason) => failed(ctx, cfg, r, &reason, true),
+        Verdict::Busy(reason) => failed(ctx, cfg, r, &reason, false),
     }
     Link::Open
 }
@@ -412,9 +450,17 @@ mod tests {
             judge_response(rsp(Some(0xB000), Some("coerced")), 3, r),
             Verdict::DeliveredWithWarning("warning status 0xB000 (coerced)".into())
         );
+        // A full PACS waits for room; other failures count towards max_attempts.
         assert_eq!(
-            judge_response(rsp(Some(0xA700), None), 3, r),
-            Verdict::Failed("C-STORE failed with status 0xA700".into())
+            judge_response(rsp(Some(0xA702), None), 3, r),
+            Verdict::Busy(
+                "C-STORE refused for lack of resources, status 0xA702: retried until it has room"
+                    .into()
+            )
+        );
+        assert_eq!(
+            judge_response(rsp(Some(0xA900), None), 3, r),
+            Verdict::Failed("C-STORE failed with status 0xA900".into())
         );
         // A response without a status is no proof of delivery.
         assert_eq!(

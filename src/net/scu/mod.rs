@@ -11,6 +11,20 @@
 //! edited in a reload, or whose TLS setup is unusable, stays pending with its count as it
 //! was, and a restored destination's entries are retried at once.
 //!
+//!
+//! Each destination is served on its own thread, one association at a time: a destination
+//! that is silent or trickles its answers holds up only its own results. Every wait on a
+//! destination has a deadline — the connection (`connect_timeout_s`), each answer and each
+//! write (`response_timeout_s`), and the whole association (`transfer_timeout_s`, enforced by
+//! shutting the socket down, since a trickle defeats per-read timeouts) — and a destination
+//! that misses one is backed off like an unreachable one. dicom-ul's blocking client gives
+//! no handle on the socket before the association is accepted: an acceptance trickled a
+//! byte at a time is bounded per read only, and the association is cut (and backed off)
+//! as soon as it is accepted past the deadline. A destination that answers "out of
+//! resources" (A7xx: a full PACS) is retried without limit too: results wait for space, they
+//! are not given up after `max_attempts`. The loop does not wait for a destination's thread
+//! at shutdown: what it was sending stays pending and is sent again after the restart.
+//!
 //! This module runs the loop, keeps each entry's schedule in the outbox and establishes one
 //! association per destination and round; `deliver` sends the entries on it.
 
@@ -18,8 +32,8 @@ mod deliver;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use dicom_dictionary_std::uids::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
@@ -50,11 +64,16 @@ impl SenderCtx {
     }
 }
 
-/// The sender loop; returns when `stop` is set.
+/// The sender loop; returns when `stop` is set (without waiting for a destination's
+/// association under way).
 pub fn run(ctx: SenderCtx, wake: Receiver<()>, stop: Arc<AtomicBool>) {
+    let ctx = Arc::new(ctx);
     let mut configured = destination_keys(&ctx.config.get());
     // Entries held back by the fence, logged once each.
     let mut fenced: BTreeSet<i64> = BTreeSet::new();
+    // Destinations whose thread is sending now; their due entries wait for it.
+    let busy: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let (finished, finishes) = crossbeam_channel::unbounded::<()>();
     while !stop.load(Ordering::SeqCst) {
         let cfg = ctx.config.get();
         configured = retry_returned_destinations(&ctx, &cfg, configured);
@@ -75,18 +94,64 @@ pub fn run(ctx: SenderCtx, wake: Receiver<()>, stop: Arc<AtomicBool>) {
                 }
                 fenced = now_fenced;
                 for (key, rows) in by_dest {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
+                    if lock(&busy).contains(&key) {
+                        continue;
                     }
                     match cfg.destinations.iter().find(|d| d.key() == key) {
-                        Some(d) => send_batch(&ctx, &cfg, d, rows, &stop),
+                        Some(d) => {
+                            lock(&busy).insert(key.clone());
+                            let job = SendJob {
+                                ctx: ctx.clone(),
+                                cfg: cfg.clone(),
+                                dest: d.clone(),
+                                rows,
+                                stop: stop.clone(),
+                            };
+                            let (mine, finished) = (busy.clone(), finished.clone());
+                            let k = key.clone();
+                            let spawned = std::thread::Builder::new()
+                                .name("prima-send".into())
+                                .spawn(move || {
+                                    job.run();
+                                    lock(&mine).remove(&k);
+                                    let _ = finished.send(());
+                                });
+                            if let Err(e) = spawned {
+                                // Tried again next round.
+                                error!(error = %e, "cannot start a delivery thread");
+                                lock(&busy).remove(&key);
+                            }
+                        }
                         None => park_unconfigured(&ctx, &cfg, &key, rows),
                     }
                 }
             }
             Err(e) => error!(error = %e, "cannot read the outbox"),
         }
-        let _ = wake.recv_timeout(Duration::from_millis(500));
+        crossbeam_channel::select! {
+            recv(wake) -> _ => {}
+            recv(finishes) -> _ => {}
+            default(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One destination's round, on its own thread.
+struct SendJob {
+    ctx: Arc<SenderCtx>,
+    cfg: Arc<Config>,
+    dest: Destination,
+    rows: Vec<OutboxRow>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SendJob {
+    fn run(self) {
+        send_batch(&self.ctx, &self.cfg, &self.dest, self.rows, &self.stop);
     }
 }
 
@@ -234,23 +299,27 @@ fn send_batch(
     let span = info_span!("send", destination = %dest.key());
     let _g = span.enter();
     let Proposal { contexts, file_ts } = proposal(&rows);
+    let answer = Duration::from_secs_f64(cfg.outbox.response_timeout_s);
+    let deadline = Deadline::new(cfg);
     let mut opts = ClientAssociationOptions::new()
         .calling_ae_title(cfg.node.ae_title.clone())
         .called_ae_title(dest.ae_title.clone())
         .max_pdu_length(cfg.node.max_pdu_length)
         .connection_timeout(Duration::from_secs_f64(cfg.outbox.connect_timeout_s))
-        .read_timeout(Duration::from_secs(120))
-        .write_timeout(Duration::from_secs(120));
+        .read_timeout(answer)
+        .write_timeout(answer);
     for (class, tss) in &contexts {
         opts = opts.with_presentation_context(class.clone(), tss.clone());
     }
     let addr = format!("{}@{}:{}", dest.ae_title, dest.host, dest.port);
+    let started = Instant::now();
     let established = match &dest.tls_ca {
         None => opts.establish_with(&addr).map(|mut a| {
             // A C-STORE is a small command PDU followed by data PDUs; with Nagle on, the
             // data waits for the peer's delayed ACK of the command (tens of ms per object).
             let _ = a.inner_stream().set_nodelay(true);
-            deliver(ctx, cfg, &rows, &file_ts, stop, a)
+            let _guard = deadline.guard(a.inner_stream());
+            deliver(ctx, cfg, &rows, &file_ts, stop, &deadline, a)
         }),
         Some(ca) => match crate::net::tls::client_config(ca, cfg.tls.as_ref()) {
             Ok(tls) => opts
@@ -259,7 +328,8 @@ fn send_batch(
                 .establish_with_tls(&addr)
                 .map(|mut a| {
                     let _ = a.inner_stream().sock.set_nodelay(true);
-                    deliver(ctx, cfg, &rows, &file_ts, stop, a)
+                    let _guard = deadline.guard(&a.inner_stream().sock);
+                    deliver(ctx, cfg, &rows, &file_ts, stop, &deadline, a)
                 }),
             Err(e) => {
                 // Nothing was sent: not an attempt. Tried again after the longest backoff
@@ -271,7 +341,11 @@ fn send_batch(
         },
     };
     if let Err(e) = established {
-        let (reason, bounded) = association_failure(&e);
+        // dicom-ul reports a read timeout on the acceptance as whatever it guessed from the
+        // bytes it had ("TLS not enabled, but peer seems to be sending TLS data" for none):
+        // the time it took says what happened.
+        let waited = started.elapsed() >= answer.mul_f64(0.95);
+        let (reason, bounded) = association_failure(&e, cfg, waited);
         if bounded {
             error!(%reason, "destination refuses the association");
         }
@@ -281,9 +355,99 @@ fn send_batch(
     }
 }
 
+/// When one association must be over (`[outbox] transfer_timeout_s` from its start).
+pub(super) struct Deadline {
+    at: Instant,
+    transfer_s: f64,
+    response_s: f64,
+}
+
+impl Deadline {
+    fn new(cfg: &Config) -> Deadline {
+        Deadline {
+            at: Instant::now() + Duration::from_secs_f64(cfg.outbox.transfer_timeout_s),
+            transfer_s: cfg.outbox.transfer_timeout_s,
+            response_s: cfg.outbox.response_timeout_s,
+        }
+    }
+
+    fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    pub(super) fn too_slow(&self, what: &str) -> String {
+        format!(
+            "{what}: the destination did not finish within transfer_timeout_s = {} s (too slow)",
+            self.transfer_s
+        )
+    }
+
+    /// Shut `sock` down when the deadline passes before the guard is dropped: a read or
+    /// write blocked on a destination that trickles then fails at once.
+    fn guard(&self, sock: &std::net::TcpStream) -> Option<crossbeam_channel::Sender<()>> {
+        let sock = sock.try_clone().ok()?;
+        let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+        let at = self.at;
+        std::thread::Builder::new()
+            .name("prima-send-deadline".into())
+            .spawn(move || {
+                if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_deadline(at) {
+                    let _ = sock.shutdown(std::net::Shutdown::Both);
+                }
+            })
+            .ok()?;
+        Some(tx)
+    }
+
+    /// What a failed exchange with the destination means, in words an administrator can act
+    /// on: the whole-transfer deadline, an answer that did not come in time, or the error.
+    pub(super) fn reason(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+        if self.passed() {
+            self.too_slow(what)
+        } else if timed_out(e) {
+            format!(
+                "{what}: no answer from the destination within response_timeout_s = {} s",
+                self.response_s
+            )
+        } else {
+            format!("{what}: {e}")
+        }
+    }
+}
+
+/// Whether `e` or one of its sources is a socket timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                return true;
+            }
+        }
+        cur = x.source();
+    }
+    false
+}
+
 /// Why no association was established, and whether the destination answered (so the
 /// attempt counts toward `max_attempts`).
-fn association_failure(e: &dicom_ul::association::Error) -> (String, bool) {
+fn association_failure(
+    e: &dicom_ul::association::Error,
+    cfg: &Config,
+    waited_out: bool,
+) -> (String, bool) {
+    if timed_out(e) || waited_out {
+        return (
+            format!(
+                "no answer to the association request within response_timeout_s = {} s",
+                cfg.outbox.response_timeout_s
+            ),
+            false,
+        );
+    }
     match e {
         dicom_ul::association::Error::Rejected { association_rj, .. } => (
             format!(
