@@ -1,8 +1,9 @@
 //! A fault-injecting TCP proxy on loopback for the partition tests: each accepted
 //! connection is forwarded to `127.0.0.1:<target>`, and the test can hold it (a silent
 //! network: nothing is read, so the bytes wait in the kernel buffers and the peers see no
-//! close), hold one direction, delay every chunk, refuse, or reset connections. Threads and
-//! `std::net` only: a proxy costs a listener thread, and five threads per connection.
+//! close), hold one direction, delay every chunk, limit the bytes per second it forwards,
+//! refuse, or reset connections. Threads and `std::net` only: a proxy costs a listener
+//! thread, and five threads per connection.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 
 /// How often a pump looks at the proxy's mode: a change takes effect within this long.
 const POLL: Duration = Duration::from_millis(20);
+
+/// The bytes a rate-limited connection forwards at a time.
+const RATE_PIECE: usize = 4 * 1024;
 
 /// One direction of a proxied connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,11 @@ struct Ctl {
     /// New connections are closed at once (a host that is down answers with RST).
     refuse: AtomicBool,
     latency_us: AtomicU64,
+    /// Bytes per second forwarded each way, all connections together; 0: no limit.
+    rate: AtomicU64,
+    /// Under a rate limit, per direction: when the bytes forwarded so far may all have gone
+    /// (the connections take turns on one link).
+    paced: [Mutex<Option<Instant>>; 2],
     /// Bumped by `reset`: connections of an older epoch end.
     epoch: AtomicU64,
     stop: AtomicBool,
@@ -50,6 +59,20 @@ impl Ctl {
     }
     fn latency(&self) -> Duration {
         Duration::from_micros(self.latency_us.load(Ordering::SeqCst))
+    }
+    fn rate(&self) -> u64 {
+        self.rate.load(Ordering::SeqCst)
+    }
+    /// When `len` more bytes in direction `d` may have gone at `rate`: the link is busy
+    /// until then.
+    fn book(&self, d: Direction, len: usize, rate: u64) -> Instant {
+        let mut paced = self.paced[d as usize].lock().unwrap();
+        let now = Instant::now();
+        // An idle link saves up nothing.
+        let start = paced.map_or(now, |p| p.max(now));
+        let done = start + Duration::from_secs_f64(len as f64 / rate as f64);
+        *paced = Some(done);
+        done
     }
     fn over(&self, epoch: u64) -> bool {
         self.stop.load(Ordering::SeqCst) || self.epoch.load(Ordering::SeqCst) != epoch
@@ -110,8 +133,17 @@ impl FaultProxy {
         self.target
     }
 
-    /// Normal forwarding: holds, refusal and latency lifted (held bytes flow on).
+    /// Normal forwarding: holds, refusal, latency and rate limit lifted (held bytes flow
+    /// on).
     pub fn pass(&self) {
+        self.pass_at(0);
+    }
+
+    /// Forwarding as [`FaultProxy::pass`] but at most `bytes_per_s` each way, all
+    /// connections together (0: no limit), a narrow link: the limit is in place before held
+    /// bytes flow on.
+    pub fn pass_at(&self, bytes_per_s: u64) {
+        self.ctl.rate.store(bytes_per_s, Ordering::SeqCst);
         self.ctl.refuse.store(false, Ordering::SeqCst);
         self.ctl.latency_us.store(0, Ordering::SeqCst);
         self.ctl.hold_to.store(false, Ordering::SeqCst);
@@ -330,10 +362,30 @@ fn pump(
                 if wc.over(epoch) {
                     return;
                 }
-                if dst.write_all(&bytes).is_err() {
-                    let _ = src_w.shutdown(Shutdown::Both);
-                    let _ = dst.shutdown(Shutdown::Both);
-                    return;
+                // Small pieces under a rate limit, so what follows a large chunk is not
+                // held back by more than a piece's time.
+                for piece in bytes.chunks(if wc.rate() > 0 {
+                    RATE_PIECE
+                } else {
+                    bytes.len().max(1)
+                }) {
+                    let rate = wc.rate();
+                    if rate > 0 {
+                        let due = wc.book(d, piece.len(), rate);
+                        while Instant::now() < due && !wc.over(epoch) {
+                            std::thread::sleep(
+                                POLL.min(due.saturating_duration_since(Instant::now())),
+                            );
+                        }
+                    }
+                    if wc.over(epoch) {
+                        return;
+                    }
+                    if dst.write_all(piece).is_err() {
+                        let _ = src_w.shutdown(Shutdown::Both);
+                        let _ = dst.shutdown(Shutdown::Both);
+                        return;
+                    }
                 }
             }
         }

@@ -272,9 +272,39 @@ impl NatsCluster {
         }
     }
 
+    /// Server k cut off by a link that answers with resets: its routes reset and refused
+    /// (the other servers see it gone at once and elect leaders among themselves within
+    /// seconds, rather than after NATS pings time out), every node's connection to it held
+    /// (a node on it stays connected and hears nothing). `heal_server` or
+    /// `heal_server_throttled` ends it.
+    pub fn isolate_server(&self, k: usize) {
+        for r in &self.route_proxies {
+            if r.to == k || r.from == k {
+                r.proxy.refuse();
+            }
+        }
+        for ps in self.client_proxies.values() {
+            ps[k].hold();
+        }
+    }
+
     pub fn heal_server(&self, k: usize) {
         for (p, _) in self.server_links(k) {
             p.pass();
+        }
+    }
+
+    /// Server k heard again, each of its route proxies narrowed to `bytes_per_s` each way
+    /// (the nodes' connections pass freely): a server rejoining over a slow link, whose
+    /// replicas take a while to catch up on what it missed.
+    pub fn heal_server_throttled(&self, k: usize, bytes_per_s: u64) {
+        for r in &self.route_proxies {
+            if r.to == k || r.from == k {
+                r.proxy.pass_at(bytes_per_s);
+            }
+        }
+        for ps in self.client_proxies.values() {
+            ps[k].pass();
         }
     }
 

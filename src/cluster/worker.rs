@@ -150,25 +150,26 @@ impl NatsJobs {
         };
         let span = info_span!("study", study = %job.study_uid, input = %&job.input_hash[..job.input_hash.len().min(16)]);
         let _g = span.enter();
-        let rkey = result_key(&job.study_uid, &job.input_hash);
-        if rt
-            .block_on(cl.read::<ResultRecord>(&cl.results, &rkey))?
-            .is_some()
-        {
-            info!(
-                delivered,
-                "results of this job are already in the cluster: acknowledged"
-            );
-            rt.block_on(msg.double_ack())
-                .map_err(nats_at("acknowledging the job"))?;
-            return Ok(None);
-        }
-        rt.block_on(claim(cl, &job))?;
+        // Held from the start: the result record's read and the claim wait on the cluster
+        // as the fetch does (a rejoining server's JetStream answers 503 until it has caught
+        // up), and each redelivery would spend one of the job's deliveries.
         let progress = keep_lease(rt, cl, &msg, self.ctx.heartbeat.clone());
         let dir = self.ctx.scratch.join(&job.input_hash);
-        let fetched = rt.block_on(fetch_patiently(cl, &job, &dir, delivered, &self.stop));
-        let study_job = match fetched {
-            Ok(j) => j,
+        let prepared = rt.block_on(take_patiently(&self.stop, || {
+            prepare(cl, &job, &dir, delivered)
+        }));
+        let study_job = match prepared {
+            Ok(Some(j)) => j,
+            Ok(None) => {
+                progress.abort();
+                info!(
+                    delivered,
+                    "results of this job are already in the cluster: acknowledged"
+                );
+                rt.block_on(msg.double_ack())
+                    .map_err(nats_at("acknowledging the job"))?;
+                return Ok(None);
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 progress.abort();
@@ -340,35 +341,50 @@ fn give_up_or_retry(
     Err(why)
 }
 
-/// How long a worker keeps trying to fetch a job's instances while the cluster does not
-/// answer (a partition, a leader election, a replica catching up), holding the job by
+/// How long a worker keeps trying to make a job ready ([`prepare`]) while the cluster does
+/// not answer (a partition, a leader election, a replica catching up), holding the job by
 /// its progress reports, before the delivery counts as failed.
-const FETCH_PATIENCE: Duration = Duration::from_secs(120);
+const TAKE_PATIENCE: Duration = Duration::from_secs(120);
 
-/// [`fetch`], tried again while the failure is the cluster's availability rather than the
-/// job's: a redelivery would spend one of the job's `max_deliver` deliveries on a fault
-/// that has nothing to do with the study (a study failed for good by a healing server).
-async fn fetch_patiently(
-    cl: &Cluster,
-    job: &JobMessage,
-    dir: &Path,
-    attempt: u32,
-    stop: &AtomicBool,
-) -> Result<StudyJob, ClusterError> {
+/// `step` ([`prepare`]), tried again while the failure is the cluster's availability rather
+/// than the job's: a redelivery would spend one of the job's `max_deliver` deliveries on a
+/// fault that has nothing to do with the study (a study failed for good by a healing
+/// server).
+async fn take_patiently<T, F, Fut>(stop: &AtomicBool, mut step: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
     let started = Instant::now();
     let mut wait = Duration::from_millis(500);
     loop {
-        match fetch(cl, job, dir, attempt).await {
+        match step().await {
             Err(ClusterError::Nats(e))
-                if started.elapsed() < FETCH_PATIENCE && !stop.load(Ordering::SeqCst) =>
+                if started.elapsed() < TAKE_PATIENCE && !stop.load(Ordering::SeqCst) =>
             {
-                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot fetch the job's instances from the cluster: trying again (the job stays held)");
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot make the job ready from the cluster: trying again (the job stays held)");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(8));
             }
             other => return other,
         }
     }
+}
+
+/// A delivered job made ready: `None` when its results are in the cluster already, else
+/// claimed and its instances fetched into `dir`. Each step may be run again.
+async fn prepare(
+    cl: &Cluster,
+    job: &JobMessage,
+    dir: &Path,
+    attempt: u32,
+) -> Result<Option<StudyJob>, ClusterError> {
+    let rkey = result_key(&job.study_uid, &job.input_hash);
+    if cl.read::<ResultRecord>(&cl.results, &rkey).await?.is_some() {
+        return Ok(None);
+    }
+    claim(cl, job).await?;
+    fetch(cl, job, dir, attempt).await.map(Some)
 }
 
 /// The job's instances into `dir`, as a [`StudyJob`].
