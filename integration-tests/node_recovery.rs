@@ -1150,3 +1150,81 @@ fn a_silent_and_a_trickling_destination_do_not_hold_up_a_healthy_one() {
     eprintln!("SIGTERM to exit: {stop_s:.1} s");
     assert!(stop_s < 30.0, "SIGTERM took {stop_s:.1} s");
 }
+
+fn http_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Issue 29: `/readyz`, the status page and `stalled{stage}` say whether the pipeline makes
+/// progress, not only whether the process answers: a model process stopped mid-study makes
+/// the node not ready until it is killed for its silence, and ready again after.
+#[test]
+fn a_stopped_worker_makes_the_node_not_ready_until_it_is_replaced() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let http = free_port();
+    let o = NodeOpts {
+        env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "20000".into())],
+        model_toml: "heartbeat_timeout_s = 10".into(),
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+        ..NodeOpts::default()
+    };
+    let _dest = StoreScp::start(o.dest_port);
+    let node = Node::start(o);
+    let base = format!("http://127.0.0.1:{http}");
+    assert_eq!(http_get(&format!("{base}/readyz")).0, 200);
+    let a = study_series(&fx, "STUDY_A");
+    send_study(node.opts.port, &a[..2], 2);
+    assert!(wait_until(Duration::from_secs(30), || node
+        .log_text()
+        .contains("processing study")));
+    stop_worker(&node, 0);
+    let t0 = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(8), || {
+            let (code, body) = http_get(&format!("{base}/readyz"));
+            code == 503 && body.contains("model stalled: the model process has been silent")
+        }),
+        "/readyz did not say the model stalled: {:?}",
+        http_get(&format!("{base}/readyz"))
+    );
+    eprintln!(
+        "not ready {:.1} s after the stop",
+        t0.elapsed().as_secs_f64()
+    );
+    let page = http_get(&format!("{base}/")).1;
+    assert!(page.contains("Stalled: model"), "{page}");
+    // The metric follows within its 5 s refresh.
+    assert!(wait_until(Duration::from_secs(8), || http_get(&format!(
+        "{base}/metrics"
+    ))
+    .1
+    .contains("prima_node_stalled{stage=\"model\"} 1")));
+    // Killed for its silence and replaced: ready again.
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .log_text()
+            .contains("worker process stalled on this study")),
+        "{}",
+        node.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(&format!(
+            "{base}/readyz"
+        ))
+        .0 == 200),
+        "{:?}",
+        http_get(&format!("{base}/readyz"))
+    );
+    assert!(node.log_text().contains("pipeline stage stalled"));
+}

@@ -64,6 +64,8 @@
 //!   sends it;
 //! - received instances are removed: `store::retention` (decided and done), run by the
 //!   `prima-retention` thread (`app`'s `retention`);
+//! - whether the pipeline makes progress: `store::state::progress` (stalled stages), read
+//!   by `/readyz`, the status page and the assembler thread (metric, log, systemd watchdog);
 //! - a cluster worker differs from a single node only in its transport:
 //!   `cluster::worker` (`NatsJobs`, `NatsResults`) instead of `worker::local`.
 pub mod app;

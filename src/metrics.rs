@@ -56,6 +56,11 @@ pub struct Metrics {
     pub evictions: Family<Reason, Counter>,
     pub evicted_bytes: Counter,
     pub storage_pressure: Gauge,
+    pub stalled: Family<Stage, Gauge>,
+    /// When the model process was last heard from while the node waited on it (ms since
+    /// the epoch), and whether it waits now: the pipeline's progress (`store::state::progress`).
+    pub model_heard_ms: std::sync::atomic::AtomicI64,
+    pub model_waited_on: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +93,9 @@ impl Metrics {
             evictions: Family::default(),
             evicted_bytes: Counter::default(),
             storage_pressure: Gauge::default(),
+            stalled: Family::default(),
+            model_heard_ms: Default::default(),
+            model_waited_on: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -169,6 +177,11 @@ impl Metrics {
             "storage_pressure",
             "1 while free space is below evict_below_free_mb and nothing is left to evict",
             m.storage_pressure.clone(),
+        );
+        registry.register(
+            "stalled",
+            "1 while a stage of the pipeline makes no progress (assembly, model, delivery)",
+            m.stalled.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tracing::error;
+use tracing::{error, info, warn};
 
 use super::lifecycle::{notify_status, status_line, Watchdog};
 use crate::config::SharedConfig;
@@ -40,9 +40,13 @@ pub fn run(
     let mut watchdog = Watchdog::from_systemd();
     let mut last_status: Option<Instant> = None;
     let mut last_error: Option<String> = None;
+    let mut progress = Progress::default();
     while !stop.load(Ordering::SeqCst) {
         let cfg = shared.get();
-        if let Some(w) = watchdog.as_mut() {
+        progress.look(state, &cfg);
+        // A stalled stage stops the petting: systemd restarts a node that no longer makes
+        // progress, not only one whose threads are gone.
+        if let Some(w) = watchdog.as_mut().filter(|_| progress.stalled.is_empty()) {
             w.pet_if_due();
         }
         let Some(jobs) = jobs else {
@@ -79,6 +83,42 @@ pub fn run(
                 .max(0.0),
         );
         wait_for_work(wakes, Instant::now() + nap, soonest);
+    }
+}
+
+/// The pipeline's stalled stages, looked at every `STATUS_EVERY`: the `stalled{stage}`
+/// metric, a warning when a stage stalls and a line when it moves again.
+#[derive(Default)]
+struct Progress {
+    stalled: Vec<crate::store::state::Stall>,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn look(&mut self, state: &State, cfg: &crate::config::Config) {
+        if self.last.is_some_and(|t| t.elapsed() < STATUS_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let Ok(now) = state.stalls(cfg) else {
+            return;
+        };
+        let m = crate::metrics::get();
+        for stage in ["assembly", "model", "delivery"] {
+            let s = now.iter().find(|s| s.stage == stage);
+            let was = self.stalled.iter().any(|s| s.stage == stage);
+            match s {
+                Some(s) if !was => warn!(stage, detail = %s.detail, "pipeline stage stalled"),
+                None if was => info!(stage, "pipeline stage moves again"),
+                _ => {}
+            }
+            m.stalled
+                .get_or_create(&crate::metrics::Stage {
+                    stage: stage.to_string(),
+                })
+                .set(i64::from(s.is_some()));
+        }
+        self.stalled = now;
     }
 }
 

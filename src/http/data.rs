@@ -39,6 +39,8 @@ pub struct Overview {
     pub free_disk_mb: Option<u64>,
     pub min_free_mb: u64,
     pub storage: StorageView,
+    /// Stages of the pipeline that make no progress.
+    pub stalled: Vec<crate::store::state::Stall>,
     pub last_error: Option<(i64, String)>,
 }
 
@@ -178,6 +180,7 @@ pub fn overview(
         free_disk_mb,
         min_free_mb: cfg.storage.min_free_mb,
         storage: storage_view(state, cfg, free_disk_mb)?,
+        stalled: state.stalls(cfg)?,
         last_error: state.last_error()?,
     })
 }

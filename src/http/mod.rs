@@ -447,24 +447,34 @@ async fn metrics(AxState(ctx): AxState<Ctx>) -> Result<Response, WebError> {
         .into_response())
 }
 
-/// Ready: the state database answers and the disk is above `[storage] min_free_mb`. The
-/// model is loaded before the listener (and this server) start, so a running server means
-/// a loaded model.
+/// Ready: the state database answers, the disk is above `[storage] min_free_mb` and no
+/// stage of the pipeline is stalled (`store::state::progress`). The model is loaded before
+/// the listener (and this server) start, so a running server means a loaded model.
 async fn readyz(AxState(ctx): AxState<Ctx>) -> Response {
     let verdict = blocking(&ctx, |c| {
         c.view.counts()?;
-        let floor = c.config.get().storage.min_free_mb;
+        let cfg = c.config.get();
+        let floor = cfg.storage.min_free_mb;
         let free = crate::store::durable::free_mb(&c.state_dir).unwrap_or(0);
-        Ok((free >= floor, free, floor))
+        let stalls = c.view.stalls(&cfg)?;
+        Ok((free, floor, stalls))
     })
     .await;
     match verdict {
-        Ok((true, _, _)) => (StatusCode::OK, "ready\n").into_response(),
-        Ok((false, free, floor)) => (
+        Ok((free, floor, _)) if free < floor => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {free} MB free, below min_free_mb = {floor}\n"),
         )
             .into_response(),
+        Ok((_, _, stalls)) if !stalls.is_empty() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            stalls
+                .iter()
+                .map(|s| format!("not ready: {} stalled: {}\n", s.stage, s.detail))
+                .collect::<String>(),
+        )
+            .into_response(),
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
     }
 }

@@ -61,6 +61,13 @@ pub fn overview(o: &Overview) -> String {
             ],
         ];
         h.table(&[], &rows);
+        for s in &o.stalled {
+            h.text_el(
+                "p",
+                &[("class", "warn")],
+                &format!("Stalled: {} — {}", s.stage, s.detail),
+            );
+        }
         h.text_el("h2", &[], "Studies by state");
         let rows: Vec<Vec<Cell>> = o
             .studies_by_state

@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -98,13 +99,34 @@ fn receive_until(
     heartbeat: Duration,
     until: Instant,
 ) -> Result<(FromWorker, Vec<Vec<u8>>), Lost> {
+    let m = crate::metrics::get();
+    m.model_heard_ms
+        .store(crate::store::state::now_ms(), Ordering::Relaxed);
+    m.model_waited_on.store(true, Ordering::Relaxed);
+    let r = receive_heard(sock, heartbeat, until);
+    m.model_waited_on.store(false, Ordering::Relaxed);
+    r
+}
+
+/// [`receive_until`]'s loop, noting each message heard for the pipeline's progress.
+fn receive_heard(
+    sock: &mut UnixStream,
+    heartbeat: Duration,
+    until: Instant,
+) -> Result<(FromWorker, Vec<Vec<u8>>), Lost> {
     loop {
         let now = Instant::now();
         let Some(left) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
             return Err(Lost::Deadline(Duration::ZERO));
         };
         sock.set_read_timeout(Some(left.min(heartbeat)))?;
-        match protocol::receive::<FromWorker>(sock) {
+        let got = protocol::receive::<FromWorker>(sock);
+        if got.is_ok() {
+            crate::metrics::get()
+                .model_heard_ms
+                .store(crate::store::state::now_ms(), Ordering::Relaxed);
+        }
+        match got {
             Ok((FromWorker::Alive, _)) => continue,
             Ok(m) => return Ok(m),
             Err(e) if timed_out(&e) && Instant::now() >= until => {
