@@ -379,3 +379,47 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
         "results land exactly once"
     );
 }
+
+/// Issue 29: the overview says whether the file on disk is what is in force: an edit of a
+/// restart-only section is named as waiting for a restart, a broken file as refused (the
+/// previous configuration in force).
+#[test]
+fn the_overview_says_whether_the_configuration_file_is_in_force() {
+    if !common::have_dcmtk() {
+        return;
+    }
+    let http_port = common::free_port();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let node = Node::start(NodeOpts {
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
+        ..NodeOpts::default()
+    });
+    assert!(common::wait_until(Duration::from_secs(20), || curl(
+        &format!("{base}/healthz"),
+        &[]
+    )
+    .0 == 200));
+    let on_disk = || get_json(&base, "/api/overview")["config"]["on_disk"].clone();
+    assert_eq!(on_disk()["file"], "in_force", "{}", on_disk());
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    node.rewrite_config(&text.replace("read_timeout_s = 20", "read_timeout_s = 21"));
+    assert!(
+        common::wait_until(Duration::from_secs(10), || on_disk()["file"]
+            == "needs_restart"),
+        "{}",
+        on_disk()
+    );
+    assert_eq!(on_disk()["sections"][0], "[node]");
+    assert!(curl(&format!("{base}/"), &[])
+        .1
+        .contains("the file differs in [node]"));
+    node.rewrite_config("[node]\nnot toml");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || on_disk()["file"] == "refused"),
+        "{}",
+        on_disk()
+    );
+    assert!(curl(&format!("{base}/"), &[])
+        .1
+        .contains("the previous configuration stays in force"));
+}

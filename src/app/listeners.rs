@@ -46,6 +46,7 @@ pub struct ListenerLinks {
 /// What the status page reaches besides the state: the threads its actions wake, and the
 /// cluster view an ingest node keeps.
 pub struct HttpLinks {
+    pub config_path: std::path::PathBuf,
     pub wake_sender: crossbeam_channel::Sender<()>,
     pub wake_assembler: crossbeam_channel::Sender<()>,
     pub cluster: Option<crate::cluster::view::SharedSnapshot>,
@@ -152,6 +153,7 @@ async fn start_http(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, AppError> {
     let HttpLinks {
+        config_path,
         wake_sender,
         wake_assembler,
         cluster,
@@ -178,6 +180,7 @@ async fn start_http(
         state: state.clone(),
         view: Arc::new(State::open_read_only(state_dir)?),
         config: shared.clone(),
+        config_path,
         state_dir: state_dir.to_path_buf(),
         started: Instant::now(),
         token: h.token(),

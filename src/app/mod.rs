@@ -78,6 +78,7 @@ pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(),
 
 /// An ingest node (single or clustered), built and not yet listening.
 struct Node {
+    config_path: std::path::PathBuf,
     cfg: Config,
     shared: SharedConfig,
     spool: Spool,
@@ -158,6 +159,7 @@ impl Node {
         };
         Ok(Node {
             _watcher: config_watch::watch_config(config_path, shared.clone()),
+            config_path: config_path.to_path_buf(),
             cfg,
             shared,
             spool,
@@ -189,6 +191,7 @@ impl Node {
             config: self.shared.clone(),
             arrivals: self.arrivals.clone(),
             http: HttpLinks {
+                config_path: self.config_path.clone(),
                 wake_sender: self.wake_sender.clone(),
                 wake_assembler: self.arrivals.clone(),
                 cluster: self

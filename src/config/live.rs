@@ -47,6 +47,37 @@ impl SharedConfig {
     }
 }
 
+/// How the configuration file on disk stands against the configuration in force.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "file", rename_all = "snake_case")]
+pub enum OnDisk {
+    /// The file says what is in force.
+    InForce,
+    /// These restart-only sections differ in the file: they apply at the next restart.
+    NeedsRestart { sections: Vec<String> },
+    /// Live sections differ: the watcher applies them within a second (or failed to).
+    NotYetApplied,
+    /// The file is refused (the previous configuration stays in force), and why.
+    Refused { reason: String },
+}
+
+/// Compare the file's configuration (or why it is refused) with `in_force`.
+pub fn on_disk(in_force: &Config, file: Result<Config, String>) -> OnDisk {
+    match file {
+        Err(reason) => OnDisk::Refused { reason },
+        Ok(new) => {
+            let (merged, ignored) = merge(in_force, new);
+            if !ignored.is_empty() {
+                OnDisk::NeedsRestart { sections: ignored }
+            } else if merged != *in_force {
+                OnDisk::NotYetApplied
+            } else {
+                OnDisk::InForce
+            }
+        }
+    }
+}
+
 /// `new`'s live sections on `old`'s restart-only ones, and the restart-only sections that
 /// differ in `new`.
 fn merge(old: &Config, new: Config) -> (Config, Vec<String>) {
@@ -97,6 +128,30 @@ mod tests {
 
     use super::*;
     use crate::config::MINIMAL_FOR_TESTS;
+
+    #[test]
+    fn the_file_on_disk_against_the_configuration_in_force() {
+        let c = Config::parse(Path::new("x.toml"), crate::config::tests::GOOD).unwrap();
+        assert_eq!(on_disk(&c, Ok(c.clone())), OnDisk::InForce);
+        let mut n = c.clone();
+        n.node.listen = "127.0.0.1:1".into();
+        n.outbox.max_attempts = 2;
+        assert_eq!(
+            on_disk(&c, Ok(n)),
+            OnDisk::NeedsRestart {
+                sections: vec!["[node]".into()]
+            }
+        );
+        let mut n = c.clone();
+        n.outbox.max_attempts = 2;
+        assert_eq!(on_disk(&c, Ok(n)), OnDisk::NotYetApplied);
+        assert_eq!(
+            on_disk(&c, Err("bad".into())),
+            OnDisk::Refused {
+                reason: "bad".into()
+            }
+        );
+    }
 
     #[test]
     fn retention_keys_are_live_and_the_rest_of_storage_is_not() {

@@ -32,7 +32,7 @@ pub use cluster::{ClusterRole, ClusterSection};
 pub use destinations::Destination;
 pub use explain::ExplainSection;
 pub use http::HttpSection;
-pub use live::{LiveConfig, SharedConfig};
+pub use live::{on_disk, LiveConfig, OnDisk, SharedConfig};
 pub use model::{ModelSection, HEARTBEAT_EVERY_S};
 pub use node::NodeSection;
 pub use outbox::OutboxSection;

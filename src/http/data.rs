@@ -41,7 +41,30 @@ pub struct Overview {
     pub storage: StorageView,
     /// Stages of the pipeline that make no progress.
     pub stalled: Vec<crate::store::state::Stall>,
+    /// The configuration file, and whether it says what is in force.
+    pub config: Option<ConfigView>,
     pub last_error: Option<(i64, String)>,
+}
+
+/// The configuration file and how it stands against the configuration in force.
+#[derive(Debug, Serialize)]
+pub struct ConfigView {
+    pub path: String,
+    pub on_disk: crate::config::OnDisk,
+}
+
+/// Read and check the file as a reload would, and compare it with `in_force`.
+pub fn config_view(path: &Path, in_force: &Config) -> Option<ConfigView> {
+    let file = std::fs::read_to_string(path)
+        .map_err(|e| format!("unreadable: {e}"))
+        .and_then(|text| {
+            Config::parse_with(path, &text, &crate::net::tls::ContextCheck)
+                .map_err(|e| e.to_string())
+        });
+    Some(ConfigView {
+        path: path.display().to_string(),
+        on_disk: crate::config::on_disk(in_force, file),
+    })
 }
 
 /// Disk held by received instances and the retention policy that frees it.
@@ -181,6 +204,7 @@ pub fn overview(
         min_free_mb: cfg.storage.min_free_mb,
         storage: storage_view(state, cfg, free_disk_mb)?,
         stalled: state.stalls(cfg)?,
+        config: None,
         last_error: state.last_error()?,
     })
 }

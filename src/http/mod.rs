@@ -37,6 +37,8 @@ pub struct HttpCtx {
     /// A read-only connection for the pages, the API and the metrics' gauges.
     pub view: Arc<State>,
     pub config: SharedConfig,
+    /// The configuration file the node was started with (compared with what is in force).
+    pub config_path: PathBuf,
     pub state_dir: PathBuf,
     pub started: Instant,
     pub token: Option<String>,
@@ -161,12 +163,9 @@ fn uptime(ctx: &HttpCtx) -> u64 {
 async fn overview_data(ctx: &Ctx) -> Result<data::Overview, WebError> {
     blocking(ctx, |c| {
         let cfg = c.config.get();
-        Ok(data::overview(
-            &c.view,
-            &cfg,
-            data::model_info(&cfg),
-            uptime(c),
-        )?)
+        let mut o = data::overview(&c.view, &cfg, data::model_info(&cfg), uptime(c))?;
+        o.config = data::config_view(&c.config_path, &cfg);
+        Ok(o)
     })
     .await
 }

@@ -61,6 +61,33 @@ pub fn overview(o: &Overview) -> String {
             ],
         ];
         h.table(&[], &rows);
+        if let Some(c) = &o.config {
+            use crate::config::OnDisk;
+            let (warn, text) = match &c.on_disk {
+                OnDisk::InForce => (false, format!("Configuration {}: in force.", c.path)),
+                OnDisk::NeedsRestart { sections } => (
+                    true,
+                    format!(
+                        "Configuration {}: the file differs in {} — applied at the next restart; the running node uses what it started with.",
+                        c.path,
+                        sections.join(", ")
+                    ),
+                ),
+                OnDisk::NotYetApplied => (
+                    true,
+                    format!("Configuration {}: the file's live sections are being applied.", c.path),
+                ),
+                OnDisk::Refused { reason } => (
+                    true,
+                    format!(
+                        "Configuration {}: the file is refused ({reason}); the previous configuration stays in force.",
+                        c.path
+                    ),
+                ),
+            };
+            let attrs: &[(&str, &str)] = if warn { &[("class", "warn")] } else { &[] };
+            h.text_el("p", attrs, &text);
+        }
         for s in &o.stalled {
             h.text_el(
                 "p",
