@@ -374,8 +374,16 @@ fn association_limit_rejects_transiently() {
         max_associations: 1,
         ..NodeOpts::default()
     });
-    // A silent connection holds the only slot (until the read timeout).
-    let _hog = std::net::TcpStream::connect(("127.0.0.1", node.opts.port)).unwrap();
+    // An association that then stays silent holds the only slot (until the read timeout);
+    // a connection that never sends its request holds none (node_limits).
+    let mut _hog = std::net::TcpStream::connect(("127.0.0.1", node.opts.port)).unwrap();
+    {
+        use std::io::{Read, Write};
+        _hog.write_all(&associate_rq(SCU_AE)).unwrap();
+        let mut ac = [0u8; 6];
+        _hog.read_exact(&mut ac).unwrap();
+        assert_eq!(ac[0], 0x02, "association accepted");
+    }
     std::thread::sleep(Duration::from_millis(300));
     let r = echoscu(node.opts.port, SCU_AE, NODE_AE);
     assert!(!r.status.success());

@@ -125,32 +125,6 @@ fn many_concurrent_associations_all_stored_rss_bounded() {
 }
 
 /// Bytes of an A-ASSOCIATE-RQ from `calling` to the node, proposing Verification.
-fn associate_rq(calling: &str) -> Vec<u8> {
-    fn item(t: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![t, 0];
-        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-    let pad = |s: &str| format!("{s:<16}").into_bytes();
-    let mut body = vec![0, 1, 0, 0];
-    body.extend(pad(NODE_AE));
-    body.extend(pad(calling));
-    body.extend([0u8; 32]);
-    body.extend(item(0x10, b"1.2.840.10008.3.1.1.1"));
-    let mut pc = vec![1, 0, 0, 0];
-    pc.extend(item(0x30, b"1.2.840.10008.1.1"));
-    pc.extend(item(0x40, b"1.2.840.10008.1.2"));
-    body.extend(item(0x20, &pc));
-    let mut ui = item(0x51, &16384u32.to_be_bytes());
-    ui.extend(item(0x52, b"1.2.3.4"));
-    body.extend(item(0x50, &ui));
-    let mut pdu = vec![0x01, 0];
-    pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    pdu.extend(body);
-    pdu
-}
-
 /// Seconds until the node closes `s` (reads until EOF or error), at most `limit`.
 fn seconds_until_closed(mut s: TcpStream, limit: Duration) -> Option<f64> {
     let t0 = Instant::now();
@@ -252,6 +226,61 @@ fn slow_loris_is_closed_by_the_timeout_and_blocks_no_one() {
     assert!(cc.is_some(), "trickled P-DATA never closed");
     assert!(node.spool_tmp().is_empty());
     assert!(echoscu(port, SCU_AE, NODE_AE).status.success());
+}
+
+/// Issue 29: connections from an allowed address that never send their association
+/// request take no association slot: 40 of them from 127.0.0.2 (beyond its pending budget
+/// of 2 × max_associations = 32,
+/// the rest refused at accept) while a PACS on 127.0.0.1 echoes and stores a series, every
+/// request served. (Before: the first 16 took every slot and the PACS was rejected with
+/// "local limit exceeded" until they timed out.)
+#[test]
+fn idle_connections_take_no_association_slot() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    let node = Node::start(NodeOpts {
+        sources: vec![
+            (SCU_AE.into(), Some("127.0.0.1".into())),
+            ("IDLER".into(), Some("127.0.0.2".into())),
+        ],
+        ..NodeOpts::default()
+    });
+    let port = node.opts.port;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|_| {
+            rt.block_on(async {
+                let s = tokio::net::TcpSocket::new_v4().ok()?;
+                s.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+                let c = s.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+                c.into_std().ok()
+            })
+        })
+        .collect();
+    assert_eq!(idle.len(), 40, "idle connections opened");
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let e = echoscu(port, SCU_AE, NODE_AE);
+        assert!(e.status.success(), "C-ECHO refused:\n{}", text(&e));
+    }
+    let series = study_series(&fx, "STUDY_A");
+    let out = storescu(port, SCU_AE, &series[0][..5]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(acknowledged_files(&text(&out)).len(), 5, "{}", text(&out));
+    assert!(
+        node.log_text()
+            .contains("too many connections from this address not yet associated"),
+        "{}",
+        node.log_text()
+    );
+    drop(idle);
 }
 
 /// A tmpfs of `mb` MiB mounted at `dir` (needs CAP_SYS_ADMIN); unmounted on drop.

@@ -602,3 +602,30 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     }
     v
 }
+
+/// A minimal A-ASSOCIATE-RQ (Verification, Implicit VR LE) from `calling` to the node.
+pub fn associate_rq(calling: &str) -> Vec<u8> {
+    fn item(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![t, 0];
+        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+    let pad = |s: &str| format!("{s:<16}").into_bytes();
+    let mut body = vec![0, 1, 0, 0];
+    body.extend(pad(NODE_AE));
+    body.extend(pad(calling));
+    body.extend([0u8; 32]);
+    body.extend(item(0x10, b"1.2.840.10008.3.1.1.1"));
+    let mut pc = vec![1, 0, 0, 0];
+    pc.extend(item(0x30, b"1.2.840.10008.1.1"));
+    pc.extend(item(0x40, b"1.2.840.10008.1.2"));
+    body.extend(item(0x20, &pc));
+    let mut ui = item(0x51, &16384u32.to_be_bytes());
+    ui.extend(item(0x52, b"1.2.3.4"));
+    body.extend(item(0x50, &ui));
+    let mut pdu = vec![0x01, 0];
+    pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    pdu.extend(body);
+    pdu
+}

@@ -76,6 +76,12 @@ impl Listeners {
             spool: links.spool,
             state: links.state.clone(),
             limit: slots.clone(),
+            // Room for a burst of real requestors from one address; far below the
+            // descriptors the node checks it has at start.
+            pending: crate::net::admission::Pending::new(
+                (max_associations * 2).max(8),
+                (max_associations * 8).max(32),
+            ),
             transfer_syntaxes: scp::decodable_transfer_syntaxes(),
             tls: tls.clone(),
             arrivals: links.arrivals,

@@ -7,7 +7,9 @@
 //! [`MAX_ASSOCIATE_RQ`] bytes is refused before dicom-ul buffers it (dicom-ul in non-strict
 //! mode would read a PDU of any announced length, up to 4 GiB, into memory), and the whole
 //! negotiation runs under [`negotiation_deadline`]. The AE-title check itself
-//! ([`SourceAcl`]) needs the request, so it answers with A-ASSOCIATE-RJ as before.
+//! ([`SourceAcl`]) needs the request, so it answers with A-ASSOCIATE-RJ as before. Until
+//! its whole request has arrived ([`whole_request`]) a plain-TCP connection holds only a
+//! place in [`Pending`] (per address and in all), not an association slot.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -146,6 +148,80 @@ pub async fn reject_busy(mut sock: TcpStream, deadline: Duration) {
     let _ = tokio::time::timeout(deadline, task).await;
 }
 
+/// Wait until the whole A-ASSOCIATE-RQ whose header [`precheck`] accepted is in the socket's
+/// receive queue (peeked, not read): only then does the connection take an association
+/// slot, so connections that never send a request hold no slot. False when the peer
+/// closes first. The caller's deadline bounds the wait.
+pub async fn whole_request(sock: &mut TcpStream) -> bool {
+    let mut hdr = [0u8; 6];
+    if !matches!(sock.peek(&mut hdr).await, Ok(6)) {
+        return false;
+    }
+    let len = u32::from_be_bytes([hdr[2], hdr[3], hdr[4], hdr[5]]).min(MAX_ASSOCIATE_RQ) as usize;
+    let mut buf = vec![0u8; 6 + len];
+    loop {
+        match sock.peek(&mut buf).await {
+            Ok(n) if n == buf.len() => return true,
+            Ok(0) | Err(_) => return false,
+            // Part of it: peek returns at once while any byte is queued.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Connections accepted and not yet associated: at most `per_address` from one address and
+/// `total` in all, each for at most the negotiation deadline. What an allowed address may
+/// hold open without sending a request, so idle connections cannot take the association
+/// slots a PACS needs, nor every descriptor.
+pub struct Pending {
+    per_address: usize,
+    total: usize,
+    held: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One pending connection's place in [`Pending`], given back when dropped.
+pub struct PendingPermit {
+    pending: Arc<Pending>,
+    ip: IpAddr,
+}
+
+impl Pending {
+    pub fn new(per_address: usize, total: usize) -> Arc<Pending> {
+        Arc::new(Pending {
+            per_address,
+            total,
+            held: Default::default(),
+        })
+    }
+
+    /// A place for a connection from `ip`, if its address and the node have one left.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PendingPermit> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let all: usize = held.values().sum();
+        let mine = held.get(&ip).copied().unwrap_or(0);
+        if all >= self.total || mine >= self.per_address {
+            return None;
+        }
+        held.insert(ip, mine + 1);
+        Some(PendingPermit {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingPermit {
+    fn drop(&mut self) {
+        let mut held = self.pending.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Called AE must be ours; calling AE must be a `[[sources]]` entry whose host (if any)
 /// matches the peer address.
 pub struct SourceAcl {
@@ -219,6 +295,19 @@ impl AccessControl for SourceAcl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_connections_are_bounded_per_address_and_in_all() {
+        let p = Pending::new(2, 3);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a1 = p.take(a).unwrap();
+        let _a2 = p.take(a).unwrap();
+        assert!(p.take(a).is_none(), "per address");
+        let _b1 = p.take(b).unwrap();
+        assert!(p.take(b).is_none(), "in all");
+        drop(a1);
+        assert!(p.take(b).is_some(), "given back when dropped");
+    }
 
     #[test]
     fn first_header_verdicts() {

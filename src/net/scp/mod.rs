@@ -77,6 +77,8 @@ pub struct ScpCtx {
     pub spool: Spool,
     pub state: Arc<State>,
     pub limit: Arc<Semaphore>,
+    /// Connections not yet associated (plain TCP), per address and in all.
+    pub pending: Arc<super::admission::Pending>,
     pub transfer_syntaxes: Vec<&'static str>,
     /// DICOM TLS on every association when set (`[tls]`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -156,19 +158,26 @@ impl Listener {
         }
         let deadline = admission::negotiation_deadline(live.config.read_timeout());
         let _ = sock.set_nodelay(true);
-        match ctx.limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let ctx = ctx.clone();
-                let abort = self.abort.clone();
-                let span = info_span!("assoc", id, peer = %peer);
-                tokio::spawn(
-                    async move {
-                        negotiate::handle(sock, peer, ctx, abort).await;
-                        drop(permit);
+        let serve = |sock: TcpStream, admitted: negotiate::Admitted| {
+            let ctx = ctx.clone();
+            let abort = self.abort.clone();
+            let span = info_span!("assoc", id, peer = %peer);
+            tokio::spawn(negotiate::handle(sock, peer, ctx, abort, admitted).instrument(span));
+        };
+        if ctx.tls.is_none() {
+            match ctx.pending.take(peer.ip()) {
+                Some(p) => serve(sock, negotiate::Admitted::Pending(p)),
+                None => {
+                    let detail = "too many connections from this address not yet associated";
+                    if refused(ctx, &peer, "pending", detail) {
+                        warn!(id, peer = %peer, "connection refused: {detail} (more from this address within a minute are counted, then reported once)");
                     }
-                    .instrument(span),
-                );
+                }
             }
+            return;
+        }
+        match ctx.limit.clone().try_acquire_owned() {
+            Ok(permit) => serve(sock, negotiate::Admitted::Slot(permit)),
             Err(_) => {
                 if refused(ctx, &peer, "limit", "association limit reached") {
                     warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded; more from this address within a minute are counted, then reported once)");

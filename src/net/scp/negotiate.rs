@@ -16,12 +16,23 @@ use crate::config::{canonical_ip, Config};
 use crate::net::admission::{self, SourceAcl};
 use crate::net::dimse;
 
+/// How a connection was admitted at accept.
+pub(super) enum Admitted {
+    /// Plain TCP: a place among the pending connections; the association slot is taken
+    /// once the whole A-ASSOCIATE-RQ has arrived.
+    Pending(admission::PendingPermit),
+    /// TLS: the request cannot be seen before the handshake, so the slot is taken at
+    /// accept (and the negotiation deadline covers the handshake).
+    Slot(tokio::sync::OwnedSemaphorePermit),
+}
+
 /// Negotiate an association on `sock` and serve it until it ends.
 pub(super) async fn handle(
     mut sock: TcpStream,
     peer: SocketAddr,
     ctx: Arc<ScpCtx>,
     abort: watch::Receiver<bool>,
+    admitted: Admitted,
 ) {
     let live = ctx.config.snapshot();
     let cfg = live.config.clone();
@@ -32,26 +43,64 @@ pub(super) async fn handle(
     };
     let opts = options(&ctx, &cfg, acl);
     let deadline = admission::negotiation_deadline(cfg.read_timeout());
-    let Some(tls) = ctx.tls.clone() else {
-        let negotiation = async {
-            if let Err(r) = admission::precheck(&mut sock).await {
-                if !matches!(r, admission::Refusal::NoHeader) {
-                    refused(&ctx, &peer, "request", &format!("{r:?}"));
-                }
-                return None;
+    let pending = match admitted {
+        Admitted::Pending(p) => p,
+        Admitted::Slot(slot) => return handle_tls(sock, peer, ctx, abort, opts, &cfg, slot).await,
+    };
+    let started = std::time::Instant::now();
+    let request = async {
+        if let Err(r) = admission::precheck(&mut sock).await {
+            if !matches!(r, admission::Refusal::NoHeader) {
+                refused(&ctx, &peer, "request", &format!("{r:?}"));
             }
-            Some(opts.establish_async(sock).await)
-        };
-        match tokio::time::timeout(deadline, negotiation).await {
-            Ok(Some(Ok(a))) => Handler::new(a, peer, ctx, &cfg, abort).run().await,
-            // Refused by the precheck or the access check, which logged why.
-            Ok(Some(Err(e))) => debug!(error = %e, "association not established"),
-            Ok(None) => {}
-            Err(_) => warn!(
+            return false;
+        }
+        admission::whole_request(&mut sock).await
+    };
+    match tokio::time::timeout(deadline, request).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(_) => {
+            warn!(
                 deadline_s = deadline.as_secs(),
                 "association request not complete by the deadline: closing"
-            ),
+            );
+            return;
         }
+    }
+    drop(pending);
+    let Ok(_slot) = ctx.limit.clone().try_acquire_owned() else {
+        if refused(&ctx, &peer, "limit", "association limit reached") {
+            warn!(peer = %peer, "association limit reached: rejecting (transient, local limit exceeded; more from this address within a minute are counted, then reported once)");
+        }
+        let left = deadline.saturating_sub(started.elapsed());
+        admission::reject_busy(sock, left).await;
+        return;
+    };
+    let left = deadline.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, opts.establish_async(sock)).await {
+        Ok(Ok(a)) => Handler::new(a, peer, ctx, &cfg, abort).run().await,
+        // Refused by the access check, which logged why.
+        Ok(Err(e)) => debug!(error = %e, "association not established"),
+        Err(_) => warn!(
+            deadline_s = deadline.as_secs(),
+            "association request not complete by the deadline: closing"
+        ),
+    }
+}
+
+async fn handle_tls(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ScpCtx>,
+    abort: watch::Receiver<bool>,
+    opts: ServerAssociationOptions<'static, SourceAcl, DefaultNegotiation>,
+    cfg: &Config,
+    // Held until the association ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let deadline = admission::negotiation_deadline(cfg.read_timeout());
+    let Some(tls) = ctx.tls.clone() else {
         return;
     };
     // The TLS stream cannot be peeked before dicom-ul reads it: strict mode bounds the
@@ -59,7 +108,7 @@ pub(super) async fn handle(
     // handshake, which dicom-ul does not bound.
     let opts = opts.strict(true).tls_config(tls);
     match tokio::time::timeout(deadline, opts.establish_tls_async(sock)).await {
-        Ok(Ok(a)) => Handler::new(a, peer, ctx, &cfg, abort).run().await,
+        Ok(Ok(a)) => Handler::new(a, peer, ctx, cfg, abort).run().await,
         Ok(Err(e)) => {
             warn!(error = %e, "TLS association not established (handshake, certificate, oversized or refused request)")
         }
