@@ -4,6 +4,7 @@
 #   PRIMA_DEB_VERSION=0.1.0-2 ...      another package version of the same build (upgrade tests)
 #   PRIMA_DEB_BINARY=path ...          package this binary instead of building one
 #   PRIMA_DEB_OUT=dir ...              where the .deb goes (default dist/)
+#   PRIMA_DEB_MAINTAINER="Name <mail>"  the Maintainer field (the site's packager)
 # Prints the .deb's path on its last line.
 #
 # dpkg-deb, not cargo-deb: the package carries libtorch libraries that must be patched
@@ -25,6 +26,7 @@ done
 
 cargo_version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 version="${PRIMA_DEB_VERSION:-$cargo_version-1}"
+maintainer="${PRIMA_DEB_MAINTAINER:-prima-node maintainers <prima-node@example.org>}"
 out_dir="${PRIMA_DEB_OUT:-$here/dist}"
 deb="$out_dir/prima-node_${version}_amd64.deb"
 
@@ -74,12 +76,15 @@ for entry in "${libs[@]}"; do
   echo "$sum  $site/$rel" | sha256sum -c --quiet - || die "$rel differs from the pinned file"
   install -m 0644 "$site/$rel" "$libdir/"
 done
-# The shim's only job in a CUDA build is to load libtorch_cuda.
-patchelf --remove-needed libtorch_cuda.so "$libdir/libtorch.so"
 for f in "$libdir"/*; do
+  # Symbol tables only: the dynamic symbols stay. Before patchelf, which may move sections
+  # that strip would then rewrite.
+  strip --strip-unneeded --remove-section=.comment "$f"
   # The wheel's rpaths point into the venv's nvidia/ tree; here everything sits together.
   patchelf --set-rpath '$ORIGIN' "$f"
 done
+# The shim's only job in a CUDA build is to load libtorch_cuda.
+patchelf --remove-needed libtorch_cuda.so "$libdir/libtorch.so"
 
 install -m 0755 "$bin" "$root/usr/bin/prima-node"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/prima-node"
@@ -120,9 +125,11 @@ install -m 0644 packaging/deb/lintian-overrides "$root/usr/share/lintian/overrid
 # Copyright: ours, then the licences of the libraries shipped, as their wheels carry them.
 {
   cat packaging/deb/copyright
+  # nvidia-cuda-cupti's wheel carries the same EULA text as nvidia-cuda-runtime's.
+  cmp -s "$site"/nvidia_cuda_runtime-*.dist-info/licenses/License.txt \
+    "$site"/nvidia_cuda_cupti-*.dist-info/licenses/License.txt || die "CUPTI's licence text changed"
   for f in "$site"/torch-*.dist-info/licenses/LICENSE \
-           "$site"/nvidia_cuda_runtime-*.dist-info/licenses/License.txt \
-           "$site"/nvidia_cuda_cupti-*.dist-info/licenses/License.txt; do
+           "$site"/nvidia_cuda_runtime-*.dist-info/licenses/License.txt; do
     printf '\n--------------------------------------------------------------------------\n'
     printf 'Text of %s (from its wheel):\n\n' "${f#"$site"/}"
     sed 's/[[:space:]]*$//' "$f"
@@ -137,7 +144,7 @@ date_r="$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}")"
   echo "  * Built from commit $(git rev-parse --short HEAD) of prima-node (git log has the"
   echo "    changes)."
   echo
-  echo " -- prima-node maintainers <prima-node@localhost>  $date_r"
+  echo " -- $maintainer  $date_r"
 } | gzip -9n > "$doc/changelog.Debian.gz"
 gzip -9n < README.md > "$doc/README.md.gz"
 chmod 0644 "$doc"/*.gz
@@ -172,7 +179,7 @@ cat > "$root/DEBIAN/control" <<EOF
 Package: prima-node
 Version: $version
 Architecture: amd64
-Maintainer: prima-node maintainers <prima-node@localhost>
+Maintainer: $maintainer
 Installed-Size: $installed_kb
 Depends: adduser, $depends
 Section: science
@@ -186,6 +193,10 @@ Description: DICOM node running the Prima brain-MRI model (CPU)
  needs in /usr/lib/prima-node and a systemd unit (not enabled on install).
  The model is not included: see /usr/share/doc/prima-node/README.md.gz.
 EOF
+
+(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z \
+  | xargs -0 md5sum) > "$work/md5sums"
+mv "$work/md5sums" "$root/DEBIAN/md5sums"
 
 mkdir -p "$out_dir"
 rm -f "$deb"
