@@ -534,12 +534,17 @@ fn the_package_installs_serves_upgrades_and_purges_in_a_clean_debian_root() {
     assert_eq!(root.installed_version().as_deref(), Some(v2.as_str()));
     // The administrator's configuration, the state and the model stay.
     assert_eq!(
-        std::fs::read_to_string(root.file(CONFIG)).unwrap(),
-        node_config(port, dest_port)
+        std::fs::read_to_string(root.file(CONFIG)).ok(),
+        Some(node_config(port, dest_port)),
+        "the configuration did not survive the upgrade"
     );
     assert_eq!(
         mode_and_owner(&root, "/var/lib/prima-node"),
         "700 prima-node:prima-node"
+    );
+    assert!(
+        root.file("/var/lib/prima-node/model").exists(),
+        "the model did not survive the upgrade"
     );
     let st = status(&root);
     assert!(pending(&st) >= 2, "pending deliveries lost:\n{st}");
