@@ -156,7 +156,19 @@ impl Root {
     }
 
     fn chroot(&self) -> Command {
-        let mut c = Command::new("chroot");
+        self.chroot_under(&[])
+    }
+
+    /// `chroot` into the root, started by `wrapper` (e.g. `unshare --net`) when not empty.
+    fn chroot_under(&self, wrapper: &[&str]) -> Command {
+        let mut c = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("chroot");
+                c
+            }
+            None => Command::new("chroot"),
+        };
         c.arg(self.path())
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -179,13 +191,14 @@ impl Root {
         c
     }
 
-    /// Installs a package file with apt (dependencies from the root; no network needed).
+    /// Installs a package file with apt, offline: in a network namespace of its own (only
+    /// a loopback, down), the dependencies already in the root.
     fn install(&self, deb: &Path) -> Duration {
         let name = deb.file_name().unwrap().to_string_lossy().into_owned();
         std::fs::copy(deb, self.file("/tmp").join(&name)).unwrap();
         let t0 = Instant::now();
         run(self
-            .chroot()
+            .chroot_under(&["unshare", "--net"])
             .args(["apt-get", "install", "-y", "--no-install-recommends"])
             .arg(format!("/tmp/{name}")));
         let took = t0.elapsed();
