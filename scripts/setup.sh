@@ -12,7 +12,8 @@ CACHE_DIR="${PRIMA_NODE_CACHE:-$HOME/.cache/prima-node}"
 VENV_DIR="$CACHE_DIR/venv-torch-$TORCH_VERSION-py$(python3 -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 PY_PKGS=("torch==$TORCH_VERSION" "numpy<3" "safetensors" "pydicom>=2.4,<4" "highdicom" "lime==0.2.0.1" "scikit-learn" "matplotlib")
 APT_PKGS=(dcmtk dicom3tools dcm2niix libgdcm-tools cmake orthanc libpixelmed-java default-jre-headless
-          curl systemd procps time strace openssl chromium fonts-dejavu-core nats-server)
+          curl systemd procps time strace openssl chromium fonts-dejavu-core nats-server
+          dpkg-dev patchelf mmdebstrap lintian)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
