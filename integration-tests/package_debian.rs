@@ -6,7 +6,8 @@
 //!
 //! Needs root, mmdebstrap, DCMTK and a package built beforehand (`scripts/package.sh`;
 //! the release build is too slow to run inside the test): `PRIMA_DEB=path`, else the
-//! newest `dist/prima-node_*_amd64.deb`. Skips without them, fails under `CI=true`.
+//! newest `dist/prima-node_*_amd64.deb`. Skips without them, fails under `CI=true` (a
+//! missing package only with `PRIMA_REQUIRE_DEB`: `scripts/package.sh --test`).
 //! The root comes from a tarball cached under `~/.cache/prima-node/debian-root/`, one per
 //! month (security updates arrive monthly at most; CI downloads once a month).
 
@@ -36,6 +37,15 @@ fn require(ok: bool, what: &str) -> bool {
         eprintln!("SKIPPED: {what}");
     }
     ok
+}
+
+/// The package takes a release build (minutes): the test command does not make one, so
+/// without a package the tests say so and stop, unless `PRIMA_REQUIRE_DEB` is set
+/// (`scripts/package.sh --test` and `scripts/reliability.sh` build one and set it).
+fn no_package() {
+    let what = "no package: run scripts/package.sh --test (or set PRIMA_DEB)";
+    assert!(std::env::var_os("PRIMA_REQUIRE_DEB").is_none(), "{what}");
+    eprintln!("SKIPPED: {what}");
 }
 
 fn have(tool: &str) -> bool {
@@ -442,10 +452,7 @@ fn the_package_installs_serves_upgrades_and_purges_in_a_clean_debian_root() {
         return;
     }
     let Some(deb) = package() else {
-        require(
-            false,
-            "no package: run scripts/package.sh (or set PRIMA_DEB)",
-        );
+        no_package();
         return;
     };
     let t_all = Instant::now();
@@ -611,10 +618,7 @@ fn lintian_reports_no_errors() {
         return;
     }
     let Some(deb) = package() else {
-        require(
-            false,
-            "no package: run scripts/package.sh (or set PRIMA_DEB)",
-        );
+        no_package();
         return;
     };
     let out = Command::new("lintian")

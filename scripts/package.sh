@@ -5,6 +5,8 @@
 #   PRIMA_DEB_BINARY=path ...          package this binary instead of building one
 #   PRIMA_DEB_OUT=dir ...              where the .deb goes (default dist/)
 #   PRIMA_DEB_MAINTAINER="Name <mail>"  the Maintainer field (the site's packager)
+#   scripts/package.sh --test          then test it in a clean Debian root
+#                                      (integration-tests/package_debian.rs, needs root)
 # Prints the .deb's path on its last line.
 #
 # dpkg-deb, not cargo-deb: the package carries libtorch libraries that must be patched
@@ -12,6 +14,8 @@
 # scripts written by hand; cargo-deb would only add a tool to install while doing none of
 # that. dpkg-deb is part of dpkg, on every Debian machine.
 set -euo pipefail
+test_after=0
+[ "${1:-}" = "--test" ] && test_after=1
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 # shellcheck source=scripts/env.sh
@@ -204,3 +208,8 @@ log "dpkg-deb --build (xz)"
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
 log "built $deb ($(du -h "$deb" | cut -f1), installed $((installed_kb / 1024)) MB) in $(( $(date +%s) - t0 )) s"
 echo "$deb"
+if [ "$test_after" = 1 ]; then
+  log "testing $deb in a clean Debian root"
+  PRIMA_DEB="$deb" PRIMA_REQUIRE_DEB=1 cargo test --locked --features stand-in \
+    --test package_debian -- --nocapture --test-threads=1 >&2
+fi

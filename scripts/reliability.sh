@@ -61,6 +61,8 @@ part partitions cargo test --quiet --features stand-in --test cluster_partitions
 # Stuck peers (issue 29): a silent and a trickling destination beside a healthy one, a full
 # PACS retried until it has room, a stopped model process making the node not ready.
 part stuck cargo test --quiet --features stand-in --test node_recovery -- --nocapture --test-threads=1 silent_and_a_trickling a700_is_retried not_ready_until
+# The Debian package (issue 31): release build, package, clean Debian root (minutes).
+part package bash scripts/package.sh --test
 # Retention (issue 32): a simulated week of small studies (disk and database flat), disk
 # pressure on a tmpfs, keep_days, a late series, SIGKILL at every step of an eviction.
 part retention cargo test --quiet --features stand-in --test node_retention -- --nocapture --test-threads=1
