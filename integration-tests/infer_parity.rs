@@ -211,3 +211,53 @@ fn infer_dicom_writes_sr_and_kos() {
         }
     }
 }
+
+/// Issue 30, item 3: output UIDs come from everything that shapes the objects. The same
+/// study twice without an explanation: the same SR and KOS UIDs (an idempotent re-send);
+/// with an explanation: other UIDs for both (before, the explained SR reused the plain
+/// one's UID and a PACS kept the first, answering the second "already stored").
+#[test]
+fn the_explanation_changes_every_output_uid_and_a_repeat_keeps_them() {
+    let Some(root) = fixtures::reference_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures::convert_fixture_model(&root, &tmp.path().join("model"));
+    let run = |name: &str, explain: bool| -> Vec<String> {
+        let out = tmp.path().join(name);
+        let mut c = Command::new(bin());
+        c.args(["infer", "--dicom", "--device", "cpu"]);
+        if explain {
+            c.args(["--explain", "--explain-samples", "32"]);
+        }
+        let o = c
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .arg(root.join("studies/STUDY_C"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ["sr", "kos"]
+            .iter()
+            .map(|k| {
+                let f = out.join(format!("STUDY_C_{k}.dcm"));
+                dicom_object::open_file(&f)
+                    .unwrap()
+                    .element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .collect()
+    };
+    let plain = run("plain", false);
+    assert_eq!(plain, run("again", false), "identical runs, identical UIDs");
+    let explained = run("explained", true);
+    for (p, e) in plain.iter().zip(&explained) {
+        assert_ne!(p, e, "an explained object reuses the plain one's UID");
+    }
+}

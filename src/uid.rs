@@ -46,16 +46,17 @@ fn from_parts(parts: &[&str]) -> String {
 
 /// UID of an output object or series.
 ///
-/// `kind` names the object ("sr", "kos", "card") or its series ("sr-series", …). Changing
-/// the study, the input instance set (through its hash), the model version or the kind gives
-/// a different UID; repeating the call gives the same one.
+/// `kind` names the object ("sr", "kos", "card") or its series ("sr-series", …);
+/// `content_key` hashes what else shapes it (the input instance set, the software, the
+/// explanation, the report settings: `report::content_key`). Changing any of them, the
+/// study or the model version gives a different UID; repeating the call gives the same one.
 pub fn output_uid(
     study_uid: &str,
-    input_set_hash: &[u8; 32],
+    content_key: &[u8; 32],
     model_version: &str,
     kind: &str,
 ) -> String {
-    let hash = hex::encode(input_set_hash);
+    let hash = hex::encode(content_key);
     from_parts(&["output", study_uid, &hash, model_version, kind])
 }
 

@@ -252,7 +252,10 @@ pub fn build_outputs(
             cfg.kos_min_priority
         ))
     })?;
-    let ctx = Context::new(input)?;
+    let ctx = Context::new(
+        input,
+        content_key(&input.input_set_hash, input.evidence, cfg),
+    )?;
 
     let mut out = Vec::new();
     let sr_bytes = sr::build(&ctx)?;
@@ -407,8 +410,38 @@ pub(crate) struct Context<'a> {
     pub partial: bool,
 }
 
+/// What shapes the objects besides the model version: the input instances (their set's
+/// hash), the software that writes them, the explanation (which findings, how computed, on
+/// which series, how many regions) and the report settings. The output UIDs derive from it,
+/// so different content never shares a UID (a PACS keeps the first object of a UID and
+/// answers the next "already stored"), while the same inputs under the same settings keep
+/// theirs (an idempotent re-send after a crash).
+fn content_key(
+    input_set_hash: &[u8; 32],
+    evidence: &[FindingEvidence],
+    cfg: &ReportConfig,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(input_set_hash);
+    let mut part = |p: &[u8]| {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    };
+    part(env!("CARGO_PKG_VERSION").as_bytes());
+    part(cfg.kos_min_priority.as_bytes());
+    part(&[u8::from(cfg.summary_card)]);
+    for e in evidence {
+        part(e.label.as_bytes());
+        part(e.method.as_bytes());
+        part(e.series_instance_uid.as_bytes());
+        part(&(e.regions.len() as u64).to_le_bytes());
+    }
+    h.finalize().into()
+}
+
 impl<'a> Context<'a> {
-    fn new(input: &'a ReportInput<'a>) -> Result<Self, ReportError> {
+    fn new(input: &'a ReportInput<'a>, content_key: [u8; 32]) -> Result<Self, ReportError> {
         let study_uid = get_str(input.source_header, tags::STUDY_INSTANCE_UID)
             .filter(|s| !s.is_empty())
             .ok_or(ReportError::MissingAttribute("StudyInstanceUID"))?;
@@ -432,9 +465,8 @@ impl<'a> Context<'a> {
             ));
         }
         let summary = Summary::from_input(input)?;
-        let h = &input.input_set_hash;
         let v = &input.model.version;
-        let id = |kind: &str| uid::output_uid(&study_uid, h, v, kind);
+        let id = |kind: &str| uid::output_uid(&study_uid, &content_key, v, kind);
         Ok(Self {
             sr_uid: id("sr"),
             sr_series_uid: id("sr-series"),
@@ -469,6 +501,34 @@ pub(crate) fn is_sr_document(sop_class: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_content_key_changes_with_the_explanation_and_the_settings_only() {
+        let h = [7u8; 32];
+        let cfg = ReportConfig::default();
+        let explained = FindingEvidence {
+            label: "tumor".into(),
+            series_instance_uid: "1.2.3".into(),
+            key_images: Vec::new(),
+            regions: Vec::new(),
+            method: "LIME, 1000 samples, seed 0".into(),
+        };
+        let plain = content_key(&h, &[], &cfg);
+        assert_eq!(plain, content_key(&h, &[], &cfg), "same content, same key");
+        let with = content_key(&h, std::slice::from_ref(&explained), &cfg);
+        assert_ne!(plain, with, "the explanation changes the objects");
+        let other_samples = FindingEvidence {
+            method: "LIME, 500 samples, seed 0".into(),
+            ..explained.clone()
+        };
+        assert_ne!(with, content_key(&h, &[other_samples], &cfg));
+        let no_card = ReportConfig {
+            summary_card: !cfg.summary_card,
+            ..cfg.clone()
+        };
+        assert_ne!(plain, content_key(&h, &[], &no_card));
+        assert_ne!(plain, content_key(&[8u8; 32], &[], &cfg));
+    }
 
     #[test]
     fn priority_ranks() {
