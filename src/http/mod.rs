@@ -11,6 +11,7 @@
 
 pub mod data;
 pub mod html;
+mod node_health;
 mod pages;
 mod tls;
 

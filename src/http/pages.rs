@@ -1,7 +1,8 @@
 //! The pages: each renders one `data` value with the escaping builder.
 
-use super::data::{Overview, StorageView, StudyDetail, StudySummary};
+use super::data::{Overview, StudyDetail, StudySummary};
 use super::html::{page, Cell, Html};
+use super::node_health;
 use crate::job::RunRecord;
 use crate::store::state::{AuditView, DeliveryView};
 
@@ -62,39 +63,9 @@ pub fn overview(o: &Overview) -> String {
         ];
         h.table(&[], &rows);
         if let Some(c) = &o.config {
-            use crate::config::OnDisk;
-            let (warn, text) = match &c.on_disk {
-                OnDisk::InForce => (false, format!("Configuration {}: in force.", c.path)),
-                OnDisk::NeedsRestart { sections } => (
-                    true,
-                    format!(
-                        "Configuration {}: the file differs in {} — applied at the next restart; the running node uses what it started with.",
-                        c.path,
-                        sections.join(", ")
-                    ),
-                ),
-                OnDisk::NotYetApplied => (
-                    true,
-                    format!("Configuration {}: the file's live sections are being applied.", c.path),
-                ),
-                OnDisk::Refused { reason } => (
-                    true,
-                    format!(
-                        "Configuration {}: the file is refused ({reason}); the previous configuration stays in force.",
-                        c.path
-                    ),
-                ),
-            };
-            let attrs: &[(&str, &str)] = if warn { &[("class", "warn")] } else { &[] };
-            h.text_el("p", attrs, &text);
+            node_health::config(h, c);
         }
-        for s in &o.stalled {
-            h.text_el(
-                "p",
-                &[("class", "warn")],
-                &format!("Stalled: {} — {}", s.stage, s.detail),
-            );
-        }
+        node_health::stalled(h, &o.stalled);
         h.text_el("h2", &[], "Studies by state");
         let rows: Vec<Vec<Cell>> = o
             .studies_by_state
@@ -107,7 +78,7 @@ pub fn overview(o: &Overview) -> String {
             })
             .collect();
         h.table(&["state", "studies"], &rows);
-        storage(h, &o.storage);
+        node_health::storage(h, &o.storage);
         h.text_el("h2", &[], "Outbox");
         let rows: Vec<Vec<Cell>> = o
             .outbox_by_state
@@ -116,57 +87,6 @@ pub fn overview(o: &Overview) -> String {
             .collect();
         h.table(&["state", "deliveries"], &rows);
     })
-}
-
-/// Disk held by received instances, by where their studies stand, and the policy.
-fn storage(h: &mut Html, v: &StorageView) {
-    let mb = |b: u64| format!("{} MB", b / (1024 * 1024));
-    let u = &v.usage;
-    h.text_el("h2", &[], "Storage");
-    if let Some(p) = &v.pressure {
-        h.text_el("p", &[("class", "warn")], p);
-    }
-    let rows = vec![
-        vec![
-            "pending (unfinished, undelivered or still arriving; never evicted)".into(),
-            u.pending_studies.to_string().into(),
-            mb(u.pending_bytes).into(),
-        ],
-        vec![
-            format!(
-                "done (kept {} days; evicted earlier under disk pressure)",
-                v.keep_days
-            )
-            .into(),
-            u.done_studies.to_string().into(),
-            mb(u.done_bytes).into(),
-        ],
-        vec![
-            "evictable (past keep_days)".into(),
-            u.evictable_studies.to_string().into(),
-            mb(u.evictable_bytes).into(),
-        ],
-    ];
-    h.table(&["received instances", "studies", "disk"], &rows);
-    let rows = vec![
-        vec![
-            "oldest study held".into(),
-            u.oldest_held_ms.map_or("none".into(), when).into(),
-        ],
-        vec![
-            "next eviction by age".into(),
-            u.next_eviction_ms.map_or("none due".into(), when).into(),
-        ],
-        vec![
-            "disk pressure eviction".into(),
-            format!(
-                "below {} MB free, until {} MB",
-                v.evict_below_free_mb, v.evict_until_free_mb
-            )
-            .into(),
-        ],
-    ];
-    h.table(&[], &rows);
 }
 
 fn summary_row(s: &StudySummary) -> Vec<Cell> {
