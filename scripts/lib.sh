@@ -63,3 +63,26 @@ bench_study() {
 
 # "N CPUs, <model name>" for the benchmarks' first line.
 machine() { echo "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"; }
+
+# trim_target [MIN_FREE_GB]: the shared target dir (env.sh) keeps every artifact it ever
+# built: old test binaries and incremental sessions of each clone path and commit. Those
+# not read for 7 days go (ext4's relatime refreshes atime at least daily on use, mmap
+# included). If the disk still has less than MIN_FREE_GB (default 6) free, all incremental
+# state goes too; below that, fail here with a clear message rather than as a linker's bus
+# error on a full disk.
+trim_target() {
+  local min=${1:-6} dir=$CARGO_TARGET_DIR avail
+  [ -d "$dir" ] || return 0
+  find "$dir"/*/deps "$dir"/*/build "$dir"/*/incremental -mindepth 1 -maxdepth 1 \
+    -atime +7 -exec rm -rf {} + 2>/dev/null || true
+  avail=$(( $(df -Pk "$dir" | awk 'NR==2{print $4}') / 1048576 ))
+  if [ "$avail" -lt "$min" ]; then
+    echo "$prog: only ${avail} GB free under $dir; removing incremental build state" >&2
+    rm -rf "$dir"/*/incremental
+    avail=$(( $(df -Pk "$dir" | awk 'NR==2{print $4}') / 1048576 ))
+  fi
+  if [ "$avail" -lt "$min" ]; then
+    echo "$prog: only ${avail} GB free under $dir (need ${min}); free some space first" >&2
+    return 1
+  fi
+}

@@ -11,4 +11,5 @@ if [ -d scripts/tests ]; then
   .venv/bin/python -m unittest discover -s scripts/tests 2>&1 | tail -n 5
 fi
 echo "== rust: cargo test"
+trim_target
 cargo test --locked --all-targets --features stand-in -- --test-threads=2
