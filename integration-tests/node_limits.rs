@@ -1,10 +1,12 @@
 //! Resource limits: the free-space floor on a real, small filesystem (tmpfs) with recovery
 //! when space returns; many concurrent associations (all stored, peak RSS reported);
-//! slow-loris peers closed by the read timeout without blocking anyone else.
+//! slow-loris peers closed by the read timeout without blocking anyone else; idle DICOM
+//! connections and a flood of half-sent HTTP requests that take nothing the PACS or the
+//! monitoring needs.
 //!
 //! Default (CI) mode sends 4 associations x 50 instances; `PRIMA_RELIABILITY_FULL=1` sends
-//! 16 x 300. Each test prints one summary line (`LOAD-SUMMARY`, `LORIS-SUMMARY`,
-//! `FLOOR-SUMMARY`) for `scripts/reliability.sh`.
+//! 16 x 300. Tests print summary lines (`LOAD-SUMMARY`, `LORIS-SUMMARY`, `FLOOR-SUMMARY`,
+//! `HTTP-FLOOD-SUMMARY`) for `scripts/reliability.sh`.
 
 mod common;
 mod fixtures;
@@ -434,4 +436,157 @@ fn disk_full_while_processing_recovers_when_space_returns() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(dest.received().len(), 1);
     assert!(node.status().contains(" done "), "{}", node.status());
+}
+
+/// `GET path` on a fresh connection, with a 2 s deadline: the status line's code (0 when the
+/// connection failed or closed without an answer) and how long it took.
+fn http_get(port: u16, path: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let code = (|| {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_whitespace().nth(1)?.parse().ok()
+    })()
+    .unwrap_or(0);
+    (code, t.elapsed())
+}
+
+/// Issue 29: 1,100 half-sent HTTP requests (64 of them trickling a byte every 100 ms) and a
+/// stranger opening 100 more a second, against a node held to 1,024 open files: `/healthz`
+/// answers every probe, C-ECHO and C-STORE are served, nothing logs "Too many open files",
+/// and a lone half-sent request is closed at `request_timeout_s`. (Before: no limit and no
+/// deadline; the descriptors ran out, C-ECHO failed and `/healthz` timed out.)
+#[test]
+fn half_open_http_requests_leave_dicom_and_healthz_served() {
+    let Some(fx) = fixtures::reference_dir() else {
+        return;
+    };
+    if !have_dcmtk() {
+        return;
+    }
+    // This process holds every connection it opens: room for them.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_max < 4096 {
+        eprintln!("skipped: this process may open only {} files", lim.rlim_max);
+        return;
+    }
+    lim.rlim_cur = lim.rlim_max.min(65_536);
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+
+    let http_port = free_port();
+    let node = Node::start(NodeOpts {
+        open_files: Some(1024),
+        extra_toml: format!(
+            "\n[http]\nlisten = \"127.0.0.1:{http_port}\"\nrequest_timeout_s = 3\n"
+        ),
+        ..NodeOpts::default()
+    });
+    let port = node.opts.port;
+    let half_sent = |s: &mut TcpStream| {
+        let _ = s.write_all(b"GET /api/overview HTTP/1.1\r\nHost: t\r\n");
+    };
+    let connect = move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()
+    };
+
+    // Alone, a half-sent request is closed at its deadline.
+    let mut lone = connect().expect("connect");
+    half_sent(&mut lone);
+    let closed = seconds_until_closed(lone, Duration::from_secs(8));
+    assert!(
+        closed.is_some_and(|s| (2.5..5.0).contains(&s)),
+        "a half-sent request closed after {closed:?} s (request_timeout_s = 3)"
+    );
+
+    let mut held: Vec<TcpStream> = (0..1100).filter_map(|_| connect()).collect();
+    for s in held.iter_mut() {
+        half_sent(s);
+    }
+    let opened = held.len();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stranger = {
+        let stop = stop.clone();
+        let mut trickling: Vec<TcpStream> = held.drain(..64).collect();
+        std::thread::spawn(move || {
+            let mut more = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in trickling.iter_mut() {
+                    let _ = s.write_all(b"X");
+                }
+                for _ in 0..10 {
+                    if let Some(mut s) = connect() {
+                        half_sent(&mut s);
+                        more.push(s);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            more.len()
+        })
+    };
+
+    let t = Instant::now();
+    let mut probes = Vec::new();
+    let mut echoes = 0;
+    let mut stored = 0;
+    while t.elapsed() < Duration::from_secs(12) {
+        probes.push(http_get(http_port, "/healthz"));
+        if probes.len() % 8 == 0 {
+            let e = echoscu(port, SCU_AE, NODE_AE);
+            assert!(
+                e.status.success(),
+                "C-ECHO failed under the flood:\n{}",
+                text(&e)
+            );
+            echoes += 1;
+        }
+        if probes.len() == 20 {
+            let series = study_series(&fx, "STUDY_A");
+            let out = storescu(port, SCU_AE, &series[0][..5]);
+            assert!(out.status.success(), "{}", text(&out));
+            stored = acknowledged_files(&text(&out)).len();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reopened = stranger.join().unwrap();
+    let failed: Vec<_> = probes.iter().filter(|(c, _)| *c != 200).collect();
+    let slowest = probes.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    let metrics = http_get(http_port, "/metrics");
+    let log = node.log_text();
+    println!(
+        "HTTP-FLOOD-SUMMARY half_open={opened} reopened={reopened} healthz={} failed={} \
+         slowest_ms={} echoes={echoes} stored={stored}",
+        probes.len(),
+        failed.len(),
+        slowest.as_millis()
+    );
+    assert!(
+        failed.is_empty(),
+        "/healthz failed {} of {} times",
+        failed.len(),
+        probes.len()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest /healthz: {slowest:?}"
+    );
+    assert_eq!(stored, 5);
+    assert_eq!(metrics.0, 200);
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(log.contains("HTTP connection limit reached"), "{log}");
+    drop(held);
 }

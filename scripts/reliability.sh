@@ -103,6 +103,7 @@ printf '%-34s %s\n' "in-doubt re-sends (same UID)" "$(field crash CRASH-SUMMARY 
 printf '%-34s %s\n' "load: associations x instances" "$(field limits LOAD-SUMMARY associations) x $(field limits LOAD-SUMMARY per_association), stored $(field limits LOAD-SUMMARY stored)/$(field limits LOAD-SUMMARY instances) in $(field limits LOAD-SUMMARY seconds) s"
 printf '%-34s %s\n' "load: node peak RSS (MB)" "$(field limits LOAD-SUMMARY peak_rss_mb)"
 printf '%-34s %s\n' "slow-loris closed after (s)" "$(field limits LORIS-SUMMARY partial_associate_closed_after_s) / $(field limits LORIS-SUMMARY partial_pdata_closed_after_s) / $(field limits LORIS-SUMMARY trickled_pdata_closed_after_s) (timeout $(field limits LORIS-SUMMARY read_timeout_s))"
+printf '%-34s %s\n' "HTTP flood (1,024 open files)" "$(field limits HTTP-FLOOD-SUMMARY half_open) half-open + $(field limits HTTP-FLOOD-SUMMARY reopened) more: /healthz failed $(field limits HTTP-FLOOD-SUMMARY failed)/$(field limits HTTP-FLOOD-SUMMARY healthz), slowest $(field limits HTTP-FLOOD-SUMMARY slowest_ms) ms; C-ECHO $(field limits HTTP-FLOOD-SUMMARY echoes), stored $(field limits HTTP-FLOOD-SUMMARY stored)/5"
 printf '%-34s %s\n' "disk floor (tmpfs)" "$(grep -ho 'FLOOR-SUMMARY .*' "$LOGDIR/limits.log" | head -n 1 | cut -d' ' -f2-)"
 printf '%-34s %s\n' "disk full while processing" "delivered after space returned: $(field limits DISKFULL-SUMMARY delivered_after_space_returned)"
 printf '%-34s %s\n' "hostile cases passed" "${hostile_passed:-?}"

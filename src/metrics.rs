@@ -57,6 +57,8 @@ pub struct Metrics {
     pub evicted_bytes: Counter,
     pub storage_pressure: Gauge,
     pub stalled: Family<Stage, Gauge>,
+    pub http_connections: Gauge,
+    pub http_connections_closed: Family<Reason, Counter>,
     /// When the model process was last heard from while the node waited on it (ms since
     /// the epoch), and whether it waits now: the pipeline's progress (`store::state::progress`).
     pub model_heard_ms: std::sync::atomic::AtomicI64,
@@ -94,6 +96,8 @@ impl Metrics {
             evicted_bytes: Counter::default(),
             storage_pressure: Gauge::default(),
             stalled: Family::default(),
+            http_connections: Gauge::default(),
+            http_connections_closed: Family::default(),
             model_heard_ms: Default::default(),
             model_waited_on: Default::default(),
             registry: Registry::default(),
@@ -183,6 +187,16 @@ impl Metrics {
             "1 while a stage of the pipeline makes no progress (assembly, model, delivery)",
             m.stalled.clone(),
         );
+        registry.register(
+            "http_connections",
+            "Open connections to the status page and API",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections the node closed or refused, by reason (request_timeout, idle_timeout, replaced, refused)",
+            m.http_connections_closed.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -194,6 +208,15 @@ impl Metrics {
             })
             .inc();
         self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// An HTTP connection closed or refused by `http::limits`.
+    pub fn http_closed(&self, reason: &str) {
+        self.http_connections_closed
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Bytes held, by retention state.

@@ -100,6 +100,8 @@ pub struct NodeOpts {
     pub force_complete_s: f64,
     /// More `[outbox]` keys (TOML lines).
     pub outbox_toml: String,
+    /// RLIMIT_NOFILE (soft and hard) the node starts with; `None`: inherited.
+    pub open_files: Option<u64>,
 }
 
 impl Default for NodeOpts {
@@ -129,6 +131,7 @@ impl Default for NodeOpts {
             retention_toml: None,
             force_complete_s: 120.0,
             outbox_toml: String::new(),
+            open_files: None,
         }
     }
 }
@@ -261,7 +264,24 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        if let Some(n) = self.opts.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
             .env(

@@ -78,10 +78,7 @@ impl Listeners {
             limit: slots.clone(),
             // Room for a burst of real requestors from one address; far below the
             // descriptors the node checks it has at start.
-            pending: crate::net::admission::Pending::new(
-                (max_associations * 2).max(8),
-                (max_associations * 8).max(32),
-            ),
+            pending: crate::net::admission::Pending::for_slots(max_associations),
             transfer_syntaxes: scp::decodable_transfer_syntaxes(),
             tls: tls.clone(),
             arrivals: links.arrivals,
@@ -203,6 +200,19 @@ async fn start_http(
         h.listen
     );
     Ok(tokio::spawn(crate::http::serve(
-        listener, tls, ctx, shutdown,
+        listener,
+        tls,
+        http_limits(h),
+        ctx,
+        shutdown,
     )))
+}
+
+/// `[http]`'s connection limits.
+pub fn http_limits(h: &crate::config::HttpSection) -> crate::http::limits::Limits {
+    crate::http::limits::Limits {
+        max_connections: h.max_connections,
+        request_timeout: Duration::from_secs(h.request_timeout_s),
+        idle_timeout: Duration::from_secs(h.idle_timeout_s),
+    }
 }

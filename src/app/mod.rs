@@ -14,6 +14,7 @@
 
 mod assembler;
 pub mod config_watch;
+mod descriptors;
 pub mod lifecycle;
 mod listeners;
 mod retention;
@@ -60,12 +61,21 @@ pub enum AppError {
         what: String,
         source: std::io::Error,
     },
+    #[error(
+        "the open-file limit ({limit}) is below the {need} descriptors the configured limits may need ({budget:?}): raise LimitNOFILE= (ulimit -n) or lower [node] max_associations or [http] max_connections"
+    )]
+    Descriptors {
+        limit: u64,
+        need: u64,
+        budget: descriptors::Budget,
+    },
 }
 
 /// Runs the node until SIGTERM/SIGINT. `make_processor` is called once, on the worker
 /// thread, to build the processor (in `prima-node serve`: start the model process).
 pub fn serve(config_path: &Path, make_processor: ProcessorFactory) -> Result<(), AppError> {
     let cfg = Config::load_with(config_path, &ContextCheck)?;
+    descriptors::ensure(&cfg)?;
     if cfg
         .cluster
         .as_ref()

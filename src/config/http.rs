@@ -21,6 +21,26 @@ pub struct HttpSection {
     /// HTTPS with `[tls]`'s certificate and key (no client certificate is asked for).
     #[serde(default)]
     pub tls: bool,
+    /// Open connections at most; beyond it a newcomer replaces the connection waiting
+    /// longest for its request (`http::limits`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a whole request (headers and body) once it begins.
+    #[serde(default = "default_request_timeout_s")]
+    pub request_timeout_s: u64,
+    /// Seconds a connection may stay idle between requests, or stalled mid-response.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_request_timeout_s() -> u64 {
+    10
+}
+fn default_idle_timeout_s() -> u64 {
+    60
 }
 
 impl HttpSection {
@@ -33,6 +53,12 @@ impl HttpSection {
                 "[http] listen: {:?} is not an address:port such as \"127.0.0.1:8080\"",
                 self.listen
             ));
+        }
+        if self.max_connections < 8 {
+            p.push("[http] max_connections: at least 8".into());
+        }
+        if self.request_timeout_s == 0 || self.idle_timeout_s == 0 {
+            p.push("[http] request_timeout_s and idle_timeout_s: at least 1".into());
         }
         if let Some(f) = &self.token_file {
             use std::os::unix::fs::PermissionsExt;
@@ -79,6 +105,9 @@ mod tests {
             token_file,
             show_patient_identifiers: false,
             tls: false,
+            max_connections: default_max_connections(),
+            request_timeout_s: default_request_timeout_s(),
+            idle_timeout_s: default_idle_timeout_s(),
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub mod data;
 pub mod html;
+pub mod limits;
 mod node_health;
 mod pages;
 mod tls;
@@ -99,10 +100,11 @@ async fn security_headers(mut r: Response) -> Response {
     r
 }
 
-/// Serve until `shutdown` turns true; HTTPS when `tls` is given.
+/// Serve until `shutdown` turns true, within `limits`; HTTPS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    limits: limits::Limits,
     ctx: Ctx,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -110,13 +112,14 @@ pub async fn serve(
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
+    let guard = limits::Guard::new(limits);
     let result = match tls {
         None => {
-            axum::serve(listener, app)
+            axum::serve(limits::GuardedListener::new(listener, guard), app)
                 .with_graceful_shutdown(stop)
                 .await
         }
-        Some(cfg) => match tls::TlsListener::new(listener, cfg) {
+        Some(cfg) => match tls::TlsListener::new(listener, cfg, guard) {
             Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
             Err(e) => Err(e),
         },

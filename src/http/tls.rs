@@ -1,6 +1,7 @@
 //! HTTPS for the status page with `[tls]`'s certificate: a listener that completes each
 //! TLS handshake on its own task (bounded by a deadline), so one slow or silent client never
-//! holds up the next, and hands finished connections to axum.
+//! holds up the next, and hands finished connections to axum. Connections are admitted by
+//! [`super::limits::Guard`] before the handshake, so handshakes count against the limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,29 +16,28 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use super::limits::{accept_guarded, Guard, Guarded};
+
 /// Longest a client may take to complete its handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct TlsListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<Guarded<TcpStream>>, SocketAddr)>,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        guard: Arc<Guard>,
+    ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
-                let (sock, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        debug!(error = %e, "HTTPS accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
+                let (sock, peer) = accept_guarded(&tcp, &guard).await;
                 let acceptor = acceptor.clone();
                 let sender = tx.clone();
                 tokio::spawn(async move {
@@ -59,7 +59,7 @@ impl TlsListener {
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Guarded<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -194,6 +194,20 @@ impl Pending {
         })
     }
 
+    /// The node's budget for `max_associations` slots: room for a burst of real requestors
+    /// from one address, and [`Pending::most`] in all (the descriptors it may hold).
+    pub fn for_slots(max_associations: usize) -> Arc<Pending> {
+        Pending::new(
+            (max_associations * 2).max(8),
+            Pending::most(max_associations),
+        )
+    }
+
+    /// Pending connections at most for `max_associations` slots.
+    pub fn most(max_associations: usize) -> usize {
+        (max_associations * 8).max(32)
+    }
+
     /// A place for a connection from `ip`, if its address and the node have one left.
     pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PendingPermit> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
