@@ -302,8 +302,9 @@ fn a_worker_killed_mid_model_loses_its_job_to_the_other_and_the_result_lands_onc
     let pacs = StoreScp::start(pacs_port);
     let http_port = common::free_port();
     let mut opts = member_opts(&nats, "ingest", "ingest-a", pacs_port, 3);
-    opts.extra_toml
-        .push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"));
+    opts.extra_toml.push_str(&format!(
+        "\n[http]\nlisten = \"127.0.0.1:{http_port}\"\nopen_reads = true\n"
+    ));
     let a = Node::start(opts);
     let mut w1 = slow_member(&nats, "worker", "worker-1", pacs_port, 6000, 3);
     let mut w2 = slow_member(&nats, "worker", "worker-2", pacs_port, 6000, 3);

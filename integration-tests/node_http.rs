@@ -17,9 +17,22 @@ use serde_json::Value;
 
 const HOSTILE: &str = "<script>alert('pwn')</script>";
 
-/// (status, body) of a request made with curl.
+/// The status page's token in these tests.
+const TOKEN: &str = "t0ken-for-the-status-page-test";
+
+/// (status, body) of a request made with curl, reading as a browser would once its user
+/// typed the token into the login dialog (HTTP Basic).
 fn curl(url: &str, args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
+    curl_as(Some(&format!("radiologist:{TOKEN}")), url, args)
+}
+
+/// (status, body) of a request made with curl, with `user:password` Basic credentials.
+fn curl_as(basic: Option<&str>, url: &str, args: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    if let Some(b) = basic {
+        cmd.args(["-u", b]);
+    }
+    let out = cmd
         .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
         .args(args)
         .arg(url)
@@ -190,7 +203,7 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let model = fixtures::convert_fixture_model(&root, &tmp.path().join("model"));
-    let token = "t0ken-for-the-status-page-test";
+    let token = TOKEN;
     let token_file = tmp.path().join("http-token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     {
@@ -219,6 +232,43 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
         "no /healthz:\n{}",
         node.log_text()
     );
+    // Reads need the token (Bearer, or a browser's Basic login); the probes do not.
+    let (code, head) = curl_as(None, &format!("{base}/api/studies"), &["-D", "-"]);
+    assert_eq!(code, 401, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"prima-node\""),
+        "{head}"
+    );
+    for path in ["/", "/studies", "/outbox", "/associations", "/api/overview"] {
+        assert_eq!(
+            curl_as(None, &format!("{base}{path}"), &[]).0,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            curl_as(
+                Some("radiologist:wrong-token-wrong-token"),
+                &format!("{base}{path}"),
+                &[]
+            )
+            .0,
+            401,
+            "{path}"
+        );
+    }
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(
+        curl_as(None, &format!("{base}/api/studies"), &["-H", &bearer]).0,
+        200
+    );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            curl_as(None, &format!("{base}{path}"), &[]).0,
+            200,
+            "{path}"
+        );
+    }
     let before = parse_metrics(&curl(&format!("{base}/metrics"), &[]).1);
     let received0 = sample(&before, "prima_node_instances_received_total");
     // Every response tells the browser to load nothing from elsewhere, not to sniff
@@ -294,7 +344,9 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     assert_eq!(code, 200);
     assert!(serde_json::from_str::<Value>(&run).is_ok());
 
-    browser_check(&base, &study_uid);
+    // The browser signs in as a user who typed the token into its login dialog would.
+    let signed_in = base.replace("http://", &format!("http://radiologist:{TOKEN}@"));
+    browser_check(&signed_in, &study_uid);
 
     // Metrics moved by what happened.
     let after = parse_metrics(&curl(&format!("{base}/metrics"), &[]).1);
@@ -330,7 +382,8 @@ fn status_pages_api_metrics_and_actions_of_a_processed_study() {
     assert!(sample(&after, "prima_node_free_disk_bytes") > 0.0);
     assert_eq!(curl(&format!("{base}/readyz"), &[]).0, 200);
 
-    // Actions: refused without the token, done and audited with it.
+    // Actions: refused without the token — the browser's Basic login that reads the pages is
+    // not enough (another site's form would carry it: CSRF) — done and audited with it.
     let form = format!("study_uid={study_uid}");
     let (code, _) = curl(&format!("{base}/actions/rerun-study"), &["-d", &form]);
     assert_eq!(code, 401);
@@ -391,7 +444,7 @@ fn the_overview_says_whether_the_configuration_file_is_in_force() {
     let http_port = common::free_port();
     let base = format!("http://127.0.0.1:{http_port}");
     let node = Node::start(NodeOpts {
-        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\nopen_reads = true\n"),
         ..NodeOpts::default()
     });
     assert!(common::wait_until(Duration::from_secs(20), || curl(

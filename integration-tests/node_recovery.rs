@@ -1176,7 +1176,7 @@ fn a_stopped_worker_makes_the_node_not_ready_until_it_is_replaced() {
     let o = NodeOpts {
         env: vec![("PRIMA_NODE_FAKE_DELAY_MS".into(), "20000".into())],
         model_toml: "heartbeat_timeout_s = 10".into(),
-        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\nopen_reads = true\n"),
         ..NodeOpts::default()
     };
     let _dest = StoreScp::start(o.dest_port);

@@ -157,7 +157,7 @@ fn disk_pressure_evicts_the_oldest_done_studies_and_refuses_nothing() {
         retention_toml: Some(
             "evict_below_free_mb = 14\nevict_until_free_mb = 18\nkeep_days = 30".into(),
         ),
-        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\nopen_reads = true\n"),
         ..NodeOpts::default()
     });
     let mut order = Vec::new();

@@ -356,7 +356,7 @@ fn no_phi_in_logs_and_private_state() {
     // The status page is on, with its default: no patient identifiers.
     let http_port = common::free_port();
     let opts = NodeOpts {
-        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\nopen_reads = true\n"),
         ..NodeOpts::default()
     };
     let dest = StoreScp::start(opts.dest_port);
@@ -428,7 +428,7 @@ fn status_page_over_https_with_the_tls_certificate() {
     let http_port = common::free_port();
     let listen = format!("listen = \"127.0.0.1:{http_port}\"\n");
     let mut node = Node::start(NodeOpts {
-        extra_toml: format!("\n[http]\n{listen}"),
+        extra_toml: format!("\n[http]\nopen_reads = true\n{listen}"),
         ..NodeOpts::default()
     });
     // `[http] tls` needs `[tls]`: both come in with the restart.

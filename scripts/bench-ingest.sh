@@ -90,7 +90,7 @@ min_free_mb = 64
 ae_title = "BENCHSCU"
 host = "127.0.0.1"
 EOF
-  [ -z "${4:-}" ] || printf '\n[http]\nlisten = "127.0.0.1:%s"\n' "$4" >>"$1.toml"
+  [ -z "${4:-}" ] || printf '\n[http]\nlisten = "127.0.0.1:%s"\nopen_reads = true\n' "$4" >>"$1.toml"
   PRIMA_NODE_FAKE_PROCESSOR=1 RUST_LOG=warn "$node_bin" serve --config "$1.toml" \
     >>"$work/node.log" 2>&1 &
   target_pid=$!

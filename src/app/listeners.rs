@@ -187,11 +187,15 @@ async fn start_http(
         state_dir: state_dir.to_path_buf(),
         started: Instant::now(),
         token: h.token(),
+        open_reads: h.open_reads,
         show_patient_identifiers: h.show_patient_identifiers,
         wake_assembler,
         wake_sender,
         cluster,
     });
+    if ctx.token.is_none() && !h.open_reads {
+        warn!("status pages and API locked (401): no [http] token_file, and open_reads is off");
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(
         listen = %h.listen,

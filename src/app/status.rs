@@ -19,6 +19,19 @@ pub fn check_config(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
             cfg.model.dir.display()
         ));
     }
+    if let Some(h) = &cfg.http {
+        if h.open_reads {
+            notes.push(format!(
+                "warning: [http] open_reads: anyone who can reach {} (any local account) reads the studies, patient data included",
+                h.listen
+            ));
+        } else if h.token_file.is_none() {
+            notes.push(
+                "note: [http] has no token_file: the status pages and API answer 401 to everyone"
+                    .into(),
+            );
+        }
+    }
     if cfg.destinations.is_empty() {
         notes
             .push("note: no [[destinations]]: results are kept in the state directory only".into());

@@ -21,6 +21,10 @@ pub struct HttpSection {
     /// HTTPS with `[tls]`'s certificate and key (no client certificate is asked for).
     #[serde(default)]
     pub tls: bool,
+    /// Pages and API readable without the token: only for a trusted, loopback-only setup
+    /// (refused on another address; `check-config` warns).
+    #[serde(default)]
+    pub open_reads: bool,
     /// Open connections at most; beyond it a newcomer replaces the connection waiting
     /// longest for its request (`http::limits`).
     #[serde(default = "default_max_connections")]
@@ -51,6 +55,17 @@ impl HttpSection {
         if self.listen.parse::<SocketAddr>().is_err() {
             p.push(format!(
                 "[http] listen: {:?} is not an address:port such as \"127.0.0.1:8080\"",
+                self.listen
+            ));
+        }
+        if self.open_reads
+            && !self
+                .listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback())
+        {
+            p.push(format!(
+                "[http] open_reads: only on a loopback address; {} is reachable from other hosts (set token_file instead)",
                 self.listen
             ));
         }
@@ -105,6 +120,7 @@ mod tests {
             token_file,
             show_patient_identifiers: false,
             tls: false,
+            open_reads: false,
             max_connections: default_max_connections(),
             request_timeout_s: default_request_timeout_s(),
             idle_timeout_s: default_idle_timeout_s(),

@@ -1,6 +1,7 @@
 //! `[http]`: what a PACS administrator opens in a browser to answer "why is there no AI
 //! result for this patient" — server-rendered pages (no JavaScript, no assets fetched), the
 //! same data as JSON under `/api/`, `/metrics` for Prometheus, `/healthz` and `/readyz`.
+//! Pages and API need the token ([`auth`]); the three probes do not.
 //!
 //! Reads go through a read-only SQLite connection of their own (WAL lets it read while the
 //! node writes), on blocking threads: a page never holds up a C-STORE. The two actions
@@ -9,6 +10,7 @@
 //! so another site cannot make a browser send it (no CSRF); each action is audited.
 //! Restart-only: a changed `[http]` is reported by the reload and applied at the next start.
 
+mod auth;
 pub mod data;
 pub mod html;
 pub mod limits;
@@ -44,6 +46,8 @@ pub struct HttpCtx {
     pub state_dir: PathBuf,
     pub started: Instant,
     pub token: Option<String>,
+    /// `[http] open_reads`: pages and API without the token (loopback only).
+    pub open_reads: bool,
     pub show_patient_identifiers: bool,
     /// Wakes the assembler (a re-run was queued) and the sender (a retry is due).
     pub wake_assembler: crossbeam_channel::Sender<()>,
@@ -55,6 +59,11 @@ pub struct HttpCtx {
 type Ctx = Arc<HttpCtx>;
 
 pub fn router(ctx: Ctx) -> Router {
+    // The probes a monitoring system polls carry no patient data and need no credential.
+    let probes = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
     Router::new()
         .route("/", get(overview_page))
         .route("/studies", get(studies_page))
@@ -72,9 +81,11 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/associations", get(api_associations))
         .route("/actions/retry-delivery", post(retry_delivery))
         .route("/actions/rerun-study", post(rerun_study))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::require_read_credential,
+        ))
+        .merge(probes)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(ctx)
 }
@@ -319,23 +330,9 @@ async fn api_associations(AxState(ctx): AxState<Ctx>) -> Result<Response, WebErr
     Ok(Json(list).into_response())
 }
 
-/// The token from `Authorization: Bearer …` or the form, compared in constant time.
+/// The token from `Authorization: Bearer …` or the form ([`auth::may_act`]).
 fn authorised(ctx: &HttpCtx, headers: &HeaderMap, form_token: Option<&str>) -> bool {
-    let Some(want) = ctx.token.as_deref() else {
-        return false;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(form_token)
-        .unwrap_or("");
-    given.len() == want.len()
-        && given
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    auth::may_act(headers, ctx.token.as_deref(), form_token)
 }
 
 fn unauthorised() -> Response {
