@@ -86,6 +86,24 @@ fn at_pacs(pacs: &StoreScp) -> BTreeMap<String, Vec<String>> {
     m
 }
 
+/// The objects of one modality the PACS received for a study: (SOP UID, study, object).
+fn received_of(
+    pacs: &StoreScp,
+    study: &str,
+    modality: &str,
+) -> Vec<(String, String, dicom_object::DefaultDicomObject)> {
+    pacs.received_objects()
+        .into_iter()
+        .filter(|(_, s, o)| {
+            s == study
+                && o.element(dicom_dictionary_std::tags::MODALITY)
+                    .ok()
+                    .and_then(|e| e.to_str().ok())
+                    .is_some_and(|m| m.trim() == modality)
+        })
+        .collect()
+}
+
 /// Audit rows of one event: (study, at_ms, detail).
 fn audit(state_dir: &Path, event: &str) -> Vec<(String, i64, String)> {
     let c = rusqlite::Connection::open_with_flags(
@@ -245,6 +263,7 @@ fn keep_days_evicts_when_due_and_a_late_series_is_reported_without_the_evicted_o
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let pacs_port = free_port();
     let pacs = StoreScp::start(pacs_port);
+    let http_port = free_port();
     let node = Node::start(NodeOpts {
         dest_port: pacs_port,
         model_dir: Some(model),
@@ -253,6 +272,7 @@ fn keep_days_evicts_when_due_and_a_late_series_is_reported_without_the_evicted_o
         retention_toml: Some(
             "evict_below_free_mb = 2\nevict_until_free_mb = 2\nkeep_days = 0.0001".into(),
         ),
+        extra_toml: format!("\n[http]\nlisten = \"127.0.0.1:{http_port}\"\nopen_reads = true\n"),
         ..NodeOpts::default()
     });
     let o = Command::new(bin())
@@ -333,17 +353,7 @@ fn keep_days_evicts_when_due_and_a_late_series_is_reported_without_the_evicted_o
         assert!(used.contains(&series_uid_of(&s[0])), "{used}");
     }
     // The amended report: the SR that names a predecessor.
-    let srs: Vec<_> = pacs
-        .received_objects()
-        .into_iter()
-        .filter(|(_, s, o)| {
-            *s == study
-                && o.element(dicom_dictionary_std::tags::MODALITY)
-                    .ok()
-                    .and_then(|e| e.to_str().ok())
-                    .is_some_and(|m| m.trim() == "SR")
-        })
-        .collect();
+    let srs = received_of(&pacs, &study, "SR");
     assert_eq!(srs.len(), 2, "one report and one amended report");
     let sr = srs
         .into_iter()
@@ -367,6 +377,60 @@ fn keep_days_evicts_when_due_and_a_late_series_is_reported_without_the_evicted_o
     assert!(
         text.contains("removed by the retention policy"),
         "the SR does not say what it lacks"
+    );
+
+    // Issue 30, item 4: the amended KOS says it is current and names the one it replaces,
+    // and the study page says which objects are current.
+    let kos = received_of(&pacs, &study, "KO");
+    assert_eq!(kos.len(), 2, "one priority flag and its amendment");
+    let desc = |o: &dicom_object::DefaultDicomObject| {
+        o.element(dicom_dictionary_std::tags::SERIES_DESCRIPTION)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (amended, first): (Vec<_>, Vec<_>) = kos
+        .iter()
+        .partition(|(_, _, o)| desc(o).ends_with("(AMENDED)"));
+    assert_eq!(
+        (amended.len(), first.len()),
+        (1, 1),
+        "{:?}",
+        kos.iter().map(|k| desc(&k.2)).collect::<Vec<_>>()
+    );
+    let out = tmp.path().join("kos.dcm");
+    amended[0].2.write_to_file(&out).unwrap();
+    let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap()).to_string();
+    assert!(
+        text.contains(&format!(
+            "CURRENT: replaces the earlier AI priority (KOS {})",
+            first[0].0
+        )),
+        "the amended KOS does not name {}",
+        first[0].0
+    );
+    let page = curl_json(&format!("http://127.0.0.1:{http_port}/api/studies/{study}"));
+    let current: Vec<(String, String, bool)> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["sop_uid"].as_str().unwrap().to_string(),
+                r["current"].as_bool().unwrap(),
+            )
+        })
+        .filter(|(k, _, _)| k == "kos")
+        .collect();
+    assert_eq!(
+        current,
+        vec![
+            ("kos".to_string(), first[0].0.clone(), false),
+            ("kos".to_string(), amended[0].0.clone(), true)
+        ]
     );
 }
 

@@ -781,14 +781,42 @@ fn regeneration_is_deterministic_and_new_input_supersedes() {
         .get(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
         .is_none());
 
-    // The re-issued SR still passes the IOD validator.
+    // The amended KOS says it is current and names the one it replaces (its IOD has no
+    // Predecessor Documents Sequence): in its series description and its text.
+    let kos_of = |outs: &[OutputObject]| {
+        outs.iter()
+            .find(|o| o.kind == OutputKind::Kos)
+            .expect("a KOS")
+            .clone()
+    };
+    let (k1, k2) = (kos_of(&first), kos_of(&second));
+    assert_eq!(
+        s(&parse(&k2.bytes), tags::SERIES_DESCRIPTION),
+        format!(
+            "{} (AMENDED)",
+            s(&parse(&k1.bytes), tags::SERIES_DESCRIPTION)
+        )
+    );
+    let named = format!(
+        "CURRENT: replaces the earlier AI priority (KOS {})",
+        k1.sop_instance_uid
+    );
+    assert!(
+        String::from_utf8_lossy(&k2.bytes).contains(&named),
+        "{named}"
+    );
+    assert!(!String::from_utf8_lossy(&k1.bytes).contains("CURRENT: replaces"));
+
+    // The re-issued SR and KOS still pass the IOD validator.
     if have("dciodvfy") {
         let (dir, _tmp) = out_dir("reissued");
-        let p = dir.join("sr.dcm");
-        std::fs::write(&p, &sr_of(&second).bytes).unwrap();
-        let (_, out) = run("dciodvfy", &[&p]);
-        print_section("re-issued SR: dciodvfy", &out);
-        assert!(!out.lines().any(|l| l.contains("Error")), "{out}");
+        for (name, bytes) in [("sr.dcm", &sr_of(&second).bytes), ("kos.dcm", &k2.bytes)] {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let (_, out) = run("dciodvfy", &[&p]);
+            print_section(&format!("re-issued {name}: dciodvfy"), &out);
+            assert!(!out.lines().any(|l| l.contains("Error")), "{out}");
+        }
     }
 }
 

@@ -163,6 +163,52 @@ pub struct StudyDetail {
     pub has_predictions: bool,
     /// Series whose received instances the retention policy removed.
     pub evicted: Vec<crate::store::state::EvictedSeries>,
+    /// Each object sent for the study, and whether it is the current one of its kind.
+    pub results: Vec<ResultView>,
+}
+
+/// One object the node sent (or is sending) for a study.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ResultView {
+    pub kind: String,
+    pub sop_uid: String,
+    /// "destination: state" for each destination.
+    pub deliveries: Vec<String>,
+    /// From the newest run that produced this kind; earlier ones are replaced by it.
+    pub current: bool,
+}
+
+/// The study's objects in the order they were queued, the newest of each kind (SR, KOS,
+/// card) current: a re-run queues its objects after the earlier run's, and an identical
+/// re-run keeps the same UID, which stays current.
+pub fn results(deliveries: &[DeliveryView]) -> Vec<ResultView> {
+    let mut out: Vec<ResultView> = Vec::new();
+    for d in deliveries {
+        let line = format!("{}: {}", d.destination, d.state.as_str());
+        match out.iter_mut().find(|r| r.sop_uid == d.sop_uid) {
+            Some(r) => r.deliveries.push(line),
+            None => out.push(ResultView {
+                kind: d.kind.clone(),
+                sop_uid: d.sop_uid.clone(),
+                deliveries: vec![line],
+                current: false,
+            }),
+        }
+    }
+    let newest: Vec<(String, String)> =
+        deliveries
+            .iter()
+            .rev()
+            .fold(Vec::new(), |mut seen: Vec<(String, String)>, d| {
+                if !seen.iter().any(|(k, _)| *k == d.kind) {
+                    seen.push((d.kind.clone(), d.sop_uid.clone()));
+                }
+                seen
+            });
+    for r in &mut out {
+        r.current = newest.iter().any(|(k, u)| *k == r.kind && *u == r.sop_uid);
+    }
+    out
 }
 
 pub fn model_info(cfg: &Config) -> Option<ModelInfo> {
@@ -318,11 +364,13 @@ pub fn study(
         return Ok(None);
     };
     let dir = crate::store::outbox::results_dir_in(state_dir, study_uid);
+    let deliveries = state.deliveries_of(study_uid)?;
     Ok(Some(StudyDetail {
         summary: summary(state, row, state_dir, show_ids),
         series: state.series_view(study_uid)?,
         jobs: state.jobs_view(study_uid)?,
-        deliveries: state.deliveries_of(study_uid)?,
+        results: results(&deliveries),
+        deliveries,
         events: state.audit_of_study(study_uid)?,
         run: read_json(&dir.join("run.json")),
         has_predictions: dir.join("predictions.json").is_file(),
@@ -341,6 +389,47 @@ pub fn associations(state: &State) -> Result<Vec<AuditView>, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_object_of_each_kind_is_current() {
+        let d = |id: i64, kind: &str, sop: &str, dest: &str| DeliveryView {
+            id,
+            study_uid: "s".into(),
+            sop_uid: sop.into(),
+            kind: kind.into(),
+            destination: dest.into(),
+            state: crate::store::state::OutboxState::Done,
+            attempts: 1,
+            next_attempt_ms: 0,
+            last_error: None,
+            delivered_ms: Some(1),
+        };
+        let list = [
+            d(1, "sr", "1.1", "PACS"),
+            d(2, "kos", "1.2", "PACS"),
+            d(3, "sr", "1.1", "ARCHIVE"),
+            // The re-run after a late series: a new SR and KOS.
+            d(4, "sr", "2.1", "PACS"),
+            d(5, "kos", "2.2", "PACS"),
+        ];
+        let r = results(&list);
+        let view: Vec<(&str, bool, usize)> = r
+            .iter()
+            .map(|r| (r.sop_uid.as_str(), r.current, r.deliveries.len()))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("1.1", false, 2),
+                ("1.2", false, 1),
+                ("2.1", true, 1),
+                ("2.2", true, 1)
+            ]
+        );
+        // A run that lowered the priority below kos_min_priority still sends a KOS
+        // (report::emits_kos), so an earlier KOS is never left current by mistake.
+        assert!(results(&list[..3]).iter().all(|r| r.current));
+    }
 
     #[test]
     fn priority_is_the_argmax_and_only_positive_findings_count() {

@@ -256,6 +256,26 @@ pub fn study(d: &StudyDetail, actions: bool) -> String {
         if let Some(r) = &s.reason {
             h.text_el("p", &[("class", "warn")], &format!("Reason: {r}"));
         }
+        if !d.results.is_empty() {
+            h.text_el("h2", &[], "Results sent");
+            let rows: Vec<Vec<Cell>> = d
+                .results
+                .iter()
+                .map(|r| {
+                    let status = if r.current { "current" } else { "replaced" };
+                    vec![
+                        r.kind.as_str().into(),
+                        status.into(),
+                        r.deliveries.join(", ").into(),
+                        r.sop_uid.as_str().into(),
+                    ]
+                })
+                .collect();
+            h.table(
+                &["object", "status", "destinations", "SOP Instance UID"],
+                &rows,
+            );
+        }
         h.text_el("h2", &[], "Timeline");
         h.table(&["event", "time (UTC)"], &timeline(d));
         if let Some(run) = &d.run {

@@ -27,6 +27,12 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
         .as_deref()
         .ok_or_else(|| ReportError::InvalidInput("KOS needs a priority".into()))?;
     let level = priority.to_ascii_uppercase();
+    // Each run has its own series; the worklist tells the amended one by its description.
+    let series_description = if earlier(ctx).is_empty() {
+        format!("AI PRIORITY {level}")
+    } else {
+        format!("AI PRIORITY {level} (AMENDED)")
+    };
     let mut o = base_header(
         ctx,
         KEY_OBJECT_SELECTION,
@@ -34,7 +40,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
         "KO",
         &ctx.kos_series_uid,
         KOS_SERIES_NUMBER,
-        &format!("AI PRIORITY {level}"),
+        &series_description,
     );
 
     // Explained: the images behind the top finding's top tokens, most important first;
@@ -105,6 +111,21 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     to_part10(o, KEY_OBJECT_SELECTION, &ctx.kos_uid)
 }
 
+/// The priority KOS of earlier runs of the study that this one replaces, sorted. The KOS
+/// IOD has no Predecessor Documents Sequence, so the description names them.
+pub(crate) fn earlier<'a>(ctx: &'a Context) -> Vec<&'a str> {
+    let mut uids: Vec<&str> = ctx
+        .input
+        .predecessors
+        .iter()
+        .filter(|p| p.sop_class_uid == KEY_OBJECT_SELECTION && p.sop_instance_uid != ctx.kos_uid)
+        .map(|p| p.sop_instance_uid.as_str())
+        .collect();
+    uids.sort_unstable();
+    uids.dedup();
+    uids
+}
+
 /// Up to three slices around the middle of the series with the most tokens used (the first
 /// such series on a tie): the model gives no per-series attribution to do better.
 pub(crate) fn representative_slices(
@@ -169,6 +190,13 @@ pub(crate) fn description(ctx: &Context, level: &str) -> String {
         " — {} {}, not a diagnosis",
         input.model.name, input.model.version
     ));
+    let replaced = earlier(ctx);
+    if !replaced.is_empty() {
+        line.push_str(&format!(
+            " — CURRENT: replaces the earlier AI priority (KOS {})",
+            replaced.join(", ")
+        ));
+    }
     line
 }
 

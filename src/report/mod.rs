@@ -270,7 +270,8 @@ pub fn build_outputs(
 
     if let Some(p) = &ctx.summary.priority {
         let rank = priority_rank(p).unwrap_or(PRIORITY_LEVELS.len());
-        if rank >= min_rank {
+        let replaces_a_kos = !kos::earlier(&ctx).is_empty();
+        if emits_kos(rank, min_rank, replaces_a_kos) {
             out.push(OutputObject {
                 kind: OutputKind::Kos,
                 sop_class_uid: KEY_OBJECT_SELECTION.to_string(),
@@ -292,6 +293,13 @@ pub fn build_outputs(
         });
     }
     Ok(out)
+}
+
+/// Whether a run sends a priority KOS: when its priority reaches `kos_min_priority`, and
+/// always when an earlier run sent one — else that earlier, higher flag would stay the
+/// study's last word on the worklist after the amended run lowered it.
+pub(crate) fn emits_kos(rank: usize, min_rank: usize, replaces_a_kos: bool) -> bool {
+    rank >= min_rank || replaces_a_kos
 }
 
 /// Position of a priority class in [`PRIORITY_LEVELS`] (case-insensitive).
@@ -501,6 +509,19 @@ pub(crate) fn is_sr_document(sop_class: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_amended_run_replaces_an_earlier_kos_even_below_the_threshold() {
+        assert!(emits_kos(2, 1, false));
+        assert!(
+            !emits_kos(0, 1, false),
+            "below kos_min_priority, nothing to replace"
+        );
+        assert!(
+            emits_kos(0, 1, true),
+            "the earlier, higher flag must be replaced"
+        );
+    }
 
     #[test]
     fn the_content_key_changes_with_the_explanation_and_the_settings_only() {
