@@ -1144,26 +1144,36 @@ fn explained_study_passes_validators(name: &str, multiframe: bool) {
         "{description}"
     );
 
-    // SR: in the finding's group, one LIME weight per token, INFERRED FROM its region.
+    // SR: one measurement group per token (a viewer draws one region per group, on that
+    // group's image), each with its LIME importance INFERRED FROM its region.
     let sr_obj = dicom_object::open_file(&sr).unwrap();
     let mut items = Vec::new();
     walk(&sr_obj, &mut items);
-    let group = items
+    let groups: Vec<_> = items
         .iter()
-        .find(|i| {
+        .filter(|i| {
             concept(i) == "125007"
                 && i.get(tags::CONTENT_SEQUENCE)
                     .and_then(|e| e.items())
-                    .is_some_and(|c| c.iter().any(|c| s(c, tags::TEXT_VALUE) == label))
+                    .is_some_and(|c| {
+                        c.iter().any(|c| {
+                            s(c, tags::TEXT_VALUE).starts_with(&format!("{label} region "))
+                        })
+                    })
         })
-        .expect("the finding's measurement group");
-    let mut in_group = Vec::new();
-    walk(group, &mut in_group);
-    let scoords: Vec<_> = in_group
-        .iter()
-        .filter(|i| s(i, tags::VALUE_TYPE) == "SCOORD")
         .collect();
-    assert_eq!(scoords.len(), 3);
+    assert_eq!(groups.len(), 3, "one group per region");
+    let mut scoords = Vec::new();
+    for g in &groups {
+        let mut in_group = Vec::new();
+        walk(g, &mut in_group);
+        let sc: Vec<_> = in_group
+            .into_iter()
+            .filter(|i| s(i, tags::VALUE_TYPE) == "SCOORD")
+            .collect();
+        assert_eq!(sc.len(), 1, "one region per group");
+        scoords.extend(sc);
+    }
     for (sc, want) in scoords.iter().zip(&regions) {
         let image = sc.get(tags::CONTENT_SEQUENCE).unwrap().items().unwrap();
         let uid = referenced_uid(&image[0]);

@@ -3,9 +3,9 @@
 
 usage: explain_picture.py <sr.dcm> <kos.dcm> <study_dir> <out.png>
 
-Reads the regions (SCOORD POLYLINE, INFERRED FROM a PRIMA-LIME weight) from the SR with
+Reads the regions (SCOORD POLYLINE, INFERRED FROM a PRIMA-LIME-PCT importance) from the SR with
 pydicom, finds the images they are drawn on among the study's files, and renders each region's
-image with its rectangle and weight, in the KOS's key image order."""
+image with its rectangle and importance, in the KOS's key image order."""
 import pathlib
 import sys
 
@@ -66,7 +66,7 @@ def main():
             if u != uid:
                 continue
             ax.plot(pts[:, 0], pts[:, 1], color="orange", lw=1.5)
-            ax.text(pts[0, 0], pts[0, 1] - 3, f"#{k + 1} LIME {w:+.2e}", color="orange", fontsize=8)
+            ax.text(pts[0, 0], pts[0, 1] - 3, f"#{k + 1} LIME {w:+.1f}%", color="orange", fontsize=8)
         ax.set_title(
             f"{ds.get('SeriesDescription', '')}  instance {ds.get('InstanceNumber', '?')}\n"
             f"key image {key.index(uid) + 1 if uid in key else '-'} of {len(key)}",

@@ -11,13 +11,18 @@ recommendations match; prints one line per mismatch otherwise.
 
 sources.json is {series_uid: {"instances": [sop_uid, ...], "frame_of_reference": uid|null}}:
 the images the model used. With it, the Image Library (TID 1600) must hold exactly one group
-per series with exactly those images and that frame of reference, and every measurement
-group must reference (121112 "Source of Measurement") one image of each series.
+per series with exactly those images and that frame of reference.
+
+Every diagnosis is a qualitative evaluation: CODE <diagnosis> = Present | Absent, INFERRED FROM
+its decision margin (NUM PRIMA-MARGIN). The report is titled "Imaging Measurement Report"
+only when it has regions; else "Diagnostic imaging report" (18748-4, LN).
 
 evidence.json is {label: {"regions": [{"image": sop_uid, "rect": [l, t, r, b],
-"coefficient": c}, ...]}}: the explained findings. Their groups must reference exactly the
-region images as sources and carry, after the margin, one LIME weight (PRIMA-LIME) per region
-whose referenced coordinates are that closed rectangle on that image.
+"coefficient": c}, ...]}}: the explained findings. Each region is its own measurement group
+(its own tracking identifier), with the finding, the region image as its only source, a
+comment naming the finding and Present/Absent, and one NUM PRIMA-LIME-PCT (the weight as a
+percentage of the finding's largest magnitude, unit %) whose referenced coordinates are that
+closed rectangle on that image.
 """
 import hashlib
 import json
@@ -94,29 +99,61 @@ def check_library(ds, sources, errors):
     return series_of
 
 
-def check_regions(label, measurements, regions, errors):
-    """LIME weights of an explained finding, read with highdicom's Measurement API."""
-    for k, (m, want) in enumerate(zip(measurements, regions)):
-        if (m.name.value, m.name.scheme_designator) != ("PRIMA-LIME", "99PRIMA"):
-            errors.append(f"{label} region {k}: NUM concept {m.name}")
-        if np.float32(m.value) != np.float32(want["coefficient"]):
-            errors.append(f"{label} region {k}: weight {m.value} != {want['coefficient']}")
-        coords = m.referenced_coordinates or []
-        if len(coords) != 1:
-            errors.append(f"{label} region {k}: {len(coords)} referenced coordinates")
-            continue
-        c = coords[0]
-        if c.graphic_type != hd.sr.GraphicTypeValues.POLYLINE:
-            errors.append(f"{label} region {k}: graphic type {c.graphic_type}")
-        l, t, r, b = np.float32(want["rect"])
-        rect = np.array([[l, t], [r, t], [r, b], [l, b], [l, t]], dtype=np.float32)
-        if c.value.shape != rect.shape or not np.array_equal(c.value.astype(np.float32), rect):
-            errors.append(f"{label} region {k}: polyline {c.value.tolist()} != {rect.tolist()}")
-        image = hd.sr.ImageContentItem.from_dataset(c.ContentSequence[0])
-        if image.relationship_type != hd.sr.RelationshipTypeValues.SELECTED_FROM:
-            errors.append(f"{label} region {k}: image relationship {image.relationship_type}")
-        if image.referenced_sop_instance_uid != want["image"]:
-            errors.append(f"{label} region {k}: on {image.referenced_sop_instance_uid}, expected {want['image']}")
+def check_region_group(label, k, g, want, top, name, threshold, errors):
+    """One explained region's group, read with highdicom's measurement-group API."""
+    where = f"{label} region {k + 1}"
+    if g.tracking_identifier != where:
+        errors.append(f"{where}: tracking identifier {g.tracking_identifier!r}")
+    ft = g.finding_type
+    if ft is None or ft.value != code_value("DX", label) or ft.scheme_designator != "99PRIMA":
+        errors.append(f"{where}: finding code {ft}")
+    refs = [i.referenced_sop_instance_uid for i in g.source_images]
+    if refs != [want["image"]]:
+        errors.append(f"{where}: source images {refs}, expected [{want['image']}]")
+    comments = [
+        i.TextValue
+        for i in g[0].ContentSequence
+        if i.ValueType == "TEXT" and name_of(i) == ("121106", "DCM")
+    ]
+    if len(comments) != 1 or not comments[0].startswith(f"{name}: "):
+        errors.append(f"{where}: comment {comments}")
+    params = [
+        i.TextValue
+        for i in g[0].ContentSequence
+        if i.ValueType == "TEXT" and name_of(i) == ("111002", "DCM")
+    ]
+    if threshold is not None and (
+        len(params) != 1 or not params[0].startswith("threshold=") or np.float32(params[0][10:]) != threshold
+    ):
+        errors.append(f"{where}: algorithm parameters {params} != threshold={threshold}")
+    ms = g.get_measurements()
+    if len(ms) != 1:
+        errors.append(f"{where}: {len(ms)} measurements")
+        return
+    m = ms[0]
+    if (m.name.value, m.name.scheme_designator) != ("PRIMA-LIME-PCT", "99PRIMA"):
+        errors.append(f"{where}: NUM concept {m.name}")
+    if (m.unit.value, m.unit.scheme_designator) != ("%", "UCUM"):
+        errors.append(f"{where}: unit {m.unit}")
+    pct = 100.0 * want["coefficient"] / top if top > 0 else 0.0
+    if not np.isclose(float(m.value), pct, rtol=1e-5, atol=1e-4):
+        errors.append(f"{where}: importance {m.value} != {pct}")
+    coords = m.referenced_coordinates or []
+    if len(coords) != 1:
+        errors.append(f"{where}: {len(coords)} referenced coordinates")
+        return
+    c = coords[0]
+    if c.graphic_type != hd.sr.GraphicTypeValues.POLYLINE:
+        errors.append(f"{where}: graphic type {c.graphic_type}")
+    l, t, r, b = np.float32(want["rect"])
+    rect = np.array([[l, t], [r, t], [r, b], [l, b], [l, t]], dtype=np.float32)
+    if c.value.shape != rect.shape or not np.array_equal(c.value.astype(np.float32), rect):
+        errors.append(f"{where}: polyline {c.value.tolist()} != {rect.tolist()}")
+    image = hd.sr.ImageContentItem.from_dataset(c.ContentSequence[0])
+    if image.relationship_type != hd.sr.RelationshipTypeValues.SELECTED_FROM:
+        errors.append(f"{where}: image relationship {image.relationship_type}")
+    if image.referenced_sop_instance_uid != want["image"]:
+        errors.append(f"{where}: on {image.referenced_sop_instance_uid}, expected {want['image']}")
 
 
 def main():
@@ -142,60 +179,28 @@ def main():
     groups = report.get_image_measurement_groups()
     series_of = check_library(ds, sources, errors) if sources is not None else None
 
-    seen = set()
+    with_regions = {k: v["regions"] for k, v in evidence.items() if v.get("regions")}
+    title = name_of(ds)
+    want_title = ("126000", "DCM") if with_regions else ("18748-4", "LN")
+    if title != want_title:
+        errors.append(f"report title {title} != {want_title}")
+    by_label = {}
     for g in groups:
-        label = g.tracking_identifier
-        if label not in preds["diagnosis"]:
-            errors.append(f"unexpected group {label!r}")
+        label = g.tracking_identifier.rsplit(" region ", 1)[0]
+        by_label.setdefault(label, []).append(g)
+    if set(by_label) != set(with_regions):
+        errors.append(f"groups for {sorted(by_label)}, expected {sorted(with_regions)}")
+    for label, regions in with_regions.items():
+        gs = by_label.get(label, [])
+        if len(gs) != len(regions):
+            errors.append(f"{label}: {len(gs)} region groups, expected {len(regions)}")
             continue
-        seen.add(label)
-        expected = np.float32(preds["diagnosis"][label][0])
-        ms = g.get_measurements()
-        regions = evidence.get(label, {}).get("regions", [])
-        if len(ms) != 1 + len(regions):
-            errors.append(f"{label}: {len(ms)} measurements, expected {1 + len(regions)}")
-            continue
-        m = ms[0]
-        check_regions(label, ms[1:], regions, errors)
-        if (m.name.value, m.name.scheme_designator) != ("PRIMA-MARGIN", "99PRIMA"):
-            errors.append(f"{label}: NUM concept {m.name}")
-        if np.float32(m.value) != expected:
-            errors.append(f"{label}: margin {m.value} != {expected}")
-        if (m.unit.value, m.unit.scheme_designator) != ("1", "UCUM"):
-            errors.append(f"{label}: unit {m.unit}")
-        ft = g.finding_type
-        if ft is None or ft.value != code_value("DX", label) or ft.scheme_designator != "99PRIMA":
-            errors.append(f"{label}: finding code {ft}")
-        evals = g.get_qualitative_evaluations()
-        want = ("52101004", "Present") if expected > 0 else ("272519000", "Absent")
-        got = [(e.value.value, e.value.meaning) for e in evals if ft is not None and e.name.value == ft.value]
-        if got != [want]:
-            errors.append(f"{label}: present/absent {got} != {want}")
-        params = [
-            i.TextValue
-            for i in g[0].ContentSequence
-            if i.ValueType == "TEXT" and name_of(i) == ("111002", "DCM")
-        ]
-        if thresholds is not None:
-            t = np.float32(thresholds[0][label])
-            if len(params) != 1 or not params[0].startswith("threshold=") or np.float32(params[0][10:]) != t:
-                errors.append(f"{label}: algorithm parameters {params} != threshold={t}")
-        if regions:
-            refs = [i.referenced_sop_instance_uid for i in g.source_images]
-            want_refs = list(dict.fromkeys(r["image"] for r in regions))
-            if refs != want_refs:
-                errors.append(f"{label}: source images {refs}, expected the region images {want_refs}")
-        elif series_of is not None:
-            refs = [i.referenced_sop_instance_uid for i in g.source_images]
-            named = sorted(str(series_of.get(u)) for u in refs)
-            if named != sorted(sources):
-                errors.append(f"{label}: source images name series {named}, expected {sorted(sources)}")
-        sites = [(s.value.value, s.value.scheme_designator) for s in g.finding_sites]
-        if sites != [("12738006", "SCT")]:
-            errors.append(f"{label}: finding sites {sites}")
-    missing = set(preds["diagnosis"]) - seen
-    if missing:
-        errors.append(f"missing groups: {sorted(missing)}")
+        top = max(abs(r["coefficient"]) for r in regions)
+        name = gs[0].finding_type.meaning if gs[0].finding_type is not None else None
+        name = name.split(": ", 1)[-1] if name else None
+        for k, (g, want) in enumerate(zip(gs, regions)):
+            t = np.float32(thresholds[0][label]) if thresholds is not None else None
+            check_region_group(label, k, g, want, top, name, t, errors)
 
     qual = [
         i
@@ -208,6 +213,37 @@ def main():
         items = qual[0].ContentSequence
         if any(i.ValueType == "NUM" for i in items):
             errors.append("NUM inside Qualitative Evaluations")
+        seen = set()
+        for i in items:
+            if i.ValueType != "CODE" or i.ConceptNameCodeSequence[0].CodingSchemeDesignator != "99PRIMA":
+                continue
+            code = i.ConceptNameCodeSequence[0].CodeValue
+            label = next((k for k in preds["diagnosis"] if code_value("DX", k) == code), None)
+            if label is None:
+                continue
+            seen.add(label)
+            expected = np.float32(preds["diagnosis"][label][0])
+            want = ("52101004", "Present") if expected > 0 else ("272519000", "Absent")
+            got = (i.ConceptCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeMeaning)
+            if got != want:
+                errors.append(f"{label}: present/absent {got} != {want}")
+            margins = [
+                c for c in getattr(i, "ContentSequence", [])
+                if c.ValueType == "NUM" and name_of(c) == ("PRIMA-MARGIN", "99PRIMA")
+                and c.RelationshipType == "INFERRED FROM"
+            ]
+            if len(margins) != 1:
+                errors.append(f"{label}: {len(margins)} margins")
+                continue
+            mv = margins[0].MeasuredValueSequence[0]
+            if np.float32(mv.NumericValue) != expected:
+                errors.append(f"{label}: margin {mv.NumericValue} != {expected}")
+            unit = mv.MeasurementUnitsCodeSequence[0]
+            if (unit.CodeValue, unit.CodingSchemeDesignator) != ("1", "UCUM"):
+                errors.append(f"{label}: margin unit {unit.CodeValue}")
+        missing = set(preds["diagnosis"]) - seen
+        if missing:
+            errors.append(f"diagnoses missing from the evaluations: {sorted(missing)}")
         prio = [i for i in items if name_of(i) == ("260870009", "SCT")]
         classes = list(preds["priority"].keys())
         values = [preds["priority"][c][0] for c in classes]

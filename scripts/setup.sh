@@ -81,6 +81,9 @@ else
   log "nats-server $NATS_VERSION present: $NATS_DIR"
 fi
 
+# The real-viewer test's OHIF, Orthanc DICOMweb plugin and Playwright (pinned; idempotent).
+bash "$(dirname "${BASH_SOURCE[0]}")/viewer-setup.sh" | sed 's/^/[setup] /'
+
 [ "${1:-}" = "--deps" ] && exit 0
 
 # ---- build -------------------------------------------------------------------

@@ -362,7 +362,7 @@ JS_PANEL_TEXT = r"""
     viewportOverlays: pick('[data-cy^="viewport-overlay"]'),
     dialogs: pick('[role="dialog"], [role="alertdialog"], .modal'),
     notifications: pick('[data-sonner-toast], [role="status"], [role="alert"]'),
-    body: document.body.innerText.slice(0, 8000),
+    body: document.body.innerText.slice(0, 400000),
   };
 }
 """

@@ -45,6 +45,13 @@ pub fn prima(value: &str, meaning: &str) -> Code {
 pub fn imaging_measurement_report() -> Code {
     dcm("126000", "Imaging Measurement Report")
 }
+/// The title of a report without image regions (no explanation): CID 7021 is extensible,
+/// and this LOINC title (CID 7000's) tells a viewer not to look for measurements to draw —
+/// OHIF 3.13 fails to open an "Imaging Measurement Report" that has none, and shows this one
+/// as text, every finding included.
+pub fn diagnostic_imaging_report() -> Code {
+    Code::new("18748-4", "LN", "Diagnostic imaging report")
+}
 pub fn imaging_measurements() -> Code {
     dcm("126010", "Imaging Measurements")
 }
@@ -167,10 +174,13 @@ pub fn decision_margin() -> Code {
         "Prima decision margin (score minus threshold)",
     )
 }
-/// The NUM concept of an explained region: LIME's ridge coefficient of one volume token, the
-/// change of the finding's logit when the token is in the input.
-pub fn lime_weight() -> Code {
-    prima("PRIMA-LIME", "Prima LIME weight of a volume token")
+/// The NUM a viewer shows for an explained region: its LIME weight as a percentage of the
+/// finding's most important region (`sr::importance_percent`).
+pub fn lime_importance() -> Code {
+    prima("PRIMA-LIME-PCT", "LIME importance (% of the top region)")
+}
+pub fn percent() -> Code {
+    Code::new("%", "UCUM", "percent")
 }
 pub fn qualitative_evaluations() -> Code {
     Code::new("C0034375", "UMLS", "Qualitative Evaluations")

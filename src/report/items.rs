@@ -52,15 +52,17 @@ pub(crate) enum Rel {
     HasObsContext,
     HasConceptMod,
     HasAcqContext,
+    InferredFrom,
 }
 
 impl Rel {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rel::Contains => "CONTAINS",
             Rel::HasObsContext => "HAS OBS CONTEXT",
             Rel::HasConceptMod => "HAS CONCEPT MOD",
             Rel::HasAcqContext => "HAS ACQ CONTEXT",
+            Rel::InferredFrom => "INFERRED FROM",
         }
     }
 }

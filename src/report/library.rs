@@ -100,25 +100,6 @@ fn group(series: &UsedSeries) -> Obj {
     )
 }
 
-/// The images a finding's evidence comes from: one "Source of Measurement" IMAGE per series
-/// the model used, pointing at that series' middle slice. The model reads every series and
-/// gives no per-series attribution (until an explanation says more), so each series is
-/// named once, through the image a viewer opens it at; the Image Library lists the rest.
-pub(crate) fn source_of_measurement(used: &[UsedSeries]) -> Vec<Obj> {
-    used.iter()
-        .filter_map(|s| {
-            let slices = in_slice_order(s);
-            let mid = slices.get(slices.len() / 2)?;
-            Some(named_reference_item(
-                "IMAGE",
-                Some(&codes::source_of_measurement()),
-                &mid.sop_class_uid,
-                &mid.sop_instance_uid,
-            ))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,18 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn one_source_per_series_at_its_middle_slice() {
-        let used = [
-            series("1", &[Some(3.0), Some(1.0), Some(2.0), Some(0.0)]),
-            series("2", &[None, Some(1.0), Some(0.0)]),
-            series("3", &[]),
-        ];
-        let refs: Vec<String> = source_of_measurement(&used)
-            .iter()
-            .map(referenced)
-            .collect();
-        // sorted 1.3,1.1,1.2,1.0 → index 2; series 2 keeps its given order (one has no position)
-        assert_eq!(refs, ["1.2", "2.1"]);
+    fn a_series_without_images_has_no_library() {
         assert!(image_library(&[series("3", &[])]).is_none());
     }
 }

@@ -101,7 +101,7 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     put_seq(
         &mut o,
         tags::CONCEPT_NAME_CODE_SEQUENCE,
-        vec![code_item(&codes::imaging_measurement_report())],
+        vec![code_item(&report_title(ctx))],
     );
     put_str(&mut o, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
     put_seq(
@@ -112,6 +112,16 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
     put_seq(&mut o, tags::CONTENT_SEQUENCE, content(ctx));
 
     to_part10(o, COMPREHENSIVE_3D_SR, &ctx.sr_uid)
+}
+
+/// "Imaging Measurement Report" when the report has regions to draw (an explanation with
+/// regions), else "Diagnostic imaging report" (`codes::diagnostic_imaging_report`).
+fn report_title(ctx: &Context) -> codes::Code {
+    if ctx.input.evidence.iter().any(|e| !e.regions.is_empty()) {
+        codes::imaging_measurement_report()
+    } else {
+        codes::diagnostic_imaging_report()
+    }
 }
 
 /// Root children in TID 1500 row order.
@@ -126,17 +136,20 @@ fn content(ctx: &Context) -> Vec<Obj> {
     ));
     items.extend(library::image_library(input.used));
 
-    if !ctx.summary.findings.is_empty() {
-        let sources = library::source_of_measurement(input.used);
-        let groups = ctx
-            .summary
-            .findings
-            .iter()
-            .map(|f| {
-                let ev = input.evidence.iter().find(|e| e.label == f.label);
-                measurement_group(ctx, f, &sources, ev)
-            })
-            .collect();
+    // OHIF (and any viewer that draws TID 1501 groups) needs one region on one image per
+    // group: a group without one crashes OHIF 3.13's SR loader, and a group with several is
+    // drawn on the first one's image. So each explained region is its own group; findings
+    // without a region are evaluations (below), where no viewer expects a region.
+    let groups: Vec<Obj> = input
+        .evidence
+        .iter()
+        .filter_map(|ev| {
+            let f = ctx.summary.findings.iter().find(|f| f.label == ev.label)?;
+            Some(region_groups(ctx, f, ev))
+        })
+        .flatten()
+        .collect();
+    if !groups.is_empty() {
         items.push(container_item(
             Some(Rel::Contains),
             &codes::imaging_measurements(),
@@ -145,7 +158,7 @@ fn content(ctx: &Context) -> Vec<Obj> {
         ));
     }
 
-    let mut evals = Vec::new();
+    let mut evals: Vec<Obj> = ctx.summary.findings.iter().map(evaluation).collect();
     if let Some(p) = &ctx.summary.priority {
         evals.push(code_value_item(
             Rel::Contains,
@@ -211,95 +224,139 @@ fn content(ctx: &Context) -> Vec<Obj> {
     items
 }
 
-/// TID 1501 group for one diagnosis head, in highdicom's item order.
-/// An explained finding names the images its regions lie on as its sources, and adds one
-/// LIME weight per region, INFERRED FROM the region.
-fn measurement_group(
-    ctx: &Context,
-    f: &Finding,
-    sources: &[Obj],
-    evidence: Option<&FindingEvidence>,
-) -> Obj {
+/// One diagnosis head as a qualitative evaluation (TID 1500 row 13): the diagnosis =
+/// Present | Absent, INFERRED FROM the model's decision margin. The model reads every series
+/// and names no image for a finding without an explanation; the Image Library lists them.
+fn evaluation(f: &Finding) -> Obj {
+    let mut item = code_value_item(
+        Rel::Contains,
+        &codes::diagnosis_code(&f.label),
+        &present_or_absent(f),
+    );
+    put_seq(
+        &mut item,
+        tags::CONTENT_SEQUENCE,
+        vec![num_item(
+            Rel::InferredFrom,
+            &codes::decision_margin(),
+            f.margin,
+            &codes::no_units(),
+        )],
+    );
+    item
+}
+
+fn present_or_absent(f: &Finding) -> codes::Code {
+    if f.present {
+        codes::present()
+    } else {
+        codes::absent()
+    }
+}
+
+/// LIME importance of each region as a percentage of the finding's most important one: the
+/// raw ridge coefficients are ~1e-5 and read as "0.00" at a viewer's two decimals. The
+/// coefficients themselves are in the run record.
+pub(crate) fn importance_percent(coefficients: &[f64]) -> Vec<f64> {
+    let top = coefficients.iter().fold(0.0f64, |m, c| m.max(c.abs()));
+    coefficients
+        .iter()
+        .map(|c| if top > 0.0 { 100.0 * c / top } else { 0.0 })
+        .collect()
+}
+
+/// TID 1501 groups of an explained finding, one per region, most important first: each
+/// tracked on its own, with the finding, a line a viewer shows as its label (the finding's
+/// name, Present/Absent and margin), the one image it lies on as its source, and its LIME
+/// importance INFERRED FROM the region.
+fn region_groups(ctx: &Context, f: &Finding, ev: &FindingEvidence) -> Vec<Obj> {
     let model = ctx.input.model;
     let dx = codes::diagnosis_code(&f.label);
-    let mut children = vec![
-        text_item(Rel::HasObsContext, &codes::tracking_identifier(), &f.label),
-        uidref_item(
-            Rel::HasObsContext,
-            &codes::tracking_unique_identifier(),
-            &uid::tracking_uid(&ctx.study_uid, &f.label),
-        ),
-        code_value_item(Rel::Contains, &codes::finding(), &dx),
-        code_value_item(Rel::HasConceptMod, &codes::finding_site(), &codes::brain()),
-        text_item(Rel::HasConceptMod, &codes::algorithm_name(), &model.name),
-        text_item(
-            Rel::HasConceptMod,
-            &codes::algorithm_version(),
-            &model.version,
-        ),
-        text_item(
-            Rel::HasConceptMod,
-            &codes::algorithm_parameters(),
-            &format!("threshold={}", format_ds(f.threshold)),
-        ),
-    ];
-    match evidence {
-        Some(ev) => {
-            let mut seen = std::collections::BTreeSet::new();
-            for r in ev
-                .regions
-                .iter()
-                .filter(|r| seen.insert(&r.sop_instance_uid))
-            {
-                children.push(named_reference_item(
+    let name = codes::humanize_label(&f.label).1;
+    let verdict = if f.present { "Present" } else { "Absent" };
+    let coefficients: Vec<f64> = ev.regions.iter().map(|r| r.coefficient).collect();
+    let n = ev.regions.len();
+    ev.regions
+        .iter()
+        .zip(importance_percent(&coefficients))
+        .enumerate()
+        .map(|(k, (r, pct))| {
+            let id = format!("{} region {}", f.label, k + 1);
+            let mut importance = num_item(
+                Rel::Contains,
+                &codes::lime_importance(),
+                pct as f32,
+                &codes::percent(),
+            );
+            put_seq(
+                &mut importance,
+                tags::CONTENT_SEQUENCE,
+                vec![region_item(
+                    r.rect,
+                    &r.sop_class_uid,
+                    &r.sop_instance_uid,
+                    r.frame,
+                )],
+            );
+            let children = vec![
+                text_item(Rel::HasObsContext, &codes::tracking_identifier(), &id),
+                uidref_item(
+                    Rel::HasObsContext,
+                    &codes::tracking_unique_identifier(),
+                    &uid::tracking_uid(&ctx.study_uid, &id),
+                ),
+                code_value_item(Rel::Contains, &codes::finding(), &dx),
+                text_item(
+                    Rel::Contains,
+                    &codes::comment(),
+                    &format!(
+                        "{name}: {verdict} (margin {:+.2}), region {}/{n}",
+                        f.margin,
+                        k + 1
+                    ),
+                ),
+                code_value_item(Rel::HasConceptMod, &codes::finding_site(), &codes::brain()),
+                text_item(Rel::HasConceptMod, &codes::algorithm_name(), &model.name),
+                text_item(
+                    Rel::HasConceptMod,
+                    &codes::algorithm_version(),
+                    &model.version,
+                ),
+                text_item(
+                    Rel::HasConceptMod,
+                    &codes::algorithm_parameters(),
+                    &format!("threshold={}", format_ds(f.threshold)),
+                ),
+                named_reference_item(
                     "IMAGE",
                     Some(&codes::source_of_measurement()),
                     &r.sop_class_uid,
                     &r.sop_instance_uid,
-                ));
-            }
-        }
-        None => children.extend(sources.iter().cloned()),
-    }
-    children.push(num_item(
-        Rel::Contains,
-        &codes::decision_margin(),
-        f.margin,
-        &codes::no_units(),
-    ));
-    // TID 300 measurements before TID 1501's qualitative evaluation.
-    for r in evidence.map(|e| e.regions.as_slice()).unwrap_or_default() {
-        let mut weight = num_item(
-            Rel::Contains,
-            &codes::lime_weight(),
-            r.coefficient as f32,
-            &codes::no_units(),
+                ),
+                importance,
+                code_value_item(Rel::Contains, &dx, &present_or_absent(f)),
+            ];
+            container_item(
+                Some(Rel::Contains),
+                &codes::measurement_group(),
+                Some("1501"),
+                children,
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn importance_is_a_percentage_of_the_largest_magnitude() {
+        assert_eq!(
+            importance_percent(&[4e-5, -1e-5, 2e-5]),
+            vec![100.0, -25.0, 50.0]
         );
-        put_seq(
-            &mut weight,
-            tags::CONTENT_SEQUENCE,
-            vec![region_item(
-                r.rect,
-                &r.sop_class_uid,
-                &r.sop_instance_uid,
-                r.frame,
-            )],
-        );
-        children.push(weight);
+        assert_eq!(importance_percent(&[-2e-5, 1e-5]), vec![-100.0, 50.0]);
+        assert_eq!(importance_percent(&[0.0]), vec![0.0]);
     }
-    children.push(code_value_item(
-        Rel::Contains,
-        &dx,
-        &if f.present {
-            codes::present()
-        } else {
-            codes::absent()
-        },
-    ));
-    container_item(
-        Some(Rel::Contains),
-        &codes::measurement_group(),
-        Some("1501"),
-        children,
-    )
 }
