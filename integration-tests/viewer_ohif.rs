@@ -5,8 +5,9 @@
 //! explanation: the SR opens with no error; every explained region is drawn, by OHIF's own
 //! annotation state, on the image its group references, labelled with the finding, Present or
 //! Absent and a readable importance; without regions, OHIF shows the report as text with every
-//! finding and its Present/Absent. (Before: OHIF failed opening the SR — "Cannot read
-//! properties of undefined (reading 'ReferencedSOPSequence')" — and drew nothing.)
+//! finding and its Present/Absent; and Orthanc stores the plain and the explained objects
+//! side by side. (Before: OHIF failed opening the SR — "Cannot read properties of undefined
+//! (reading 'ReferencedSOPSequence')" — and drew nothing.)
 
 mod common;
 mod fixtures;
@@ -147,7 +148,8 @@ fn open_in_ohif(study: &Path, outputs: &Path, report_dir: &Path) -> Value {
     viewer.values().next().unwrap().clone()
 }
 
-fn check(name: &str, study: &Path, model: &Path, explain: bool, tmp: &Path) {
+/// Checks one run in OHIF; returns the directory of its outputs.
+fn check(name: &str, study: &Path, model: &Path, explain: bool, tmp: &Path) -> PathBuf {
     let out = tmp.join(format!("{name}-out"));
     let mut c = Command::new(bin());
     c.args(["infer", "--dicom", "--device", "cpu", "--model"])
@@ -236,6 +238,32 @@ fn check(name: &str, study: &Path, model: &Path, explain: bool, tmp: &Path) {
             assert!(text.contains(f.as_str()), "{name}: {f:?} not shown");
         }
     }
+    out
+}
+
+/// Issue 30, item 3: the plain and the explained objects of one study are different objects
+/// with different UIDs, so a PACS stores both (before, Orthanc answered "AlreadyStored" to the
+/// explained SR and KOS: the plain ones had their UIDs).
+fn orthanc_stores_both(study: &Path, plain: &Path, explained: &Path, tmp: &Path) {
+    let report_dir = tmp.join("both-report");
+    let o = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("integration-tests/viewer/ohif_check.py"))
+        .arg("--out")
+        .arg(&report_dir)
+        .arg(study)
+        .arg(plain)
+        .arg(explained)
+        .output()
+        .expect("run ohif_check.py");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    let files = report["files"].as_u64().unwrap();
+    assert_eq!(
+        report["upload"],
+        serde_json::json!({ "Success": files }),
+        "every object stored once, none 'AlreadyStored'"
+    );
 }
 
 #[test]
@@ -256,12 +284,9 @@ fn ohif_opens_the_plain_and_the_explained_sr_and_draws_each_region_on_its_image(
         .unwrap();
     assert!(o.status.success());
     let study_a = fx.join("studies/STUDY_A");
-    for (name, study, explain) in [
-        ("study_a-plain", &study_a, false),
-        ("study_a-explained", &study_a, true),
-        ("synthetic-plain", &synth, false),
-        ("synthetic-explained", &synth, true),
-    ] {
-        check(name, study, &model, explain, tmp.path());
-    }
+    let plain = check("study_a-plain", &study_a, &model, false, tmp.path());
+    let explained = check("study_a-explained", &study_a, &model, true, tmp.path());
+    check("synthetic-plain", &synth, &model, false, tmp.path());
+    check("synthetic-explained", &synth, &model, true, tmp.path());
+    orthanc_stores_both(&study_a, &plain, &explained, tmp.path());
 }
