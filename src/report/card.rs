@@ -1,8 +1,10 @@
 //! Optional summary card: a Secondary Capture image with the findings table burned in, for
 //! viewers that render neither SR nor KOS. Off by default (`ReportConfig::summary_card`).
 //!
-//! The text is drawn with a built-in 5×7 bitmap font (upper case, digits, a little
-//! punctuation) scaled ×2: no font files or rendering libraries to install on a PACS-side node.
+//! The text is drawn with Noto Sans Mono, pre-rasterised with anti-aliasing by the
+//! `noto-sans-mono-bitmap` crate (no font files or rendering libraries to install on a
+//! PACS-side node, and the same pixels on every machine): the heading in bold, the table in
+//! regular weight, mixed case, one monospaced column grid.
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
@@ -14,94 +16,48 @@ use super::{Context, ReportError, CARD_SERIES_NUMBER, SECONDARY_CAPTURE};
 
 pub const CARD_SERIES_DESCRIPTION: &str = "Prima AI summary — NOT FOR DIAGNOSIS";
 
-const SCALE: usize = 2;
-const GLYPH_W: usize = 5;
-const GLYPH_H: usize = 7;
-const ADVANCE: usize = (GLYPH_W + 1) * SCALE;
-const LINE_H: usize = (GLYPH_H + 3) * SCALE;
-const MARGIN: usize = 16;
+use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeight};
+
+const HEAD: (FontWeight, RasterHeight) = (FontWeight::Bold, RasterHeight::Size24);
+const BODY: (FontWeight, RasterHeight) = (FontWeight::Regular, RasterHeight::Size20);
+/// Space between lines, below each glyph box.
+const LEADING: usize = 6;
+const MARGIN: usize = 24;
 const WIDTH: usize = 1024;
-const CHARS_PER_LINE: usize = (WIDTH - 2 * MARGIN) / ADVANCE;
+const CHARS_PER_LINE: usize = (WIDTH - 2 * MARGIN) / get_raster_width(BODY.0, BODY.1);
+// The table's columns (name + 30) need room for the findings' names.
+const _: () = assert!(CHARS_PER_LINE >= 80);
 
-/// Glyph rows, most significant of the low 5 bits = leftmost pixel.
-#[rustfmt::skip]
-const FONT: &[(char, [u8; 7])] = &[
-    ('A', [0b01110, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001]),
-    ('B', [0b11110, 0b10001, 0b10001, 0b11110, 0b10001, 0b10001, 0b11110]),
-    ('C', [0b01110, 0b10001, 0b10000, 0b10000, 0b10000, 0b10001, 0b01110]),
-    ('D', [0b11110, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b11110]),
-    ('E', [0b11111, 0b10000, 0b10000, 0b11110, 0b10000, 0b10000, 0b11111]),
-    ('F', [0b11111, 0b10000, 0b10000, 0b11110, 0b10000, 0b10000, 0b10000]),
-    ('G', [0b01110, 0b10001, 0b10000, 0b10111, 0b10001, 0b10001, 0b01111]),
-    ('H', [0b10001, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001]),
-    ('I', [0b01110, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110]),
-    ('J', [0b00111, 0b00010, 0b00010, 0b00010, 0b00010, 0b10010, 0b01100]),
-    ('K', [0b10001, 0b10010, 0b10100, 0b11000, 0b10100, 0b10010, 0b10001]),
-    ('L', [0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b11111]),
-    ('M', [0b10001, 0b11011, 0b10101, 0b10101, 0b10001, 0b10001, 0b10001]),
-    ('N', [0b10001, 0b10001, 0b11001, 0b10101, 0b10011, 0b10001, 0b10001]),
-    ('O', [0b01110, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110]),
-    ('P', [0b11110, 0b10001, 0b10001, 0b11110, 0b10000, 0b10000, 0b10000]),
-    ('Q', [0b01110, 0b10001, 0b10001, 0b10001, 0b10101, 0b10010, 0b01101]),
-    ('R', [0b11110, 0b10001, 0b10001, 0b11110, 0b10100, 0b10010, 0b10001]),
-    ('S', [0b01111, 0b10000, 0b10000, 0b01110, 0b00001, 0b00001, 0b11110]),
-    ('T', [0b11111, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100]),
-    ('U', [0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110]),
-    ('V', [0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01010, 0b00100]),
-    ('W', [0b10001, 0b10001, 0b10001, 0b10101, 0b10101, 0b10101, 0b01010]),
-    ('X', [0b10001, 0b10001, 0b01010, 0b00100, 0b01010, 0b10001, 0b10001]),
-    ('Y', [0b10001, 0b10001, 0b01010, 0b00100, 0b00100, 0b00100, 0b00100]),
-    ('Z', [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b10000, 0b11111]),
-    ('0', [0b01110, 0b10001, 0b10011, 0b10101, 0b11001, 0b10001, 0b01110]),
-    ('1', [0b00100, 0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110]),
-    ('2', [0b01110, 0b10001, 0b00001, 0b00010, 0b00100, 0b01000, 0b11111]),
-    ('3', [0b11111, 0b00010, 0b00100, 0b00010, 0b00001, 0b10001, 0b01110]),
-    ('4', [0b00010, 0b00110, 0b01010, 0b10010, 0b11111, 0b00010, 0b00010]),
-    ('5', [0b11111, 0b10000, 0b11110, 0b00001, 0b00001, 0b10001, 0b01110]),
-    ('6', [0b00110, 0b01000, 0b10000, 0b11110, 0b10001, 0b10001, 0b01110]),
-    ('7', [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b01000, 0b01000]),
-    ('8', [0b01110, 0b10001, 0b10001, 0b01110, 0b10001, 0b10001, 0b01110]),
-    ('9', [0b01110, 0b10001, 0b10001, 0b01111, 0b00001, 0b00010, 0b01100]),
-    ('.', [0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b01100, 0b01100]),
-    ('-', [0b00000, 0b00000, 0b00000, 0b11111, 0b00000, 0b00000, 0b00000]),
-    (':', [0b00000, 0b01100, 0b01100, 0b00000, 0b01100, 0b01100, 0b00000]),
-    ('+', [0b00000, 0b00100, 0b00100, 0b11111, 0b00100, 0b00100, 0b00000]),
-    ('(', [0b00010, 0b00100, 0b01000, 0b01000, 0b01000, 0b00100, 0b00010]),
-    (')', [0b01000, 0b00100, 0b00010, 0b00010, 0b00010, 0b00100, 0b01000]),
-    ('/', [0b00000, 0b00001, 0b00010, 0b00100, 0b01000, 0b10000, 0b00000]),
-    ('_', [0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b11111]),
-    (',', [0b00000, 0b00000, 0b00000, 0b00000, 0b01100, 0b00100, 0b01000]),
-    ('=', [0b00000, 0b00000, 0b11111, 0b00000, 0b11111, 0b00000, 0b00000]),
-    ('?', [0b01110, 0b10001, 0b00001, 0b00010, 0b00100, 0b00000, 0b00100]),
-    ('%', [0b11000, 0b11001, 0b00010, 0b00100, 0b01000, 0b10011, 0b00011]),
-    (';', [0b00000, 0b01100, 0b01100, 0b00000, 0b01100, 0b00100, 0b01000]),
-];
+/// The style of line `i`: the first (the warning) is the heading.
+fn style(i: usize) -> (FontWeight, RasterHeight) {
+    if i == 0 {
+        HEAD
+    } else {
+        BODY
+    }
+}
 
-fn glyph(c: char) -> Option<[u8; 7]> {
-    let c = match c.to_ascii_uppercase() {
-        '[' | '{' => '(',
-        ']' | '}' => ')',
+/// The glyph drawn for `c`: its own, a plain-ASCII stand-in for typographic dashes, or '?'.
+fn glyph(
+    c: char,
+    (w, h): (FontWeight, RasterHeight),
+) -> Option<noto_sans_mono_bitmap::RasterizedChar> {
+    let c = match c {
         '—' | '–' => '-',
         c => c,
     };
-    if c == ' ' {
-        return None;
-    }
-    FONT.iter()
-        .find(|(g, _)| *g == c)
-        .map(|(_, rows)| *rows)
-        .or_else(|| FONT.iter().find(|(g, _)| *g == '?').map(|(_, r)| *r))
+    get_raster(c, w, h).or_else(|| get_raster('?', w, h))
 }
 
 /// The text lines of the card.
 pub(crate) fn lines(ctx: &Context) -> Vec<String> {
     let input = ctx.input;
-    let mut v = vec!["NOT FOR DIAGNOSIS - AI GENERATED, NOT VERIFIED BY A PHYSICIAN".to_string()];
+    let mut v = vec!["Not for diagnosis - AI-generated, not verified by a physician".to_string()];
     if input.model.demo {
         v.push("DEMO MODEL - NOT FOR CLINICAL USE".to_string());
     }
     v.push(format!(
-        "MODEL: {} {}   PRIORITY: {}",
+        "Model: {} {}    Priority: {}",
         input.model.name,
         input.model.version,
         ctx.summary
@@ -111,7 +67,7 @@ pub(crate) fn lines(ctx: &Context) -> Vec<String> {
             .to_ascii_uppercase()
     ));
     if input.failed {
-        v.push("THE MODEL COULD NOT PROCESS THIS STUDY".to_string());
+        v.push("The model could not process this study.".to_string());
     }
     if !ctx.summary.referrals.is_empty() {
         let refs: Vec<String> = ctx
@@ -120,16 +76,16 @@ pub(crate) fn lines(ctx: &Context) -> Vec<String> {
             .iter()
             .map(|(l, _)| codes::humanize_label(l).1)
             .collect();
-        v.push(format!("REFER: {}", refs.join(", ")));
+        v.push(format!("Refer: {}", refs.join(", ")));
     }
     if ctx.partial {
-        v.push("PARTIAL STUDY: NOT ALL SERIES WERE ANALYSED".to_string());
+        v.push("Partial study: not all series were analysed.".to_string());
     }
     v.push(String::new());
     let name_w = CHARS_PER_LINE - 30;
     v.push(format!(
         "{:<name_w$} {:>9} {:>9}  {}",
-        "FINDING", "MARGIN", "THRESHOLD", "RESULT"
+        "Finding", "Margin", "Threshold", "Result"
     ));
     for f in &ctx.summary.findings {
         let name = codes::truncate_chars(&codes::humanize_label(&f.label).0, name_w);
@@ -142,35 +98,34 @@ pub(crate) fn lines(ctx: &Context) -> Vec<String> {
         ));
     }
     v.push(String::new());
-    v.push("MARGIN = MODEL SCORE MINUS THRESHOLD; NOT A PROBABILITY".to_string());
+    v.push("Margin = model score minus threshold; not a probability.".to_string());
     v
 }
 
-/// 8-bit MONOCHROME2 raster of `lines`, white text on black.
+/// 8-bit MONOCHROME2 raster of `lines`, white anti-aliased text on black.
 pub(crate) fn render(lines: &[String]) -> (usize, usize, Vec<u8>) {
-    let height = (2 * MARGIN + lines.len() * LINE_H)
-        .max(128)
-        .next_multiple_of(2);
+    let line_h = |i: usize| style(i).1.val() + LEADING;
+    let text_h: usize = (0..lines.len()).map(line_h).sum();
+    let height = (2 * MARGIN + text_h).max(128).next_multiple_of(2);
     let mut px = vec![0u8; WIDTH * height];
+    let mut y0 = MARGIN;
     for (li, line) in lines.iter().enumerate() {
-        let y0 = MARGIN + li * LINE_H;
-        for (ci, c) in line.chars().take(CHARS_PER_LINE).enumerate() {
-            let Some(rows) = glyph(c) else { continue };
-            let x0 = MARGIN + ci * ADVANCE;
-            for (ry, bits) in rows.iter().enumerate() {
-                for rx in 0..GLYPH_W {
-                    if bits & (1 << (GLYPH_W - 1 - rx)) == 0 {
-                        continue;
-                    }
-                    for dy in 0..SCALE {
-                        let row = (y0 + ry * SCALE + dy) * WIDTH;
-                        for dx in 0..SCALE {
-                            px[row + x0 + rx * SCALE + dx] = 255;
-                        }
-                    }
+        let st = style(li);
+        let advance = get_raster_width(st.0, st.1);
+        for (ci, c) in line.chars().enumerate() {
+            let x0 = MARGIN + ci * advance;
+            if x0 + advance > WIDTH - MARGIN {
+                break;
+            }
+            let Some(g) = glyph(c, st) else { continue };
+            for (ry, row) in g.rows().enumerate() {
+                let at = (y0 + ry) * WIDTH + x0;
+                for (rx, v) in row.iter().enumerate() {
+                    px[at + rx] = px[at + rx].max(*v);
                 }
             }
         }
+        y0 += line_h(li);
     }
     (WIDTH, height, px)
 }
@@ -230,19 +185,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn font_covers_what_the_card_writes() {
-        for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:+()/_,=?%;".chars() {
-            assert!(FONT.iter().any(|(g, _)| *g == c), "{c}");
-        }
-        for (_, rows) in FONT {
-            assert!(rows.iter().all(|r| *r < 32));
+    fn the_font_covers_what_the_card_writes() {
+        let text = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-:+()/_,=?%; ";
+        for st in [HEAD, BODY] {
+            for c in text.chars() {
+                assert!(get_raster(c, st.0, st.1).is_some(), "{c}");
+            }
+            // A typographic dash and anything else outside the font are still drawn.
+            assert!(glyph('—', st).is_some() && glyph('字', st).is_some());
         }
     }
 
     #[test]
-    fn render_draws_pixels() {
-        let (w, h, px) = render(&["A".to_string()]);
+    fn render_draws_anti_aliased_pixels_within_the_image() {
+        let (w, h, px) = render(&["Heading".to_string(), "body text 0.123".to_string()]);
         assert_eq!(px.len(), w * h);
-        assert!(px.iter().filter(|p| **p == 255).count() > 10);
+        assert!(px.iter().filter(|p| **p == 255).count() > 20);
+        assert!(
+            px.iter().any(|p| (1..255).contains(p)),
+            "no intermediate grey levels"
+        );
+        // A line longer than the image is cut at the margin, not wrapped or overflowed.
+        let (_, _, long) = render(&["x".repeat(500)]);
+        let row = |y: usize| &long[y * WIDTH..(y + 1) * WIDTH];
+        assert!((0..long.len() / WIDTH).all(|y| row(y)[WIDTH - MARGIN..].iter().all(|p| *p == 0)));
     }
 }

@@ -46,7 +46,8 @@
 //!   no Series Date/Time. Head order is the model's order; predecessors are sorted.
 //! - Series numbers 9001 (SR), 9002 (KO), 9003 (summary card); instance number 1.
 //! - **Summary card** (off by default): a Secondary Capture, DERIVED\\SECONDARY, Burned In
-//!   Annotation YES, "NOT FOR DIAGNOSIS", drawing the same table with a built-in bitmap font.
+//!   Annotation YES, "NOT FOR DIAGNOSIS", drawing the same table in Noto Sans Mono
+//!   (pre-rasterised, anti-aliased: `noto-sans-mono-bitmap`).
 
 pub mod card;
 pub mod codes;
