@@ -33,6 +33,9 @@ use super::tls::Peer;
 /// connection is never closed to make room.
 pub const STILL_SERVED: Duration = Duration::from_millis(200);
 
+/// Longest a newcomer waits for connections closed to make room to be dropped.
+const WIND_DOWN: Duration = Duration::from_millis(500);
+
 /// Connections closed to make room that may still be winding down, beyond the limit.
 fn slack(max: usize) -> usize {
     (max / 8).max(4)
@@ -131,6 +134,14 @@ impl Guard {
 
     fn now(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Whether connections closed to make room, not yet dropped by their tasks, fill the
+    /// slack: a newcomer then waits for them rather than being refused because of them.
+    fn winding_down(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.len() >= self.limits.descriptors()
+            && conns.values().any(|c| c.closed.load(Ordering::Relaxed))
     }
 
     /// A newly accepted connection, or `None` when there is no room (the caller drops it).
@@ -354,6 +365,13 @@ pub async fn accept_guarded(
     loop {
         match tcp.accept().await {
             Ok((sock, peer)) => {
+                // A connection closed to make room is dropped when its task next runs, which
+                // under load lags the accepts (a burst of strangers): wait for those, briefly,
+                // rather than refuse the newcomer — the monitoring probe among them.
+                let until = tokio::time::Instant::now() + WIND_DOWN;
+                while guard.winding_down() && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 if let Some(io) = guard.admit(sock) {
                     return (io, peer);
                 }
