@@ -159,6 +159,11 @@ pub fn page(title: &str, body: impl FnOnce(&mut Html)) -> String {
     h.finish()
 }
 
+/// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn when(ms: i64) -> String {
+    crate::store::state::utc_text(ms)
+}
+
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}\
 th,td{border:1px solid #bbb;padding:.25em .6em;text-align:left;vertical-align:top}\
@@ -167,6 +172,13 @@ th{background:#eee}nav a{margin-right:1em}.warn{color:#a40}";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(when(0), "—");
+        assert_eq!(when(1_796_342_400_000), "2026-12-04 00:00:00");
+        assert_eq!(when(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03");
+    }
 
     #[test]
     fn values_are_escaped_everywhere() {

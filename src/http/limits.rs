@@ -20,14 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
-
-use super::tls::Peer;
 
 /// A request begun or a response written this recently is being served, not stalled: its
 /// connection is never closed to make room.
@@ -395,12 +392,6 @@ impl Listener for GuardedListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.tcp.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, GuardedListener>> for Peer {
-    fn connect_info(s: IncomingStream<'_, GuardedListener>) -> Self {
-        Peer(*s.remote_addr())
     }
 }
 

@@ -3,8 +3,7 @@
 //! received instances with the retention policy.
 
 use super::data::{ConfigView, StorageView};
-use super::html::Html;
-use super::pages::when;
+use super::html::{when, Html};
 use crate::config::OnDisk;
 use crate::store::state::Stall;
 

@@ -1,15 +1,10 @@
 //! The pages: each renders one `data` value with the escaping builder.
 
 use super::data::{Overview, StudyDetail, StudySummary};
-use super::html::{page, Cell, Html};
+use super::html::{page, when, Cell, Html};
 use super::node_health;
 use crate::job::RunRecord;
 use crate::store::state::{AuditView, DeliveryView};
-
-/// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
-pub fn when(ms: i64) -> String {
-    crate::store::state::utc_text(ms)
-}
 
 fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_default()
@@ -566,16 +561,4 @@ pub fn associations(list: &[AuditView]) -> String {
             &rows,
         );
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(when(0), "—");
-        assert_eq!(when(1_796_342_400_000), "2026-12-04 00:00:00");
-        assert_eq!(when(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03");
-    }
 }

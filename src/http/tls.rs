@@ -16,7 +16,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use super::limits::{accept_guarded, Guard, Guarded};
+use super::limits::{accept_guarded, Guard, Guarded, GuardedListener};
 
 /// Longest a client may take to complete its handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -87,6 +87,12 @@ impl Connected<IncomingStream<'_, TcpListener>> for Peer {
 
 impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(s: IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, GuardedListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, GuardedListener>) -> Self {
         Peer(*s.remote_addr())
     }
 }
