@@ -421,6 +421,7 @@ fn every_character_set_decodes_as_the_reference_and_reaches_the_outputs() {
             input_set_hash: [7; 32],
             predecessors: &[],
             evidence: &[],
+            key_images: &[],
             forced_complete: false,
             failed: false,
             node: &node,

@@ -248,6 +248,28 @@ fn a_node_explains_its_top_finding_or_says_why_not() {
             String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
         };
         let (sr, kos) = (text_of(SR_CLASS), text_of(KOS_CLASS));
+        // The key-image series travels with the explained SR: Secondary Captures naming their
+        // source images; none without an explanation.
+        let key_images = || {
+            pacs.received_objects()
+                .into_iter()
+                .filter(|(_, _, o)| {
+                    o.element(dicom_dictionary_std::tags::SOP_CLASS_UID)
+                        .ok()
+                        .and_then(|e| e.to_str().ok())
+                        .is_some_and(|c| c.trim_end_matches('\0') == "1.2.840.10008.5.1.4.1.1.7")
+                })
+                .count()
+        };
+        if on_cpu {
+            assert!(
+                common::wait_until(Duration::from_secs(30), || key_images() >= 1),
+                "no key images at the PACS:\n{}",
+                node.log_text()
+            );
+        } else {
+            assert_eq!(key_images(), 0);
+        }
         if on_cpu {
             let f = &run["explanation"]["findings"][0];
             assert_eq!(f["samples"], 32, "{run}");

@@ -290,6 +290,7 @@ impl Run<'_> {
             input_set_hash: self.hash,
             predecessors: &self.predecessors,
             evidence: &[],
+            key_images: &[],
             forced_complete: self.forced_complete,
             failed: false,
             node: &node,
@@ -850,6 +851,7 @@ fn summary_card_passes_iod_and_entity_checks() {
         input_set_hash: input_set_hash(&study.content),
         predecessors: &[],
         evidence: &[],
+        key_images: &[],
         forced_complete: false,
         failed: false,
         node: &node,
@@ -899,6 +901,7 @@ fn kos_threshold_and_failed_run() {
         input_set_hash: input_set_hash(&study.content),
         predecessors: &[],
         evidence: &[],
+        key_images: &[],
         forced_complete: false,
         failed: false,
         node: &node,
@@ -1237,6 +1240,16 @@ fn explained_study_passes_validators(name: &str, multiframe: bool) {
     let plain_text = format!("{:?}", plain_kos.get(tags::CONTENT_SEQUENCE).unwrap());
     assert!(!plain_text.contains("where the model looked"));
 
+    key_images_are_drawn(&out, &regions, &headers, &files);
+    let plain_names: Vec<String> = std::fs::read_dir(&plain)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !plain_names.iter().any(|n| n.contains("keyimage")),
+        "no key images without an explanation: {plain_names:?}"
+    );
+
     // The validators, with the source images the model used.
     let mut used = Vec::new();
     let mut content = Vec::new();
@@ -1289,4 +1302,84 @@ fn explained_study_passes_validators(name: &str, multiframe: bool) {
         &fx.join("models/prima/primafullmodel_fixture.manifest.json"),
         Some(&evidence_path),
     );
+}
+
+/// The key-image series: one Secondary Capture per image a region lies on, in the regions'
+/// order, each naming its source image (and frame), with every region on it outlined in
+/// colour on the grey source; dciodvfy and dcentvfy (with the source files) accept them.
+fn key_images_are_drawn(
+    out: &Path,
+    regions: &[Value],
+    headers: &std::collections::HashMap<String, InMemDicomObject>,
+    files: &[PathBuf],
+) {
+    let mut want: Vec<(String, Option<u64>)> = Vec::new();
+    for r in regions {
+        let k = (
+            r["image"].as_str().unwrap().to_string(),
+            r["frame"].as_u64(),
+        );
+        if !want.contains(&k) {
+            want.push(k);
+        }
+    }
+    let paths: Vec<PathBuf> = (1..)
+        .map(|i| out.join(format!("study_keyimage{i}.dcm")))
+        .take_while(|p| p.exists())
+        .collect();
+    assert_eq!(paths.len(), want.len(), "one key image per region image");
+    for (p, (uid, frame)) in paths.iter().zip(&want) {
+        let o = dicom_object::open_file(p).unwrap();
+        assert_eq!(s(&o, tags::SOP_CLASS_UID), "1.2.840.10008.5.1.4.1.1.7");
+        assert_eq!(s(&o, tags::BURNED_IN_ANNOTATION), "YES");
+        assert_eq!(s(&o, tags::PHOTOMETRIC_INTERPRETATION), "RGB");
+        let src = &o.get(tags::SOURCE_IMAGE_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(&s(src, tags::REFERENCED_SOP_INSTANCE_UID), uid);
+        let named_frame = src
+            .get(tags::REFERENCED_FRAME_NUMBER)
+            .map(|e| e.to_str().unwrap().trim().parse::<u64>().unwrap());
+        assert_eq!(named_frame, *frame, "the source frame of {}", p.display());
+        let cols: usize = s(&headers[uid], tags::COLUMNS).parse().unwrap();
+        let w: usize = s(&o, tags::COLUMNS).parse().unwrap();
+        let h: usize = s(&o, tags::ROWS).parse().unwrap();
+        let scale = w / cols;
+        assert!(scale >= 1 && w >= 512, "{w} wide for {cols} columns");
+        let px = o.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+        assert_eq!(px.len(), w * h * 3);
+        let coloured = |x: usize, y: usize| {
+            let i = (y * w + x) * 3;
+            let (r, g, b) = (px[i], px[i + 1], px[i + 2]);
+            r != g || g != b
+        };
+        let on_it = regions
+            .iter()
+            .filter(|r| r["image"].as_str() == Some(uid) && r["frame"].as_u64() == *frame);
+        for r in on_it {
+            let rect: Vec<f64> = r["rect"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let at = |v: f64| (v * scale as f64).round() as usize;
+            let (l, right, y) = (at(rect[0]), at(rect[2]), at((rect[1] + rect[3]) / 2.0));
+            let x = if l >= 1 { l - 1 } else { right };
+            assert!(
+                coloured(x, y),
+                "region {rect:?} not outlined at ({x}, {y}) of {}",
+                p.display()
+            );
+        }
+        if have("dciodvfy") {
+            let (_, text) = run("dciodvfy", &[p]);
+            print_section(&format!("key image: dciodvfy {}", p.display()), &text);
+            assert!(!text.lines().any(|l| l.contains("Error")), "{text}");
+        }
+        if have("dcentvfy") {
+            let mut args: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+            args.push(p);
+            let (_, text) = run("dcentvfy", &args);
+            assert!(text.trim().is_empty(), "key image: dcentvfy: {text}");
+        }
+    }
 }

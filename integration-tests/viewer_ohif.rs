@@ -225,6 +225,47 @@ fn check(name: &str, study: &Path, model: &Path, explain: bool, tmp: &Path) -> P
             .unwrap_or_else(|| panic!("{name}: {id}: no readable importance in {labels:?}"));
         assert!(pct.abs() > 0.005, "{name}: {id}: importance reads {pct}");
     }
+    // The derived key-image series (explained runs only): a display set OHIF supports, with
+    // every key image, and a key image shown in the viewport with its pixels.
+    let key_uids: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("_keyimage"))
+        .map(|p| {
+            let o = dicom_object::open_file(&p).unwrap();
+            let uid = o.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap();
+            uid.trim_end_matches('\0').to_string()
+        })
+        .collect();
+    let sets = summary["key_image_sets"].as_array().unwrap();
+    assert_eq!(
+        explain,
+        !key_uids.is_empty(),
+        "{name}: key images only when explained"
+    );
+    if explain {
+        assert_eq!(
+            sets.len(),
+            1,
+            "{name}: one key-image display set: {summary}"
+        );
+        assert_eq!(sets[0]["unsupported"], false, "{name}: {summary}");
+        assert_eq!(
+            sets[0]["instances"].as_u64(),
+            Some(key_uids.len() as u64),
+            "{name}: {summary}"
+        );
+        let shown = summary["key_images_shown"].as_array().unwrap();
+        assert!(
+            shown.iter().any(|v| key_uids
+                .iter()
+                .any(|u| v["sop_instance"].as_str() == Some(u.as_str()))
+                && v["dimensions"].is_array()),
+            "{name}: no key image shown in a viewport: {summary}"
+        );
+    } else {
+        assert!(sets.is_empty(), "{name}: {summary}");
+    }
     // Without regions OHIF shows the report as text: every finding with Present/Absent.
     if want.regions.is_empty() {
         let text = v["steps"]

@@ -41,5 +41,16 @@ mv docs/examples/study-a-findings-kos.html docs/examples/study-a-priority-kos.ht
 validate_and_render "$work/explained" study-a-explained
 .venv/bin/python scripts/explain_picture.py "$sr" "$kos" "$ref/studies/STUDY_A" \
   docs/examples/study-a-explained-key-images.png
-echo "wrote docs/examples/study-a-{findings-sr,priority-kos,explained-sr,explained-kos}.html" \
-  "and docs/examples/study-a-explained-key-images.png"
+# The key-image series the node sends with an explanation (Secondary Capture, regions drawn).
+for k in "$work/explained"/STUDY_A_keyimage*.dcm; do
+  if dciodvfy "$k" 2>&1 | grep -q Error; then
+    dciodvfy "$k" >&2 || true
+    echo "$prog: $k does not pass dciodvfy" >&2
+    exit 1
+  fi
+done
+.venv/bin/python -c 'import sys, pydicom; from PIL import Image
+Image.fromarray(pydicom.dcmread(sys.argv[1]).pixel_array).save(sys.argv[2])' \
+  "$work/explained/STUDY_A_keyimage1.dcm" docs/examples/study-a-key-image-1.png
+echo "wrote docs/examples/study-a-{findings-sr,priority-kos,explained-sr,explained-kos}.html," \
+  "docs/examples/study-a-explained-key-images.png and docs/examples/study-a-key-image-1.png"

@@ -32,7 +32,7 @@
 //!    `refusals`), what the sender may send (`fence`: a cluster node's claims).
 //! 10. [`job`] — the study job, the processor contract and the run record: what crosses
 //!     the model process and cluster boundaries.
-//! 11. [`report`] — the findings SR, the priority KOS and the summary card.
+//! 11. [`report`] — the findings SR, the priority KOS, the summary card and the key images.
 //! 12. [`study`] — when a study is ready and whether it qualifies (`policy`, pure), and the
 //!     single node's assembler that applies it and dispatches jobs.
 //! 13. [`process`] — processing a study (series preparation, background preparation while

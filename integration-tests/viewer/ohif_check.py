@@ -353,6 +353,24 @@ JS_ANNOTATIONS = r"""
 }
 """
 
+KEY_IMAGES_SERIES = "Prima AI key images"
+
+# What each viewport shows now: its image and whether cornerstone has pixels for it.
+JS_VIEWPORT_IMAGES = r"""
+() => {
+  const cs = window.cornerstone;
+  if (!cs?.getEnabledElements) return null;
+  return cs.getEnabledElements().map(e => {
+    const vp = e.viewport;
+    let imageId = null, dims = null;
+    try { imageId = vp.getCurrentImageId?.() ?? null; } catch (err) {}
+    try { const d = vp.getImageData?.(); dims = d?.dimensions ? Array.from(d.dimensions) : null; } catch (err) {}
+    const m = imageId && /instances\/([0-9.]+)/.exec(imageId);
+    return { viewportId: vp.id, imageId, sop_instance: m ? m[1] : null, dimensions: dims };
+  });
+}
+"""
+
 JS_PANEL_TEXT = r"""
 () => {
   const pick = sel => Array.from(document.querySelectorAll(sel)).map(e => e.innerText.trim()).filter(Boolean);
@@ -455,6 +473,15 @@ def summarize(viewer: dict) -> dict:
              "labels": [f'{x.get("label")}: {x.get("value")}' for x in a.get("labels") or []]}
             for a in viewer.get("annotations") or [] if a.get("toolName") != "ReferenceLines"],
         "measurement_labels": [m.get("label") for m in viewer.get("measurements") or []],
+        "key_image_sets": [
+            {"instances": d.get("numInstances"), "unsupported": d["unsupported"],
+             "handler": d.get("SOPClassHandlerId")}
+            for d in viewer.get("display_sets_after") or []
+            if (d.get("SeriesDescription") or "").startswith(KEY_IMAGES_SERIES)],
+        "key_images_shown": [
+            {"sop_instance": v.get("sop_instance"), "dimensions": v.get("dimensions")}
+            for st in viewer.get("key_images") or [] for v in st.get("viewports") or []
+            if v.get("sop_instance")],
     }
 
 
@@ -557,6 +584,25 @@ def run_viewer(base: str, study_uid: str, out: Path, timeout_s: float) -> dict:
                     viewportType: v.viewportOptions?.viewportType }));
             }""")
             report["steps"].append(step)
+
+        # The derived key-image series: opened like a user would, then what the viewport shows.
+        report["key_images"] = []
+        keys = [d for d in (report["display_sets_before"] or [])
+                if (d.get("SeriesDescription") or "").startswith(KEY_IMAGES_SERIES)]
+        for i, k in enumerate(keys, start=1):
+            step = {"step": "double-click key-image thumbnail", "displaySetInstanceUID": k["displaySetInstanceUID"]}
+            try:
+                dismiss_tour(page)
+                page.locator(f'[id="thumbnail-{k["displaySetInstanceUID"]}"]').filter(visible=True).first.dblclick(timeout=10000)
+                step["clicked"] = True
+            except Exception as e:
+                step["clicked"] = False
+                step["click_error"] = str(e)[:500]
+            settle(page, 10)
+            time.sleep(2)
+            step["viewports"] = page.evaluate(JS_VIEWPORT_IMAGES)
+            page.screenshot(path=str(out / f"05-key-images{i}.png"))
+            report["key_images"].append(step)
 
         report["display_sets_after"] = name_messages(page.evaluate(JS_DISPLAY_SETS))
         report["measurements"] = page.evaluate(JS_MEASUREMENTS)

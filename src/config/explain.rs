@@ -28,6 +28,10 @@ pub struct ExplainSection {
     /// with the full-size model; see docs/performance.md).
     #[serde(default)]
     pub on_cpu: bool,
+    /// A derived key-image series (Secondary Capture) with the regions drawn on the source
+    /// images, besides the SR's regions and the KOS: for viewers that draw neither.
+    #[serde(default = "default_true")]
+    pub key_images: bool,
 }
 
 fn default_explain_samples() -> usize {
@@ -54,6 +58,7 @@ impl Default for ExplainSection {
             batch: default_explain_batch(),
             autocast: true,
             on_cpu: false,
+            key_images: true,
         }
     }
 }

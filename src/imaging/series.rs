@@ -410,48 +410,73 @@ fn read_pixels(
     pixel_type: PixelType,
     data: &mut Vec<f64>,
 ) -> Result<(), SkipReason> {
-    let plane = w * h;
     // Files are opened once even when several frames of a multi-frame file are used.
     let mut cache: Option<(PathBuf, dicom_object::DefaultDicomObject)> = None;
     for s in &c.slices {
         if cache.as_ref().map(|(p, _)| p != &s.path).unwrap_or(true) {
-            let obj =
-                dicom_object::open_file(&s.path).map_err(|source| SkipReason::Unreadable {
-                    file: file_name(&s.path),
-                    source: Box::new(source),
-                })?;
-            cache = Some((s.path.clone(), obj));
+            cache = Some((s.path.clone(), open(&s.path)?));
         }
         let obj = &cache.as_ref().unwrap().1;
-        let decoded = decode_frame(obj, s.frame.unwrap_or(0))?;
-        let mosaic = s.acquisition.mosaic;
-        let (fw, fh) = mosaic.map_or((w, h), |m| (m.full_cols as usize, m.full_rows as usize));
-        if decoded.rows() as usize != fh || decoded.columns() as usize != fw {
-            return Err(SkipReason::FrameSize);
-        }
-        let bytes = decoded.frame_data(0).map_err(SkipReason::FrameData)?;
         let before = data.len();
-        match mosaic {
-            None => push_stored_values(data, bytes, decoded.bits_allocated(), s.signed, plane)?,
-            Some(m) => {
-                // One tile: `h` rows of `w` values, each row a slice of the mosaic's row.
-                let bpp = (decoded.bits_allocated() as usize).div_ceil(8);
-                let (x0, y0) = m.origin(w as u32, h as u32);
-                for y in 0..h {
-                    let start = ((y0 + y) * fw + x0) * bpp;
-                    let row = bytes.get(start..).ok_or(SkipReason::PixelDataShort {
-                        have: bytes.len(),
-                        need: start + w * bpp,
-                    })?;
-                    push_stored_values(data, row, decoded.bits_allocated(), s.signed, w)?;
-                }
-            }
-        }
+        append_stored(obj, s, [w, h], data)?;
         for v in &mut data[before..] {
             *v = pixel_type.cast(s.slope * *v + s.intercept);
         }
     }
     Ok(())
+}
+
+/// One slice's pixel values (rescaled, not cast), row by row: what a derived image of that
+/// slice shows (the key images drawn for an explanation).
+pub fn read_plane(s: &SliceMeta) -> Result<Vec<f64>, SkipReason> {
+    let (w, h) = (s.cols as usize, s.rows as usize);
+    let mut data = allocate_volume([w, h, 1])?;
+    append_stored(&open(&s.path)?, s, [w, h], &mut data)?;
+    for v in &mut data {
+        *v = s.slope * *v + s.intercept;
+    }
+    Ok(data)
+}
+
+fn open(path: &Path) -> Result<dicom_object::DefaultDicomObject, SkipReason> {
+    dicom_object::open_file(path).map_err(|source| SkipReason::Unreadable {
+        file: file_name(path),
+        source: Box::new(source),
+    })
+}
+
+/// The stored values of slice `s` (a frame, or a mosaic's tile) of the opened file, `h`
+/// rows of `w`, appended to `data`.
+fn append_stored(
+    obj: &dicom_object::DefaultDicomObject,
+    s: &SliceMeta,
+    [w, h]: [usize; 2],
+    data: &mut Vec<f64>,
+) -> Result<(), SkipReason> {
+    let decoded = decode_frame(obj, s.frame.unwrap_or(0))?;
+    let mosaic = s.acquisition.mosaic;
+    let (fw, fh) = mosaic.map_or((w, h), |m| (m.full_cols as usize, m.full_rows as usize));
+    if decoded.rows() as usize != fh || decoded.columns() as usize != fw {
+        return Err(SkipReason::FrameSize);
+    }
+    let bytes = decoded.frame_data(0).map_err(SkipReason::FrameData)?;
+    match mosaic {
+        None => push_stored_values(data, bytes, decoded.bits_allocated(), s.signed, w * h),
+        Some(m) => {
+            // One tile: `h` rows of `w` values, each row a slice of the mosaic's row.
+            let bpp = (decoded.bits_allocated() as usize).div_ceil(8);
+            let (x0, y0) = m.origin(w as u32, h as u32);
+            for y in 0..h {
+                let start = ((y0 + y) * fw + x0) * bpp;
+                let row = bytes.get(start..).ok_or(SkipReason::PixelDataShort {
+                    have: bytes.len(),
+                    need: start + w * bpp,
+                })?;
+                push_stored_values(data, row, decoded.bits_allocated(), s.signed, w)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// One frame of an opened file, decoded.

@@ -76,6 +76,8 @@ pub enum OutputKind {
     Sr,
     Kos,
     Card,
+    /// One image of the derived key-image series (Secondary Capture).
+    KeyImage,
 }
 
 impl OutputKind {
@@ -85,6 +87,7 @@ impl OutputKind {
             OutputKind::Sr => "sr",
             OutputKind::Kos => "kos",
             OutputKind::Card => "card",
+            OutputKind::KeyImage => "keyimage",
         }
     }
 }

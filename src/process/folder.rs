@@ -10,6 +10,7 @@ use super::prepare::{prepare_folder, PreparedStudy};
 use super::run::predictions_json;
 use super::run::{analyse, Analysis};
 use crate::imaging::series::{ImagingError, SliceOrder};
+use crate::job::OutputKind;
 use crate::model::{Manifest, ModelError, ModelOptions, PrimaModel};
 use crate::report::{ReportConfig, ReportError};
 
@@ -198,8 +199,16 @@ fn write_reports(
         node: &node_identity("PRIMA", "infer"),
         config: &ReportConfig::default(),
     })?;
+    let mut key_images = 0;
     for o in outputs {
-        let path = a.out.join(format!("{name}_{}.dcm", o.kind.as_str()));
+        let file = match o.kind {
+            OutputKind::KeyImage => {
+                key_images += 1;
+                format!("{name}_{}{key_images}.dcm", o.kind.as_str())
+            }
+            kind => format!("{name}_{}.dcm", kind.as_str()),
+        };
+        let path = a.out.join(file);
         write(&path, &o.bytes)?;
         progress(&format!("wrote {}", path.display()));
     }

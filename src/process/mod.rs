@@ -94,7 +94,10 @@ impl PrimaProcessor {
             model_dir: cfg.model.dir.clone(),
             explain: cfg.explain.options(),
             explain_on_cpu: cfg.explain.on_cpu,
-            report: ReportConfig::default(),
+            report: ReportConfig {
+                key_images: cfg.explain.key_images,
+                ..ReportConfig::default()
+            },
             node: match &cfg.node.serial_number {
                 Some(serial) => outputs::node_identity_with_serial(&cfg.node.ae_title, serial),
                 None => outputs::node_identity(&cfg.node.ae_title, &cfg.report_identity_source()),

@@ -4,8 +4,9 @@
 use crate::job::{OutputObject, PredecessorRef};
 use crate::model::Manifest;
 use crate::report::{
-    build_outputs, FindingEvidence, KeyRegion, ModelIdentity, NodeIdentity, Predictions,
-    ReportConfig, ReportError, ReportInput, SkippedSeries, SourceInstance, UsedSeries,
+    build_outputs, keyimages, FindingEvidence, KeyImagePixels, KeyRegion, ModelIdentity,
+    NodeIdentity, Predictions, ReportConfig, ReportError, ReportInput, SkippedSeries,
+    SourceInstance, UsedSeries,
 };
 
 use super::run::Analysis;
@@ -96,6 +97,11 @@ pub fn build_reports(a: &ReportArgs) -> Result<Vec<OutputObject>, ReportError> {
             .collect(),
     };
     let evidence = finding_evidence(a.analysis);
+    let key_images = if a.config.key_images {
+        key_image_pixels(a.analysis, &evidence)
+    } else {
+        Vec::new()
+    };
     let input = ReportInput {
         source_header: a.header,
         used: &used,
@@ -105,6 +111,7 @@ pub fn build_reports(a: &ReportArgs) -> Result<Vec<OutputObject>, ReportError> {
         input_set_hash: a.input_set_hash,
         predecessors: a.predecessors,
         evidence: &evidence,
+        key_images: &key_images,
         forced_complete: a.forced_complete,
         failed: false,
         node: a.node,
@@ -170,6 +177,59 @@ fn finding_evidence(analysis: &Analysis) -> Vec<FindingEvidence> {
             })
         })
         .collect()
+}
+
+/// The source images the regions lie on, read again from their files and windowed: the
+/// prepared volume is resampled and cropped, the key images show the image as acquired. An
+/// image that cannot be read is left out with a warning (the SR still names it).
+fn key_image_pixels(analysis: &Analysis, evidence: &[FindingEvidence]) -> Vec<KeyImagePixels> {
+    let mut out: Vec<KeyImagePixels> = Vec::new();
+    for (ev, r) in evidence
+        .iter()
+        .flat_map(|e| e.regions.iter().map(move |r| (e, r)))
+    {
+        if out.len() >= keyimages::MAX_KEY_IMAGES
+            || out
+                .iter()
+                .any(|i| i.sop_instance_uid == r.sop_instance_uid && i.frame == r.frame)
+        {
+            continue;
+        }
+        let found = analysis.input.prepared.iter().find_map(|p| {
+            let s = p
+                .slices
+                .iter()
+                .find(|s| s.sop_instance_uid == r.sop_instance_uid && number(s.frame) == r.frame)?;
+            Some((p, s))
+        });
+        let Some((p, s)) = found else { continue };
+        if s.samples_per_pixel != 1 {
+            continue;
+        }
+        match crate::imaging::series::read_plane(s) {
+            Ok(values) => out.push(KeyImagePixels {
+                sop_class_uid: s.sop_class_uid.clone(),
+                sop_instance_uid: s.sop_instance_uid.clone(),
+                frame: r.frame,
+                series_name: p.name.clone(),
+                instance_number: s.instance_number.map(|n| n as i32),
+                rows: s.rows as usize,
+                cols: s.cols as usize,
+                pixels: keyimages::window(&values, s.photometric.trim() == "MONOCHROME1"),
+            }),
+            Err(e) => tracing::warn!(
+                finding = %ev.label,
+                error = %e,
+                "a key image's source could not be read again: left out of the key-image series"
+            ),
+        }
+    }
+    out
+}
+
+/// A slice's frame (0-based, as decoded) as the frame number regions and references use.
+fn number(frame: Option<u32>) -> Option<u32> {
+    frame.map(|f| f + 1)
 }
 
 /// SHA-256 over the sorted (SOP Instance UID, file SHA-256) pairs of a folder's files

@@ -6,12 +6,8 @@
 //! PACS-side node, and the same pixels on every machine): the heading in bold, the table in
 //! regular weight, mixed case, one monospaced column grid.
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::tags;
-
 use super::codes;
-use super::header::{base_header, to_part10};
-use super::items::{put_empty, put_str, put_strs};
+use super::header::{base_header, put_pixels_8bit, secondary_capture_image, to_part10};
 use super::{Context, ReportError, CARD_SERIES_NUMBER, SECONDARY_CAPTURE};
 
 pub const CARD_SERIES_DESCRIPTION: &str = "Prima AI summary — NOT FOR DIAGNOSIS";
@@ -38,7 +34,7 @@ fn style(i: usize) -> (FontWeight, RasterHeight) {
 }
 
 /// The glyph drawn for `c`: its own, a plain-ASCII stand-in for typographic dashes, or '?'.
-fn glyph(
+pub(super) fn glyph(
     c: char,
     (w, h): (FontWeight, RasterHeight),
 ) -> Option<noto_sans_mono_bitmap::RasterizedChar> {
@@ -140,43 +136,9 @@ pub(crate) fn build(ctx: &Context) -> Result<Vec<u8>, ReportError> {
         CARD_SERIES_NUMBER,
         CARD_SERIES_DESCRIPTION,
     );
-    // General Series (not an SR series): the PPS reference is Type 3 here and may not be
-    // empty; Laterality is Type 2C and a whole-brain summary has none.
-    o.remove_element(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE);
-    put_empty(&mut o, tags::LATERALITY, VR::CS);
-    // SC Equipment: produced on a workstation.
-    put_str(&mut o, tags::CONVERSION_TYPE, VR::CS, "WSD");
-    // General Image
-    put_strs(
-        &mut o,
-        tags::IMAGE_TYPE,
-        VR::CS,
-        &["DERIVED".to_string(), "SECONDARY".to_string()],
-    );
-    put_empty(&mut o, tags::PATIENT_ORIENTATION, VR::CS);
-    put_str(&mut o, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
-    put_str(&mut o, tags::IMAGE_COMMENTS, VR::LT, "NOT FOR DIAGNOSIS");
-    // Image Pixel
+    secondary_capture_image(&mut o);
     let (w, h, px) = render(&lines(ctx));
-    let us = |v: usize| PrimitiveValue::from(v as u16);
-    o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, us(1)));
-    put_str(
-        &mut o,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    o.put(DataElement::new(tags::ROWS, VR::US, us(h)));
-    o.put(DataElement::new(tags::COLUMNS, VR::US, us(w)));
-    o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, us(8)));
-    o.put(DataElement::new(tags::BITS_STORED, VR::US, us(8)));
-    o.put(DataElement::new(tags::HIGH_BIT, VR::US, us(7)));
-    o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, us(0)));
-    o.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        PrimitiveValue::U8(px.into()),
-    ));
+    put_pixels_8bit(&mut o, (w, h), false, px);
     to_part10(o, SECONDARY_CAPTURE, &ctx.card_uid)
 }
 

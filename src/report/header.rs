@@ -2,7 +2,7 @@
 //! source or describing the node, the referenced requests, the device observer context, and
 //! the Part-10 encoding.
 
-use dicom_core::{Tag, VR};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::FileMetaTableBuilder;
 
@@ -292,6 +292,51 @@ pub(crate) fn observer_context(ctx: &Context) -> Vec<Obj> {
         ));
     }
     v
+}
+
+/// What a Secondary Capture made by the node says of itself besides its pixels: a derived
+/// workstation image with burned-in text, not for diagnosis. General Series is not an SR
+/// series: the PPS reference is Type 3 there and may not be empty; Laterality is Type 2C and
+/// a whole-brain result has none (dciodvfy wants it present, empty).
+pub(crate) fn secondary_capture_image(o: &mut Obj) {
+    o.remove_element(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE);
+    put_empty(o, tags::LATERALITY, VR::CS);
+    put_str(o, tags::CONVERSION_TYPE, VR::CS, "WSD");
+    put_strs(
+        o,
+        tags::IMAGE_TYPE,
+        VR::CS,
+        &["DERIVED".to_string(), "SECONDARY".to_string()],
+    );
+    put_empty(o, tags::PATIENT_ORIENTATION, VR::CS);
+    put_str(o, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
+    put_str(o, tags::IMAGE_COMMENTS, VR::LT, "NOT FOR DIAGNOSIS");
+}
+
+/// Image Pixel for 8-bit pixels, `w` x `h`: grey (MONOCHROME2) or interleaved RGB.
+pub(crate) fn put_pixels_8bit(o: &mut Obj, (w, h): (usize, usize), rgb: bool, px: Vec<u8>) {
+    let us = |v: usize| PrimitiveValue::from(v as u16);
+    let (samples, photometric) = if rgb { (3, "RGB") } else { (1, "MONOCHROME2") };
+    o.put(DataElement::new(
+        tags::SAMPLES_PER_PIXEL,
+        VR::US,
+        us(samples),
+    ));
+    put_str(o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric);
+    if rgb {
+        o.put(DataElement::new(tags::PLANAR_CONFIGURATION, VR::US, us(0)));
+    }
+    o.put(DataElement::new(tags::ROWS, VR::US, us(h)));
+    o.put(DataElement::new(tags::COLUMNS, VR::US, us(w)));
+    o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, us(8)));
+    o.put(DataElement::new(tags::BITS_STORED, VR::US, us(8)));
+    o.put(DataElement::new(tags::HIGH_BIT, VR::US, us(7)));
+    o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, us(0)));
+    o.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::U8(px.into()),
+    ));
 }
 
 /// Part-10 bytes of `obj`: preamble, `DICM`, meta group, Explicit VR Little Endian dataset.

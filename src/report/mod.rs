@@ -53,6 +53,7 @@ pub mod card;
 pub mod codes;
 mod header;
 mod items;
+pub mod keyimages;
 pub mod kos;
 mod library;
 pub mod sr;
@@ -194,6 +195,22 @@ pub struct FindingEvidence {
     pub method: String,
 }
 
+/// A source image under an explained finding's regions, windowed for display: the caller
+/// reads the pixels (the report builder opens no files), [`keyimages`] draws on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyImagePixels {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// Frame number (1-based) within a multi-frame instance, as [`KeyRegion::frame`].
+    pub frame: Option<u32>,
+    pub series_name: String,
+    pub instance_number: Option<i32>,
+    pub rows: usize,
+    pub cols: usize,
+    /// 8-bit grey (MONOCHROME2), row by row: [`keyimages::window`] of the stored values.
+    pub pixels: Vec<u8>,
+}
+
 pub struct ReportInput<'a> {
     /// Header of one source instance of the study (pixel data not needed).
     pub source_header: &'a InMemDicomObject,
@@ -207,6 +224,8 @@ pub struct ReportInput<'a> {
     /// Explained findings (empty without an explanation): the KOS's key images and the SR's
     /// regions come from the first; every one gets its regions in the SR.
     pub evidence: &'a [FindingEvidence],
+    /// The images the evidence's regions lie on, for the key-image series (may be empty).
+    pub key_images: &'a [KeyImagePixels],
     /// The study was closed before all expected series arrived.
     pub forced_complete: bool,
     /// The model run failed: no predictions to report.
@@ -221,6 +240,8 @@ pub struct ReportConfig {
     /// Lowest priority for which a KOS is emitted: "none" (default, always) … "high".
     pub kos_min_priority: String,
     pub summary_card: bool,
+    /// The derived key-image series ([`keyimages`]) when an explanation has regions.
+    pub key_images: bool,
 }
 
 impl Default for ReportConfig {
@@ -228,6 +249,7 @@ impl Default for ReportConfig {
         Self {
             kos_min_priority: "none".to_string(),
             summary_card: false,
+            key_images: true,
         }
     }
 }
@@ -253,10 +275,8 @@ pub fn build_outputs(
             cfg.kos_min_priority
         ))
     })?;
-    let ctx = Context::new(
-        input,
-        content_key(&input.input_set_hash, input.evidence, cfg),
-    )?;
+    let key = content_key(&input.input_set_hash, input.evidence, cfg);
+    let ctx = Context::new(input, key)?;
 
     let mut out = Vec::new();
     let sr_bytes = sr::build(&ctx)?;
@@ -292,6 +312,24 @@ pub fn build_outputs(
             study_instance_uid: ctx.study_uid.clone(),
             bytes: card::build(&ctx)?,
         });
+    }
+    if cfg.key_images && keyimages::any_regions(input.evidence) {
+        for (i, img) in keyimages::chosen(&ctx).into_iter().enumerate() {
+            let uid = uid::output_uid(
+                &ctx.study_uid,
+                &key,
+                &input.model.version,
+                &format!("keyimage-{}", i + 1),
+            );
+            out.push(OutputObject {
+                kind: OutputKind::KeyImage,
+                sop_class_uid: SECONDARY_CAPTURE.to_string(),
+                bytes: keyimages::build(&ctx, img, i + 1, &uid)?,
+                sop_instance_uid: uid,
+                series_instance_uid: ctx.key_images_series_uid.clone(),
+                study_instance_uid: ctx.study_uid.clone(),
+            });
+        }
     }
     Ok(out)
 }
@@ -415,6 +453,7 @@ pub(crate) struct Context<'a> {
     pub kos_series_uid: String,
     pub card_uid: String,
     pub card_series_uid: String,
+    pub key_images_series_uid: String,
     pub summary: Summary,
     pub partial: bool,
 }
@@ -439,7 +478,7 @@ fn content_key(
     };
     part(env!("CARGO_PKG_VERSION").as_bytes());
     part(cfg.kos_min_priority.as_bytes());
-    part(&[u8::from(cfg.summary_card)]);
+    part(&[u8::from(cfg.summary_card), u8::from(cfg.key_images)]);
     for e in evidence {
         part(e.label.as_bytes());
         part(e.method.as_bytes());
@@ -483,6 +522,7 @@ impl<'a> Context<'a> {
             kos_series_uid: id("kos-series"),
             card_uid: id("card"),
             card_series_uid: id("card-series"),
+            key_images_series_uid: id("keyimage-series"),
             partial: input.failed || input.forced_complete || !input.skipped.is_empty(),
             summary,
             study_uid,
