@@ -306,6 +306,75 @@ fn dicom_tls_with_client_certificates() {
     assert_eq!(node.sigterm(), Some(0), "{log}");
 }
 
+/// Issue 29: with `[tls]`, 40 connections to the TLS port from another allowed address
+/// that never finish their handshake (half silent, half stalled in the middle of a
+/// ClientHello) while a TLS PACS on 127.0.0.1 echoes and stores: every request served, the
+/// connections beyond the per-address budget refused at accept. (Before: a TLS connection
+/// took an association slot at accept, so the first 16 took them all and the PACS was
+/// turned away until they met the negotiation deadline.)
+#[test]
+fn idle_and_stalled_tls_connections_take_no_association_slot() {
+    use std::io::Write;
+    if !have_dcmtk() || !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let files = synthetic_study(data.path());
+    let mut node = Node::start(NodeOpts {
+        sources: vec![
+            (SCU_AE.into(), Some("127.0.0.1".into())),
+            ("IDLER".into(), Some("127.0.0.2".into())),
+        ],
+        ..NodeOpts::default()
+    });
+    let port = node.opts.port;
+    enable_tls(&mut node, &pki.tls_section(true), None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A TLS record header announcing a 512-byte ClientHello, and its first bytes.
+    let partial_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+    let held: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|i| {
+            let mut s = rt.block_on(async {
+                let s = tokio::net::TcpSocket::new_v4().ok()?;
+                s.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+                let c = s.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+                c.into_std().ok()
+            })?;
+            s.set_nonblocking(false).ok()?;
+            if i % 2 == 1 {
+                // Refused connections are closed: the write may fail, the test does not care.
+                let _ = s.write_all(partial_hello);
+            }
+            Some(s)
+        })
+        .collect();
+    assert_eq!(held.len(), 40, "connections opened");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let e = echo(port, &tls_args(&pki, Some("client")));
+        assert!(e.status.success(), "TLS C-ECHO refused:\n{}", text(&e));
+    }
+    let o = store(port, &tls_args(&pki, Some("client")), &files[..4]);
+    assert!(o.status.success(), "storescu +tls failed:\n{}", text(&o));
+    assert_eq!(acknowledged_files(&text(&o)).len(), 4, "{}", text(&o));
+    let served_s = started.elapsed().as_secs_f64();
+    eprintln!("TLS-IDLE-SUMMARY held=40 echoes=3 stored=4 served_in_s={served_s:.2}");
+    // Served before any held connection met the negotiation deadline (10 s).
+    assert!(served_s < 8.0, "served in {served_s:.1} s");
+    let log = node.log_text();
+    assert!(
+        log.contains("too many connections from this address not yet associated"),
+        "{log}"
+    );
+    drop(held);
+    assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
+}
+
 #[test]
 fn optional_client_certificate_and_bad_tls_config() {
     if !have_dcmtk() || !have_openssl() {
