@@ -375,6 +375,56 @@ fn idle_and_stalled_tls_connections_take_no_association_slot() {
     assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
 }
 
+/// The first PDU's bytes `first` sent over TLS (client certificate from our CA, `openssl
+/// s_client`); what the node answered until it closed.
+fn first_pdu_over_tls(pki: &Pki, port: u16, first: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut c = Command::new("timeout")
+        .args([
+            "15", "openssl", "s_client", "-quiet", "-ign_eof", "-connect",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", &pki.s("client.crt"), "-key", &pki.s("client.key")])
+        .args(["-CAfile", &pki.s("ca.crt")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    c.stdin.take().unwrap().write_all(first).unwrap();
+    c.wait_with_output().unwrap().stdout
+}
+
+/// Over TLS the request is read by the node before dicom-ul, held to the same limits as on
+/// plain TCP: an A-ASSOCIATE-RQ announcing 4 GiB is rejected (A-ASSOCIATE-RJ, permanent,
+/// local limit exceeded) without reading it, another PDU first is aborted (A-ABORT), and
+/// a real TLS PACS is still served.
+#[test]
+fn first_pdus_over_tls_are_held_to_the_plain_limits() {
+    if !have_dcmtk() || !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let mut node = Node::start(NodeOpts::default());
+    let port = node.opts.port;
+    enable_tls(&mut node, &pki.tls_section(true), None);
+    let huge = first_pdu_over_tls(&pki, port, &[0x01, 0x00, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(
+        huge,
+        [0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x01, 0x03, 0x02],
+        "answer to a 4 GiB A-ASSOCIATE-RQ"
+    );
+    let pdata = first_pdu_over_tls(&pki, port, &[0x04, 0x00, 0x00, 0x00, 0x00, 0x10]);
+    assert_eq!(
+        pdata.first(),
+        Some(&0x07),
+        "answer to a P-DATA-TF first: {pdata:02x?}"
+    );
+    let ok = echo(port, &tls_args(&pki, Some("client")));
+    assert!(ok.status.success(), "TLS echo failed:\n{}", text(&ok));
+    assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
+}
+
 #[test]
 fn optional_client_certificate_and_bad_tls_config() {
     if !have_dcmtk() || !have_openssl() {
