@@ -425,6 +425,74 @@ fn first_pdus_over_tls_are_held_to_the_plain_limits() {
     assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
 }
 
+/// A whole A-ASSOCIATE-RQ for Verification from `SCU_AE` to the node.
+fn verification_rq() -> Vec<u8> {
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    let rq = AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: SCU_AE.into(),
+        called_ae_title: NODE_AE.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    };
+    let mut buf = Vec::new();
+    dicom_ul::write_pdu(&mut buf, &rq.into()).unwrap();
+    buf
+}
+
+/// With every slot taken (max_associations = 1, held by a TLS association), the next TLS
+/// request is read whole and answered A-ASSOCIATE-RJ transient "local limit exceeded" over
+/// TLS, as on plain TCP; the association holding the slot got its A-ASSOCIATE-AC through
+/// the relay to dicom-ul.
+#[test]
+fn a_tls_request_beyond_the_slots_is_rejected_transiently() {
+    use std::io::{Read, Write};
+    if !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let mut node = Node::start(NodeOpts {
+        max_associations: 1,
+        ..NodeOpts::default()
+    });
+    let port = node.opts.port;
+    enable_tls(&mut node, &pki.tls_section(true), None);
+    let mut holder = Command::new("openssl")
+        .args(["s_client", "-quiet", "-ign_eof", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", &pki.s("client.crt"), "-key", &pki.s("client.key")])
+        .args(["-CAfile", &pki.s("ca.crt")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let mut to_node = holder.stdin.take().unwrap();
+    to_node.write_all(&verification_rq()).unwrap();
+    let mut ac = [0u8; 1];
+    holder.stdout.take().unwrap().read_exact(&mut ac).unwrap();
+    assert_eq!(ac[0], 0x02, "A-ASSOCIATE-AC expected");
+    let busy = first_pdu_over_tls(&pki, port, &verification_rq());
+    assert_eq!(
+        busy,
+        [0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x02, 0x03, 0x02],
+        "A-ASSOCIATE-RJ transient, local limit exceeded"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        node.log_text().contains("association limit reached"),
+        "{}",
+        node.log_text()
+    );
+    assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
+}
+
 #[test]
 fn optional_client_certificate_and_bad_tls_config() {
     if !have_dcmtk() || !have_openssl() {
