@@ -331,7 +331,7 @@ fn send_batch(
     let connect_timeout = Duration::from_secs_f64(cfg.outbox.connect_timeout_s);
     let remote = relay::connect(&dest.host, dest.port, connect_timeout).and_then(|remote| {
         let _ = remote.set_nodelay(true);
-        let local = relay::start(&remote, deadline.at, answer)?;
+        let local = relay::start(&remote, Instant::now() + connect_timeout, answer)?;
         Ok((remote, local))
     });
     let (remote, local) = match remote {

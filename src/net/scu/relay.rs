@@ -63,8 +63,8 @@ pub(super) fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStr
 }
 
 /// Relay the next connection to a loopback listener to `remote` until either side ends.
-/// Returns the listener's address, for dicom-ul to connect to. A listener nobody connects
-/// to by `until` is closed (dicom-ul failed before connecting).
+/// Returns the listener's address, for dicom-ul to connect to at once. A listener nobody
+/// connects to by `until` is closed (dicom-ul failed before connecting).
 ///
 /// `remote` gets `write_timeout` on its writes, so a destination that stops reading cannot
 /// keep the relay once dicom-ul has given up; its reads need none: dicom-ul times its own
