@@ -7,6 +7,8 @@ mod fixtures;
 use common::*;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[test]
@@ -1045,11 +1047,18 @@ fn silent_destination() -> u16 {
 /// A destination that answers, one byte every 50 ms: a proxy in front of a storescp that
 /// passes the node's bytes at once and the storescp's a byte at a time. Returns its port.
 fn trickling_destination(to: u16) -> u16 {
+    trickling_destination_every(to, Duration::from_millis(50), Arc::default())
+}
+
+/// [`trickling_destination`] with a byte every `every`; `connections` counts the
+/// connections it accepted.
+fn trickling_destination_every(to: u16, every: Duration, connections: Arc<AtomicUsize>) -> u16 {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for c in l.incoming().flatten() {
+            connections.fetch_add(1, Ordering::SeqCst);
             let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
                 continue;
             };
@@ -1059,7 +1068,7 @@ fn trickling_destination(to: u16) -> u16 {
             std::thread::spawn(move || {
                 let mut b = [0u8; 1];
                 while up_in.read_exact(&mut b).is_ok() {
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(every);
                     if c_out.write_all(&b).is_err() {
                         break;
                     }
@@ -1148,6 +1157,93 @@ fn a_silent_and_a_trickling_destination_do_not_hold_up_a_healthy_one() {
     assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
     let stop_s = t.elapsed().as_secs_f64();
     eprintln!("SIGTERM to exit: {stop_s:.1} s");
+    assert!(stop_s < 30.0, "SIGTERM took {stop_s:.1} s");
+}
+
+/// Issue 29: a destination that trickles its A-ASSOCIATE-AC a byte a second, beside a
+/// healthy one. Its attempt ends by `transfer_timeout_s` with a reason that says so and is
+/// backed off (tried again, and cut again); the healthy one gets every result within its
+/// normal latency + 10 s. (Before: dicom-ul's client bounds the negotiation per read only,
+/// so the attempt lasted as long as the trickle, minutes for a few hundred bytes.)
+#[test]
+fn an_acceptance_trickled_a_byte_a_second_is_cut_at_the_deadline() {
+    if !have_dcmtk() {
+        return;
+    }
+    let (healthy_port, behind_port) = (free_port(), free_port());
+    let healthy = StoreScp::start(healthy_port);
+    let _behind_trickle = StoreScp::start(behind_port);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let trickle =
+        trickling_destination_every(behind_port, Duration::from_secs(1), connections.clone());
+    let mut node = Node::start(NodeOpts {
+        dest_port: healthy_port,
+        quiet_s: 0.5,
+        retry_initial_s: 1.0,
+        retry_max_s: 2.0,
+        outbox_toml: "response_timeout_s = 3\ntransfer_timeout_s = 6".into(),
+        extra_toml: format!(
+            "\n[[destinations]]\nae_title = \"TRICKLE\"\nhost = \"127.0.0.1\"\nport = {trickle}\n"
+        ),
+        ..NodeOpts::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .args(["synth-study", "--seed", "61", "--instances", "3"])
+        .args(["--series", "2", "--rows", "64", "--cols", "64", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let files = walk_files(tmp.path());
+    let study = study_uid_of(&files[0]);
+    let sent = std::time::Instant::now();
+    assert!(storescu(node.opts.port, SCU_AE, &files).status.success());
+    assert!(
+        wait_until(Duration::from_secs(10), || connections
+            .load(Ordering::SeqCst)
+            >= 1),
+        "no attempt on the trickling destination:\n{}",
+        node.log_text()
+    );
+    let attempt = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(12), || healthy
+            .received()
+            .iter()
+            .any(|(_, s)| *s == study)),
+        "no result at the healthy destination {:.1} s after sending:\n{}",
+        sent.elapsed().as_secs_f64(),
+        node.log_text()
+    );
+    let healthy_s = sent.elapsed().as_secs_f64();
+    let reason =
+        "association request: the destination did not finish within transfer_timeout_s = 6 s";
+    assert!(
+        wait_until(Duration::from_secs(10), || node.status().contains(reason)),
+        "the trickled acceptance was not cut by the deadline {:.1} s after the attempt began:\n{}",
+        attempt.elapsed().as_secs_f64(),
+        node.status()
+    );
+    // From the connection to the reason on the status page (an upper bound when the
+    // healthy destination's wait above took longer).
+    let cut_s = attempt.elapsed().as_secs_f64();
+    assert!(cut_s < 6.0 + 3.0, "attempt cut {cut_s:.1} s after it began");
+    // Backed off, then tried again on a new connection.
+    assert!(
+        wait_until(Duration::from_secs(12), || connections
+            .load(Ordering::SeqCst)
+            >= 2),
+        "no second attempt:\n{}",
+        node.log_text()
+    );
+    eprintln!(
+        "TRICKLED-AC-SUMMARY healthy_s={healthy_s:.1} cut_after_s={cut_s:.1} attempts_so_far={}",
+        connections.load(Ordering::SeqCst)
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
+    let stop_s = t.elapsed().as_secs_f64();
     assert!(stop_s < 30.0, "SIGTERM took {stop_s:.1} s");
 }
 

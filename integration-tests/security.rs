@@ -306,6 +306,193 @@ fn dicom_tls_with_client_certificates() {
     assert_eq!(node.sigterm(), Some(0), "{log}");
 }
 
+/// Issue 29: with `[tls]`, 40 connections to the TLS port from another allowed address
+/// that never finish their handshake (half silent, half stalled in the middle of a
+/// ClientHello) while a TLS PACS on 127.0.0.1 echoes and stores: every request served, the
+/// connections beyond the per-address budget refused at accept. (Before: a TLS connection
+/// took an association slot at accept, so the first 16 took them all and the PACS was
+/// turned away until they met the negotiation deadline.)
+#[test]
+fn idle_and_stalled_tls_connections_take_no_association_slot() {
+    use std::io::Write;
+    if !have_dcmtk() || !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let files = synthetic_study(data.path());
+    let mut node = Node::start(NodeOpts {
+        sources: vec![
+            (SCU_AE.into(), Some("127.0.0.1".into())),
+            ("IDLER".into(), Some("127.0.0.2".into())),
+        ],
+        ..NodeOpts::default()
+    });
+    let port = node.opts.port;
+    enable_tls(&mut node, &pki.tls_section(true), None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A TLS record header announcing a 512-byte ClientHello, and its first bytes.
+    let partial_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+    let held: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|i| {
+            let mut s = rt.block_on(async {
+                let s = tokio::net::TcpSocket::new_v4().ok()?;
+                s.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+                let c = s.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+                c.into_std().ok()
+            })?;
+            s.set_nonblocking(false).ok()?;
+            if i % 2 == 1 {
+                // Refused connections are closed: the write may fail, the test does not care.
+                let _ = s.write_all(partial_hello);
+            }
+            Some(s)
+        })
+        .collect();
+    assert_eq!(held.len(), 40, "connections opened");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let e = echo(port, &tls_args(&pki, Some("client")));
+        assert!(e.status.success(), "TLS C-ECHO refused:\n{}", text(&e));
+    }
+    let o = store(port, &tls_args(&pki, Some("client")), &files[..4]);
+    assert!(o.status.success(), "storescu +tls failed:\n{}", text(&o));
+    assert_eq!(acknowledged_files(&text(&o)).len(), 4, "{}", text(&o));
+    let served_s = started.elapsed().as_secs_f64();
+    eprintln!("TLS-IDLE-SUMMARY held=40 echoes=3 stored=4 served_in_s={served_s:.2}");
+    // Served before any held connection met the negotiation deadline (10 s).
+    assert!(served_s < 8.0, "served in {served_s:.1} s");
+    let log = node.log_text();
+    assert!(
+        log.contains("too many connections from this address not yet associated"),
+        "{log}"
+    );
+    drop(held);
+    assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
+}
+
+/// The first PDU's bytes `first` sent over TLS (client certificate from our CA, `openssl
+/// s_client`); what the node answered until it closed.
+fn first_pdu_over_tls(pki: &Pki, port: u16, first: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut c = Command::new("timeout")
+        .args([
+            "15", "openssl", "s_client", "-quiet", "-ign_eof", "-connect",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", &pki.s("client.crt"), "-key", &pki.s("client.key")])
+        .args(["-CAfile", &pki.s("ca.crt")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    c.stdin.take().unwrap().write_all(first).unwrap();
+    c.wait_with_output().unwrap().stdout
+}
+
+/// Over TLS the request is read by the node before dicom-ul, held to the same limits as on
+/// plain TCP: an A-ASSOCIATE-RQ announcing 4 GiB is rejected (A-ASSOCIATE-RJ, permanent,
+/// local limit exceeded) without reading it, another PDU first is aborted (A-ABORT), and
+/// a real TLS PACS is still served.
+#[test]
+fn first_pdus_over_tls_are_held_to_the_plain_limits() {
+    if !have_dcmtk() || !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let mut node = Node::start(NodeOpts::default());
+    let port = node.opts.port;
+    enable_tls(&mut node, &pki.tls_section(true), None);
+    let huge = first_pdu_over_tls(&pki, port, &[0x01, 0x00, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(
+        huge,
+        [0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x01, 0x03, 0x02],
+        "answer to a 4 GiB A-ASSOCIATE-RQ"
+    );
+    let pdata = first_pdu_over_tls(&pki, port, &[0x04, 0x00, 0x00, 0x00, 0x00, 0x10]);
+    assert_eq!(
+        pdata.first(),
+        Some(&0x07),
+        "answer to a P-DATA-TF first: {pdata:02x?}"
+    );
+    let ok = echo(port, &tls_args(&pki, Some("client")));
+    assert!(ok.status.success(), "TLS echo failed:\n{}", text(&ok));
+    assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
+}
+
+/// A whole A-ASSOCIATE-RQ for Verification from `SCU_AE` to the node.
+fn verification_rq() -> Vec<u8> {
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    let rq = AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: SCU_AE.into(),
+        called_ae_title: NODE_AE.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    };
+    let mut buf = Vec::new();
+    dicom_ul::write_pdu(&mut buf, &rq.into()).unwrap();
+    buf
+}
+
+/// With every slot taken (max_associations = 1, held by a TLS association), the next TLS
+/// request is read whole and answered A-ASSOCIATE-RJ transient "local limit exceeded" over
+/// TLS, as on plain TCP; the association holding the slot got its A-ASSOCIATE-AC through
+/// the relay to dicom-ul.
+#[test]
+fn a_tls_request_beyond_the_slots_is_rejected_transiently() {
+    use std::io::{Read, Write};
+    if !have_openssl() {
+        return;
+    }
+    let pki = Pki::new();
+    let mut node = Node::start(NodeOpts {
+        max_associations: 1,
+        ..NodeOpts::default()
+    });
+    let port = node.opts.port;
+    enable_tls(&mut node, &pki.tls_section(true), None);
+    let mut holder = Command::new("openssl")
+        .args(["s_client", "-quiet", "-ign_eof", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", &pki.s("client.crt"), "-key", &pki.s("client.key")])
+        .args(["-CAfile", &pki.s("ca.crt")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let mut to_node = holder.stdin.take().unwrap();
+    to_node.write_all(&verification_rq()).unwrap();
+    let mut ac = [0u8; 1];
+    holder.stdout.take().unwrap().read_exact(&mut ac).unwrap();
+    assert_eq!(ac[0], 0x02, "A-ASSOCIATE-AC expected");
+    let busy = first_pdu_over_tls(&pki, port, &verification_rq());
+    assert_eq!(
+        busy,
+        [0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x02, 0x03, 0x02],
+        "A-ASSOCIATE-RJ transient, local limit exceeded"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        node.log_text().contains("association limit reached"),
+        "{}",
+        node.log_text()
+    );
+    assert_eq!(node.sigterm(), Some(0), "{}", node.log_text());
+}
+
 #[test]
 fn optional_client_certificate_and_bad_tls_config() {
     if !have_dcmtk() || !have_openssl() {

@@ -58,9 +58,10 @@ part crashloop cargo test --quiet --features stand-in --test node_recovery a_stu
 part cas cargo test --quiet --features stand-in --test cluster_cas -- --nocapture
 # The cluster under partitions (issue 33): fault proxies on routes, clients and PACS paths.
 part partitions cargo test --quiet --features stand-in --test cluster_partitions -- --nocapture --test-threads=1
-# Stuck peers (issue 29): a silent and a trickling destination beside a healthy one, a full
-# PACS retried until it has room, a stopped model process making the node not ready.
-part stuck cargo test --quiet --features stand-in --test node_recovery -- --nocapture --test-threads=1 silent_and_a_trickling a700_is_retried not_ready_until
+# Stuck peers (issue 29): a silent and a trickling destination beside a healthy one, an
+# acceptance trickled a byte a second, a full PACS retried until it has room, a stopped model
+# process making the node not ready.
+part stuck cargo test --quiet --features stand-in --test node_recovery -- --nocapture --test-threads=1 silent_and_a_trickling trickled_a_byte_a_second a700_is_retried not_ready_until
 # The Debian package (issue 31): release build, package, clean Debian root (minutes).
 part package bash scripts/package.sh --test
 # Retention (issue 32): a simulated week of small studies (disk and database flat), disk
@@ -114,6 +115,7 @@ printf '%-34s %s\n' "poison header through processing" "$(passed poison "series 
 printf '%-34s %s\n' "partitions (seed, studies)" "$(field partitions partitions seed) $(field partitions partitions studies): sr $(field partitions partitions sr), amended $(field partitions partitions amended), failed $(field partitions partitions failed), lost $(field partitions partitions lost), duplicates $(field partitions partitions duplicates), $(field partitions partitions wall_s) s"
 printf '%-34s %s\n' "CAS race (2.9.10: accepted twice)" "$(grep -ho 'cas-race server=/usr/sbin/nats-server .*' "$LOGDIR/cas.log" 2>/dev/null | sed -n 's/.*raw_double_accepts=\([0-9]*\) lost_with_modify=\([0-9]*\).*/\1 of 300 rounds, lost through modify: \2/p' | head -n 1)"
 printf '%-34s %s\n' "slow destinations (healthy got)" "$(grep -ho 'at the healthy destination [0-9.]* s' "$LOGDIR/stuck.log" 2>/dev/null | awk '{print $5}' | sort -n | tail -n 1) s at worst after sending; SIGTERM to exit $(grep -ho 'SIGTERM to exit: [0-9.]* s' "$LOGDIR/stuck.log" 2>/dev/null | awk '{print $4}') s"
+printf '%-34s %s\n' "trickled acceptance cut after (s)" "$(field stuck TRICKLED-AC-SUMMARY cut_after_s) (transfer_timeout_s 6, retried: $(field stuck TRICKLED-AC-SUMMARY attempts_so_far) attempts; healthy got it after $(field stuck TRICKLED-AC-SUMMARY healthy_s) s)"
 printf '%-34s %s\n' "stopped model process" "not ready $(grep -ho 'not ready [0-9.]* s after the stop' "$LOGDIR/stuck.log" 2>/dev/null | awk '{print $3}') s after it stopped; $(passed stuck "ready again once replaced")"
 printf '%-34s %s\n' "retention week (spool, state.db max)" "$(grep -ho 'RETENTION-SOAK spool max.*' "$LOGDIR/retention.log" 2>/dev/null | head -n 1 | cut -d' ' -f4-)"
 printf '%-34s %s\n' "fuzz executions" "$fuzz_execs"

@@ -12,7 +12,8 @@ use crate::net::admission::Pending;
 /// Descriptors the node may need at most, by what holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
-    /// Associations' sockets and the spool file each writes.
+    /// Associations' sockets and the spool file each writes (with `[tls]`, the loopback
+    /// pair that relays each association to dicom-ul too).
     pub associations: u64,
     /// Connections accepted and not yet associated.
     pub pending: u64,
@@ -22,21 +23,21 @@ pub struct Budget {
     pub reserve: u64,
 }
 
-/// What the node keeps for its own files beyond the listeners, plus two per destination
-/// (a sender's socket and the file it reads).
+/// What the node keeps for its own files beyond the listeners, plus four per destination
+/// (a sender's socket, the loopback pair relaying it to dicom-ul, the file it reads).
 const RESERVE: u64 = 128;
 
 impl Budget {
     pub fn of(cfg: &Config) -> Budget {
         let slots = cfg.node.max_associations as u64;
         Budget {
-            associations: 2 * slots,
+            associations: if cfg.tls.is_some() { 4 } else { 2 } * slots,
             pending: Pending::most(cfg.node.max_associations) as u64,
             http: cfg
                 .http
                 .as_ref()
                 .map_or(0, |h| super::listeners::http_limits(h).descriptors() as u64),
-            reserve: RESERVE + 2 * cfg.destinations.len() as u64,
+            reserve: RESERVE + 4 * cfg.destinations.len() as u64,
         }
     }
 

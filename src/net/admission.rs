@@ -8,8 +8,9 @@
 //! mode would read a PDU of any announced length, up to 4 GiB, into memory), and the whole
 //! negotiation runs under [`negotiation_deadline`]. The AE-title check itself
 //! ([`SourceAcl`]) needs the request, so it answers with A-ASSOCIATE-RJ as before. Until
-//! its whole request has arrived ([`whole_request`]) a plain-TCP connection holds only a
-//! place in [`Pending`] (per address and in all), not an association slot.
+//! its whole request has arrived ([`whole_request`] on plain TCP, [`read_request`] after a
+//! TLS handshake) a connection holds only a place in [`Pending`] (per address and in all),
+//! not an association slot.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use dicom_ul::pdu::{
     AssociationRJSource, UserIdentity,
 };
 use dicom_ul::Pdu;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::warn;
 
@@ -57,6 +58,8 @@ pub enum Refusal {
     NotAssociateRq(u8),
     /// Closed or silent before a whole PDU header arrived.
     NoHeader,
+    /// Closed before the whole request its header announced arrived.
+    Truncated,
 }
 
 /// The verdict on the first PDU's header (type, length), before its body is read.
@@ -85,6 +88,37 @@ pub async fn precheck(sock: &mut TcpStream) -> Result<(), Refusal> {
             Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+    refuse_unless_request(sock, hdr).await
+}
+
+/// Read the whole A-ASSOCIATE-RQ (header included) from a stream that cannot be peeked (a
+/// TLS session), refusing on the way what [`precheck`] refuses, with the same answers.
+/// Callers bound it by the negotiation deadline.
+pub async fn read_request<S>(stream: &mut S) -> Result<Vec<u8>, Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut hdr = [0u8; 6];
+    if stream.read_exact(&mut hdr).await.is_err() {
+        return Err(Refusal::NoHeader);
+    }
+    refuse_unless_request(stream, hdr).await?;
+    let len = u32::from_be_bytes([hdr[2], hdr[3], hdr[4], hdr[5]]) as usize;
+    let mut request = vec![0u8; 6 + len];
+    request[..6].copy_from_slice(&hdr);
+    stream
+        .read_exact(&mut request[6..])
+        .await
+        .map_err(|_| Refusal::Truncated)?;
+    Ok(request)
+}
+
+/// The verdict of [`judge_first_header`] on `hdr`; a refusal is answered on `stream`, which
+/// is then shut down.
+async fn refuse_unless_request<S>(stream: &mut S, hdr: [u8; 6]) -> Result<(), Refusal>
+where
+    S: AsyncWrite + Unpin,
+{
     let verdict = judge_first_header(hdr);
     let answer = match &verdict {
         Ok(()) => return Ok(()),
@@ -110,18 +144,40 @@ pub async fn precheck(sock: &mut TcpStream) -> Result<(), Refusal> {
                 source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::UnexpectedPdu),
             }
         }
-        Err(Refusal::NoHeader) => unreachable!("handled above"),
+        Err(Refusal::NoHeader | Refusal::Truncated) => unreachable!("not a header verdict"),
     };
-    send_and_close(sock, &answer).await;
+    send_and_close(stream, &answer).await;
     verdict
 }
 
-async fn send_and_close(sock: &mut TcpStream, pdu: &Pdu) {
+async fn send_and_close<S>(stream: &mut S, pdu: &Pdu)
+where
+    S: AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     if dicom_ul::write_pdu(&mut buf, pdu).is_ok() {
-        let _ = sock.write_all(&buf).await;
+        let _ = stream.write_all(&buf).await;
     }
-    let _ = sock.shutdown().await;
+    let _ = stream.shutdown().await;
+}
+
+/// The answer to a whole request when no association slot is free: A-ASSOCIATE-RJ
+/// transient "local limit exceeded", so the requestor retries later.
+fn busy() -> Pdu {
+    Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    })
+}
+
+/// [`reject_busy`] for a stream whose request was read whole already ([`read_request`]).
+pub async fn answer_busy<S>(mut stream: S, deadline: Duration)
+where
+    S: AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(deadline, send_and_close(&mut stream, &busy())).await;
 }
 
 /// No association slot free: read the request (bounded like any other) and answer it
@@ -136,13 +192,7 @@ pub async fn reject_busy(mut sock: TcpStream, deadline: Duration) {
         tokio::io::copy(&mut (&mut sock).take(len), &mut sink)
             .await
             .ok()?;
-        let rj = Pdu::AssociationRJ(AssociationRJ {
-            result: AssociationRJResult::Transient,
-            source: AssociationRJSource::ServiceProviderPresentation(
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-            ),
-        });
-        send_and_close(&mut sock, &rj).await;
+        send_and_close(&mut sock, &busy()).await;
         Some(())
     };
     let _ = tokio::time::timeout(deadline, task).await;

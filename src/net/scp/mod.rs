@@ -14,6 +14,7 @@
 //! - this module: the `Listener` accepts connections and decides which get a task;
 //! - `negotiate`: the association request on one connection (plain TCP or TLS), up to an
 //!   established association;
+//! - `relay`: a TLS association's decrypted bytes to dicom-ul over loopback TCP;
 //! - `association`: the `Handler` serving one established association, PDU by PDU, until
 //!   release, abort or error;
 //! - `pdv`: what each presentation data value means (command reassembly, C-ECHO, C-STORE,
@@ -24,6 +25,7 @@
 mod association;
 mod negotiate;
 mod pdv;
+mod relay;
 mod store;
 
 use std::net::SocketAddr;
@@ -77,7 +79,7 @@ pub struct ScpCtx {
     pub spool: Spool,
     pub state: Arc<State>,
     pub limit: Arc<Semaphore>,
-    /// Connections not yet associated (plain TCP), per address and in all.
+    /// Connections not yet associated (plain TCP or TLS), per address and in all.
     pub pending: Arc<super::admission::Pending>,
     pub transfer_syntaxes: Vec<&'static str>,
     /// DICOM TLS on every association when set (`[tls]`).
@@ -156,33 +158,21 @@ impl Listener {
             }
             return;
         }
-        let deadline = admission::negotiation_deadline(live.config.read_timeout());
         let _ = sock.set_nodelay(true);
-        let serve = |sock: TcpStream, admitted: negotiate::Admitted| {
-            let ctx = ctx.clone();
-            let abort = self.abort.clone();
-            let span = info_span!("assoc", id, peer = %peer);
-            tokio::spawn(negotiate::handle(sock, peer, ctx, abort, admitted).instrument(span));
-        };
-        if ctx.tls.is_none() {
-            match ctx.pending.take(peer.ip()) {
-                Some(p) => serve(sock, negotiate::Admitted::Pending(p)),
-                None => {
-                    let detail = "too many connections from this address not yet associated";
-                    if refused(ctx, &peer, "pending", detail) {
-                        warn!(id, peer = %peer, "connection refused: {detail} (more from this address within a minute are counted, then reported once)");
-                    }
-                }
+        // TLS or not, a connection holds only a pending place until its whole request has
+        // arrived (after the handshake, with TLS): then it takes an association slot.
+        match ctx.pending.take(peer.ip()) {
+            Some(p) => {
+                let ctx = ctx.clone();
+                let abort = self.abort.clone();
+                let span = info_span!("assoc", id, peer = %peer);
+                tokio::spawn(negotiate::handle(sock, peer, ctx, abort, p).instrument(span));
             }
-            return;
-        }
-        match ctx.limit.clone().try_acquire_owned() {
-            Ok(permit) => serve(sock, negotiate::Admitted::Slot(permit)),
-            Err(_) => {
-                if refused(ctx, &peer, "limit", "association limit reached") {
-                    warn!(id, peer = %peer, "association limit reached: rejecting (transient, local limit exceeded; more from this address within a minute are counted, then reported once)");
+            None => {
+                let detail = "too many connections from this address not yet associated";
+                if refused(ctx, &peer, "pending", detail) {
+                    warn!(id, peer = %peer, "connection refused: {detail} (more from this address within a minute are counted, then reported once)");
                 }
-                tokio::spawn(admission::reject_busy(sock, deadline));
             }
         }
     }

@@ -16,23 +16,16 @@ use crate::config::{canonical_ip, Config};
 use crate::net::admission::{self, SourceAcl};
 use crate::net::dimse;
 
-/// How a connection was admitted at accept.
-pub(super) enum Admitted {
-    /// Plain TCP: a place among the pending connections; the association slot is taken
-    /// once the whole A-ASSOCIATE-RQ has arrived.
-    Pending(admission::PendingPermit),
-    /// TLS: the request cannot be seen before the handshake, so the slot is taken at
-    /// accept (and the negotiation deadline covers the handshake).
-    Slot(tokio::sync::OwnedSemaphorePermit),
-}
-
-/// Negotiate an association on `sock` and serve it until it ends.
+/// Negotiate an association on `sock` and serve it until it ends. `pending` is the
+/// connection's place among those not yet associated: the association slot is taken once
+/// the whole A-ASSOCIATE-RQ has arrived (after the TLS handshake with `[tls]`), so
+/// connections that never send one, or stall their handshake, hold no slot.
 pub(super) async fn handle(
-    mut sock: TcpStream,
+    sock: TcpStream,
     peer: SocketAddr,
     ctx: Arc<ScpCtx>,
     abort: watch::Receiver<bool>,
-    admitted: Admitted,
+    pending: admission::PendingPermit,
 ) {
     let live = ctx.config.snapshot();
     let cfg = live.config.clone();
@@ -42,11 +35,22 @@ pub(super) async fn handle(
         state: ctx.state.clone(),
     };
     let opts = options(&ctx, &cfg, acl);
+    match ctx.tls.clone() {
+        None => handle_plain(sock, peer, ctx, abort, opts, &cfg, pending).await,
+        Some(tls) => handle_tls(sock, peer, ctx, abort, opts, &cfg, pending, tls).await,
+    }
+}
+
+async fn handle_plain(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ScpCtx>,
+    abort: watch::Receiver<bool>,
+    opts: ServerAssociationOptions<'static, SourceAcl, DefaultNegotiation>,
+    cfg: &Config,
+    pending: admission::PendingPermit,
+) {
     let deadline = admission::negotiation_deadline(cfg.read_timeout());
-    let pending = match admitted {
-        Admitted::Pending(p) => p,
-        Admitted::Slot(slot) => return handle_tls(sock, peer, ctx, abort, opts, &cfg, slot).await,
-    };
     let started = std::time::Instant::now();
     let request = async {
         if let Err(r) = admission::precheck(&mut sock).await {
@@ -69,17 +73,14 @@ pub(super) async fn handle(
         }
     }
     drop(pending);
-    let Ok(_slot) = ctx.limit.clone().try_acquire_owned() else {
-        if refused(&ctx, &peer, "limit", "association limit reached") {
-            warn!(peer = %peer, "association limit reached: rejecting (transient, local limit exceeded; more from this address within a minute are counted, then reported once)");
-        }
+    let Some(_slot) = slot(&ctx, &peer) else {
         let left = deadline.saturating_sub(started.elapsed());
         admission::reject_busy(sock, left).await;
         return;
     };
     let left = deadline.saturating_sub(started.elapsed());
     match tokio::time::timeout(left, opts.establish_async(sock)).await {
-        Ok(Ok(a)) => Handler::new(a, peer, ctx, &cfg, abort).run().await,
+        Ok(Ok(a)) => Handler::new(a, peer, ctx, cfg, abort).run().await,
         // Refused by the access check, which logged why.
         Ok(Err(e)) => debug!(error = %e, "association not established"),
         Err(_) => warn!(
@@ -89,6 +90,30 @@ pub(super) async fn handle(
     }
 }
 
+/// An association slot, if one is free (the refusal is counted and reported otherwise).
+fn slot(ctx: &ScpCtx, peer: &SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slot = ctx.limit.clone().try_acquire_owned().ok();
+    if slot.is_none() && refused(ctx, peer, "limit", "association limit reached") {
+        warn!(peer = %peer, "association limit reached: rejecting (transient, local limit exceeded; more from this address within a minute are counted, then reported once)");
+    }
+    slot
+}
+
+/// Why a TLS connection ended before its request was read whole.
+#[derive(Debug, thiserror::Error)]
+enum TlsNegotiation {
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("association request refused: {0:?}")]
+    Request(admission::Refusal),
+}
+
+/// The TLS handshake and the request are ours (tokio-rustls with the listener's
+/// configuration, client-certificate verification included), under the same pending place
+/// and deadline as a plain connection. dicom-ul 0.10.1 negotiates only on a plain
+/// `TcpStream` or does the handshake itself, so the decrypted association reaches it
+/// through a loopback relay ([`super::relay`]), the request read here replayed first.
+#[allow(clippy::too_many_arguments)]
 async fn handle_tls(
     sock: TcpStream,
     peer: SocketAddr,
@@ -96,27 +121,70 @@ async fn handle_tls(
     abort: watch::Receiver<bool>,
     opts: ServerAssociationOptions<'static, SourceAcl, DefaultNegotiation>,
     cfg: &Config,
-    // Held until the association ends.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    pending: admission::PendingPermit,
+    tls: Arc<rustls::ServerConfig>,
 ) {
     let deadline = admission::negotiation_deadline(cfg.read_timeout());
-    let Some(tls) = ctx.tls.clone() else {
+    let started = std::time::Instant::now();
+    let negotiation = async {
+        let mut stream = tokio_rustls::TlsAcceptor::from(tls)
+            .accept(sock)
+            .await
+            .map_err(TlsNegotiation::Handshake)?;
+        let request = admission::read_request(&mut stream)
+            .await
+            .map_err(TlsNegotiation::Request)?;
+        Ok((stream, request))
+    };
+    let (stream, request) = match tokio::time::timeout(deadline, negotiation).await {
+        Ok(Ok(got)) => got,
+        Ok(Err(e)) => {
+            if let TlsNegotiation::Request(r) = &e {
+                if matches!(
+                    r,
+                    admission::Refusal::TooLarge(_) | admission::Refusal::NotAssociateRq(_)
+                ) {
+                    refused(&ctx, &peer, "request", &format!("{r:?}"));
+                }
+            }
+            warn!(error = %e, "TLS association not established (handshake, certificate, oversized or refused request)");
+            return;
+        }
+        Err(_) => {
+            warn!(
+                deadline_s = deadline.as_secs(),
+                "TLS handshake and association request not complete by the deadline: closing"
+            );
+            return;
+        }
+    };
+    drop(pending);
+    let Some(held) = slot(&ctx, &peer) else {
+        let left = deadline.saturating_sub(started.elapsed());
+        admission::answer_busy(stream, left).await;
         return;
     };
-    // The TLS stream cannot be peeked before dicom-ul reads it: strict mode bounds the
-    // request by max_pdu_length instead (64 KiB by default). The deadline also covers the
-    // handshake, which dicom-ul does not bound.
-    let opts = opts.strict(true).tls_config(tls);
-    match tokio::time::timeout(deadline, opts.establish_tls_async(sock)).await {
-        Ok(Ok(a)) => Handler::new(a, peer, ctx, cfg, abort).run().await,
-        Ok(Err(e)) => {
-            warn!(error = %e, "TLS association not established (handshake, certificate, oversized or refused request)")
+    let relay = match super::relay::Relay::start(stream, request).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "TLS association not established: no loopback relay to the association handler");
+            return;
         }
+    };
+    let (inner, relay) = relay.into_parts();
+    let left = deadline.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, opts.establish_async(inner)).await {
+        Ok(Ok(a)) => Handler::new(a, peer, ctx, cfg, abort).run().await,
+        // Refused by the access check, which logged why.
+        Ok(Err(e)) => debug!(error = %e, "TLS association not established"),
         Err(_) => warn!(
             deadline_s = deadline.as_secs(),
             "TLS handshake and association request not complete by the deadline: closing"
         ),
     }
+    // dicom-ul's end is closed: the slot is free while the last bytes reach the peer.
+    drop(held);
+    relay.finish().await;
 }
 
 /// What the node accepts: its AE title, the sources' access check, Verification and the

@@ -17,10 +17,11 @@
 //! destination has a deadline — the connection (`connect_timeout_s`), each answer and each
 //! write (`response_timeout_s`), and the whole association (`transfer_timeout_s`, enforced by
 //! shutting the socket down, since a trickle defeats per-read timeouts) — and a destination
-//! that misses one is backed off like an unreachable one. dicom-ul's blocking client gives
-//! no handle on the socket before the association is accepted: an acceptance trickled a
-//! byte at a time is bounded per read only, and the association is cut (and backed off)
-//! as soon as it is accepted past the deadline. A destination that answers "out of
+//! that misses one is backed off like an unreachable one. The deadline covers the
+//! association's negotiation too: dicom-ul's blocking client gives no handle on its socket
+//! before the association is accepted, so the sender connects itself and dicom-ul reaches
+//! the destination through a loopback relay (`relay`), whose socket the deadline cuts. A
+//! destination that answers "out of
 //! resources" (A7xx: a full PACS) is retried without limit too: results wait for space, they
 //! are not given up after `max_attempts`. The loop does not wait for a destination's thread
 //! at shutdown: what it was sending stays pending and is sent again after the restart.
@@ -29,6 +30,7 @@
 //! association per destination and round; `deliver` sends the entries on it.
 
 mod deliver;
+mod relay;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -305,32 +307,15 @@ fn send_batch(
         .calling_ae_title(cfg.node.ae_title.clone())
         .called_ae_title(dest.ae_title.clone())
         .max_pdu_length(cfg.node.max_pdu_length)
-        .connection_timeout(Duration::from_secs_f64(cfg.outbox.connect_timeout_s))
         .read_timeout(answer)
         .write_timeout(answer);
     for (class, tss) in &contexts {
         opts = opts.with_presentation_context(class.clone(), tss.clone());
     }
-    let addr = format!("{}@{}:{}", dest.ae_title, dest.host, dest.port);
-    let started = Instant::now();
-    let established = match &dest.tls_ca {
-        None => opts.establish_with(&addr).map(|mut a| {
-            // A C-STORE is a small command PDU followed by data PDUs; with Nagle on, the
-            // data waits for the peer's delayed ACK of the command (tens of ms per object).
-            let _ = a.inner_stream().set_nodelay(true);
-            let _guard = deadline.guard(a.inner_stream());
-            deliver(ctx, cfg, &rows, &file_ts, stop, &deadline, a)
-        }),
+    let tls = match &dest.tls_ca {
+        None => None,
         Some(ca) => match crate::net::tls::client_config(ca, cfg.tls.as_ref()) {
-            Ok(tls) => opts
-                .tls_config(tls)
-                .server_name(&dest.host)
-                .establish_with_tls(&addr)
-                .map(|mut a| {
-                    let _ = a.inner_stream().sock.set_nodelay(true);
-                    let _guard = deadline.guard(&a.inner_stream().sock);
-                    deliver(ctx, cfg, &rows, &file_ts, stop, &deadline, a)
-                }),
+            Ok(tls) => Some(tls),
             Err(e) => {
                 // Nothing was sent: not an attempt. Tried again after the longest backoff
                 // (the files or the configuration may be fixed meanwhile).
@@ -340,12 +325,53 @@ fn send_batch(
             }
         },
     };
+    let started = Instant::now();
+    // Our own connection, cut by the deadline guard whatever dicom-ul waits for, the
+    // association's acceptance included; dicom-ul reaches it through a loopback relay.
+    let connect_timeout = Duration::from_secs_f64(cfg.outbox.connect_timeout_s);
+    let remote = relay::connect(&dest.host, dest.port, connect_timeout).and_then(|remote| {
+        let _ = remote.set_nodelay(true);
+        let local = relay::start(&remote, Instant::now() + connect_timeout, answer)?;
+        Ok((remote, local))
+    });
+    let (remote, local) = match remote {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("cannot associate: {e}");
+            for r in &rows {
+                failed(ctx, cfg, r, &reason, false);
+            }
+            return;
+        }
+    };
+    let _guard = deadline.guard(&remote);
+    let addr = format!("{}@{}", dest.ae_title, local);
+    let established = match tls {
+        None => opts.establish_with(&addr).map(|mut a| {
+            // A C-STORE is a small command PDU followed by data PDUs; with Nagle on, the
+            // data waits for the peer's delayed ACK of the command (tens of ms per object).
+            let _ = a.inner_stream().set_nodelay(true);
+            deliver(ctx, cfg, &rows, &file_ts, stop, &deadline, a)
+        }),
+        Some(tls) => opts
+            .tls_config(tls)
+            .server_name(&dest.host)
+            .establish_with_tls(&addr)
+            .map(|mut a| {
+                let _ = a.inner_stream().sock.set_nodelay(true);
+                deliver(ctx, cfg, &rows, &file_ts, stop, &deadline, a)
+            }),
+    };
     if let Err(e) = established {
-        // dicom-ul reports a read timeout on the acceptance as whatever it guessed from the
-        // bytes it had ("TLS not enabled, but peer seems to be sending TLS data" for none):
-        // the time it took says what happened.
-        let waited = started.elapsed() >= answer.mul_f64(0.95);
-        let (reason, bounded) = association_failure(&e, cfg, waited);
+        let (reason, bounded) = if deadline.passed() {
+            (deadline.too_slow("association request"), false)
+        } else {
+            // dicom-ul reports a read timeout on the acceptance as whatever it guessed from
+            // the bytes it had ("TLS not enabled, but peer seems to be sending TLS data" for
+            // none): the time it took says what happened.
+            let waited = started.elapsed() >= answer.mul_f64(0.95);
+            association_failure(&e, cfg, waited)
+        };
         if bounded {
             error!(%reason, "destination refuses the association");
         }
@@ -355,7 +381,8 @@ fn send_batch(
     }
 }
 
-/// When one association must be over (`[outbox] transfer_timeout_s` from its start).
+/// When one association must be over (`[outbox] transfer_timeout_s` from its start, the
+/// connection and negotiation included).
 pub(super) struct Deadline {
     at: Instant,
     transfer_s: f64,
