@@ -14,6 +14,7 @@ use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
 use prima_node::report::{
     build_outputs, ModelIdentity, NodeIdentity, OutputKind, OutputObject, PredecessorRef,
     Predictions, ReportConfig, ReportInput, SkippedSeries, SourceInstance, UsedSeries,
@@ -1370,6 +1371,58 @@ fn key_images_are_drawn(
                 p.display()
             );
         }
+        // The picture is the source frame's: decoded here with dicom-pixeldata, the key
+        // image's grey must rise with the source value (windowing is monotonic) wherever no
+        // outline or tag is drawn. An adjacent frame or another image breaks the order.
+        let src_path = files
+            .iter()
+            .find(|f| &s(&header(f), tags::SOP_INSTANCE_UID) == uid)
+            .unwrap();
+        let source = dicom_object::open_file(src_path).unwrap();
+        let decoded = source.decode_pixel_data().unwrap();
+        let values: Vec<f32> = decoded
+            .to_vec_frame(frame.map_or(0, |f| f as u32 - 1))
+            .unwrap();
+        let rows: usize = s(&headers[uid], tags::ROWS).parse().unwrap();
+        let rects: Vec<Vec<f64>> = regions
+            .iter()
+            .filter(|r| r["image"].as_str() == Some(uid) && r["frame"].as_u64() == *frame)
+            .map(|r| {
+                r["rect"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            })
+            .collect();
+        let reach = 24.0 / scale as f64 + 2.0; // the tag above or below, the outline around
+        let drawn_near = |x: f64, y: f64| {
+            rects.iter().any(|r| {
+                x >= r[0] - 2.0 && x <= r[2] + 2.0 && y >= r[1] - reach && y <= r[3] + reach
+            })
+        };
+        let mut pairs: Vec<(f32, u8)> = Vec::new();
+        for y in 0..rows {
+            for x in 0..cols {
+                if drawn_near(x as f64 + 0.5, y as f64 + 0.5) {
+                    continue;
+                }
+                let i = ((y * scale + scale / 2) * w + x * scale + scale / 2) * 3;
+                pairs.push((values[y * cols + x], px[i]));
+            }
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let inversions = pairs
+            .windows(2)
+            .filter(|p| p[1].1 < p[0].1 || (p[0].0 == p[1].0 && p[0].1 != p[1].1))
+            .count();
+        assert_eq!(
+            inversions,
+            0,
+            "{}: the picture is not frame {frame:?} of {uid}",
+            p.display()
+        );
         if have("dciodvfy") {
             let (_, text) = run("dciodvfy", &[p]);
             print_section(&format!("key image: dciodvfy {}", p.display()), &text);
