@@ -8,7 +8,7 @@ use dicom_dictionary_std::tags;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::job::RunRecord;
+use crate::job::{OutputKind, RunRecord};
 
 use crate::config::Config;
 use crate::store::state::{
@@ -179,7 +179,7 @@ pub struct ResultView {
 }
 
 /// The study's objects in the order they were queued, the newest of each kind (SR, KOS,
-/// card) current: a re-run queues its objects after the earlier run's, and an identical
+/// card; the newest run's key images) current: a re-run queues its objects after the earlier run's, and an identical
 /// re-run keeps the same UID, which stays current.
 pub fn results(deliveries: &[DeliveryView]) -> Vec<ResultView> {
     let mut out: Vec<ResultView> = Vec::new();
@@ -205,8 +205,20 @@ pub fn results(deliveries: &[DeliveryView]) -> Vec<ResultView> {
                 }
                 seen
             });
+    // Key images come several to a run, queued after the run's SR: those queued after the
+    // newest SR are the newest run's.
+    let last_sr = deliveries
+        .iter()
+        .rposition(|d| d.kind == OutputKind::Sr.as_str());
     for r in &mut out {
-        r.current = newest.iter().any(|(k, u)| *k == r.kind && *u == r.sop_uid);
+        r.current = if r.kind == OutputKind::KeyImage.as_str() {
+            deliveries
+                .iter()
+                .enumerate()
+                .any(|(i, d)| d.sop_uid == r.sop_uid && last_sr.is_none_or(|s| i > s))
+        } else {
+            newest.iter().any(|(k, u)| *k == r.kind && *u == r.sop_uid)
+        };
     }
     out
 }
@@ -426,6 +438,21 @@ mod tests {
                 ("2.2", true, 1)
             ]
         );
+        // Key images: all of the newest run's are current, none of the earlier run's.
+        let with_keys = [
+            d(1, "sr", "1.1", "PACS"),
+            d(2, "keyimage", "1.3", "PACS"),
+            d(3, "keyimage", "1.4", "PACS"),
+            d(4, "sr", "2.1", "PACS"),
+            d(5, "keyimage", "2.3", "PACS"),
+            d(6, "keyimage", "2.4", "PACS"),
+        ];
+        let current: Vec<String> = results(&with_keys)
+            .into_iter()
+            .filter(|r| r.current)
+            .map(|r| r.sop_uid)
+            .collect();
+        assert_eq!(current, ["2.1", "2.3", "2.4"]);
         // A run that lowered the priority below kos_min_priority still sends a KOS
         // (report::emits_kos), so an earlier KOS is never left current by mistake.
         assert!(results(&list[..3]).iter().all(|r| r.current));
