@@ -843,12 +843,12 @@ fn the_cuda_package_replaces_the_cpu_one_keeping_state() {
     assert!(config.contains("device = \"cuda\""));
     std::fs::write(root.file(CONFIG), &config).unwrap();
     let study = synth_study(&root, "study1", 1);
-    let study_uid = study_uid(&study);
+    let study1_uid = study_uid(&study);
     let dest = StoreScp::start(dest_port);
     let node = Served::start(&root, work.path().join("cpu.log"), port);
     send(port, &study);
     assert!(
-        wait_until(Duration::from_secs(180), || outputs_for(&dest, &study_uid)
+        wait_until(Duration::from_secs(180), || outputs_for(&dest, &study1_uid)
             == (1, 1)),
         "no SR and KOS from the CPU package:\n{}",
         node.log_text()
@@ -864,7 +864,7 @@ fn the_cuda_package_replaces_the_cpu_one_keeping_state() {
             .join("\n")
     };
     let before = state(&root);
-    assert!(before.contains(&study_uid), "{before}");
+    assert!(before.contains(&study1_uid), "{before}");
 
     // ---- the switch ----
     let size = std::fs::metadata(&gpu).unwrap().len();
