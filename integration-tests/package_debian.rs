@@ -986,15 +986,19 @@ fn lintian_reports_no_errors() {
         no_package();
         return;
     };
-    let out = Command::new("lintian")
-        .args(["--fail-on", "error", "--no-tag-display-limit"])
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lintian:\n{}{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The CUDA package too, when one was built (scripts/package.sh --cuda).
+    for deb in std::iter::once(deb).chain(cuda_package()) {
+        let out = Command::new("lintian")
+            .args(["--fail-on", "error", "--no-tag-display-limit"])
+            .arg(&deb)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lintian {}:\n{}{}",
+            deb.display(),
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
