@@ -124,7 +124,8 @@ pub fn converter_message(stderr: &str) -> String {
         .to_string()
 }
 
-/// Converts, loads and installs the model into `out`; returns its manifest.
+/// Converts, loads and installs the model into `out`; returns its manifest. The
+/// interpreter and converter as the environment names them (or the defaults).
 pub fn import_model(src: &ImportSources, out: &Path) -> Result<Manifest, ImportError> {
     let python = std::env::var_os(PYTHON_ENV).unwrap_or_else(|| "python3".into());
     let converter = choose_converter(
@@ -133,13 +134,23 @@ pub fn import_model(src: &ImportSources, out: &Path) -> Result<Manifest, ImportE
         Path::exists,
     )?;
     check_python(&python)?;
+    import_with(&python, &converter, src, out)
+}
+
+/// [`import_model`] with this interpreter and converter (numpy not checked).
+pub fn import_with(
+    python: &OsString,
+    converter: &Path,
+    src: &ImportSources,
+    out: &Path,
+) -> Result<Manifest, ImportError> {
     if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
         return Err(ImportError::OutNotEmpty {
             out: out.to_path_buf(),
         });
     }
     let staging = staging_dir(out, std::process::id());
-    let result = convert_and_load(&python, &converter, src, &staging);
+    let result = convert_and_load(python, converter, src, &staging);
     let manifest = match result {
         Ok(m) => m,
         Err(e) => {
@@ -262,6 +273,39 @@ mod tests {
             staging_dir(Path::new("model"), 7),
             PathBuf::from(".model.import-7")
         );
+    }
+
+    /// A converter that succeeds but writes a model the loader refuses (here: a manifest
+    /// that is not one): `--out` must not appear, nor the staging directory stay.
+    #[test]
+    fn a_model_that_does_not_load_is_not_installed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conv = tmp.path().join("convert.sh");
+        std::fs::write(
+            &conv,
+            "while [ $# -gt 1 ]; do [ \"$1\" = --out ] && out=$2; shift; done\n\
+             mkdir -p \"$out\" && echo '{}' > \"$out/manifest.json\"\n",
+        )
+        .unwrap();
+        let out = tmp.path().join("model");
+        let src = ImportSources {
+            prima: "p.pt".into(),
+            tokenizer: "t.pth".into(),
+            tokenizer_config: "t.json".into(),
+        };
+        let e = import_with(&"sh".into(), &conv, &src, &out).unwrap_err();
+        assert!(matches!(e, ImportError::Load(_)), "{e}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("convert.sh")]);
+
+        // A directory with files is refused before anything runs.
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("manifest.json"), "{}").unwrap();
+        let e = import_with(&"sh".into(), &conv, &src, &out).unwrap_err();
+        assert!(matches!(e, ImportError::OutNotEmpty { .. }), "{e}");
     }
 
     #[test]
