@@ -8,7 +8,7 @@
 #   PRIMA_DEB_BINARY=path ...          package this binary instead of building one
 #   PRIMA_DEB_OUT=dir ...              where the .deb goes (default dist/)
 #   PRIMA_DEB_MAINTAINER="Name <mail>"  the Maintainer field (the site's packager)
-#   PRIMA_DEB_COMPRESS=xz|zstd|none    dpkg-deb's compression (default: xz CPU, zstd CUDA)
+#   PRIMA_DEB_COMPRESS=xz|gzip|none    dpkg-deb's compression (default: xz CPU, gzip CUDA)
 #   scripts/package.sh --test          then test it in a clean Debian root
 #                                      (integration-tests/package_debian.rs, needs root)
 # Prints the .deb's path on its last line.
@@ -46,10 +46,13 @@ out_dir="${PRIMA_DEB_OUT:-$here/dist}"
 pkg=prima-node
 [ "$cuda" = 1 ] && pkg=prima-node-cuda
 deb="$out_dir/${pkg}_${version}_amd64.deb"
-# xz -6 of the CPU package's 445 MB takes ~3 min on two cores; of the CUDA package's ~3 GB
-# it would take over 20 (NOTES.md has the measurements). zstd is what Debian 12's dpkg
-# supports besides xz and gzip.
-compress="${PRIMA_DEB_COMPRESS:-$([ "$cuda" = 1 ] && echo zstd || echo xz)}"
+# xz -6 of the CPU package's 360 MB takes 3-7 min on two shared cores; of the CUDA
+# package's 3 GB it would take ~40. gzip -6 makes it 3% larger than xz -0 in a third of
+# the time; zstd would be as fast but lintian counts a zstd member as a malformed package
+# (NOTES.md has the measurements).
+compress="${PRIMA_DEB_COMPRESS:-$([ "$cuda" = 1 ] && echo gzip || echo xz)}"
+level=()
+[ "$compress" = gzip ] && level=(-z6)
 
 # ---- the binary ----------------------------------------------------------------
 if [ -n "${PRIMA_DEB_BINARY:-}" ]; then
@@ -189,7 +192,10 @@ install -m 0755 scripts/convert-checkpoint "$root/usr/lib/prima-node/convert/"
 install -m 0644 scripts/prima_convert.py scripts/prima_unpickle.py "$root/usr/lib/prima-node/convert/"
 
 install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
-sed "s/^prima-node:/$pkg:/" packaging/deb/lintian-overrides > "$root/usr/share/lintian/overrides/$pkg"
+{
+  sed "s/^prima-node:/$pkg:/" packaging/deb/lintian-overrides
+  if [ "$cuda" = 1 ]; then cat packaging/deb/lintian-overrides-cuda; fi
+} > "$root/usr/share/lintian/overrides/$pkg"
 chmod 0644 "$root/usr/share/lintian/overrides/$pkg"
 
 # Copyright: ours, then the licences of the libraries shipped, as their wheels carry them.
@@ -303,7 +309,7 @@ mkdir -p "$out_dir"
 rm -f "$deb"
 log "dpkg-deb --build ($compress)"
 t1=$(date +%s)
-dpkg-deb --root-owner-group -Z"$compress" --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Z"$compress" "${level[@]}" --build "$root" "$deb" >/dev/null
 log "compressed in $(( $(date +%s) - t1 )) s"
 log "built $deb ($(du -h "$deb" | cut -f1), installed $((installed_kb / 1024)) MB) in $(( $(date +%s) - t0 )) s"
 echo "$deb"

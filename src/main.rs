@@ -160,6 +160,7 @@ enum ModelCommand {
         /// The tokenizer's configuration (JSON).
         #[arg(long)]
         tokenizer_config: PathBuf,
+        /// The model directory to write (new or empty), e.g. /var/lib/prima-node/model.
         #[arg(long)]
         out: PathBuf,
     },
