@@ -12,6 +12,7 @@
 //! month (security updates arrive monthly at most; CI downloads once a month).
 
 mod common;
+mod fixtures;
 
 use common::{free_port, have_dcmtk, wait_until, StoreScp, DEST_AE, NODE_AE, SCU_AE};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// What the root holds beyond minbase: the package's dependencies, so that installing it
-/// needs no network, and systemd, to check the unit against the installed files (not run:
-/// a chroot has no init).
-const ROOT_PACKAGES: &str = "adduser,libstdc++6,libgcc-s1,systemd";
+/// needs no network, systemd, to check the unit against the installed files (not run:
+/// a chroot has no init), and the package's Recommends (python3-numpy brings python3), for
+/// `model import`. Part of the cached tarball's name: a change here makes a new root.
+const ROOT_PACKAGES: &str = "adduser,libstdc++6,libgcc-s1,systemd,python3-numpy";
 const SUITE: &str = "bookworm";
 const SERVICE_USER: &str = "prima-node";
 const CONFIG: &str = "/etc/prima-node/prima-node.toml";
@@ -217,9 +219,13 @@ impl Root {
     }
 
     fn installed_version(&self) -> Option<String> {
+        self.installed_version_of("prima-node")
+    }
+
+    fn installed_version_of(&self, package: &str) -> Option<String> {
         let out = self
             .chroot()
-            .args(["dpkg-query", "-W", "-f=${Status} ${Version}", "prima-node"])
+            .args(["dpkg-query", "-W", "-f=${Status} ${Version}", package])
             .output()
             .unwrap();
         let s = stdout(&out);
@@ -612,6 +618,365 @@ fn the_package_installs_serves_upgrades_and_purges_in_a_clean_debian_root() {
     eprintln!("wall time {:.1} s", t_all.elapsed().as_secs_f64());
 }
 
+/// `bytes` with one byte inside the zip member named `*/data.pkl` (the pickle) inverted.
+fn tamper_pickle(bytes: &[u8]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    let mut at = 0;
+    while let Some(i) = b[at..].windows(4).position(|w| w == b"PK\x03\x04") {
+        let h = at + i;
+        let u16_at = |o: usize| u16::from_le_bytes([b[h + o], b[h + o + 1]]) as usize;
+        let size = u32::from_le_bytes(b[h + 18..h + 22].try_into().unwrap()) as usize;
+        let (name_len, extra_len) = (u16_at(26), u16_at(28));
+        let name = &b[h + 30..h + 30 + name_len];
+        if name.ends_with(b"/data.pkl") {
+            assert_eq!(u16_at(8), 0, "data.pkl is compressed; torch.save stores it");
+            let data = h + 30 + name_len + extra_len;
+            b[data + size / 2] ^= 0xff;
+            return b;
+        }
+        at = h + 4;
+    }
+    panic!("no data.pkl in the checkpoint");
+}
+
+/// What a site does with the package and the official checkpoints (here the fixture
+/// checkpoints, same format): `model import` as the service user with the Debian python3
+/// and numpy, then `infer` with the imported model, against upstream's predictions. A
+/// checkpoint whose pickle was altered is refused and leaves nothing behind.
+#[test]
+fn model_import_in_a_clean_debian_root_matches_upstream() {
+    // SAFETY: geteuid has no preconditions.
+    if !require(
+        unsafe { libc::geteuid() } == 0,
+        "not root: chroot and mounts need root",
+    ) {
+        return;
+    }
+    if !require(
+        have("mmdebstrap"),
+        "mmdebstrap not installed (scripts/setup.sh)",
+    ) {
+        return;
+    }
+    let Some(reference) = fixtures::reference_dir() else {
+        return;
+    };
+    let Some(deb) = package() else {
+        no_package();
+        return;
+    };
+    let t_all = Instant::now();
+    let root = Root::new();
+    root.install(&deb);
+
+    // The files as a site would copy them onto the server, readable by the service user.
+    let ckpt = root.file("/tmp/checkpoints");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    let models = reference.join("models");
+    let pt = std::fs::read(models.join("prima/primafullmodel_fixture.pt")).unwrap();
+    std::fs::write(ckpt.join("primafullmodel_fixture.pt"), &pt).unwrap();
+    std::fs::write(ckpt.join("tampered.pt"), tamper_pickle(&pt)).unwrap();
+    for f in ["vqvae_reduced.pth", "tokenizer_config.json"] {
+        std::fs::copy(models.join("tokenizer").join(f), ckpt.join(f)).unwrap();
+    }
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(reference.join("studies/STUDY_A"))
+        .arg(root.file("/tmp/STUDY_A")));
+    run(Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&ckpt)
+        .arg(root.file("/tmp/STUDY_A")));
+    let import = |prima: &str, out: &str| {
+        root.as_service(&[
+            "/usr/bin/prima-node",
+            "model",
+            "import",
+            "--prima",
+            &format!("/tmp/checkpoints/{prima}"),
+            "--tokenizer",
+            "/tmp/checkpoints/vqvae_reduced.pth",
+            "--tokenizer-config",
+            "/tmp/checkpoints/tokenizer_config.json",
+            "--out",
+            out,
+        ])
+        .output()
+        .unwrap()
+    };
+
+    // ---- a tampered checkpoint: refused, nothing written ----
+    let out = import("tampered.pt", "/var/lib/prima-node/tampered");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "tampered checkpoint imported:\n{err}"
+    );
+    eprintln!("tampered checkpoint: {}", err.trim());
+    let left: Vec<_> = std::fs::read_dir(root.file("/var/lib/prima-node"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the refused import left {left:?}");
+
+    // ---- the real one ----
+    let t0 = Instant::now();
+    let out = import("primafullmodel_fixture.pt", "/var/lib/prima-node/model");
+    assert!(
+        out.status.success(),
+        "model import failed:\n{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = stdout(&out);
+    eprintln!(
+        "model import in {:.1} s:\n{said}",
+        t0.elapsed().as_secs_f64()
+    );
+    let sha = stdout(&run(
+        Command::new("sha256sum").arg(models.join("prima/primafullmodel_fixture.pt"))
+    ));
+    let sha = sha.split_whitespace().next().unwrap();
+    assert!(said.contains(&format!("checkpoint sha256 {sha}")), "{said}");
+    assert!(
+        mode_and_owner(&root, "/var/lib/prima-node/model").ends_with(" prima-node:prima-node"),
+        "the model is not the service user's"
+    );
+
+    run(root.as_service(&[
+        "/usr/bin/prima-node",
+        "infer",
+        "--device",
+        "cpu",
+        "--slice-order",
+        "filename",
+        "--model",
+        "/var/lib/prima-node/model",
+        "--out",
+        "/tmp/predictions",
+        "/tmp/STUDY_A",
+    ]));
+    let (rel, l2) = fixtures::compare_predictions(
+        &root.file("/tmp/predictions/STUDY_A_predictions.json"),
+        &reference.join("expected/STUDY_A/STUDY_A_predictions.json"),
+        0.1,
+    );
+    eprintln!("STUDY_A with the imported model: max error {rel:.2e}, clip_emb rel L2 {l2:.2e}");
+    assert!(rel <= 1e-4, "scores off by {rel:e}");
+    assert!(l2 <= 1e-4, "clip_emb off by {l2:e}");
+
+    // ---- without numpy, the administrator is told what to install ----
+    let out = root
+        .as_service(&["/usr/bin/prima-node", "model", "import"])
+        .args(["--prima", "/tmp/checkpoints/primafullmodel_fixture.pt"])
+        .args(["--tokenizer", "/tmp/checkpoints/vqvae_reduced.pth"])
+        .args([
+            "--tokenizer-config",
+            "/tmp/checkpoints/tokenizer_config.json",
+        ])
+        .args(["--out", "/var/lib/prima-node/again"])
+        .env("PRIMA_NODE_PYTHON", "/bin/false")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("install python3-numpy"),
+        "{err}"
+    );
+    eprintln!("wall time {:.1} s", t_all.elapsed().as_secs_f64());
+}
+
+/// The CUDA package: `PRIMA_DEB_CUDA`, else the newest `dist/prima-node-cuda_*.deb`.
+fn cuda_package() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PRIMA_DEB_CUDA") {
+        return Some(PathBuf::from(p));
+    }
+    let mut debs: Vec<_> = std::fs::read_dir(repo().join("dist"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("prima-node-cuda_") && n.ends_with(".deb")
+        })
+        .collect();
+    debs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    debs.pop()
+}
+
+/// `prima-node-cuda` replaces `prima-node` on a node with state (configuration edited for a
+/// GPU, model, database), offline; every library the binary NEEDs resolves inside the
+/// package, each shipped library loads (the driver's libcuda aside), and on this machine
+/// without a GPU the node says CUDA is unavailable and runs on the CPU.
+#[test]
+fn the_cuda_package_replaces_the_cpu_one_keeping_state() {
+    // SAFETY: geteuid has no preconditions.
+    if !require(
+        unsafe { libc::geteuid() } == 0,
+        "not root: chroot and mounts need root",
+    ) || !require(
+        have("mmdebstrap"),
+        "mmdebstrap not installed (scripts/setup.sh)",
+    ) || !have_dcmtk()
+    {
+        return;
+    }
+    let (Some(cpu), Some(gpu)) = (package(), cuda_package()) else {
+        let what = "no CPU and CUDA packages: scripts/package.sh and scripts/package.sh --cuda";
+        assert!(std::env::var_os("PRIMA_DEB_CUDA").is_none(), "{what}");
+        eprintln!("SKIPPED: {what}");
+        return;
+    };
+    let t_all = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let root = Root::new();
+    root.install(&cpu);
+    run(root.as_service(&[
+        "/usr/bin/prima-node",
+        "model",
+        "demo",
+        "--out",
+        "/var/lib/prima-node/model",
+    ]));
+    let port = free_port();
+    let dest_port = free_port();
+    let config = node_config(port, dest_port).replace("device = \"cpu\"", "device = \"cuda\"");
+    assert!(config.contains("device = \"cuda\""));
+    std::fs::write(root.file(CONFIG), &config).unwrap();
+    let study = synth_study(&root, "study1", 1);
+    let study1_uid = study_uid(&study);
+    let dest = StoreScp::start(dest_port);
+    let node = Served::start(&root, work.path().join("cpu.log"), port);
+    send(port, &study);
+    assert!(
+        wait_until(Duration::from_secs(180), || outputs_for(&dest, &study1_uid)
+            == (1, 1)),
+        "no SR and KOS from the CPU package:\n{}",
+        node.log_text()
+    );
+    node.stop();
+    // The node's state as `status` prints it, less the free disk space (the switch adds
+    // ~3 GB of libraries).
+    let state = |root: &Root| {
+        status(root)
+            .lines()
+            .filter(|l| !l.starts_with("disk:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = state(&root);
+    assert!(before.contains(&study1_uid), "{before}");
+
+    // ---- the switch ----
+    let size = std::fs::metadata(&gpu).unwrap().len();
+    let took = root.install(&gpu);
+    eprintln!(
+        "{} ({} MB) replaced prima-node in {:.1} s",
+        gpu.display(),
+        size / 1_000_000,
+        took.as_secs_f64()
+    );
+    assert!(root.installed_version_of("prima-node-cuda").is_some());
+    assert!(
+        root.installed_version().is_none(),
+        "prima-node still installed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.file(CONFIG)).ok().as_deref(),
+        Some(config.as_str()),
+        "the configuration did not pass to prima-node-cuda"
+    );
+    assert!(root
+        .file("/var/lib/prima-node/model/manifest.json")
+        .exists());
+    assert_eq!(state(&root), before, "the node's state changed");
+
+    let ldd = stdout(&run(root.chroot().args(["ldd", "/usr/bin/prima-node"])));
+    assert!(!ldd.contains("not found"), "{ldd}");
+    assert!(
+        ldd.contains("/usr/lib/prima-node/libtorch_cuda.so")
+            && ldd.contains("/usr/lib/prima-node/libcublasLt.so.13"),
+        "{ldd}"
+    );
+    // What is opened by name at run time (cuDNN's parts, nvrtc's builtins) loads too;
+    // libcaffe2_nvrtc needs only the driver besides the package.
+    let load = root
+        .chroot()
+        .args([
+            "python3",
+            "-c",
+            "import ctypes, glob\n\
+             for f in sorted(glob.glob('/usr/lib/prima-node/*.so*')):\n\
+             \x20   if 'caffe2_nvrtc' not in f: ctypes.CDLL(f)\n\
+             print('loaded')",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&load).contains("loaded"),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let ldd = stdout(&run(root
+        .chroot()
+        .args(["ldd", "/usr/lib/prima-node/libcaffe2_nvrtc.so"])));
+    let missing: Vec<_> = ldd.lines().filter(|l| l.contains("not found")).collect();
+    assert_eq!(missing.len(), 1, "{ldd}");
+    assert!(missing[0].contains("libcuda.so.1"), "{ldd}");
+
+    // ---- no GPU here: said, and the studies still answered on the CPU ----
+    let out = root
+        .as_service(&[
+            "/usr/bin/prima-node",
+            "infer",
+            "--device",
+            "cuda",
+            "--model",
+            "/var/lib/prima-node/model",
+            "--out",
+            "/tmp/out",
+            "/tmp/study1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--device cuda"),
+        "{err}"
+    );
+    eprintln!("infer --device cuda: {}", err.trim());
+    let node = Served::start(&root, work.path().join("cuda.log"), port);
+    let study2 = synth_study(&root, "study2", 2);
+    let study2_uid = study_uid(&study2);
+    send(port, &study2);
+    assert!(
+        wait_until(Duration::from_secs(180), || outputs_for(&dest, &study2_uid)
+            == (1, 1)),
+        "no SR and KOS from the CUDA package:\n{}",
+        node.log_text()
+    );
+    let log = node.log_text();
+    let said = log
+        .lines()
+        .find(|l| l.contains("CUDA not available: the model runs on the CPU"));
+    assert!(
+        said.is_some(),
+        "the node did not say CUDA is unavailable:\n{log}"
+    );
+    eprintln!("node: {}", said.unwrap().trim());
+    node.stop();
+
+    // ---- and back: the CPU package replaces the CUDA one the same way ----
+    root.install(&cpu);
+    assert!(root.installed_version_of("prima-node-cuda").is_none());
+    assert!(root.installed_version().is_some());
+    assert_eq!(
+        std::fs::read_to_string(root.file(CONFIG)).ok().as_deref(),
+        Some(config.as_str())
+    );
+    assert!(!root.file("/usr/lib/prima-node/libtorch_cuda.so").exists());
+    eprintln!("wall time {:.1} s", t_all.elapsed().as_secs_f64());
+}
+
 #[test]
 fn lintian_reports_no_errors() {
     if !require(have("lintian"), "lintian not installed (scripts/setup.sh)") {
@@ -621,15 +986,19 @@ fn lintian_reports_no_errors() {
         no_package();
         return;
     };
-    let out = Command::new("lintian")
-        .args(["--fail-on", "error", "--no-tag-display-limit"])
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lintian:\n{}{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The CUDA package too, when one was built (scripts/package.sh --cuda).
+    for deb in std::iter::once(deb).chain(cuda_package()) {
+        let out = Command::new("lintian")
+            .args(["--fail-on", "error", "--no-tag-display-limit"])
+            .arg(&deb)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lintian {}:\n{}{}",
+            deb.display(),
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

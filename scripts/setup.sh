@@ -13,7 +13,7 @@ VENV_DIR="$CACHE_DIR/venv-torch-$TORCH_VERSION-py$(python3 -c 'import sys;print(
 PY_PKGS=("torch==$TORCH_VERSION" "numpy<3" "safetensors" "pydicom>=2.4,<4" "highdicom" "lime==0.2.0.1" "scikit-learn" "matplotlib")
 APT_PKGS=(dcmtk dicom3tools dcm2niix libgdcm-tools cmake orthanc libpixelmed-java default-jre-headless
           curl systemd procps time strace openssl chromium fonts-dejavu-core nats-server
-          dpkg-dev patchelf mmdebstrap lintian)
+          dpkg-dev patchelf mmdebstrap lintian python3-venv g++ git)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use prima_node::config::ConfigError;
 use prima_node::imaging::series::SliceOrder;
 use prima_node::model::demo::{write_demo_model, DemoSize};
+use prima_node::model::import::{import_model, ImportSources};
 use prima_node::model::prima::parse_device;
 use prima_node::model::ModelOptions;
 use prima_node::process::{self, prepare::prepare_folder, InferOptions};
@@ -144,6 +145,24 @@ enum ModelCommand {
         size: DemoSizeArg,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Convert the upstream checkpoints into a model directory, without executing anything
+    /// from them (the shipped converter, run by python3 with numpy), and check that it
+    /// loads. `--out` must be new or empty; nothing is written to it on failure.
+    /// Environment: PRIMA_NODE_CONVERTER (converter path), PRIMA_NODE_PYTHON (interpreter).
+    Import {
+        /// The full model checkpoint (upstream's `.pt`).
+        #[arg(long)]
+        prima: PathBuf,
+        /// The VQ-VAE tokenizer's state dict (`.pth`).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// The tokenizer's configuration (JSON).
+        #[arg(long)]
+        tokenizer_config: PathBuf,
+        /// The model directory to write (new or empty), e.g. /var/lib/prima-node/model.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -297,6 +316,45 @@ fn run(command: Command) -> Result<()> {
                 "wrote demo model ({}) to {} — NOT FOR CLINICAL USE",
                 size.as_str(),
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Model {
+            command:
+                ModelCommand::Import {
+                    prima,
+                    tokenizer,
+                    tokenizer_config,
+                    out,
+                },
+        } => {
+            let m = import_model(
+                &ImportSources {
+                    prima,
+                    tokenizer,
+                    tokenizer_config,
+                },
+                &out,
+            )?;
+            println!(
+                "imported {} {} into {}",
+                m.model_name,
+                m.model_version,
+                out.display()
+            );
+            println!(
+                "  checkpoint sha256 {}",
+                m.checkpoint_sha256().unwrap_or("none")
+            );
+            println!(
+                "  weights sha256    {}",
+                m.weights_sha256().unwrap_or("none")
+            );
+            println!(
+                "  {} diagnosis heads, {} referral heads, priority {}",
+                m.diagnosis_heads.len(),
+                m.referral_heads.len(),
+                m.priority_classes.join("/")
             );
             Ok(())
         }

@@ -16,6 +16,7 @@
 //! - [`prima`] — the whole model: load a model directory, run a study.
 //! - [`perturb`] — a study held fixed while LIME and the series occlusion take parts away.
 //! - [`demo`] — deterministic random-weight models in the converter's format.
+//! - [`import`] — `model import`: the shipped converter, then this loader, then install.
 //!
 //! Every size is derived from the manifest and checked against the tensor shapes; nothing
 //! is assumed from the fixture's or the release's sizes.
@@ -23,6 +24,7 @@
 pub mod demo;
 pub mod heads;
 pub mod hiervit;
+pub mod import;
 pub mod manifest;
 pub mod patchify;
 pub mod perturb;
