@@ -14,6 +14,8 @@
 //!   frame), with the header values that size buffers checked against the file.
 //! - [`series`]: grouping instances into series, slice order, geometry (§1.7), series
 //!   names (§1.8), pixel data → volume.
+//! - [`frames`]: one slice's stored values from its file (a frame, or a mosaic's tile),
+//!   decoded behind the guards fuzzing showed the codecs need; also the key images' source.
 //! - [`skip`]: why a series is not used ([`skip::SkipReason`]), in the words the outputs
 //!   carry.
 //! - [`itk`]: LINPACK dsvdc-based 3×3 inverse as VXL computes it (§3.1).
@@ -26,6 +28,7 @@ pub mod acquisition;
 pub mod charset;
 pub mod csa;
 mod elements;
+pub mod frames;
 pub mod header;
 pub mod itk;
 pub mod natsort;

@@ -206,7 +206,7 @@ fn key_image_pixels(analysis: &Analysis, evidence: &[FindingEvidence]) -> Vec<Ke
         if s.samples_per_pixel != 1 {
             continue;
         }
-        match crate::imaging::series::read_plane(s) {
+        match crate::imaging::frames::read_plane(s) {
             Ok(values) => out.push(KeyImagePixels {
                 sop_class_uid: s.sop_class_uid.clone(),
                 sop_instance_uid: s.sop_instance_uid.clone(),

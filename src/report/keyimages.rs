@@ -16,7 +16,7 @@ use super::codes::{self, Code};
 use super::header::{base_header, put_pixels_8bit, secondary_capture_image, to_part10};
 use super::items::{code_item, put_seq, put_str};
 use super::sr::importance_percent;
-use super::{Context, FindingEvidence, KeyImagePixels, ReportError, SECONDARY_CAPTURE};
+use super::{Context, FindingEvidence, ReportError, SECONDARY_CAPTURE};
 
 pub const KEY_IMAGES_SERIES_NUMBER: i32 = 9004;
 pub const KEY_IMAGES_SERIES_DESCRIPTION: &str = "Prima AI key images — NOT FOR DIAGNOSIS";
@@ -70,6 +70,22 @@ pub fn window(values: &[f64], monochrome1: bool) -> Vec<u8> {
             }
         })
         .collect()
+}
+
+/// A source image under an explained finding's regions, windowed for display: the caller
+/// reads the pixels (the report builder opens no files), [`build`] draws on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyImagePixels {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// Frame number (1-based) within a multi-frame instance, as [`super::KeyRegion::frame`].
+    pub frame: Option<u32>,
+    pub series_name: String,
+    pub instance_number: Option<i32>,
+    pub rows: usize,
+    pub cols: usize,
+    /// 8-bit grey (MONOCHROME2), row by row: [`window`] of the stored values.
+    pub pixels: Vec<u8>,
 }
 
 /// One region drawn on a key image.

@@ -54,6 +54,7 @@ pub mod codes;
 mod header;
 mod items;
 pub mod keyimages;
+pub use keyimages::KeyImagePixels;
 pub mod kos;
 mod library;
 pub mod sr;
@@ -193,22 +194,6 @@ pub struct FindingEvidence {
     pub regions: Vec<KeyRegion>,
     /// How it was computed, one line for the reader.
     pub method: String,
-}
-
-/// A source image under an explained finding's regions, windowed for display: the caller
-/// reads the pixels (the report builder opens no files), [`keyimages`] draws on them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeyImagePixels {
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    /// Frame number (1-based) within a multi-frame instance, as [`KeyRegion::frame`].
-    pub frame: Option<u32>,
-    pub series_name: String,
-    pub instance_number: Option<i32>,
-    pub rows: usize,
-    pub cols: usize,
-    /// 8-bit grey (MONOCHROME2), row by row: [`keyimages::window`] of the stored values.
-    pub pixels: Vec<u8>,
 }
 
 pub struct ReportInput<'a> {
